@@ -1,0 +1,1 @@
+"""cim benchmarks: ``python -m bench SCENARIO``."""

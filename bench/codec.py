@@ -1,0 +1,90 @@
+"""Codec throughput: the compiled frame codec against its pure-Python twin, same data, same run."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import time
+from types import ModuleType
+from typing import Any
+
+from bench.report import machine, median_of, print_table, write_json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--frames", type=int, default=200_000, help="frames in the stream")
+    parser.add_argument("--payload", type=int, default=64, help="payload bytes per frame")
+    parser.add_argument("--chunk", type=int, default=16 * 1024, help="bytes per decoder feed")
+    parser.add_argument("--batch", type=int, default=64, help="payloads per encode_frames call")
+    parser.add_argument("--repeat", type=int, default=7, help="runs per figure; the median is reported")
+
+
+def _implementations() -> dict[str, ModuleType]:
+    found = {"python": importlib.import_module("cim._frame_py")}
+    try:
+        found["cython"] = importlib.import_module("cim._frame")
+    except ImportError:
+        print("note: cim._frame is not built; only the pure-Python codec is measured")
+    return found
+
+
+def measure(codec: ModuleType, args: argparse.Namespace) -> dict[str, float]:
+    payloads = [bytes([i % 251]) * args.payload for i in range(args.frames)]
+    stream = codec.encode_frames(payloads)
+    chunks = [stream[i : i + args.chunk] for i in range(0, len(stream), args.chunk)]
+    batches = [payloads[i : i + args.batch] for i in range(0, len(payloads), args.batch)]
+
+    def decode() -> float:
+        decoder = codec.FrameDecoder()
+        feed = decoder.feed
+        count = 0
+        start = time.perf_counter()
+        for chunk in chunks:
+            count += len(feed(chunk))
+        elapsed = time.perf_counter() - start
+        assert count == args.frames
+        return count / elapsed
+
+    def encode_one() -> float:
+        encode_frame = codec.encode_frame
+        start = time.perf_counter()
+        for payload in payloads:
+            encode_frame(payload)
+        return len(payloads) / (time.perf_counter() - start)
+
+    def encode_batch() -> float:
+        encode_frames = codec.encode_frames
+        start = time.perf_counter()
+        for batch in batches:
+            encode_frames(batch)
+        return len(payloads) / (time.perf_counter() - start)
+
+    return {
+        "decode_frames_per_s": median_of(args.repeat, decode)[0],
+        "encode_frame_frames_per_s": median_of(args.repeat, encode_one)[0],
+        "encode_frames_frames_per_s": median_of(args.repeat, encode_batch)[0],
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    impls = _implementations()
+    figures = {name: measure(module, args) for name, module in impls.items()}
+    ratio = (
+        {k: figures["cython"][k] / figures["python"][k] for k in figures["python"]} if "cython" in figures else {}
+    )
+    rows = [
+        [metric] + [figures[name][metric] for name in impls] + ([f"{ratio[metric]:.1f}x"] if ratio else [])
+        for metric in figures["python"]
+    ]
+    params = {k: getattr(args, k) for k in ("frames", "payload", "chunk", "batch", "repeat")}
+    print_table(
+        f"codec: {args.frames:,} frames of {args.payload} B, fed in {args.chunk:,} B chunks "
+        f"(median of {args.repeat})",
+        ["metric (frames/s)", *impls, *(["cython/python"] if ratio else [])],
+        rows,
+    )
+    return {"scenario": "codec", "params": params, "machine": machine(), "implementations": figures, "ratio": ratio}
+
+
+def main(args: argparse.Namespace) -> None:
+    write_json(args.json, run(args))

@@ -1,0 +1,91 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class BaseCommand(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LOGIN_REQUEST: _ClassVar[BaseCommand]
+    MESSAGE: _ClassVar[BaseCommand]
+    PING: _ClassVar[BaseCommand]
+    OFFLINE: _ClassVar[BaseCommand]
+    SEND_RECEIPT: _ClassVar[BaseCommand]
+    ERROR: _ClassVar[BaseCommand]
+    DELIVERY_ACK: _ClassVar[BaseCommand]
+    SYNC: _ClassVar[BaseCommand]
+LOGIN_REQUEST: BaseCommand
+MESSAGE: BaseCommand
+PING: BaseCommand
+OFFLINE: BaseCommand
+SEND_RECEIPT: BaseCommand
+ERROR: BaseCommand
+DELIVERY_ACK: BaseCommand
+SYNC: BaseCommand
+
+class Request(_message.Message):
+    __slots__ = ("reqMsg", "requestId", "cmd", "properties", "batchReqMsg", "clientMsgId", "ackSeq", "groupId", "token", "deviceId")
+    class PropertiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    REQMSG_FIELD_NUMBER: _ClassVar[int]
+    REQUESTID_FIELD_NUMBER: _ClassVar[int]
+    CMD_FIELD_NUMBER: _ClassVar[int]
+    PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    BATCHREQMSG_FIELD_NUMBER: _ClassVar[int]
+    CLIENTMSGID_FIELD_NUMBER: _ClassVar[int]
+    ACKSEQ_FIELD_NUMBER: _ClassVar[int]
+    GROUPID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DEVICEID_FIELD_NUMBER: _ClassVar[int]
+    reqMsg: str
+    requestId: int
+    cmd: BaseCommand
+    properties: _containers.ScalarMap[str, str]
+    batchReqMsg: _containers.RepeatedScalarFieldContainer[str]
+    clientMsgId: int
+    ackSeq: int
+    groupId: str
+    token: str
+    deviceId: str
+    def __init__(self, reqMsg: _Optional[str] = ..., requestId: _Optional[int] = ..., cmd: _Optional[_Union[BaseCommand, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., batchReqMsg: _Optional[_Iterable[str]] = ..., clientMsgId: _Optional[int] = ..., ackSeq: _Optional[int] = ..., groupId: _Optional[str] = ..., token: _Optional[str] = ..., deviceId: _Optional[str] = ...) -> None: ...
+
+class Response(_message.Message):
+    __slots__ = ("resMsg", "responseId", "cmd", "properties", "batchResMsg", "msgId", "seq", "timestamp", "code", "clientMsgId", "groupId")
+    class PropertiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    RESMSG_FIELD_NUMBER: _ClassVar[int]
+    RESPONSEID_FIELD_NUMBER: _ClassVar[int]
+    CMD_FIELD_NUMBER: _ClassVar[int]
+    PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    BATCHRESMSG_FIELD_NUMBER: _ClassVar[int]
+    MSGID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    CLIENTMSGID_FIELD_NUMBER: _ClassVar[int]
+    GROUPID_FIELD_NUMBER: _ClassVar[int]
+    resMsg: str
+    responseId: int
+    cmd: BaseCommand
+    properties: _containers.ScalarMap[str, str]
+    batchResMsg: _containers.RepeatedScalarFieldContainer[str]
+    msgId: int
+    seq: int
+    timestamp: int
+    code: int
+    clientMsgId: int
+    groupId: str
+    def __init__(self, resMsg: _Optional[str] = ..., responseId: _Optional[int] = ..., cmd: _Optional[_Union[BaseCommand, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., batchResMsg: _Optional[_Iterable[str]] = ..., msgId: _Optional[int] = ..., seq: _Optional[int] = ..., timestamp: _Optional[int] = ..., code: _Optional[int] = ..., clientMsgId: _Optional[int] = ..., groupId: _Optional[str] = ...) -> None: ...
