@@ -89,3 +89,21 @@ class Response(_message.Message):
     clientMsgId: int
     groupId: str
     def __init__(self, resMsg: _Optional[str] = ..., responseId: _Optional[int] = ..., cmd: _Optional[_Union[BaseCommand, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., batchResMsg: _Optional[_Iterable[str]] = ..., msgId: _Optional[int] = ..., seq: _Optional[int] = ..., timestamp: _Optional[int] = ..., code: _Optional[int] = ..., clientMsgId: _Optional[int] = ..., groupId: _Optional[str] = ...) -> None: ...
+
+class Delivery(_message.Message):
+    __slots__ = ("messages", "receiverIds", "broadcast", "excludeUserId", "storeIfAbsent", "restore", "kick")
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    RECEIVERIDS_FIELD_NUMBER: _ClassVar[int]
+    BROADCAST_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDEUSERID_FIELD_NUMBER: _ClassVar[int]
+    STOREIFABSENT_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_FIELD_NUMBER: _ClassVar[int]
+    KICK_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedScalarFieldContainer[bytes]
+    receiverIds: _containers.RepeatedScalarFieldContainer[int]
+    broadcast: bool
+    excludeUserId: int
+    storeIfAbsent: bool
+    restore: bool
+    kick: bool
+    def __init__(self, messages: _Optional[_Iterable[bytes]] = ..., receiverIds: _Optional[_Iterable[int]] = ..., broadcast: _Optional[bool] = ..., excludeUserId: _Optional[int] = ..., storeIfAbsent: _Optional[bool] = ..., restore: _Optional[bool] = ..., kick: _Optional[bool] = ...) -> None: ...

@@ -1,0 +1,213 @@
+"""Redis backends: state (accounts, logins, routes, offline messages) and the bus.
+
+Keys (prefix configurable, default ``cim``):
+    {p}-account-id                 INCR counter: user ids unique across routes
+    {p}-account:{userId}           userName
+    {p}-account-name:{userName}    userId
+    {p}-route:{userId}             server id; with a TTL while only claimed by the route
+    {p}-node-users:{serverId}      SET of users confirmed on that server (cleanup on death)
+    {p}-offline:{userId}           LIST of serialized pushes, oldest first
+    {p}-node-number                INCR counter for message-id node numbers
+Online users are found with SCAN over ``{p}-route:*``, never KEYS.
+
+Bus: each node subscribes to ``{p}-node:{serverId}`` and ``{p}-broadcast``; a
+private message is one PUBLISH to the receiver's node, a group message one PUBLISH
+to the broadcast channel. Only this class knows that, so sharded pub/sub or
+Streams can replace it behind the same interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from cim.backends.base import Bus, DeliveryHandler, StateStore
+
+log = logging.getLogger("cim.backends.redis")
+
+# KEYS[1] route key, KEYS[2] node-users key of ARGV[1]; ARGV[1] server id, ARGV[2] user id.
+_CONFIRM = """
+local current = redis.call('GET', KEYS[1])
+if current and current ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+return 1
+"""
+
+# KEYS[1] route key; ARGV[1] user id, ARGV[2] required server id or '', ARGV[3] node-users prefix.
+_LOGOUT = """
+local current = redis.call('GET', KEYS[1])
+if not current then return false end
+if ARGV[2] ~= '' and current ~= ARGV[2] then return false end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', ARGV[3] .. current, ARGV[1])
+return current
+"""
+
+# KEYS[1] node-users key; ARGV[1] server id, ARGV[2] route prefix. One batch of members.
+_CLEAR_SERVER_BATCH = """
+local gone = {}
+local members = redis.call('SPOP', KEYS[1], 500)
+for _, user in ipairs(members) do
+  local key = ARGV[2] .. user
+  if redis.call('GET', key) == ARGV[1] then
+    redis.call('DEL', key)
+    table.insert(gone, user)
+  end
+end
+return gone
+"""
+
+# KEYS[1] offline list: LRANGE + DEL in one step, so two fetches never both get a message.
+_TAKE = """
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+return items
+"""
+
+
+def connect(url: str) -> aioredis.Redis:
+    # redis-py picks the hiredis parser by itself when hiredis is installed.
+    return aioredis.Redis.from_url(url, decode_responses=False)
+
+
+class RedisState(StateStore):
+    def __init__(self, client: aioredis.Redis, prefix: str = "cim") -> None:
+        self._r = client
+        self._p = prefix
+        self._confirm = client.register_script(_CONFIRM)
+        self._logout = client.register_script(_LOGOUT)
+        self._clear_batch = client.register_script(_CLEAR_SERVER_BATCH)
+        self._take = client.register_script(_TAKE)
+
+    def _key(self, kind: str, value: object = None) -> str:
+        return f"{self._p}-{kind}" if value is None else f"{self._p}-{kind}:{value}"
+
+    async def register(self, user_name: str) -> int:
+        name_key = self._key("account-name", user_name)
+        existing = await self._r.get(name_key)
+        if existing is not None:
+            return int(existing)
+        user_id = int(await self._r.incr(self._key("account-id")))
+        # Two routes registering one name at once: the first SET NX wins, the other
+        # answers with the winner's id (the spare id is simply never used).
+        if not await self._r.set(name_key, user_id, nx=True):
+            return int(await self._r.get(name_key))
+        await self._r.set(self._key("account", user_id), user_name)
+        return user_id
+
+    async def user_name(self, user_id: int) -> str | None:
+        name = await self._r.get(self._key("account", user_id))
+        return name.decode() if name is not None else None
+
+    async def user_names(self, user_ids: list[int]) -> list[str | None]:
+        if not user_ids:
+            return []
+        names = await self._r.mget([self._key("account", u) for u in user_ids])
+        return [n.decode() if n is not None else None for n in names]
+
+    async def reserve_login(self, user_id: int, server_id: str, ttl: float) -> bool:
+        return bool(await self._r.set(self._key("route", user_id), server_id, nx=True, px=max(1, int(ttl * 1000))))
+
+    async def confirm_login(self, user_id: int, server_id: str) -> bool:
+        keys = [self._key("route", user_id), self._key("node-users", server_id)]
+        return bool(await self._confirm(keys=keys, args=[server_id, user_id]))
+
+    async def logout(self, user_id: int, server_id: str | None = None) -> str | None:
+        was = await self._logout(
+            keys=[self._key("route", user_id)], args=[user_id, server_id or "", self._key("node-users") + ":"]
+        )
+        return was.decode() if was else None
+
+    async def route(self, user_id: int) -> str | None:
+        server = await self._r.get(self._key("route", user_id))
+        return server.decode() if server is not None else None
+
+    async def online_users(self) -> list[tuple[int, str]]:
+        prefix = self._key("route") + ":"
+        user_ids = [int(key[len(prefix) :]) async for key in self._r.scan_iter(match=prefix + "*", count=1000)]
+        names = await self.user_names(user_ids)
+        return [(u, n or "") for u, n in zip(user_ids, names)]
+
+    async def clear_server(self, server_id: str) -> list[int]:
+        gone: list[int] = []
+        key = self._key("node-users", server_id)
+        while True:
+            batch = await self._clear_batch(keys=[key], args=[server_id, self._key("route") + ":"])
+            gone += [int(u) for u in batch]
+            if not await self._r.exists(key):
+                return gone
+
+    async def store_offline(self, user_id: int, payloads: list[bytes]) -> None:
+        if payloads:
+            await self._r.rpush(self._key("offline", user_id), *payloads)
+
+    async def restore_offline(self, user_id: int, payloads: list[bytes]) -> None:
+        if payloads:
+            # LPUSH pushes one by one to the head: reversed keeps the batch's order.
+            await self._r.lpush(self._key("offline", user_id), *reversed(payloads))
+
+    async def take_offline(self, user_id: int) -> list[bytes]:
+        return list(await self._take(keys=[self._key("offline", user_id)]))
+
+    async def allocate_node_number(self) -> int:
+        return int(await self._r.incr(self._key("node-number"))) - 1
+
+    async def close(self) -> None:
+        await self._r.aclose()
+
+
+class RedisBus(Bus):
+    def __init__(self, client: aioredis.Redis, prefix: str = "cim") -> None:
+        self._r = client
+        self._p = prefix
+        self._pubsub: Any = None
+        self._reader: asyncio.Task[None] | None = None
+
+    def _node_channel(self, node_id: str) -> str:
+        return f"{self._p}-node:{node_id}"
+
+    @property
+    def _broadcast_channel(self) -> str:
+        return f"{self._p}-broadcast"
+
+    async def subscribe(self, node_id: str, handler: DeliveryHandler) -> None:
+        self._pubsub = self._r.pubsub(ignore_subscribe_messages=True)
+        await self._pubsub.subscribe(self._node_channel(node_id), self._broadcast_channel)
+        self._reader = asyncio.create_task(self._read(handler), name=f"cim-bus-{node_id}")
+
+    async def _read(self, handler: DeliveryHandler) -> None:
+        while True:
+            try:
+                message = await self._pubsub.get_message(timeout=None)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # redis-py re-subscribes on reconnect; keep reading after a blip.
+                log.exception("bus connection failed; retrying")
+                await asyncio.sleep(0.5)
+                continue
+            if message is not None and message["type"] == "message":
+                try:
+                    handler(message["data"])
+                except Exception:
+                    log.exception("bus handler failed")
+
+    async def publish(self, node_id: str, payload: bytes) -> None:
+        await self._r.publish(self._node_channel(node_id), payload)
+
+    async def broadcast(self, payload: bytes) -> None:
+        await self._r.publish(self._broadcast_channel, payload)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except asyncio.CancelledError:
+                pass
+        if self._pubsub is not None:
+            await self._pubsub.aclose()

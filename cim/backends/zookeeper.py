@@ -1,0 +1,118 @@
+"""ZooKeeper discovery (kazoo): each cim-server is an ephemeral node under a root path.
+
+Node names follow CIM: ``{root}/ip-{host}:{tcp_port}:{http_port}`` (root ``/route``
+by default), so a CIM route and a cim route can read the same registry. The node
+vanishes when the server's ZooKeeper session ends, which is how routes learn of a
+server killed with SIGKILL.
+
+kazoo runs callbacks on its own threads and has no asyncio handler: everything that
+reaches the event loop goes through ``loop.call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import NodeExistsError, NoNodeError
+from kazoo.recipe.watchers import ChildrenWatch
+
+from cim.backends.base import Discovery, ServerInfo, ServersCallback
+
+log = logging.getLogger("cim.backends.zookeeper")
+
+NODE_PREFIX = "ip-"
+
+
+def parse_children(children: list[str]) -> list[ServerInfo]:
+    servers = []
+    for child in children:
+        if not child.startswith(NODE_PREFIX):
+            continue
+        try:
+            servers.append(ServerInfo.parse(child[len(NODE_PREFIX) :]))
+        except ValueError:
+            log.warning("ignoring malformed registry node %r", child)
+    return sorted(servers)
+
+
+class ZooKeeperDiscovery(Discovery):
+    def __init__(self, hosts: str, root: str = "/route", session_timeout: float = 10.0) -> None:
+        self._root = root.rstrip("/") or "/"
+        self._client = KazooClient(hosts=hosts, timeout=session_timeout)
+        self._registered: ServerInfo | None = None
+        self._servers: list[ServerInfo] = []
+        self._session_lost = False
+
+    def _path(self, server: ServerInfo) -> str:
+        return f"{self._root.rstrip('/')}/{NODE_PREFIX}{server.id}"
+
+    async def start(self, timeout: float = 15.0) -> None:
+        await asyncio.to_thread(self._client.start, timeout)
+        self._client.add_listener(self._on_state)
+        await asyncio.to_thread(self._client.ensure_path, self._root)
+
+    def _on_state(self, state: str) -> None:
+        # kazoo thread; must not block. A lost session took our ephemeral node with
+        # it: put it back once a new session is up.
+        if state == KazooState.LOST:
+            self._session_lost = True
+        elif state == KazooState.CONNECTED and self._session_lost:
+            self._session_lost = False
+            if self._registered is not None:
+                self._client.handler.spawn(self._create, self._registered)
+
+    def _create(self, server: ServerInfo) -> None:
+        try:
+            self._client.create(self._path(server), server.id.encode(), ephemeral=True, makepath=True)
+        except NodeExistsError:
+            # Our previous session's node, not yet expired: replace it with ours.
+            self._client.delete(self._path(server))
+            self._client.create(self._path(server), server.id.encode(), ephemeral=True, makepath=True)
+
+    async def register(self, server: ServerInfo) -> None:
+        self._registered = server
+        await asyncio.to_thread(self._create, server)
+        log.info("registered %s in ZooKeeper", self._path(server))
+
+    async def unregister(self, server: ServerInfo) -> None:
+        self._registered = None
+        try:
+            await asyncio.to_thread(self._client.delete, self._path(server))
+        except NoNodeError:
+            pass
+
+    async def watch(self, callback: ServersCallback) -> None:
+        loop = asyncio.get_running_loop()
+        first: asyncio.Future[None] = loop.create_future()
+
+        def deliver(servers: list[ServerInfo]) -> None:  # on the loop
+            self._servers = servers
+            result = callback(servers)
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(result)
+                task.add_done_callback(_log_failure)
+            if not first.done():
+                first.set_result(None)
+
+        def on_children(children: list[str]) -> None:  # on a kazoo thread
+            servers = parse_children(children)
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(deliver, servers)
+
+        ChildrenWatch(self._client, self._root, on_children)
+        await first
+
+    def servers(self) -> list[ServerInfo]:
+        return list(self._servers)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._client.stop)
+        await asyncio.to_thread(self._client.close)
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("server-list callback failed", exc_info=task.exception())

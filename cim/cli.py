@@ -1,0 +1,151 @@
+"""Command lines: ``cim up|server|route|client``, and ``cim-server``, ``cim-route``, ``cim-client``.
+
+Every option falls back to an environment variable ``CIM_<OPTION>`` (for example
+``--redis`` -> ``CIM_REDIS``, ``--heartbeat-interval`` -> ``CIM_HEARTBEAT_INTERVAL``),
+then to the default in ``cim.config.Config``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cim.config import BALANCERS, Config
+
+_DEFAULTS = Config()
+
+
+def _option(parser: argparse.ArgumentParser, flag: str, kind: Callable[[str], Any], help: str, dest: str | None = None, **kw: Any) -> None:
+    dest = dest or flag.lstrip("-").replace("-", "_")
+    env = "CIM_" + flag.lstrip("-").replace("-", "_").upper()
+    default = getattr(_DEFAULTS, dest, None)
+    if env in os.environ:
+        default = kind(os.environ[env])
+    parser.add_argument(flag, dest=dest, type=kind, default=default, help=f"{help} [env {env}; default {default}]", **kw)
+
+
+def _backend_options(p: argparse.ArgumentParser) -> None:
+    _option(p, "--redis", str, "Redis URL for state and bus (e.g. redis://127.0.0.1:6379/0); unset: embedded")
+    _option(p, "--zk", str, "ZooKeeper hosts for discovery (e.g. 127.0.0.1:2181); unset: embedded")
+    _option(p, "--zk-root", str, "ZooKeeper path cim-servers register under")
+    _option(p, "--zk-session-timeout", float, "ZooKeeper session timeout, seconds")
+    _option(p, "--key-prefix", str, "prefix of every Redis key and channel")
+    _option(p, "--log-level", str, "log level")
+
+
+def _server_options(p: argparse.ArgumentParser, port_flag: str = "--port", http_flag: str = "--http-port") -> None:
+    _option(p, "--host", str, "address the client port binds")
+    _option(p, port_flag, int, "client TCP port", dest="port")
+    _option(p, http_flag, int, "health/metrics HTTP port", dest="http_port")
+    _option(p, "--advertise-host", str, "host registered for clients to connect to (default: the bind host, or 127.0.0.1 for a wildcard)")
+    _option(p, "--heartbeat-interval", float, "seconds; a connection silent for 3 intervals is closed")
+    _option(p, "--login-timeout", float, "seconds a new connection has to send its login frame")
+    _option(p, "--max-frame-size", int, "largest frame accepted, bytes")
+    _option(p, "--max-message-bytes", int, "largest chat message, bytes")
+
+
+def _route_options(p: argparse.ArgumentParser, host_flag: str = "--route-host", port_flag: str = "--route-port") -> None:
+    _option(p, host_flag, str, "address the route binds", dest="route_host")
+    _option(p, port_flag, int, "route HTTP port", dest="route_port")
+    _option(p, "--balance", str, "server choice", choices=BALANCERS)
+    _option(p, "--login-claim-ttl", float, "seconds a route login holds the user before the client connects")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    fields = {f.name for f in dataclasses.fields(Config)}
+    return Config(**{k: v for k, v in vars(args).items() if k in fields})
+
+
+def _announce(config: Config) -> None:
+    info = config.server_info
+    route_host = "127.0.0.1" if config.route_host in ("0.0.0.0", "::") else config.route_host
+    print(
+        f"cim is up: route http://{route_host}:{config.route_port}  "
+        f"cim-server {info.host}:{info.tcp_port}  health http://{info.host}:{info.http_port}/health\n"
+        f"connect a client:  cim-client --route http://{route_host}:{config.route_port} --register NAME",
+        flush=True,
+    )
+
+
+def _client_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--route", default=os.environ.get("CIM_ROUTE", "http://127.0.0.1:8083"), help="route URL [env CIM_ROUTE]")
+    p.add_argument("--user-id", type=int, default=None, help="log in as this user id")
+    p.add_argument("--user-name", default=None, help="the account's user name")
+    p.add_argument("--register", metavar="NAME", default=None, help="create (or look up) the account NAME, then log in as it")
+    p.add_argument("--heartbeat-interval", type=float, default=float(os.environ.get("CIM_HEARTBEAT_INTERVAL", 30)))
+    p.add_argument("--reconnect-attempts", type=int, default=int(os.environ.get("CIM_RECONNECT_ATTEMPTS", 10)))
+
+
+def _run_client(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from cim.client.console import run_console
+    from cim.client.sdk import Client, ClientError, register
+
+    async def main() -> int:
+        user_name = args.register or args.user_name
+        user_id = args.user_id
+        if user_name is None:
+            print("give --register NAME, or --user-id ID --user-name NAME", file=sys.stderr)
+            return 2
+        try:
+            if args.register:
+                user_id = await register(args.route, args.register)
+                print(f"* registered {user_name} as user {user_id}", flush=True)
+        except (ClientError, OSError) as err:
+            print(f"* registration failed: {err}", flush=True)
+            return 1
+        if user_id is None:
+            print("--user-id is required without --register", file=sys.stderr)
+            return 2
+        client = Client(
+            args.route, user_id, user_name,
+            heartbeat_interval=args.heartbeat_interval, reconnect_attempts=args.reconnect_attempts,
+        )
+        return await run_console(client)
+
+    return uvloop.run(main())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cim", description="cim: instant messaging (CIM in Python)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="route + one cim-server in one process (embedded backends by default)")
+    _server_options(up)
+    _route_options(up)
+    _backend_options(up)
+    server = sub.add_parser("server", help="a cim-server node")
+    _server_options(server)
+    _backend_options(server)
+    route = sub.add_parser("route", help="the route service")
+    _route_options(route, "--host", "--port")
+    _backend_options(route)
+    client = sub.add_parser("client", help="the console client")
+    _client_parser(client)
+    return parser
+
+
+def cim_main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "client":
+        sys.exit(_run_client(args))
+    from cim.run import run
+
+    roles = {"up": {"server", "route"}, "server": {"server"}, "route": {"route"}}[args.command]
+    run(_config(args), roles, _announce if args.command == "up" else None)
+
+
+def server_main() -> None:
+    cim_main(["server", *sys.argv[1:]])
+
+
+def route_main() -> None:
+    cim_main(["route", *sys.argv[1:]])
+
+
+def client_main() -> None:
+    cim_main(["client", *sys.argv[1:]])

@@ -1,0 +1,65 @@
+"""One Config object for every role, filled by the CLI (flags, then env vars, then defaults)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from cim.backends.base import ServerInfo
+from cim.frame import DEFAULT_MAX_FRAME_SIZE
+
+BALANCERS = ("consistent-hash", "loop", "random")
+
+
+@dataclass
+class Config:
+    # Backends: None means embedded (in-process memory).
+    redis: str | None = None
+    zk: str | None = None
+    zk_root: str = "/route"
+    zk_session_timeout: float = 10.0
+    key_prefix: str = "cim"
+
+    # cim-server
+    host: str = "0.0.0.0"
+    advertise_host: str | None = None
+    port: int = 9000
+    http_port: int = 8081
+    workers: int = 1
+    heartbeat_interval: float = 30.0
+    login_timeout: float = 10.0
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    max_message_bytes: int = 4096
+    shutdown_timeout: float = 5.0
+
+    # route
+    route_host: str = "0.0.0.0"
+    route_port: int = 8083
+    balance: str = "consistent-hash"
+    login_claim_ttl: float = 30.0
+    server_check_timeout: float = 1.0
+
+    log_level: str = "info"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.balance not in BALANCERS:
+            raise ValueError(f"balance must be one of {', '.join(BALANCERS)}, not {self.balance!r}")
+        if self.heartbeat_interval <= 0 or self.login_timeout <= 0:
+            raise ValueError("heartbeat interval and login timeout must be positive")
+
+    @property
+    def embedded(self) -> bool:
+        return self.redis is None and self.zk is None
+
+    @property
+    def server_info(self) -> ServerInfo:
+        """What this server registers: never ``gethostbyname(gethostname())``, which
+        gives 127.0.1.1 on Debian. A wildcard bind advertises loopback unless told."""
+        host = self.advertise_host or (self.host if self.host not in ("0.0.0.0", "::", "") else "127.0.0.1")
+        return ServerInfo(host, self.port, self.http_port)
+
+    def configure_logging(self) -> None:
+        logging.basicConfig(
+            level=self.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+        )

@@ -1,0 +1,81 @@
+"""Sending messages: the one code path behind the route's HTTP endpoints and in-band sends.
+
+Private: look up the receiver's server; offline -> stored (7000); on this node ->
+written directly; elsewhere -> one publish to that node's bus channel. Group: one
+broadcast; every node fans out to its own users. A node that gets a private
+message for a user no longer connected stores it offline, so nothing is lost
+between the route lookup and the write.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from cim.backends.base import Bus, StateStore
+from cim.messages import MessageIds, push_body
+from cim.proto import Delivery
+from cim.status import CimError, Status
+
+
+class LocalSessions(Protocol):
+    """The node a Messenger runs in, if any: lets it skip the bus for local receivers."""
+
+    node_id: str
+
+    def deliver_local(self, user_id: int, body: bytes) -> bool: ...
+
+
+class Messenger:
+    def __init__(self, state: StateStore, bus: Bus, ids: MessageIds, local: LocalSessions | None = None) -> None:
+        self.state = state
+        self.bus = bus
+        self.ids = ids
+        self.local = local
+
+    async def require_user(self, user_id: int, field: str) -> str:
+        name = await self.state.user_name(user_id)
+        if name is None:
+            raise CimError(Status.VALIDATION_FAIL, f"{field} {user_id} is not a registered user")
+        return name
+
+    async def send_private(self, sender_id: int, sender_name: str, receiver_id: int, text: str) -> tuple[Status, int]:
+        """Returns (SUCCESS or OFF_LINE, message id); raises CimError for an unknown receiver."""
+        await self.require_user(receiver_id, "receiveUserId")
+        msg_id, now_ms = self.ids.next()
+        body = push_body(sender_id, sender_name, text, msg_id, now_ms)
+        server = await self.state.route(receiver_id)
+        if server is None:
+            await self.state.store_offline(receiver_id, [body])
+            return Status.OFF_LINE, msg_id
+        local = self.local
+        if local is not None and server == local.node_id and local.deliver_local(receiver_id, body):
+            return Status.SUCCESS, msg_id
+        delivery = Delivery(messages=[body], receiverIds=[receiver_id], storeIfAbsent=True)
+        await self.bus.publish(server, delivery.SerializeToString())
+        return Status.SUCCESS, msg_id
+
+    async def send_group(self, sender_id: int, sender_name: str, text: str) -> int:
+        """Every online user but the sender gets it; returns the message id."""
+        msg_id, now_ms = self.ids.next()
+        body = push_body(sender_id, sender_name, text, msg_id, now_ms)
+        delivery = Delivery(messages=[body], broadcast=True, excludeUserId=sender_id)
+        await self.bus.broadcast(delivery.SerializeToString())
+        return msg_id
+
+    async def deliver_offline(self, user_id: int) -> int:
+        """Send a user's stored messages to their connection, in order, once.
+
+        Raises CimError(OFF_LINE) when the user is not logged in: the messages stay stored.
+        """
+        server = await self.state.route(user_id)
+        if server is None:
+            raise CimError(Status.OFF_LINE, f"user {user_id} is not online; messages stay stored")
+        bodies = await self.state.take_offline(user_id)
+        if bodies:
+            delivery = Delivery(messages=bodies, receiverIds=[user_id], storeIfAbsent=True, restore=True)
+            await self.bus.publish(server, delivery.SerializeToString())
+        return len(bodies)
+
+    async def kick(self, user_id: int, server: str) -> None:
+        """Ask the user's node to close their connection."""
+        await self.bus.publish(server, Delivery(receiverIds=[user_id], kick=True).SerializeToString())

@@ -1,0 +1,247 @@
+"""A cim-server node: the session table, in-band messaging, bus delivery, heartbeats, registration."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable
+
+from cim.backends import Backends
+from cim.config import Config
+from cim.delivery import Messenger
+from cim.messages import MessageIds, frame_for, push_body
+from cim.proto import Delivery
+from cim.protocols.connection import ChatMessage, Event, Login, Offline, ProtocolViolation
+from cim.protocols.tcp import CimServerProtocol
+from cim.status import CimError, Status
+
+log = logging.getLogger("cim.server")
+
+
+class Node:
+    def __init__(self, config: Config, backends: Backends) -> None:
+        self.config = config
+        self.backends = backends
+        self.info = config.server_info
+        self.node_id = self.info.id
+        self.sessions: dict[int, CimServerProtocol] = {}
+        self.pending: set[CimServerProtocol] = set()
+        self.metrics: Counter[str] = Counter()
+        self.started_at = time.time()
+        self.loop = asyncio.get_running_loop()
+        self.messenger: Messenger | None = None
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        state, bus = self.backends.state, self.backends.bus
+        self.messenger = Messenger(state, bus, MessageIds(await state.allocate_node_number()), local=self)
+        await bus.subscribe(self.node_id, self.on_delivery)
+        self._server = await self.loop.create_server(
+            lambda: CimServerProtocol(self),
+            self.config.host,
+            self.config.port,
+            reuse_port=self.config.workers > 1,
+            backlog=4096,
+        )
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="cim-heartbeat-sweep")
+        await self.backends.discovery.register(self.info)
+        log.info("cim-server %s listening on %s:%d", self.node_id, self.config.host, self.config.port)
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (useful with port 0)."""
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        """Graceful: leave the registry, stop accepting, tell clients, close, clean up."""
+        with contextlib.suppress(Exception):
+            await self.backends.discovery.unregister(self.info)
+        if self._server is not None:
+            self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for proto in list(self.sessions.values()) + list(self.pending):
+            proto.conn.close("server shutting down")
+            proto.flush()
+        deadline = self.loop.time() + self.config.shutdown_timeout
+        while (self.sessions or self.pending or self._tasks) and self.loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.metrics["errors"] += 1
+            log.error("background task failed", exc_info=task.exception())
+
+    # -- connections -----------------------------------------------------------
+
+    def connection_made(self, proto: CimServerProtocol) -> None:
+        self.pending.add(proto)
+        self.metrics["connections_total"] += 1
+
+    def connection_lost(self, proto: CimServerProtocol) -> None:
+        self.pending.discard(proto)
+        if proto.logged_in:
+            proto.logged_in = False  # clean up exactly once, whatever closed it
+            if self.sessions.get(proto.user_id) is proto:
+                del self.sessions[proto.user_id]
+            self.metrics["logouts"] += 1
+            self._spawn(self.backends.state.logout(proto.user_id, self.node_id))
+
+    def handle_now(self, proto: CimServerProtocol, event: Event) -> bool:
+        """Settle an event synchronously when no I/O is needed; False defers it to ``handle``."""
+        if isinstance(event, ChatMessage):
+            if event.receiver_id is None or event.receiver_id not in self.sessions:
+                return False
+            self.metrics["messages_in"] += 1
+            msg_id, now_ms = self.messenger.ids.next()  # type: ignore[union-attr]
+            body = push_body(proto.user_id, proto.conn.user_name, event.text, msg_id, now_ms)
+            self.deliver_local(event.receiver_id, body)
+            proto.conn.send_receipt(event.client_msg_id, Status.SUCCESS, msg_id=msg_id)
+            return True
+        if isinstance(event, ProtocolViolation):
+            self.metrics["protocol_errors"] += 1
+            log.info("closing connection of user %s: %s", proto.user_id, event.reason)
+            return True  # the error frame is queued; flush closes
+        if isinstance(event, Offline):
+            proto.conn.close("bye")
+            return True
+        return False
+
+    async def handle(self, proto: CimServerProtocol, event: Event) -> None:
+        if isinstance(event, Login):
+            await self._login(proto, event)
+        elif isinstance(event, ChatMessage):
+            await self._chat(proto, event)
+        elif not self.handle_now(proto, event):
+            raise AssertionError(f"unhandled event {event!r}")
+
+    async def _login(self, proto: CimServerProtocol, login: Login) -> None:
+        state = self.backends.state
+        name = await state.user_name(login.user_id)
+        if name is None:
+            proto.conn.refuse(Status.VALIDATION_FAIL, f"userId {login.user_id} is not a registered user")
+            return
+        if name != login.user_name:
+            proto.conn.refuse(Status.ACCOUNT_NOT_MATCH, Status.ACCOUNT_NOT_MATCH.message)
+            return
+        if login.user_id in self.sessions:
+            proto.conn.refuse(Status.REPEAT_LOGIN, "user already connected")
+            return
+        if not await state.confirm_login(login.user_id, self.node_id):
+            proto.conn.refuse(Status.REPEAT_LOGIN, "user is logged in on another server")
+            return
+        if proto.closed:  # the client left while we asked the state store
+            await state.logout(login.user_id, self.node_id)
+            return
+        self.pending.discard(proto)
+        proto.logged_in = True
+        self.sessions[login.user_id] = proto
+        self.metrics["logins"] += 1
+
+    async def _chat(self, proto: CimServerProtocol, message: ChatMessage) -> None:
+        messenger = self.messenger
+        assert messenger is not None
+        if not proto.logged_in:
+            return  # the login was refused; its connection is closing
+        self.metrics["messages_in"] += 1
+        try:
+            if message.receiver_id is None:
+                msg_id = await messenger.send_group(proto.user_id, proto.conn.user_name, message.text)
+                proto.conn.send_receipt(message.client_msg_id, Status.SUCCESS, msg_id=msg_id)
+            else:
+                status, msg_id = await messenger.send_private(
+                    proto.user_id, proto.conn.user_name, message.receiver_id, message.text
+                )
+                proto.conn.send_receipt(message.client_msg_id, status, msg_id=msg_id)
+        except CimError as err:
+            proto.conn.send_receipt(message.client_msg_id, err.status, err.message)
+
+    # -- delivery --------------------------------------------------------------
+
+    def deliver_local(self, user_id: int, body: bytes) -> bool:
+        proto = self.sessions.get(user_id)
+        if proto is None:
+            return False
+        proto.conn.send_push(frame_for(body, user_id))
+        proto.schedule_flush()
+        self.metrics["messages_out"] += 1
+        return True
+
+    def on_delivery(self, payload: bytes) -> None:
+        """A Delivery from the bus (runs on the loop)."""
+        delivery = Delivery.FromString(payload)
+        if delivery.kick:
+            for user_id in delivery.receiverIds:
+                proto = self.sessions.get(user_id)
+                if proto is not None:
+                    proto.conn.close("logged out")
+                    proto.flush()
+            return
+        receivers: Iterable[int] = delivery.receiverIds if not delivery.broadcast else list(self.sessions)
+        exclude = delivery.excludeUserId
+        for user_id in receivers:
+            if user_id == exclude:
+                continue
+            proto = self.sessions.get(user_id)
+            if proto is None:
+                if delivery.storeIfAbsent:
+                    state = self.backends.state
+                    store = state.restore_offline if delivery.restore else state.store_offline
+                    self._spawn(store(user_id, list(delivery.messages)))
+                continue
+            for body in delivery.messages:
+                proto.conn.send_push(frame_for(body, user_id))
+            proto.schedule_flush()
+            self.metrics["messages_out"] += len(delivery.messages)
+
+    # -- heartbeats ------------------------------------------------------------
+
+    async def _sweep_forever(self) -> None:
+        """One sweep over the session table instead of a timer per connection.
+
+        Logged-in connections silent for 3 heartbeat intervals are closed; so are
+        connections that have not logged in within the login timeout.
+        """
+        interval = self.config.heartbeat_interval
+        login_timeout = self.config.login_timeout
+        period = min(interval, login_timeout) / 2
+        next_session_sweep = self.loop.time() + interval
+        while True:
+            await asyncio.sleep(period)
+            now = self.loop.time()
+            for proto in [p for p in self.pending if now - p.connected_at > login_timeout]:
+                proto.conn.refuse(Status.VALIDATION_FAIL, "login timeout: no login frame received")
+                proto.flush()
+                self.metrics["login_timeouts"] += 1
+            if now >= next_session_sweep:
+                next_session_sweep = now + interval
+                idle_limit = 3 * interval
+                for proto in [p for p in self.sessions.values() if now - p.last_seen > idle_limit]:
+                    proto.conn.close(f"heartbeat timeout: nothing received for {idle_limit:g} s")
+                    proto.flush()
+                    self.metrics["heartbeat_timeouts"] += 1
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "node": self.node_id,
+            "connections": len(self.sessions) + len(self.pending),
+            "sessions": len(self.sessions),
+            "uptime_s": round(time.time() - self.started_at, 1),
+            **self.metrics,
+        }

@@ -1,0 +1,1 @@
+"""Protocols: sans-I/O state machines (``connection``) and the asyncio glue that moves their bytes (``tcp``)."""

@@ -1,0 +1,196 @@
+"""The cim-server side of one client connection, sans-I/O.
+
+Fed bytes with ``receive_data``, it returns events for the application (login,
+message, offline) and queues the frames the protocol answers by itself
+(pong, errors) for ``data_to_send``. The application answers events through the
+``send_*`` methods. Nothing here touches a socket, a clock or a backend, so it is
+tested with plain bytes (tests/test_connection.py).
+
+Every frame sent to the client carries the ``receiveUserId`` property except the
+pong, because CIM's client reads it from every non-PING frame.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from cim.frame import FrameDecoder, FrameError, encode_frame
+from cim.proto import BaseCommand, Request, Response
+from cim.status import Status
+
+RECEIVE_USER_ID = "receiveUserId"
+PONG = encode_frame(Response(cmd=BaseCommand.PING, resMsg="pong").SerializeToString())
+
+
+class State(enum.Enum):
+    AWAITING_LOGIN = "awaiting-login"
+    OPEN = "open"
+    CLOSED = "closed"  # the protocol wants the transport closed once data_to_send is written
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    user_id: int
+    user_name: str
+    request: Request
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """A message sent in-band: private when ``receiver_id`` is set, group otherwise."""
+
+    text: str
+    receiver_id: int | None
+    client_msg_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Offline:
+    """The client says it is going away (CIM's OFFLINE command)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolViolation:
+    """The stream is unusable; an error frame is queued and the state is CLOSED."""
+
+    status: Status
+    reason: str
+
+
+Event = Login | ChatMessage | Offline | ProtocolViolation
+
+
+class ServerConnection:
+    def __init__(self, max_frame_size: int, max_message_bytes: int) -> None:
+        self.state = State.AWAITING_LOGIN
+        self.user_id = 0
+        self.user_name = ""
+        self.max_message_bytes = max_message_bytes
+        self._decoder = FrameDecoder(max_frame_size)
+        self._out: list[bytes] = []
+
+    # -- input ---------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        if self.state is State.CLOSED:
+            return []
+        try:
+            frames = self._decoder.feed(data)
+        except FrameError as err:
+            # Frames before the bad prefix are still served; then the stream is lost.
+            events = self._handle_frames(err.frames)
+            events.append(self._violation(Status.VALIDATION_FAIL, f"bad frame: {err}"))
+            return events
+        return self._handle_frames(frames)
+
+    def _handle_frames(self, frames: list[bytes]) -> list[Event]:
+        events: list[Event] = []
+        for frame in frames:
+            if self.state is State.CLOSED:
+                break
+            try:
+                request = Request.FromString(frame)
+            except DecodeError:
+                # The framing is intact, so only this frame is lost: say so and go on.
+                if self.state is State.AWAITING_LOGIN:
+                    events.append(self._violation(Status.VALIDATION_FAIL, "malformed login frame: not a Request"))
+                else:
+                    self.send_error(Status.VALIDATION_FAIL, "malformed frame: not a protobuf Request; ignored")
+                continue
+            event = self._handle_request(request)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _handle_request(self, request: Request) -> Event | None:
+        cmd = request.cmd
+        if self.state is State.AWAITING_LOGIN:
+            if cmd != BaseCommand.LOGIN_REQUEST or request.requestId <= 0:
+                return self._violation(
+                    Status.VALIDATION_FAIL,
+                    "the first frame must be a login (cmd LOGIN_REQUEST, requestId = userId > 0)",
+                    request.requestId,
+                )
+            self.state = State.OPEN
+            self.user_id = request.requestId
+            self.user_name = request.reqMsg
+            return Login(request.requestId, request.reqMsg, request)
+        if cmd == BaseCommand.PING:
+            self._out.append(PONG)
+            return None
+        if cmd == BaseCommand.MESSAGE:
+            return self._chat_message(request)
+        if cmd == BaseCommand.OFFLINE:
+            return Offline()
+        if cmd == BaseCommand.LOGIN_REQUEST:
+            self.send_error(Status.REPEAT_LOGIN, "this connection is already logged in; ignored")
+            return None
+        self.send_error(Status.VALIDATION_FAIL, f"unsupported command {cmd}; ignored")
+        return None
+
+    def _chat_message(self, request: Request) -> ChatMessage | None:
+        text = request.reqMsg
+        failure = None
+        if not text:
+            failure = "empty message"
+        elif len(text.encode()) > self.max_message_bytes:
+            failure = f"message over {self.max_message_bytes} bytes"
+        receiver: int | None = None
+        raw_receiver = request.properties.get(RECEIVE_USER_ID)
+        if failure is None and raw_receiver:
+            try:
+                receiver = int(raw_receiver)
+            except ValueError:
+                failure = f"receiveUserId {raw_receiver!r} is not a user id"
+        if failure is not None:
+            self.send_receipt(request.clientMsgId, Status.VALIDATION_FAIL, failure)
+            return None
+        return ChatMessage(text, receiver, request.clientMsgId)
+
+    def _violation(self, status: Status, reason: str, receiver: int = 0) -> ProtocolViolation:
+        self._out.append(self._frame(BaseCommand.ERROR, status.code, reason, receiver or self.user_id))
+        self.state = State.CLOSED
+        return ProtocolViolation(status, reason)
+
+    # -- output --------------------------------------------------------------
+
+    def _frame(self, cmd: int, code: int, text: str, receiver: int, **fields: int) -> bytes:
+        response = Response(cmd=cmd, code=code, resMsg=text, **fields)
+        response.properties[RECEIVE_USER_ID] = str(receiver)
+        return encode_frame(response.SerializeToString())
+
+    def send_error(self, status: Status, reason: str) -> None:
+        self._out.append(self._frame(BaseCommand.ERROR, status.code, reason, self.user_id))
+
+    def send_receipt(self, client_msg_id: int, status: Status, text: str | None = None, msg_id: int = 0) -> None:
+        """The fate of a message this client sent: always answered, success or not."""
+        self._out.append(
+            self._frame(
+                BaseCommand.SEND_RECEIPT, status.code, text or status.message, self.user_id,
+                clientMsgId=client_msg_id, msgId=msg_id,
+            )
+        )
+
+    def send_push(self, frame: bytes) -> None:
+        """A complete, already framed push (see ``cim.messages``)."""
+        self._out.append(frame)
+
+    def refuse(self, status: Status, reason: str) -> None:
+        """Refuse the login (or end the session) with an error frame, then close."""
+        self._violation(status, reason)
+
+    def close(self, reason: str = "server closing") -> None:
+        """Tell the client why, then close (shutdown, kicked by /offLine)."""
+        if self.state is not State.CLOSED:
+            self._out.append(self._frame(BaseCommand.OFFLINE, Status.SUCCESS.code, reason, self.user_id))
+            self.state = State.CLOSED
+
+    def data_to_send(self) -> bytes:
+        if not self._out:
+            return b""
+        data = b"".join(self._out)
+        self._out.clear()
+        return data

@@ -1,0 +1,101 @@
+"""The asyncio Protocol of a client connection: it only moves bytes.
+
+Protocol decisions live in ``ServerConnection`` (sans-I/O), application decisions
+in ``Node``. Events are handled in arrival order: ones the node can settle at once
+(a ping, a message to a user on this node) are, the rest (login, routes on other
+nodes) go through a per-connection backlog drained by one task that exists only
+while there is a backlog, so a message never overtakes an earlier one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+from cim.protocols.connection import Event, ServerConnection, State
+
+if TYPE_CHECKING:
+    from cim.node import Node
+
+log = logging.getLogger("cim.server")
+
+
+class CimServerProtocol(asyncio.Protocol):
+    __slots__ = ("node", "conn", "transport", "connected_at", "last_seen", "logged_in", "closed", "_backlog", "_flush_pending")
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.conn = ServerConnection(node.config.max_frame_size, node.config.max_message_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.connected_at = 0.0
+        self.last_seen = 0.0
+        self.logged_in = False
+        self.closed = False
+        self._backlog: deque[Event] | None = None
+        self._flush_pending = False
+
+    @property
+    def user_id(self) -> int:
+        return self.conn.user_id
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport subclass
+        self.connected_at = self.last_seen = self.node.loop.time()
+        self.node.connection_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_seen = self.node.loop.time()
+        self.node.metrics["bytes_in"] += len(data)
+        events = self.conn.receive_data(data)
+        for event in events:
+            if self._backlog is None and self.node.handle_now(self, event):
+                continue
+            if self._backlog is None:
+                self._backlog = deque()
+                asyncio.create_task(self._drain())
+            self._backlog.append(event)
+        self.flush()
+
+    async def _drain(self) -> None:
+        backlog = self._backlog
+        assert backlog is not None
+        try:
+            while backlog:
+                event = backlog[0]
+                try:
+                    await self.node.handle(self, event)
+                except Exception:
+                    log.exception("handling %r for user %s failed", type(event).__name__, self.user_id)
+                    self.node.metrics["errors"] += 1
+                backlog.popleft()
+                self.flush()
+                # Once the backlog is empty, events may be settled at once again.
+        finally:
+            self._backlog = None
+
+    def flush(self) -> None:
+        """Write everything the connection queued, in one write; close if it ended."""
+        self._flush_pending = False
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        data = self.conn.data_to_send()
+        if data:
+            transport.write(data)
+        if self.conn.state is State.CLOSED:
+            self.closed = True
+            transport.close()
+
+    def schedule_flush(self) -> None:
+        """Flush at the end of this loop turn: pushes to one connection from one
+        turn (a burst of bus deliveries) go out in one write."""
+        if not self._flush_pending:
+            self._flush_pending = True
+            self.node.loop.call_soon(self.flush)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.transport = None
+        self.node.connection_lost(self)

@@ -1,0 +1,95 @@
+"""Running the roles in one event loop: ``server``, ``route``, or both (``cim up``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from cim.backends import Backends, open_backends
+from cim.backends.memory import MemoryHub
+from cim.config import Config
+from cim.frame import IMPLEMENTATION
+from cim.http import HttpService, start_http
+from cim.node import Node
+from route.app import create_app
+from route.service import RouteService
+
+log = logging.getLogger("cim")
+
+
+def node_http_app(node: Node) -> Starlette:
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "node": node.node_id})
+
+    async def metrics(request: Request) -> JSONResponse:
+        return JSONResponse(node.snapshot())
+
+    return Starlette(routes=[Route("/health", health), Route("/metrics", metrics)])
+
+
+class Running:
+    """What ``start`` brought up, for ``stop`` and for tests (bound ports)."""
+
+    def __init__(self, backends: Backends) -> None:
+        self.backends = backends
+        self.node: Node | None = None
+        self.node_http: HttpService | None = None
+        self.route: RouteService | None = None
+        self.route_http: HttpService | None = None
+
+    async def stop(self) -> None:
+        # Clients first (they are told and their state is cleared), then HTTP, then backends.
+        if self.node is not None:
+            await self.node.stop()
+        for http in (self.route_http, self.node_http):
+            if http is not None:
+                await http.stop()
+        if self.route is not None:
+            await self.route.stop()
+        await self.backends.close()
+
+
+async def start(config: Config, roles: set[str], hub: MemoryHub | None = None) -> Running:
+    running = Running(await open_backends(config, hub))
+    try:
+        if "server" in roles:
+            running.node = Node(config, running.backends)
+            await running.node.start()
+            running.node_http = await start_http(node_http_app(running.node), config.host, config.http_port)
+        if "route" in roles:
+            running.route = RouteService(config, running.backends)
+            await running.route.start()
+            running.route_http = await start_http(create_app(running.route), config.route_host, config.route_port)
+    except BaseException:
+        await running.stop()
+        raise
+    return running
+
+
+async def serve(config: Config, roles: set[str], announce: Callable[[Config], None] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain gracefully."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    running = await start(config, roles)
+    log.info("frame codec: %s", IMPLEMENTATION)
+    if announce is not None:
+        announce(config)
+    await stop.wait()
+    log.info("shutting down")
+    await running.stop()
+
+
+def run(config: Config, roles: set[str], announce: Callable[[Config], None] | None = None) -> None:
+    import uvloop
+
+    config.configure_logging()
+    uvloop.run(serve(config, roles, announce))

@@ -1,0 +1,1 @@
+"""The route service: accounts, login and server choice, message routing (CIM's cim-forward-route)."""

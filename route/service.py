@@ -1,0 +1,121 @@
+"""The route's business logic, independent of HTTP: what each endpoint does."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from cim.backends import Backends
+from cim.backends.base import ServerInfo
+from cim.config import Config
+from cim.delivery import Messenger
+from cim.messages import MessageIds
+from cim.status import CimError, Status
+from route.balance import make_balancer
+
+log = logging.getLogger("cim.route")
+
+
+class RouteService:
+    def __init__(self, config: Config, backends: Backends) -> None:
+        self.config = config
+        self.backends = backends
+        self.state = backends.state
+        self.balancer = make_balancer(config.balance)
+        self.servers: list[ServerInfo] = []
+        self.messenger: Messenger | None = None
+        self._cleanups: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self.messenger = Messenger(
+            self.state, self.backends.bus, MessageIds(await self.state.allocate_node_number())
+        )
+        await self.backends.discovery.watch(self._on_servers)
+
+    async def stop(self) -> None:
+        for task in list(self._cleanups):
+            with contextlib.suppress(Exception):
+                await task
+
+    def _on_servers(self, servers: list[ServerInfo]) -> None:
+        gone = set(self.servers) - set(servers)
+        self.servers = list(servers)
+        log.info("cim-servers: %s", ", ".join(s.id for s in servers) or "none")
+        for server in gone:
+            # A server that left without logging its users out (SIGKILL, lost
+            # ZooKeeper session) must not lock them out: clear what it held.
+            task = asyncio.create_task(self._clear(server))
+            self._cleanups.add(task)
+            task.add_done_callback(self._cleanups.discard)
+
+    async def _clear(self, server: ServerInfo) -> None:
+        users = await self.state.clear_server(server.id)
+        if users:
+            log.warning("cim-server %s is gone: logged out %d users", server.id, len(users))
+
+    # -- endpoints ---------------------------------------------------------------
+
+    async def register(self, user_name: str) -> int:
+        return await self.state.register(user_name)
+
+    async def login(self, user_id: int, user_name: str) -> ServerInfo:
+        # CIM's order: the account first (9100), then the one-login rule (5000).
+        if await self.state.user_name(user_id) != user_name:
+            raise CimError(Status.ACCOUNT_NOT_MATCH)
+        if await self.state.route(user_id) is not None:
+            raise CimError(Status.REPEAT_LOGIN)
+        server = await self._pick_reachable(user_id)
+        if not await self.state.reserve_login(user_id, server.id, self.config.login_claim_ttl):
+            raise CimError(Status.REPEAT_LOGIN)
+        return server
+
+    async def _pick_reachable(self, user_id: int) -> ServerInfo:
+        candidates = list(self.servers)
+        while candidates:
+            server = self.balancer.pick(user_id, candidates)
+            if await self._accepts(server):
+                return server
+            log.warning("cim-server %s does not accept connections; picking another", server.id)
+            candidates.remove(server)
+        raise CimError(Status.SERVER_NOT_AVAILABLE)
+
+    async def _accepts(self, server: ServerInfo) -> bool:
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(server.host, server.tcp_port), self.config.server_check_timeout
+            )
+        except (OSError, asyncio.TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
+    async def _sender_name(self, user_id: int) -> str:
+        assert self.messenger is not None
+        return await self.messenger.require_user(user_id, "userId")
+
+    async def send_private(self, user_id: int, receiver_id: int, text: str) -> Status:
+        assert self.messenger is not None
+        name = await self._sender_name(user_id)
+        status, _ = await self.messenger.send_private(user_id, name, receiver_id, text)
+        return status
+
+    async def send_group(self, user_id: int, text: str) -> None:
+        assert self.messenger is not None
+        await self.messenger.send_group(user_id, await self._sender_name(user_id), text)
+
+    async def online_users(self) -> list[tuple[int, str]]:
+        return sorted(await self.state.online_users())
+
+    async def offline(self, user_id: int) -> None:
+        """Log the user out and close their connection, wherever it is."""
+        assert self.messenger is not None
+        server = await self.state.logout(user_id)
+        if server is not None:
+            await self.messenger.kick(user_id, server)
+
+    async def fetch_offline(self, user_id: int) -> int:
+        assert self.messenger is not None
+        return await self.messenger.deliver_offline(user_id)
