@@ -14,7 +14,7 @@ from cim.config import Config
 from cim.delivery import Messenger
 from cim.messages import MessageIds, frame_for, push_body
 from cim.proto import Delivery
-from cim.protocols.connection import ChatMessage, Event, Login, Offline, ProtocolViolation
+from cim.protocols.connection import ChatMessage, Event, Login, Offline, Ping, ProtocolViolation
 from cim.protocols.tcp import CimServerProtocol
 from cim.status import CimError, Status
 
@@ -29,6 +29,9 @@ class Node:
         self.node_id = self.info.id
         self.sessions: dict[int, CimServerProtocol] = {}
         self.pending: set[CimServerProtocol] = set()
+        # Users whose login is being checked: a second connection racing the first
+        # across the state store's await is refused like a duplicate.
+        self._logging_in: set[int] = set()
         self.metrics: Counter[str] = Counter()
         self.started_at = time.time()
         self.loop = asyncio.get_running_loop()
@@ -105,6 +108,9 @@ class Node:
 
     def handle_now(self, proto: CimServerProtocol, event: Event) -> bool:
         """Settle an event synchronously when no I/O is needed; False defers it to ``handle``."""
+        if isinstance(event, Ping):
+            proto.conn.send_pong()
+            return True
         if isinstance(event, ChatMessage):
             if event.receiver_id is None or event.receiver_id not in self.sessions:
                 return False
@@ -132,6 +138,16 @@ class Node:
             raise AssertionError(f"unhandled event {event!r}")
 
     async def _login(self, proto: CimServerProtocol, login: Login) -> None:
+        if login.user_id in self.sessions or login.user_id in self._logging_in:
+            proto.conn.refuse(Status.REPEAT_LOGIN, "user already connected")
+            return
+        self._logging_in.add(login.user_id)
+        try:
+            await self._check_login(proto, login)
+        finally:
+            self._logging_in.discard(login.user_id)
+
+    async def _check_login(self, proto: CimServerProtocol, login: Login) -> None:
         state = self.backends.state
         name = await state.user_name(login.user_id)
         if name is None:
@@ -139,9 +155,6 @@ class Node:
             return
         if name != login.user_name:
             proto.conn.refuse(Status.ACCOUNT_NOT_MATCH, Status.ACCOUNT_NOT_MATCH.message)
-            return
-        if login.user_id in self.sessions:
-            proto.conn.refuse(Status.REPEAT_LOGIN, "user already connected")
             return
         if not await state.confirm_login(login.user_id, self.node_id):
             proto.conn.refuse(Status.REPEAT_LOGIN, "user is logged in on another server")

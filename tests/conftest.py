@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from types import ModuleType
 
 import pytest
+
+from cim.backends.memory import MemoryHub
+from cim.config import Config
+from cim.frame import FrameDecoder, encode_frame
+from cim.proto import BaseCommand, Request, Response
+from cim.run import Running, start
+from tests.services import free_port, redis_server, zookeeper_server
 
 CODEC_MODULES = ["cim._frame_py", "cim._frame"]
 
@@ -21,3 +31,87 @@ def codec(request: pytest.FixtureRequest) -> ModuleType:
         if name == "cim._frame" and os.environ.get("CIM_NO_EXTENSIONS"):
             pytest.skip("built without the extension (CIM_NO_EXTENSIONS set)")
         raise
+
+
+# -- real services and in-process stacks --------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def zk_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with zookeeper_server(tmp_path_factory.mktemp("zookeeper")) as hosts:
+        yield hosts
+
+
+def stack_config(**overrides: object) -> Config:
+    """A config on free loopback ports."""
+    base: dict[str, object] = dict(
+        host="127.0.0.1", port=free_port(), http_port=free_port(), route_host="127.0.0.1", route_port=free_port(),
+        key_prefix=f"t{uuid.uuid4().hex[:8]}", zk_root=f"/t{uuid.uuid4().hex[:8]}", log_level="warning",
+    )
+    base.update(overrides)
+    return Config(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[Running]:
+    """route + cim-server in this process on embedded backends, real sockets."""
+    running = await start(stack_config(), {"server", "route"}, MemoryHub())
+    yield running
+    await running.stop()
+
+
+class RawClient:
+    """Speaks the wire protocol by hand: frames in, Responses out."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.decoder = FrameDecoder()
+        self.inbox: list[Response] = []
+
+    @classmethod
+    async def connect(cls, port: int) -> RawClient:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    def send_raw(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    def send(self, **fields: object) -> None:
+        properties = fields.pop("properties", {})
+        request = Request(**fields)  # type: ignore[arg-type]
+        request.properties.update(properties)  # type: ignore[arg-type]
+        self.writer.write(encode_frame(request.SerializeToString()))
+
+    def login(self, user_id: int, user_name: str) -> None:
+        self.send(requestId=user_id, reqMsg=user_name)
+
+    async def next(self, timeout: float = 5.0) -> Response:
+        while not self.inbox:
+            data = await asyncio.wait_for(self.reader.read(65536), timeout)
+            if not data:
+                raise ConnectionError("closed by the server")
+            self.inbox += [Response.FromString(f) for f in self.decoder.feed(data)]
+        return self.inbox.pop(0)
+
+    async def closed(self, timeout: float = 5.0) -> list[Response]:
+        """Read until the server closes; returns what came before."""
+        frames = list(self.inbox)
+        self.inbox.clear()
+        while True:
+            data = await asyncio.wait_for(self.reader.read(65536), timeout)
+            if not data:
+                return frames
+            frames += [Response.FromString(f) for f in self.decoder.feed(data)]
+
+    async def ping(self, user_id: int) -> Response:
+        self.send(requestId=user_id, reqMsg="ping", cmd=BaseCommand.PING)
+        return await self.next()
+
+    def close(self) -> None:
+        self.writer.close()

@@ -133,6 +133,7 @@ class Client:
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._receipts: dict[int, asyncio.Future[Receipt]] = {}
+        self._login_answer: asyncio.Future[None] | None = None
         self._msg_ids = itertools.count(1)
         self._last_write = 0.0
         self._last_read = 0.0
@@ -163,13 +164,24 @@ class Client:
         self.server = ServerAddress(data["ip"], int(data["cimServerPort"]), int(data["httpPort"]))
         self._reader, self._writer = await asyncio.open_connection(self.server.host, self.server.port)
         self._refused = None
+        # The server answers a ping in order with what came before it, so the pong
+        # after the login frame says the login was accepted (a refusal is an error frame).
+        self._login_answer = asyncio.get_running_loop().create_future()
         self._write(Request(requestId=self.user_id, reqMsg=self.user_name, cmd=BaseCommand.LOGIN_REQUEST))
+        self._write(Request(requestId=self.user_id, reqMsg="ping", cmd=BaseCommand.PING))
         self._last_read = time.monotonic()
         self.connected = True
         self._tasks = [
             asyncio.create_task(self._read_loop(self._reader), name="cim-client-read"),
             asyncio.create_task(self._heartbeat(), name="cim-client-heartbeat"),
         ]
+        try:
+            await asyncio.wait_for(asyncio.shield(self._login_answer), self.send_timeout)
+        except BaseException:
+            self._closing = True
+            self._teardown()
+            self._closing = False
+            raise
         self._status(f"connected to {self.server.host}:{self.server.port} as {self.user_name}({self.user_id})")
         if self.fetch_offline:
             await route_call(self._http, "/fetchOfflineMsgs", {"receiveUserId": self.user_id})
@@ -189,12 +201,19 @@ class Client:
         except (ConnectionError, FrameError) as err:
             self._status(f"connection error: {err}")
         finally:
+            login = self._login_answer
+            if login is not None and not login.done():
+                login.set_exception(ConnectionError("the server closed the connection during login"))
             if not self._closing:
                 asyncio.get_running_loop().call_soon(self._connection_lost)
 
     def _on_frame(self, response: Response) -> None:
         cmd = response.cmd
-        if cmd == BaseCommand.MESSAGE:
+        login = self._login_answer
+        if cmd == BaseCommand.PING:
+            if login is not None and not login.done():
+                login.set_result(None)
+        elif cmd == BaseCommand.MESSAGE:
             message = Message(
                 sender_id=int(response.properties.get("sendUserId") or response.responseId),
                 sender_name=response.properties.get("sendUserName", ""),
@@ -211,8 +230,8 @@ class Client:
                 future.set_result(Receipt(response.code, response.resMsg, response.msgId))
         elif cmd == BaseCommand.ERROR:
             self._status(f"server error {response.code}: {response.resMsg}")
-            if response.code in (Status.ACCOUNT_NOT_MATCH.code, Status.REPEAT_LOGIN.code):
-                self._refused = ClientError(response.code, response.resMsg)
+            if login is not None and not login.done():
+                login.set_exception(ClientError(response.code, response.resMsg))
         elif cmd == BaseCommand.OFFLINE:
             self._status(f"server closed the session: {response.resMsg}")
             if response.resMsg == "logged out":
@@ -231,18 +250,24 @@ class Client:
             if now - self._last_write >= interval:
                 self._write(Request(requestId=self.user_id, reqMsg="ping", cmd=BaseCommand.PING))
 
-    def _connection_lost(self) -> None:
-        if self._closing or not self.connected:
-            return
+    def _teardown(self) -> None:
+        """Drop the current connection and fail what waited on it."""
         self.connected = False
+        current = asyncio.current_task()
         for task in self._tasks:
-            task.cancel()
+            if task is not current:
+                task.cancel()
         if self._writer is not None:
             self._writer.close()
         for future in self._receipts.values():
             if not future.done():
                 future.set_exception(ConnectionError("connection lost before the server answered"))
         self._receipts.clear()
+
+    def _connection_lost(self) -> None:
+        if self._closing or not self.connected:
+            return
+        self._teardown()
         if self._refused is not None:
             self._finish(self._refused)
             return

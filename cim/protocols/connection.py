@@ -48,6 +48,12 @@ class ChatMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class Ping:
+    """A heartbeat. Answered in order with the other events, so a pong also says
+    that everything the client sent before the ping has been handled."""
+
+
+@dataclass(frozen=True, slots=True)
 class Offline:
     """The client says it is going away (CIM's OFFLINE command)."""
 
@@ -60,7 +66,7 @@ class ProtocolViolation:
     reason: str
 
 
-Event = Login | ChatMessage | Offline | ProtocolViolation
+Event = Login | ChatMessage | Ping | Offline | ProtocolViolation
 
 
 class ServerConnection:
@@ -119,8 +125,7 @@ class ServerConnection:
             self.user_name = request.reqMsg
             return Login(request.requestId, request.reqMsg, request)
         if cmd == BaseCommand.PING:
-            self._out.append(PONG)
-            return None
+            return Ping()
         if cmd == BaseCommand.MESSAGE:
             return self._chat_message(request)
         if cmd == BaseCommand.OFFLINE:
@@ -161,6 +166,9 @@ class ServerConnection:
         response = Response(cmd=cmd, code=code, resMsg=text, **fields)
         response.properties[RECEIVE_USER_ID] = str(receiver)
         return encode_frame(response.SerializeToString())
+
+    def send_pong(self) -> None:
+        self._out.append(PONG)
 
     def send_error(self, status: Status, reason: str) -> None:
         self._out.append(self._frame(BaseCommand.ERROR, status.code, reason, self.user_id))

@@ -1,0 +1,123 @@
+"""The server connection state machine, fed bytes, no sockets."""
+
+from __future__ import annotations
+
+from cim.frame import FrameDecoder, encode_frame, encode_frames
+from cim.proto import BaseCommand, Request, Response
+from cim.protocols.connection import ChatMessage, Login, Offline, Ping, ProtocolViolation, ServerConnection, State
+from cim.status import Status
+
+
+def frame(**fields: object) -> bytes:
+    request = Request(**{k: v for k, v in fields.items() if k != "properties"})
+    request.properties.update(fields.get("properties", {}))  # type: ignore[arg-type]
+    return encode_frame(request.SerializeToString())
+
+
+def sent(conn: ServerConnection) -> list[Response]:
+    return [Response.FromString(f) for f in FrameDecoder().feed(conn.data_to_send())]
+
+
+def logged_in() -> ServerConnection:
+    conn = ServerConnection(max_frame_size=1024, max_message_bytes=100)
+    [event] = conn.receive_data(frame(requestId=7, reqMsg="alice"))
+    assert event == Login(7, "alice", Request(requestId=7, reqMsg="alice"))
+    return conn
+
+
+def test_login_without_cmd_on_the_wire() -> None:
+    conn = logged_in()
+    assert conn.state is State.OPEN and conn.user_id == 7 and conn.user_name == "alice"
+    assert conn.data_to_send() == b""
+
+
+def test_first_frame_not_a_login_is_refused_with_receiver_set() -> None:
+    conn = ServerConnection(1024, 100)
+    events = conn.receive_data(frame(requestId=7, reqMsg="hi", cmd=BaseCommand.MESSAGE))
+    assert isinstance(events[0], ProtocolViolation) and conn.state is State.CLOSED
+    [error] = sent(conn)
+    assert error.cmd == BaseCommand.ERROR and error.code == Status.VALIDATION_FAIL.code
+    assert error.properties["receiveUserId"] == "7"
+    assert "first frame must be a login" in error.resMsg
+    assert conn.receive_data(frame(requestId=7)) == []  # closed: nothing more is read
+
+
+def test_ping_answers_cim_pong() -> None:
+    conn = logged_in()
+    assert conn.receive_data(frame(requestId=7, reqMsg="ping", cmd=BaseCommand.PING)) == [Ping()]
+    conn.send_pong()
+    assert conn.data_to_send() == encode_frame(b"\x0a\x04pong\x18\x02")
+
+
+def test_messages_private_and_group() -> None:
+    conn = logged_in()
+    events = conn.receive_data(
+        frame(reqMsg="to bob", cmd=BaseCommand.MESSAGE, clientMsgId=1, properties={"receiveUserId": "8"})
+        + frame(reqMsg="to all", cmd=BaseCommand.MESSAGE, clientMsgId=2)
+    )
+    assert events == [ChatMessage("to bob", 8, 1), ChatMessage("to all", None, 2)]
+
+
+def test_bad_messages_get_failed_receipts_and_the_connection_goes_on() -> None:
+    conn = logged_in()
+    events = conn.receive_data(
+        frame(reqMsg="", cmd=BaseCommand.MESSAGE, clientMsgId=1)
+        + frame(reqMsg="x" * 101, cmd=BaseCommand.MESSAGE, clientMsgId=2)
+        + frame(reqMsg="hi", cmd=BaseCommand.MESSAGE, clientMsgId=3, properties={"receiveUserId": "bob"})
+        + frame(reqMsg="ok", cmd=BaseCommand.MESSAGE, clientMsgId=4)
+    )
+    assert events == [ChatMessage("ok", None, 4)]
+    receipts = sent(conn)
+    assert [(r.cmd, r.clientMsgId, r.code) for r in receipts] == [(BaseCommand.SEND_RECEIPT, i, 3000) for i in (1, 2, 3)]
+    assert "empty" in receipts[0].resMsg and "100 bytes" in receipts[1].resMsg and "'bob'" in receipts[2].resMsg
+    assert all(r.properties["receiveUserId"] == "7" for r in receipts)
+    assert conn.state is State.OPEN
+
+
+def test_garbage_protobuf_after_login_is_reported_and_skipped() -> None:
+    conn = logged_in()
+    events = conn.receive_data(encode_frames([b"\xff\xff\xff", Request(reqMsg="after", cmd=BaseCommand.MESSAGE).SerializeToString()]))
+    assert events == [ChatMessage("after", None, 0)]
+    [error] = sent(conn)
+    assert error.cmd == BaseCommand.ERROR and "not a protobuf Request" in error.resMsg
+    assert error.properties["receiveUserId"] == "7"
+
+
+def test_garbage_login_closes() -> None:
+    conn = ServerConnection(1024, 100)
+    [event] = conn.receive_data(encode_frame(b"\xff\xff\xff"))
+    assert isinstance(event, ProtocolViolation) and conn.state is State.CLOSED
+    assert sent(conn)[0].properties["receiveUserId"] == "0"
+
+
+def test_oversized_frame_serves_earlier_frames_then_closes() -> None:
+    conn = logged_in()
+    events = conn.receive_data(frame(reqMsg="before", cmd=BaseCommand.MESSAGE) + b"\x80\x80\x80\x80\x04")
+    assert events[0] == ChatMessage("before", None, 0)
+    assert isinstance(events[1], ProtocolViolation) and "exceeds the limit" in events[1].reason
+    assert conn.state is State.CLOSED
+    assert sent(conn)[0].cmd == BaseCommand.ERROR
+
+
+def test_second_login_and_unknown_command_are_errors_not_closes() -> None:
+    conn = logged_in()
+    assert conn.receive_data(frame(requestId=7, reqMsg="alice") + frame(cmd=99)) == []
+    errors = sent(conn)
+    assert [e.code for e in errors] == [Status.REPEAT_LOGIN.code, Status.VALIDATION_FAIL.code]
+    assert conn.state is State.OPEN
+
+
+def test_offline_and_close() -> None:
+    conn = logged_in()
+    assert conn.receive_data(frame(cmd=BaseCommand.OFFLINE)) == [Offline()]
+    conn.close("bye")
+    [bye] = sent(conn)
+    assert bye.cmd == BaseCommand.OFFLINE and bye.properties["receiveUserId"] == "7"
+    assert conn.state is State.CLOSED
+
+
+def test_refuse_login() -> None:
+    conn = logged_in()
+    conn.refuse(Status.ACCOUNT_NOT_MATCH, "no")
+    [error] = sent(conn)
+    assert (error.code, error.properties["receiveUserId"], conn.state) == (9100, "7", State.CLOSED)

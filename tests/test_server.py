@@ -1,0 +1,174 @@
+"""cim-server on real 127.0.0.1 sockets (route + server in this process, embedded backends)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from cim.backends.memory import MemoryHub
+from cim.proto import BaseCommand
+from cim.run import Running, start
+from cim.status import Status
+from tests.conftest import RawClient, stack_config
+
+
+async def post(running: Running, path: str, body: Any) -> dict[str, Any]:
+    assert running.route_http is not None
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{running.route_http.port}") as http:
+        response = await http.post(path, json=body)
+    assert response.status_code == 200
+    return response.json()
+
+
+async def user(running: Running, name: str) -> int:
+    return int((await post(running, "/registerAccount", {"userName": name}))["dataBody"]["userId"])
+
+
+async def online(running: Running, name: str) -> tuple[int, RawClient]:
+    """Register, route-login and connect a raw client; returns (user id, client) once logged in."""
+    user_id = await user(running, name)
+    login = await post(running, "/login", {"userId": user_id, "userName": name})
+    assert login["code"] == "9000", login
+    client = await RawClient.connect(login["dataBody"]["cimServerPort"])
+    client.login(user_id, name)
+    assert (await client.ping(user_id)).resMsg == "pong"  # answered after the login was handled
+    return user_id, client
+
+
+async def test_login_ping_pong_and_cleanup_on_close(stack: Running) -> None:
+    alice, client = await online(stack, "alice")
+    pong = await client.ping(alice)
+    assert (pong.cmd, pong.resMsg) == (BaseCommand.PING, "pong")
+    assert (await post(stack, "/onlineUser", {}))["dataBody"] == [{"userId": alice, "userName": "alice"}]
+    client.close()
+    for _ in range(100):
+        if not (await post(stack, "/onlineUser", {}))["dataBody"]:
+            break
+        await asyncio.sleep(0.02)
+    assert (await post(stack, "/onlineUser", {}))["dataBody"] == []
+    assert stack.node is not None and stack.node.metrics["logouts"] == 1  # cleaned up exactly once
+    # ...and the user can log in again at once.
+    assert (await post(stack, "/login", {"userId": alice, "userName": "alice"}))["code"] == "9000"
+
+
+async def test_in_band_private_group_and_receipts(stack: Running) -> None:
+    alice, a = await online(stack, "alice")
+    bob, b = await online(stack, "bob")
+    carol = await user(stack, "carol")  # registered, never online
+    a.send(reqMsg="hi bob", cmd=BaseCommand.MESSAGE, clientMsgId=1, properties={"receiveUserId": str(bob)})
+    push = await b.next()
+    assert (push.cmd, push.resMsg, push.responseId) == (BaseCommand.MESSAGE, "hi bob", alice)
+    assert dict(push.properties) == {"sendUserId": str(alice), "sendUserName": "alice", "receiveUserId": str(bob)}
+    assert push.msgId > 0 and push.timestamp > 0
+    receipt = await a.next()
+    assert (receipt.cmd, receipt.clientMsgId, receipt.code) == (BaseCommand.SEND_RECEIPT, 1, 9000)
+    assert receipt.msgId == push.msgId and receipt.properties["receiveUserId"] == str(alice)
+
+    b.send(reqMsg="hello all", cmd=BaseCommand.MESSAGE, clientMsgId=2)
+    group = await a.next()
+    assert group.resMsg == "hello all" and group.properties["receiveUserId"] == str(alice)
+    assert (await b.next()).code == 9000  # the sender gets a receipt, not its own message
+
+    a.send(reqMsg="later", cmd=BaseCommand.MESSAGE, clientMsgId=3, properties={"receiveUserId": str(carol)})
+    stored = await a.next()
+    assert (stored.clientMsgId, stored.code) == (3, Status.OFF_LINE.code)
+    a.send(reqMsg="x", cmd=BaseCommand.MESSAGE, clientMsgId=4, properties={"receiveUserId": "987654"})
+    unknown = await a.next()
+    assert unknown.code == Status.VALIDATION_FAIL.code and "987654 is not a registered user" in unknown.resMsg
+
+
+async def test_order_is_kept_within_a_conversation(stack: Running) -> None:
+    alice, a = await online(stack, "alice")
+    bob, b = await online(stack, "bob")
+    for i in range(300):
+        a.send(reqMsg=f"m{i}", cmd=BaseCommand.MESSAGE, clientMsgId=i + 1, properties={"receiveUserId": str(bob)})
+    got = [(await b.next()).resMsg for _ in range(300)]
+    assert got == [f"m{i}" for i in range(300)]
+
+
+async def test_duplicate_tcp_login_is_refused_and_the_first_goes_on(stack: Running) -> None:
+    alice, first = await online(stack, "alice")
+    second = await RawClient.connect(stack.node.port)  # type: ignore[union-attr]
+    second.login(alice, "alice")
+    [error] = await second.closed()
+    assert (error.cmd, error.code, error.properties["receiveUserId"]) == (BaseCommand.ERROR, 5000, str(alice))
+    assert (await first.ping(alice)).resMsg == "pong"
+
+
+async def test_tcp_login_with_wrong_name_or_unknown_user(stack: Running) -> None:
+    alice = await user(stack, "alice")
+    wrong = await RawClient.connect(stack.node.port)  # type: ignore[union-attr]
+    wrong.login(alice, "mallory")
+    assert [(e.code, e.cmd) for e in await wrong.closed()] == [(9100, BaseCommand.ERROR)]
+    unknown = await RawClient.connect(stack.node.port)  # type: ignore[union-attr]
+    unknown.login(424242, "ghost")
+    [error] = await unknown.closed()
+    assert error.code == 3000 and "424242 is not a registered user" in error.resMsg
+
+
+async def test_bad_frames_close_only_that_connection(stack: Running) -> None:
+    alice, a = await online(stack, "alice")
+    bob, b = await online(stack, "bob")
+    port = stack.node.port  # type: ignore[union-attr]
+    for garbage in (b"\x80\x80\x80\x80\x80\x01", b"\x80\x80\x80\x80\x04"):  # 6-byte varint, 1 GiB prefix
+        bad = await RawClient.connect(port)
+        bad.send_raw(garbage)
+        [error] = await bad.closed()
+        assert error.cmd == BaseCommand.ERROR and "bad frame" in error.resMsg
+    # A logged-in user sending an oversized frame loses only their own connection.
+    b.send_raw(b"\xff\xff\x7f")
+    [error] = await b.closed()
+    assert error.properties["receiveUserId"] == str(bob)
+    # Garbage protobuf in a valid frame: an error, and the connection goes on.
+    a.send_raw(b"\x03\xff\xff\xff")
+    error = await a.next()
+    assert error.cmd == BaseCommand.ERROR and "not a protobuf" in error.resMsg
+    assert (await a.ping(alice)).resMsg == "pong"
+
+
+async def test_login_timeout_and_heartbeat_timeout() -> None:
+    running = await start(stack_config(login_timeout=0.3, heartbeat_interval=0.2), {"server", "route"}, MemoryHub())
+    try:
+        silent = await RawClient.connect(running.node.port)  # type: ignore[union-attr]
+        [error] = await silent.closed()
+        assert "login timeout" in error.resMsg
+
+        alice, idle = await online(running, "alice")
+        bob, lively = await online(running, "bob")
+
+        async def keep_pinging() -> None:
+            while True:
+                lively.send(requestId=bob, reqMsg="ping", cmd=BaseCommand.PING)
+                await asyncio.sleep(0.1)
+
+        pinger = asyncio.create_task(keep_pinging())
+        closing = await idle.closed()
+        assert closing[-1].cmd == BaseCommand.OFFLINE and "heartbeat timeout" in closing[-1].resMsg
+        await asyncio.sleep(0.3)
+        users = (await post(running, "/onlineUser", {}))["dataBody"]
+        assert users == [{"userId": bob, "userName": "bob"}]  # the idle one is cleaned up, the pinging one stays
+        pinger.cancel()
+    finally:
+        await running.stop()
+
+
+async def test_graceful_stop_tells_clients() -> None:
+    running = await start(stack_config(), {"server", "route"}, MemoryHub())
+    alice, a = await online(running, "alice")
+    stopping = asyncio.create_task(running.stop())
+    frames = await a.closed()
+    await stopping
+    assert frames[-1].cmd == BaseCommand.OFFLINE and "shutting down" in frames[-1].resMsg
+
+
+async def test_racing_tcp_logins_for_one_user_admit_exactly_one(stack: Running) -> None:
+    alice = await user(stack, "alice")
+    clients = [await RawClient.connect(stack.node.port) for _ in range(5)]  # type: ignore[union-attr]
+    for client in clients:
+        client.login(alice, "alice")
+        client.send(requestId=alice, reqMsg="ping", cmd=BaseCommand.PING)
+    answers = [await client.next() for client in clients]
+    assert sorted(a.cmd for a in answers) == [BaseCommand.PING] + [BaseCommand.ERROR] * 4
+    assert all(a.code == 5000 for a in answers if a.cmd == BaseCommand.ERROR)
