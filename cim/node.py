@@ -72,7 +72,7 @@ class Node:
         if self._sweeper is not None:
             self._sweeper.cancel()
         for proto in list(self.sessions.values()) + list(self.pending):
-            proto.conn.close("server shutting down")
+            proto.conn.close("server shutting down", reconnect=True)
             proto.flush()
         deadline = self.loop.time() + self.config.shutdown_timeout
         while (self.sessions or self.pending or self._tasks) and self.loop.time() < deadline:
@@ -125,7 +125,7 @@ class Node:
             log.info("closing connection of user %s: %s", proto.user_id, event.reason)
             return True  # the error frame is queued; flush closes
         if isinstance(event, Offline):
-            proto.conn.close("bye")
+            proto.conn.close("bye", reconnect=False)
             return True
         return False
 
@@ -203,7 +203,7 @@ class Node:
             for user_id in delivery.receiverIds:
                 proto = self.sessions.get(user_id)
                 if proto is not None:
-                    proto.conn.close("logged out")
+                    proto.conn.close("logged out", reconnect=False)
                     proto.flush()
             return
         receivers: Iterable[int] = delivery.receiverIds if not delivery.broadcast else list(self.sessions)
@@ -246,7 +246,7 @@ class Node:
                 next_session_sweep = now + interval
                 idle_limit = 3 * interval
                 for proto in [p for p in self.sessions.values() if now - p.last_seen > idle_limit]:
-                    proto.conn.close(f"heartbeat timeout: nothing received for {idle_limit:g} s")
+                    proto.conn.close(f"heartbeat timeout: nothing received for {idle_limit:g} s", reconnect=True)
                     proto.flush()
                     self.metrics["heartbeat_timeouts"] += 1
 

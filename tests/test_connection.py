@@ -110,9 +110,9 @@ def test_second_login_and_unknown_command_are_errors_not_closes() -> None:
 def test_offline_and_close() -> None:
     conn = logged_in()
     assert conn.receive_data(frame(cmd=BaseCommand.OFFLINE)) == [Offline()]
-    conn.close("bye")
+    conn.close("bye", reconnect=False)
     [bye] = sent(conn)
-    assert bye.cmd == BaseCommand.OFFLINE and bye.properties["receiveUserId"] == "7"
+    assert bye.cmd == BaseCommand.OFFLINE and bye.properties["receiveUserId"] == "7" and bye.code == 9000
     assert conn.state is State.CLOSED
 
 

@@ -138,7 +138,7 @@ class Client:
         self._last_write = 0.0
         self._last_read = 0.0
         self._closing = False
-        self._refused: ClientError | None = None
+        self._ended_by_server = False  # an OFFLINE frame with 9000: do not reconnect
         # Resolves when the client is finished: closed, refused, or out of reconnect attempts.
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -163,7 +163,7 @@ class Client:
         )
         self.server = ServerAddress(data["ip"], int(data["cimServerPort"]), int(data["httpPort"]))
         self._reader, self._writer = await asyncio.open_connection(self.server.host, self.server.port)
-        self._refused = None
+        self._ended_by_server = False
         # The server answers a ping in order with what came before it, so the pong
         # after the login frame says the login was accepted (a refusal is an error frame).
         self._login_answer = asyncio.get_running_loop().create_future()
@@ -234,8 +234,7 @@ class Client:
                 login.set_exception(ClientError(response.code, response.resMsg))
         elif cmd == BaseCommand.OFFLINE:
             self._status(f"server closed the session: {response.resMsg}")
-            if response.resMsg == "logged out":
-                self._refused = ClientError(Status.SUCCESS.code, "logged out through the route")
+            self._ended_by_server = response.code == Status.SUCCESS.code
 
     async def _heartbeat(self) -> None:
         interval = self.heartbeat_interval
@@ -268,8 +267,8 @@ class Client:
         if self._closing or not self.connected:
             return
         self._teardown()
-        if self._refused is not None:
-            self._finish(self._refused)
+        if self._ended_by_server:
+            self._finish(None)
             return
         self._status("connection lost; reconnecting")
         self._tasks = [asyncio.create_task(self._reconnect(), name="cim-client-reconnect")]

@@ -190,10 +190,13 @@ class ServerConnection:
         """Refuse the login (or end the session) with an error frame, then close."""
         self._violation(status, reason)
 
-    def close(self, reason: str = "server closing") -> None:
-        """Tell the client why, then close (shutdown, kicked by /offLine)."""
+    def close(self, reason: str, reconnect: bool) -> None:
+        """Tell the client why, then close. The OFFLINE frame's code says whether
+        to come back: 9000 the session ended for good (logged out), 4000 it may
+        reconnect (server shutting down, heartbeat timeout)."""
         if self.state is not State.CLOSED:
-            self._out.append(self._frame(BaseCommand.OFFLINE, Status.SUCCESS.code, reason, self.user_id))
+            status = Status.FAIL if reconnect else Status.SUCCESS
+            self._out.append(self._frame(BaseCommand.OFFLINE, status.code, reason, self.user_id))
             self.state = State.CLOSED
 
     def data_to_send(self) -> bytes:

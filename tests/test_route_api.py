@@ -1,0 +1,184 @@
+"""The route's JSON API: CIM's paths, fields and codes; every error code reached."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from cim.backends.base import ServerInfo
+from cim.backends.memory import MemoryHub
+from cim.client import Client, Message
+from cim.run import Running, start
+from tests.conftest import stack_config
+from tests.services import free_port
+
+
+@pytest.fixture
+async def http(stack: Running) -> AsyncIterator[httpx.AsyncClient]:
+    assert stack.route_http is not None
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.route_http.port}") as client:
+        yield client
+
+
+async def call(http: httpx.AsyncClient, path: str, body: Any = None, raw: bytes | None = None) -> dict[str, Any]:
+    if raw is not None:
+        response = await http.post(path, content=raw, headers={"content-type": "application/json"})
+    else:
+        response = await http.post(path, json=body)
+    assert response.status_code == 200, response.text  # business errors are HTTP 200, as in CIM
+    payload = response.json()
+    assert set(payload) == {"code", "message", "reqNo", "dataBody"}
+    assert isinstance(payload["code"], str)
+    return payload
+
+
+async def test_register_is_idempotent_and_ids_are_numbers(http: httpx.AsyncClient) -> None:
+    first = await call(http, "/registerAccount", {"reqNo": "r1", "timeStamp": 1700000000, "userName": "alice"})
+    assert first["code"] == "9000" and first["reqNo"] == "r1"
+    assert isinstance(first["dataBody"]["userId"], int)
+    again = await call(http, "/registerAccount", {"userName": "alice"})
+    assert again["dataBody"] == first["dataBody"]
+    other = await call(http, "/registerAccount", {"userName": "bob"})
+    assert other["dataBody"]["userId"] != first["dataBody"]["userId"]
+
+
+async def test_login_answers_server_as_numbers(http: httpx.AsyncClient, stack: Running) -> None:
+    alice = (await call(http, "/registerAccount", {"userName": "alice"}))["dataBody"]["userId"]
+    login = await call(http, "/login", {"userId": alice, "userName": "alice"})
+    assert login["code"] == "9000"
+    assert login["dataBody"] == {"ip": "127.0.0.1", "cimServerPort": stack.node.port, "httpPort": stack.node.info.http_port}  # type: ignore[union-attr]
+
+
+async def test_9100_is_checked_before_5000(http: httpx.AsyncClient) -> None:
+    alice = (await call(http, "/registerAccount", {"userName": "alice"}))["dataBody"]["userId"]
+    assert (await call(http, "/login", {"userId": alice, "userName": "alice"}))["code"] == "9000"
+    assert (await call(http, "/login", {"userId": alice, "userName": "alice"}))["code"] == "5000"
+    # Logged in already AND the name is wrong: the mismatch wins.
+    assert (await call(http, "/login", {"userId": alice, "userName": "mallory"}))["code"] == "9100"
+    assert (await call(http, "/login", {"userId": 999999, "userName": "ghost"}))["code"] == "9100"
+
+
+@pytest.mark.parametrize(
+    "path, body, field",
+    [
+        ("/registerAccount", {}, "userName"),
+        ("/registerAccount", {"userName": ""}, "userName"),
+        ("/login", {"userId": "abc", "userName": "x"}, "userId"),
+        ("/login", {"userId": 1}, "userName"),
+        ("/login", {"userId": -5, "userName": "x"}, "userId"),
+        ("/p2pRoute", {"userId": 1, "receiveUserId": 2}, "msg"),
+        ("/p2pRoute", {"userId": 1, "receiveUserId": [2], "msg": "m"}, "receiveUserId"),
+        ("/groupRoute", {"userId": None, "msg": "m"}, "userId"),
+        ("/offLine", {"userId": {"a": 1}}, "userId"),
+        ("/fetchOfflineMsgs", {}, "receiveUserId"),
+    ],
+)
+async def test_bad_fields_are_3000_naming_the_field(http: httpx.AsyncClient, path: str, body: Any, field: str) -> None:
+    answer = await call(http, path, body)
+    assert answer["code"] == "3000" and field in answer["message"]
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"", b"[1,2]", b"\xff\xfe", b'"text"'])
+async def test_bad_json_is_3000(http: httpx.AsyncClient, raw: bytes) -> None:
+    answer = await call(http, "/login", raw=raw)
+    assert answer["code"] == "3000" and ("JSON" in answer["message"] or "body" in answer["message"])
+
+
+async def test_p2p_offline_stores_7000_then_fetch_delivers_in_order_once(http: httpx.AsyncClient, stack: Running) -> None:
+    route = f"http://127.0.0.1:{stack.route_http.port}"  # type: ignore[union-attr]
+    alice = (await call(http, "/registerAccount", {"userName": "alice"}))["dataBody"]["userId"]
+    bob = (await call(http, "/registerAccount", {"userName": "bob"}))["dataBody"]["userId"]
+    for i in range(5):
+        answer = await call(http, "/p2pRoute", {"userId": alice, "receiveUserId": bob, "msg": f"m{i}"})
+        assert answer["code"] == "7000"
+    assert (await call(http, "/fetchOfflineMsgs", {"receiveUserId": bob}))["code"] == "7000"  # not online: kept
+
+    got: list[Message] = []
+    async with Client(route, bob, "bob", on_message=got.append, fetch_offline=False):
+        assert (await call(http, "/fetchOfflineMsgs", {"receiveUserId": bob}))["dataBody"] == {"count": 5}
+        for _ in range(100):
+            if len(got) == 5:
+                break
+            await asyncio.sleep(0.02)
+        assert [m.text for m in got] == [f"m{i}" for i in range(5)]
+        assert {(m.sender_id, m.sender_name, m.receiver_id) for m in got} == {(alice, "alice", bob)}
+        assert (await call(http, "/fetchOfflineMsgs", {"receiveUserId": bob}))["dataBody"] == {"count": 0}
+        answer = await call(http, "/p2pRoute", {"userId": alice, "receiveUserId": bob, "msg": "live"})
+        assert answer["code"] == "9000"
+        for _ in range(100):
+            if len(got) == 6:
+                break
+            await asyncio.sleep(0.02)
+        assert got[-1].text == "live" and len(got) == 6  # nothing delivered twice
+
+
+async def test_p2p_and_group_unknown_users_are_3000(http: httpx.AsyncClient) -> None:
+    alice = (await call(http, "/registerAccount", {"userName": "alice"}))["dataBody"]["userId"]
+    answer = await call(http, "/p2pRoute", {"userId": alice, "receiveUserId": 5555, "msg": "x"})
+    assert answer["code"] == "3000" and "5555" in answer["message"]
+    answer = await call(http, "/groupRoute", {"userId": 6666, "msg": "x"})
+    assert answer["code"] == "3000" and "6666" in answer["message"]
+
+
+async def test_group_route_offline_and_online_user(http: httpx.AsyncClient, stack: Running) -> None:
+    route = f"http://127.0.0.1:{stack.route_http.port}"  # type: ignore[union-attr]
+    ids = {n: (await call(http, "/registerAccount", {"userName": n}))["dataBody"]["userId"] for n in ("a", "b", "c")}
+    inbox: dict[str, list[str]] = {n: [] for n in ids}
+    clients = {}
+    for name, user_id in ids.items():
+        clients[name] = Client(route, user_id, name, on_message=lambda m, n=name: inbox[n].append(m.text))
+        await clients[name].connect()
+    users = (await call(http, "/onlineUser"))["dataBody"]
+    assert sorted(users, key=lambda u: u["userId"]) == [{"userId": i, "userName": n} for n, i in ids.items()]
+    assert (await http.get("/onlineUser")).json()["dataBody"] == users
+
+    assert (await call(http, "/groupRoute", {"userId": ids["a"], "msg": "hello"}))["code"] == "9000"
+    for _ in range(100):
+        if inbox["b"] and inbox["c"]:
+            break
+        await asyncio.sleep(0.02)
+    assert inbox == {"a": [], "b": ["hello"], "c": ["hello"]}
+
+    # /offLine logs c out and closes c's connection; c's SDK does not reconnect.
+    assert (await call(http, "/offLine", {"userId": ids["c"]}))["code"] == "9000"
+    await asyncio.wait_for(clients["c"].done, 5)
+    users = (await call(http, "/onlineUser"))["dataBody"]
+    assert {u["userName"] for u in users} == {"a", "b"}
+    for client in clients.values():
+        await client.close()
+
+
+async def test_7100_without_servers_and_unreachable_servers_are_skipped() -> None:
+    hub = MemoryHub()
+    route_only = await start(stack_config(), {"route"}, hub)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{route_only.route_http.port}") as http:  # type: ignore[union-attr]
+            alice = (await call(http, "/registerAccount", {"userName": "alice"}))["dataBody"]["userId"]
+            assert (await call(http, "/login", {"userId": alice, "userName": "alice"}))["code"] == "7100"
+            # Registered but not accepting connections: skipped, still 7100.
+            await hub.discovery.register(ServerInfo("127.0.0.1", free_port(), free_port()))
+            assert (await call(http, "/login", {"userId": alice, "userName": "alice"}))["code"] == "7100"
+            # A live server beside two dead ones: every login lands on the live one.
+            for _ in range(2):
+                await hub.discovery.register(ServerInfo("127.0.0.1", free_port(), free_port()))
+            server = await start(stack_config(), {"server"}, hub)
+            try:
+                for i in range(6):
+                    user_id = (await call(http, "/registerAccount", {"userName": f"u{i}"}))["dataBody"]["userId"]
+                    login = await call(http, "/login", {"userId": user_id, "userName": f"u{i}"})
+                    assert login["dataBody"]["cimServerPort"] == server.node.port  # type: ignore[union-attr]
+            finally:
+                await server.stop()
+    finally:
+        await route_only.stop()
+
+
+async def test_openapi_and_docs(http: httpx.AsyncClient) -> None:
+    spec = (await http.get("/openapi.json")).json()
+    assert {"/registerAccount", "/login", "/p2pRoute", "/groupRoute", "/onlineUser", "/offLine", "/fetchOfflineMsgs"} <= set(spec["paths"])
+    assert "userName" in spec["paths"]["/login"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert "swagger" in (await http.get("/docs")).text.lower()
