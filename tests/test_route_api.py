@@ -86,6 +86,8 @@ async def test_bad_fields_are_3000_naming_the_field(http: httpx.AsyncClient, pat
 async def test_bad_json_is_3000(http: httpx.AsyncClient, raw: bytes) -> None:
     answer = await call(http, "/login", raw=raw)
     assert answer["code"] == "3000" and ("JSON" in answer["message"] or "body" in answer["message"])
+    # ...and the route goes on serving.
+    assert (await call(http, "/registerAccount", {"userName": "after"}))["code"] == "9000"
 
 
 async def test_p2p_offline_stores_7000_then_fetch_delivers_in_order_once(http: httpx.AsyncClient, stack: Running) -> None:

@@ -146,6 +146,7 @@ async def test_login_timeout_and_heartbeat_timeout() -> None:
         pinger = asyncio.create_task(keep_pinging())
         closing = await idle.closed()
         assert closing[-1].cmd == BaseCommand.OFFLINE and "heartbeat timeout" in closing[-1].resMsg
+        assert closing[-1].code == Status.FAIL.code
         await asyncio.sleep(0.3)
         users = (await post(running, "/onlineUser", {}))["dataBody"]
         assert users == [{"userId": bob, "userName": "bob"}]  # the idle one is cleaned up, the pinging one stays
@@ -161,6 +162,18 @@ async def test_graceful_stop_tells_clients() -> None:
     frames = await a.closed()
     await stopping
     assert frames[-1].cmd == BaseCommand.OFFLINE and "shutting down" in frames[-1].resMsg
+    assert frames[-1].code == Status.FAIL.code  # 4000: the client may reconnect elsewhere
+
+
+async def test_health_and_metrics(stack: Running) -> None:
+    alice, a = await online(stack, "alice")
+    bob, b = await online(stack, "bob")
+    a.send(reqMsg="hi", cmd=BaseCommand.MESSAGE, properties={"receiveUserId": str(bob)})
+    await b.next()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.node_http.port}") as http:  # type: ignore[union-attr]
+        assert (await http.get("/health")).json() == {"status": "ok", "node": stack.node.node_id}  # type: ignore[union-attr]
+        metrics = (await http.get("/metrics")).json()
+    assert (metrics["sessions"], metrics["logins"], metrics["messages_in"], metrics["messages_out"]) == (2, 2, 1, 1)
 
 
 async def test_racing_tcp_logins_for_one_user_admit_exactly_one(stack: Running) -> None:

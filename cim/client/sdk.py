@@ -305,12 +305,14 @@ class Client:
         for task in self._tasks:
             if task is not current:
                 task.cancel()
+        # Only a session this client holds is logged out: a client whose login was
+        # refused must not log out the user's real session.
         if self._writer is not None and self.connected:
             with contextlib.suppress(ConnectionError):
                 self._write(Request(requestId=self.user_id, reqMsg="bye", cmd=BaseCommand.OFFLINE))
                 await self._writer.drain()
-        with contextlib.suppress(httpx.HTTPError, ClientError):
-            await route_call(self._http, "/offLine", {"userId": self.user_id})
+            with contextlib.suppress(httpx.HTTPError, ClientError):
+                await route_call(self._http, "/offLine", {"userId": self.user_id})
         if self._writer is not None:
             self._writer.close()
             with contextlib.suppress(ConnectionError):
