@@ -46,6 +46,10 @@ def _server_options(p: argparse.ArgumentParser, port_flag: str = "--port", http_
     _option(p, "--login-timeout", float, "seconds a new connection has to send its login frame")
     _option(p, "--max-frame-size", int, "largest frame accepted, bytes")
     _option(p, "--max-message-bytes", int, "largest chat message, bytes")
+    _option(p, "--max-connections", int, "client connections per process (0: as many as the open-files limit allows)")
+    _option(p, "--backlog", int, "listen backlog (the kernel caps it at net.core.somaxconn)")
+    _option(p, "--write-buffer-high", int, "bytes buffered for a client before it counts as a slow consumer")
+    _option(p, "--slow-consumer-timeout", float, "seconds a slow consumer may stay over the high mark before it is cut off")
 
 
 def _route_options(p: argparse.ArgumentParser, host_flag: str = "--route-host", port_flag: str = "--route-port") -> None:
@@ -120,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     _backend_options(up)
     server = sub.add_parser("server", help="a cim-server node")
     _server_options(server)
+    _option(server, "--workers", int, "worker processes sharing the client port (needs --redis and --zk)")
     _backend_options(server)
     route = sub.add_parser("route", help="the route service")
     _route_options(route, "--host", "--port")
@@ -133,10 +138,20 @@ def cim_main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "client":
         sys.exit(_run_client(args))
+    config = _config(args)
+    if config.workers > 1:
+        from cim.supervisors import Multiprocess
+
+        try:
+            supervisor = Multiprocess(config)
+        except ValueError as err:
+            sys.exit(f"cim-server: {err}")
+        supervisor.run()
+        return
     from cim.run import run
 
     roles = {"up": {"server", "route"}, "server": {"server"}, "route": {"route"}}[args.command]
-    run(_config(args), roles, _announce if args.command == "up" else None)
+    run(config, roles, _announce if args.command == "up" else None)
 
 
 def server_main() -> None:

@@ -31,6 +31,10 @@ class Config:
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     max_message_bytes: int = 4096
     shutdown_timeout: float = 5.0
+    backlog: int = 4096
+    max_connections: int = 0  # 0: as many as the open-files limit allows
+    write_buffer_high: int = 256 * 1024
+    slow_consumer_timeout: float = 10.0
 
     # route
     route_host: str = "0.0.0.0"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import logging
 import time
 from collections import Counter
@@ -12,6 +13,7 @@ from collections.abc import Iterable
 from cim.backends import Backends
 from cim.config import Config
 from cim.delivery import Messenger
+from cim.limits import connection_capacity, kernel_warnings, raise_nofile_limit
 from cim.messages import MessageIds, frame_for, push_body
 from cim.proto import Delivery
 from cim.protocols.connection import ChatMessage, Event, Login, Offline, Ping, ProtocolViolation
@@ -29,6 +31,9 @@ class Node:
         self.node_id = self.info.id
         self.sessions: dict[int, CimServerProtocol] = {}
         self.pending: set[CimServerProtocol] = set()
+        # Connections whose write buffer is over the high-water mark (slow readers).
+        self.slow: set[CimServerProtocol] = set()
+        self.max_connections = 0
         # Users whose login is being checked: a second connection racing the first
         # across the state store's await is refused like a duplicate.
         self._logging_in: set[int] = set()
@@ -44,6 +49,17 @@ class Node:
 
     async def start(self) -> None:
         state, bus = self.backends.state, self.backends.bus
+        soft, hard = raise_nofile_limit()
+        self.max_connections = connection_capacity(soft, self.config.max_connections)
+        self.metrics.update(nofile_soft=soft, nofile_hard=hard, max_connections=self.max_connections)
+        log.info("open files soft/hard %d/%d: room for %d client connections", soft, hard, self.max_connections)
+        for warning in kernel_warnings(self.config.backlog, self.config.workers, self.max_connections):
+            log.warning("%s", warning)
+        # A fresh node holds no sessions: anything recorded under its id is left
+        # from a predecessor with the same id (a restarted worker) and is stale.
+        stale = await state.clear_server(self.node_id)
+        if stale:
+            log.warning("cleared %d stale logins left by a previous %s", len(stale), self.node_id)
         self.messenger = Messenger(state, bus, MessageIds(await state.allocate_node_number()), local=self)
         await bus.subscribe(self.node_id, self.on_delivery)
         self._server = await self.loop.create_server(
@@ -51,7 +67,7 @@ class Node:
             self.config.host,
             self.config.port,
             reuse_port=self.config.workers > 1,
-            backlog=4096,
+            backlog=self.config.backlog,
         )
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="cim-heartbeat-sweep")
         await self.backends.discovery.register(self.info)
@@ -93,12 +109,19 @@ class Node:
 
     # -- connections -----------------------------------------------------------
 
-    def connection_made(self, proto: CimServerProtocol) -> None:
-        self.pending.add(proto)
+    def connection_made(self, proto: CimServerProtocol) -> bool:
+        """Admit a new connection, or refuse it (False) when the node is full."""
         self.metrics["connections_total"] += 1
+        if len(self.sessions) + len(self.pending) >= self.max_connections:
+            self.metrics["refused_full"] += 1
+            proto.conn.refuse(Status.FAIL, f"server full: {self.max_connections} connections")
+            return False
+        self.pending.add(proto)
+        return True
 
     def connection_lost(self, proto: CimServerProtocol) -> None:
         self.pending.discard(proto)
+        self.slow.discard(proto)
         if proto.logged_in:
             proto.logged_in = False  # clean up exactly once, whatever closed it
             if self.sessions.get(proto.user_id) is proto:
@@ -229,11 +252,12 @@ class Node:
         """One sweep over the session table instead of a timer per connection.
 
         Logged-in connections silent for 3 heartbeat intervals are closed; so are
-        connections that have not logged in within the login timeout.
+        connections that have not logged in within the login timeout, and slow
+        consumers whose write buffer stayed over the high mark too long.
         """
         interval = self.config.heartbeat_interval
         login_timeout = self.config.login_timeout
-        period = min(interval, login_timeout) / 2
+        period = min(interval, login_timeout, self.config.slow_consumer_timeout) / 2
         next_session_sweep = self.loop.time() + interval
         while True:
             await asyncio.sleep(period)
@@ -242,6 +266,7 @@ class Node:
                 proto.conn.refuse(Status.VALIDATION_FAIL, "login timeout: no login frame received")
                 proto.flush()
                 self.metrics["login_timeouts"] += 1
+            self._cut_slow_consumers(now)
             if now >= next_session_sweep:
                 next_session_sweep = now + interval
                 idle_limit = 3 * interval
@@ -250,11 +275,18 @@ class Node:
                     proto.flush()
                     self.metrics["heartbeat_timeouts"] += 1
 
+    def _cut_slow_consumers(self, now: float) -> None:
+        timeout = self.config.slow_consumer_timeout
+        for proto in [p for p in self.slow if p.paused_at is not None and now - p.paused_at > timeout]:
+            proto.abort(f"slow consumer: write buffer over {self.config.write_buffer_high} bytes for {timeout:g} s")
+
     def snapshot(self) -> dict[str, object]:
         return {
             "node": self.node_id,
+            "pid": os.getpid(),
             "connections": len(self.sessions) + len(self.pending),
             "sessions": len(self.sessions),
+            "slow_consumers": len(self.slow),
             "uptime_s": round(time.time() - self.started_at, 1),
             **self.metrics,
         }

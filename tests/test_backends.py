@@ -53,12 +53,19 @@ async def test_one_login_per_user(state: StateStore) -> None:
     assert await state.reserve_login(u, "s1", ttl=30)
     assert not await state.reserve_login(u, "s2", ttl=30)
     assert await state.route(u) == "s1"
-    assert not await state.confirm_login(u, "s2")  # claimed by s1
     assert await state.confirm_login(u, "s1")
+    assert not await state.confirm_login(u, "s2")  # confirmed on s1
     assert await state.logout(u, "s2") is None  # not s2's user
     assert await state.logout(u, "s1") == "s1"
     assert await state.logout(u, "s1") is None  # cleared once
     assert await state.route(u) is None
+
+
+async def test_a_claim_may_be_confirmed_by_another_node(state: StateStore) -> None:
+    u = await state.register("u")
+    assert await state.reserve_login(u, "worker0", ttl=30)
+    assert await state.confirm_login(u, "worker2")  # the kernel's pick, not the route's
+    assert await state.route(u) == "worker2"
 
 
 async def test_unconfirmed_claim_expires(state: StateStore) -> None:

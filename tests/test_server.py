@@ -185,3 +185,73 @@ async def test_racing_tcp_logins_for_one_user_admit_exactly_one(stack: Running) 
     answers = [await client.next() for client in clients]
     assert sorted(a.cmd for a in answers) == [BaseCommand.PING] + [BaseCommand.ERROR] * 4
     assert all(a.code == 5000 for a in answers if a.cmd == BaseCommand.ERROR)
+
+
+async def test_full_node_refuses_new_connections_cleanly() -> None:
+    running = await start(stack_config(max_connections=2), {"server", "route"}, MemoryHub())
+    try:
+        alice, a = await online(running, "alice")
+        bob, b = await online(running, "bob")
+        extra = await RawClient.connect(running.node.port)  # type: ignore[union-attr]
+        [error] = await extra.closed()
+        assert (error.cmd, error.code) == (BaseCommand.ERROR, 4000) and "server full" in error.resMsg
+        assert running.node.metrics["refused_full"] == 1  # type: ignore[union-attr]
+        assert (await a.ping(alice)).resMsg == "pong"  # the others are untouched
+        b.close()
+        for _ in range(100):
+            if len(running.node.sessions) == 1:  # type: ignore[union-attr]
+                break
+            await asyncio.sleep(0.02)
+        _, c = await online(running, "carol")  # room again
+    finally:
+        await running.stop()
+
+
+async def test_slow_consumer_is_cut_off_and_others_go_on() -> None:
+    running = await start(
+        stack_config(write_buffer_high=16 * 1024, slow_consumer_timeout=0.3), {"server", "route"}, MemoryHub()
+    )
+    try:
+        alice, a = await online(running, "alice")
+        bob, slow = await online(running, "bob")  # bob never reads from here on
+        carol, c = await online(running, "carol")
+        text = "x" * 4000
+        for i in range(4000):
+            a.send(reqMsg=text, cmd=BaseCommand.MESSAGE, clientMsgId=i + 1, properties={"receiveUserId": str(bob)})
+            if i % 100 == 0:
+                await a.writer.drain()
+                await asyncio.sleep(0)
+                if running.node.metrics["slow_consumer_cuts"]:  # type: ignore[union-attr]
+                    break
+        for _ in range(200):
+            if running.node.metrics["slow_consumer_cuts"]:  # type: ignore[union-attr]
+                break
+            await asyncio.sleep(0.02)
+        assert running.node.metrics["slow_consumer_cuts"] == 1  # type: ignore[union-attr]
+        for _ in range(100):
+            if bob not in running.node.sessions:  # type: ignore[union-attr]
+                break
+            await asyncio.sleep(0.02)
+        assert bob not in running.node.sessions  # type: ignore[union-attr]
+        a.send(reqMsg="still here?", cmd=BaseCommand.MESSAGE, properties={"receiveUserId": str(carol)})
+        assert (await c.next()).resMsg == "still here?"
+    finally:
+        await running.stop()
+
+
+async def test_restarted_node_clears_logins_left_under_its_id() -> None:
+    # A worker killed and restarted by its supervisor comes back under the same id,
+    # possibly before any route noticed it was gone: it must clear what its
+    # predecessor recorded, or those users would be locked out.
+    hub = MemoryHub()
+    config = stack_config()
+    first = await start(config, {"server"}, hub)
+    alice = await hub.state.register("alice")
+    assert await hub.state.confirm_login(alice, first.node.node_id)  # type: ignore[union-attr]
+    await first.stop()
+    assert await hub.state.route(alice) == first.node.node_id  # type: ignore[union-attr]
+    second = await start(config, {"server"}, hub)
+    try:
+        assert await hub.state.route(alice) is None  # alice can log in again
+    finally:
+        await second.stop()

@@ -69,7 +69,9 @@ class StateStore(ABC):
     async def confirm_login(self, user_id: int, server_id: str) -> bool:
         """Server login: the user's connection arrived on ``server_id``.
 
-        False if the user is claimed by another server.
+        A route's claim may be confirmed by any node (workers sharing a port are
+        picked by the kernel, not the route); False if the user's login is already
+        confirmed on another server.
         """
 
     @abstractmethod

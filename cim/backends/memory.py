@@ -57,7 +57,8 @@ class MemoryState(StateStore):
 
     async def confirm_login(self, user_id: int, server_id: str) -> bool:
         current = self._live_route(user_id)
-        if current not in (None, server_id):
+        # A claim (with expiry) may be confirmed by any node; a confirmed login elsewhere blocks.
+        if current not in (None, server_id) and self._routes[user_id][1] is None:
             return False
         self._routes[user_id] = (server_id, None)
         return True

@@ -29,9 +29,12 @@ from cim.backends.base import Bus, DeliveryHandler, StateStore
 log = logging.getLogger("cim.backends.redis")
 
 # KEYS[1] route key, KEYS[2] node-users key of ARGV[1]; ARGV[1] server id, ARGV[2] user id.
+# A route's claim (a key with a TTL) may be confirmed by any node: with SO_REUSEPORT
+# the kernel, not the route, picks which worker accepts. A confirmed login elsewhere
+# (no TTL) blocks.
 _CONFIRM = """
 local current = redis.call('GET', KEYS[1])
-if current and current ~= ARGV[1] then return 0 end
+if current and current ~= ARGV[1] and redis.call('PTTL', KEYS[1]) < 0 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[2])
 return 1

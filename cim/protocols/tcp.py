@@ -23,7 +23,10 @@ log = logging.getLogger("cim.server")
 
 
 class CimServerProtocol(asyncio.Protocol):
-    __slots__ = ("node", "conn", "transport", "connected_at", "last_seen", "logged_in", "closed", "_backlog", "_flush_pending")
+    __slots__ = (
+        "node", "conn", "transport", "connected_at", "last_seen", "paused_at",
+        "logged_in", "closed", "_backlog", "_flush_pending",
+    )
 
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -31,6 +34,7 @@ class CimServerProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.connected_at = 0.0
         self.last_seen = 0.0
+        self.paused_at: float | None = None  # when the write buffer went over the high mark
         self.logged_in = False
         self.closed = False
         self._backlog: deque[Event] | None = None
@@ -43,7 +47,10 @@ class CimServerProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport subclass
         self.connected_at = self.last_seen = self.node.loop.time()
-        self.node.connection_made(self)
+        high = self.node.config.write_buffer_high
+        self.transport.set_write_buffer_limits(high=high, low=high // 4)
+        if not self.node.connection_made(self):
+            self.flush()  # the refusal frame, then close
 
     def data_received(self, data: bytes) -> None:
         self.last_seen = self.node.loop.time()
@@ -84,6 +91,9 @@ class CimServerProtocol(asyncio.Protocol):
         data = self.conn.data_to_send()
         if data:
             transport.write(data)
+            if self.paused_at is not None and transport.get_write_buffer_size() > 4 * self.node.config.write_buffer_high:
+                self.abort(f"slow consumer: write buffer over {4 * self.node.config.write_buffer_high} bytes")
+                return
         if self.conn.state is State.CLOSED:
             self.closed = True
             transport.close()
@@ -94,6 +104,22 @@ class CimServerProtocol(asyncio.Protocol):
         if not self._flush_pending:
             self._flush_pending = True
             self.node.loop.call_soon(self.flush)
+
+    def pause_writing(self) -> None:
+        self.paused_at = self.node.loop.time()
+        self.node.slow.add(self)
+
+    def resume_writing(self) -> None:
+        self.paused_at = None
+        self.node.slow.discard(self)
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection now, unsent data and all (a reader that cannot keep up)."""
+        log.warning("disconnecting user %s: %s", self.user_id, reason)
+        self.node.metrics["slow_consumer_cuts"] += 1
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

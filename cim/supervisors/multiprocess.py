@@ -1,0 +1,89 @@
+"""``cim-server --workers N``: N worker processes sharing the client port (SO_REUSEPORT).
+
+Each worker is its own node: its own HTTP port (``--http-port + i``), registry entry
+and bus channel, so the bus carries messages between users on different workers
+exactly as between hosts. That is also how one host holds more connections than one
+process's open-files limit allows. The supervisor restarts a worker that dies and, on
+SIGTERM or SIGINT, has every worker drain (stop accepting, tell clients, close,
+unregister) before it exits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import signal
+import threading
+import time
+from multiprocessing.context import SpawnProcess
+from types import FrameType
+
+from cim.config import Config
+
+log = logging.getLogger("cim.supervisor")
+
+# spawn, not fork: a worker must not inherit the supervisor's threads or loop state.
+_spawn = multiprocessing.get_context("spawn")
+
+
+def worker_config(config: Config, index: int) -> Config:
+    return dataclasses.replace(config, http_port=config.http_port + index)
+
+
+def _run_worker(config: Config) -> None:
+    from cim.run import run
+
+    run(config, {"server"})
+
+
+class Multiprocess:
+    def __init__(self, config: Config, restart_delay: float = 0.5) -> None:
+        if config.workers > 1 and (config.redis is None or config.zk is None):
+            raise ValueError(
+                "--workers > 1 needs --redis and --zk: each worker is its own node, and nodes find "
+                "each other through ZooKeeper and exchange messages over Redis"
+            )
+        self.config = config
+        self.restart_delay = restart_delay
+        self.workers: list[SpawnProcess] = []
+        self.restarts = 0
+        self._should_exit = threading.Event()
+
+    def _start(self, index: int) -> SpawnProcess:
+        process = _spawn.Process(
+            target=_run_worker, args=(worker_config(self.config, index),), name=f"cim-worker-{index}"
+        )
+        process.start()
+        log.info("worker %d started (pid %d)", index, process.pid)
+        return process
+
+    def _signal(self, signum: int, frame: FrameType | None) -> None:
+        self._should_exit.set()
+
+    def run(self) -> None:
+        self.config.configure_logging()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._signal)
+        self.workers = [self._start(i) for i in range(self.config.workers)]
+        while not self._should_exit.wait(0.2):
+            for index, process in enumerate(self.workers):
+                if not process.is_alive() and not self._should_exit.is_set():
+                    log.warning("worker %d (pid %s) exited with %s; restarting", index, process.pid, process.exitcode)
+                    time.sleep(self.restart_delay)
+                    self.workers[index] = self._start(index)
+                    self.restarts += 1
+        self._drain()
+
+    def _drain(self) -> None:
+        log.info("stopping %d workers", len(self.workers))
+        for process in self.workers:
+            if process.is_alive() and process.pid is not None:
+                process.terminate()  # SIGTERM: the worker drains its clients
+        deadline = time.monotonic() + self.config.shutdown_timeout + 10
+        for process in self.workers:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.error("worker %s did not stop in time; killing it", process.pid)
+                process.kill()
+                process.join()

@@ -1,0 +1,98 @@
+"""``cim-server --workers N`` on real Redis and ZooKeeper: shared port, restart, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cim.client import Client, Message, register
+from tests.services import CimProcess, free_port, wait_until
+
+WORKERS = 3
+
+
+async def wait_for(check, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(int(timeout / 0.05)):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    assert check()
+
+
+def test_workers_need_redis_and_zookeeper(tmp_path: Path) -> None:
+    proc = CimProcess(tmp_path, "refused", ["server", "--workers", "2", "--port", str(free_port())])
+    assert proc.proc.wait(20) == 1
+    assert "--workers > 1 needs --redis and --zk" in proc.log()
+
+
+async def test_workers_share_the_port_restart_and_drain(tmp_path: Path, redis_url: str, zk_hosts: str) -> None:
+    prefix = "w" + tmp_path.name[-6:].replace("-", "")
+    backend = ["--redis", redis_url, "--zk", zk_hosts, "--zk-root", f"/{prefix}", "--key-prefix", prefix,
+               "--zk-session-timeout", "2"]
+    route_port, port, http_base = free_port(), free_port(), free_port()
+    while any(p in (route_port, port) for p in range(http_base, http_base + WORKERS)):
+        http_base = free_port()
+    route = CimProcess(tmp_path, "route", ["route", "--host", "127.0.0.1", "--port", str(route_port), *backend])
+    route.wait_http(route_port)
+    supervisor = CimProcess(tmp_path, "workers", ["server", "--workers", str(WORKERS), "--host", "127.0.0.1",
+                                                  "--port", str(port), "--http-port", str(http_base), *backend])
+    url = f"http://127.0.0.1:{route_port}"
+    try:
+        for i in range(WORKERS):
+            supervisor.wait_http(http_base + i)
+        servers = lambda: httpx.get(f"{url}/health").json()["servers"]  # noqa: E731
+        await wait_for(lambda: len(servers()) == WORKERS)
+
+        names = [f"user{i}" for i in range(9)]
+        ids = {n: await register(url, n) for n in names}
+        inbox: dict[str, list[Message]] = {n: [] for n in names}
+        clients = {n: Client(url, ids[n], n, on_message=inbox[n].append, heartbeat_interval=1.0,
+                             backoff_base=0.2, backoff_max=1.0, reconnect_attempts=40) for n in names}
+        for c in clients.values():
+            await c.connect()
+
+        def worker_sessions() -> dict[int, int]:
+            return {i: httpx.get(f"http://127.0.0.1:{http_base + i}/metrics").json().get("sessions", 0) for i in range(WORKERS)}
+
+        assert sum(worker_sessions().values()) == len(names)
+        await clients["user0"].send_group("hi all")
+        await wait_for(lambda: all(len(inbox[n]) == 1 for n in names[1:]))
+        for n in names[1:]:
+            receipt = await clients[n].send_private(ids["user0"], f"from {n}")
+            assert receipt.code == 9000
+        await wait_for(lambda: len(inbox["user0"]) == len(names) - 1)
+
+        # Kill a worker that holds users: the supervisor starts a new one under the
+        # same id, and its users log in again and chat.
+        victim = next(i for i, n in worker_sessions().items() if n)
+        victim_pid = httpx.get(f"http://127.0.0.1:{http_base + victim}/metrics").json()["pid"]
+        os.kill(victim_pid, signal.SIGKILL)
+
+        def replaced() -> bool:
+            pid = httpx.get(f"http://127.0.0.1:{http_base + victim}/metrics", timeout=1).json()["pid"]
+            return pid != victim_pid
+
+        await asyncio.to_thread(wait_until, replaced, 30, "replacement worker")
+        await wait_for(lambda: len(servers()) == WORKERS)
+        await wait_for(lambda: all(c.connected for c in clients.values()) and sum(worker_sessions().values()) == len(names), timeout=30)
+        assert sum(c.reconnects for c in clients.values()) >= 1
+        await clients["user1"].send_group("after the restart")
+        await wait_for(lambda: all(any(m.text == "after the restart" for m in inbox[n]) for n in names if n != "user1"))
+
+        # SIGTERM: every worker drains, unregisters, and the supervisor exits 0.
+        for c in clients.values():
+            c.reconnect_attempts = 0
+        assert supervisor.stop(signal.SIGTERM) == 0, supervisor.log()
+        assert servers() == []
+        await wait_for(lambda: not any(c.connected for c in clients.values()))
+        assert httpx.get(f"{url}/onlineUser").json()["dataBody"] == []
+        for c in clients.values():
+            await c.close()
+    finally:
+        supervisor.stop(signal.SIGKILL)
+        route.stop()
