@@ -16,7 +16,7 @@ class Config:
     # Backends: None means embedded (in-process memory).
     redis: str | None = None
     zk: str | None = None
-    zk_root: str = "/route"
+    zk_root: str = "/cim"
     zk_session_timeout: float = 10.0
     key_prefix: str = "cim"
 

@@ -9,13 +9,14 @@ from enum import Enum
 
 
 class Status(Enum):
-    SUCCESS = (9000, "success")
+    # CIM's own texts (StatusEnum), so scripts matching on them keep working.
+    SUCCESS = (9000, "Success")
     VALIDATION_FAIL = (3000, "invalid argument")
-    FAIL = (4000, "failure")
-    REPEAT_LOGIN = (5000, "user already logged in; log out first")
-    OFF_LINE = (7000, "the user you chose is offline; the message is stored for them")
-    SERVER_NOT_AVAILABLE = (7100, "no cim-server is available, please try again later")
-    ACCOUNT_NOT_MATCH = (9100, "userId and userName do not match")
+    FAIL = (4000, "Failure")
+    REPEAT_LOGIN = (5000, "Repeat login, log out an account please!")
+    OFF_LINE = (7000, "You selected user is offline!, please try again later!")
+    SERVER_NOT_AVAILABLE = (7100, "cim server is not available, please try again later!")
+    ACCOUNT_NOT_MATCH = (9100, "The User information you have used is incorrect!")
 
     def __init__(self, code: int, message: str) -> None:
         self.code = code

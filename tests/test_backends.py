@@ -156,6 +156,14 @@ async def test_zookeeper_discovery_watch_and_session_loss(zk_hosts: str) -> None
             break
         await asyncio.sleep(0.05)
     assert seen[-1] == [info]
+    # CIM's layout: an ephemeral znode named ip:cimServerPort:httpPort under the root.
+    from kazoo.client import KazooClient
+
+    reader = KazooClient(hosts=zk_hosts)
+    reader.start(10)
+    assert reader.get_children(root) == ["127.0.0.1:9000:8081"]
+    assert reader.exists(f"{root}/127.0.0.1:9000:8081").ephemeralOwner != 0
+    reader.stop()
     await server.unregister(info)
     for _ in range(100):
         if seen[-1] == []:

@@ -1,7 +1,7 @@
 """ZooKeeper discovery (kazoo): each cim-server is an ephemeral node under a root path.
 
-Node names follow CIM: ``{root}/ip-{host}:{tcp_port}:{http_port}`` (root ``/route``
-by default), so a CIM route and a cim route can read the same registry. The node
+Node names follow CIM: ``{root}/{host}:{tcp_port}:{http_port}`` (root ``/cim``, as
+CIM hard-codes it), so a CIM route and a cim route can read the same registry. The node
 vanishes when the server's ZooKeeper session ends, which is how routes learn of a
 server killed with SIGKILL.
 
@@ -23,23 +23,18 @@ from cim.backends.base import Discovery, ServerInfo, ServersCallback
 
 log = logging.getLogger("cim.backends.zookeeper")
 
-NODE_PREFIX = "ip-"
-
-
 def parse_children(children: list[str]) -> list[ServerInfo]:
     servers = []
     for child in children:
-        if not child.startswith(NODE_PREFIX):
-            continue
         try:
-            servers.append(ServerInfo.parse(child[len(NODE_PREFIX) :]))
+            servers.append(ServerInfo.parse(child))
         except ValueError:
             log.warning("ignoring malformed registry node %r", child)
     return sorted(servers)
 
 
 class ZooKeeperDiscovery(Discovery):
-    def __init__(self, hosts: str, root: str = "/route", session_timeout: float = 10.0) -> None:
+    def __init__(self, hosts: str, root: str = "/cim", session_timeout: float = 10.0) -> None:
         self._root = root.rstrip("/") or "/"
         self._client = KazooClient(hosts=hosts, timeout=session_timeout)
         self._registered: ServerInfo | None = None
@@ -47,7 +42,7 @@ class ZooKeeperDiscovery(Discovery):
         self._session_lost = False
 
     def _path(self, server: ServerInfo) -> str:
-        return f"{self._root.rstrip('/')}/{NODE_PREFIX}{server.id}"
+        return f"{self._root.rstrip('/')}/{server.id}"
 
     async def start(self, timeout: float = 15.0) -> None:
         await asyncio.to_thread(self._client.start, timeout)
