@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import codec
+from bench import codec, fanout, idle, p2p
 
-SCENARIOS = {"codec": codec}
+SCENARIOS = {"codec": codec, "p2p": p2p, "fanout": fanout, "idle": idle}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,7 +16,7 @@ from cim.config import Config
 from cim.frame import FrameDecoder, encode_frame
 from cim.proto import BaseCommand, Request, Response
 from cim.run import Running, start
-from tests.services import free_port, redis_server, zookeeper_server
+from bench.services import free_port, redis_server, zookeeper_server
 
 CODEC_MODULES = ["cim._frame_py", "cim._frame"]
 

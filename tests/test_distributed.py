@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from cim.client import Client, ClientError, Message, register
-from tests.services import CimProcess, free_port
+from bench.services import CimProcess, free_port
 
 ZK_SESSION_TIMEOUT = 2.0
 

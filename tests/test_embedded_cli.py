@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import CimProcess, free_port
+from bench.services import CimProcess, free_port
 
 
 class Console:

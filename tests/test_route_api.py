@@ -14,7 +14,7 @@ from cim.backends.memory import MemoryHub
 from cim.client import Client, Message
 from cim.run import Running, start
 from tests.conftest import stack_config
-from tests.services import free_port
+from bench.services import free_port
 
 
 @pytest.fixture

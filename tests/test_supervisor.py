@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from cim.client import Client, Message, register
-from tests.services import CimProcess, free_port, wait_until
+from bench.services import CimProcess, free_port, wait_until
 
 WORKERS = 3
 

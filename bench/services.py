@@ -1,4 +1,4 @@
-"""Real Redis and ZooKeeper servers and cim processes for the tests, on free loopback ports.
+"""Real Redis and ZooKeeper servers and cim processes on free loopback ports (tests and bench).
 
 Nothing is mocked: a missing ``redis-server`` or ZooKeeper is a test failure with
 the install command in the message, never a skip.

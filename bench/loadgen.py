@@ -1,0 +1,308 @@
+"""The load generator: the same code drives cim and the ceiling relay.
+
+asyncio + uvloop + the compiled frame codec, in several processes (each under the
+per-process open-files limit), connecting from several loopback source addresses
+(127.0.0.x) so that 100k connections fit in the ephemeral port range. Frames are
+pre-encoded: a send patches a timestamp into a template.
+
+Phases, with the parent in step through barriers so it measures the target's CPU
+over exactly the run phase:  connect -> barrier -> barrier (go) -> run -> barrier -> report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import multiprocessing
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from multiprocessing.synchronize import Barrier
+from typing import Any
+
+import uvloop
+
+from cim.frame import FrameDecoder, encode_frame
+from cim.proto import BaseCommand, Request, Response
+
+STAMP = b"0" * 19  # placeholder for time.time_ns() in a pre-encoded message
+BARRIER_TIMEOUT = 1800.0
+
+
+@dataclass
+class Plan:
+    """One generator process's share of a scenario (picklable)."""
+
+    scenario: str  # "p2p" | "fanout" | "idle"
+    host: str
+    port: int
+    users: list[tuple[int, str]]  # this process's users, in connect order
+    source_ips: list[str]
+    duration: float
+    window: int = 8  # p2p: messages in flight per sender; fanout: messages in flight
+    payload: int = 64  # message text bytes
+    heartbeat: float = 60.0  # idle: seconds between pings per connection
+    partner_of: dict[int, int] = field(default_factory=dict)  # p2p: sender -> receiver
+    fanout_sender: int | None = None  # fanout: the sending user (in process 0)
+    connect_concurrency: int = 256
+    sample_every: int = 1  # latency: sample one delivery in this many
+    index: int = 0
+
+
+@dataclass
+class Stats:
+    connected: int = 0
+    connect_seconds: float = 0.0
+    sent: int = 0
+    delivered: int = 0
+    receipts: int = 0
+    pongs: int = 0
+    errors: int = 0
+    latencies_us: list[int] = field(default_factory=list)
+    cpu_seconds: float = 0.0
+
+
+class GenProtocol(asyncio.Protocol):
+    __slots__ = ("gen", "user_id", "transport", "decoder", "login_done")
+
+    def __init__(self, gen: Generator, user_id: int) -> None:
+        self.gen = gen
+        self.user_id = user_id
+        self.decoder = FrameDecoder()
+        self.login_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        gen = self.gen
+        frames = self.decoder.feed(data)
+        if gen.running and gen.plan.scenario != "idle":
+            # In the run phase a receiver gets only messages and a sender only
+            # receipts: count frames, parse only the latency samples, so the
+            # generator stays cheaper than the targets it measures.
+            if self.user_id in gen.receivers:
+                gen.on_messages(self, frames)
+            else:
+                gen.stats.receipts += len(frames)
+            return
+        for frame in frames:
+            response = Response.FromString(frame)
+            cmd = response.cmd
+            if cmd == BaseCommand.PING:
+                gen.stats.pongs += 1
+                if not self.login_done.done():
+                    self.login_done.set_result(None)
+            elif cmd != BaseCommand.SEND_RECEIPT:
+                gen.stats.errors += 1
+                if not self.login_done.done():
+                    self.login_done.set_exception(ConnectionError(f"{response.code}: {response.resMsg}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.login_done.done():
+            self.login_done.set_exception(ConnectionError("closed during login"))
+        elif not self.gen.stopping:
+            self.gen.stats.errors += 1
+
+
+class Generator:
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.stats = Stats()
+        self.conns: dict[int, GenProtocol] = {}
+        self.running = False
+        self.stopping = False
+        self.templates: dict[int, tuple[bytes, int]] = {}
+        # Who receives in the run phase: p2p partners, everyone but the fanout sender.
+        if plan.scenario == "p2p":
+            self.receivers = set(plan.partner_of.values())
+        else:
+            self.receivers = {u for u, _ in plan.users} - {plan.fanout_sender}
+
+    # -- frames ------------------------------------------------------------------
+
+    def _template(self, sender: int, receiver: int | None) -> tuple[bytes, int]:
+        text = STAMP + b" " + b"x" * max(0, self.plan.payload - len(STAMP) - 1)
+        request = Request(requestId=sender, reqMsg=text.decode(), cmd=BaseCommand.MESSAGE, clientMsgId=1)
+        if receiver is not None:
+            request.properties["receiveUserId"] = str(receiver)
+        frame = encode_frame(request.SerializeToString())
+        return frame, frame.index(STAMP)
+
+    def send(self, sender: int) -> None:
+        frame, at = self.templates[sender]
+        stamp = str(time.time_ns()).encode()
+        self.conns[sender].transport.write(frame[:at] + stamp + frame[at + 19 :])  # type: ignore[attr-defined]
+        self.stats.sent += 1
+
+    def on_messages(self, conn: GenProtocol, frames: list[bytes]) -> None:
+        stats = self.stats
+        plan = self.plan
+        before = stats.delivered
+        stats.delivered += len(frames)
+        sample = plan.sample_every
+        if before // sample != stats.delivered // sample:
+            text = Response.FromString(frames[-1]).resMsg
+            stats.latencies_us.append((time.time_ns() - int(text[:19])) // 1000)
+        if plan.scenario == "p2p":
+            sender = self.sender_of[conn.user_id]
+            for _ in frames:
+                self.send(sender)
+        elif conn.user_id == self.probe:
+            for _ in frames:
+                self.send(plan.fanout_sender)  # type: ignore[arg-type]
+
+    # -- phases ------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        plan = self.plan
+        loop = asyncio.get_running_loop()
+        semaphore = asyncio.Semaphore(plan.connect_concurrency)
+        started = time.monotonic()
+
+        async def one(i: int, user_id: int, name: str) -> None:
+            async with semaphore:
+                source = plan.source_ips[i % len(plan.source_ips)]
+                _, proto = await loop.create_connection(
+                    lambda: GenProtocol(self, user_id), plan.host, plan.port, local_addr=(source, 0)
+                )
+                login = Request(requestId=user_id, reqMsg=name).SerializeToString()
+                ping = Request(requestId=user_id, reqMsg="ping", cmd=BaseCommand.PING).SerializeToString()
+                proto.transport.write(encode_frame(login) + encode_frame(ping))
+                await asyncio.wait_for(proto.login_done, 60)
+                self.conns[user_id] = proto
+
+        # In order when order matters (fanout: the probe must be the last receiver the
+        # server iterates); concurrently otherwise.
+        if plan.scenario == "fanout":
+            for i, (user_id, name) in enumerate(plan.users):
+                await one(i, user_id, name)
+        else:
+            await asyncio.gather(*(one(i, u, n) for i, (u, n) in enumerate(plan.users)))
+        self.stats.connected = len(self.conns)
+        self.stats.connect_seconds = time.monotonic() - started
+
+    async def run(self) -> None:
+        plan = self.plan
+        self.running = True
+        if plan.scenario == "p2p":
+            self.sender_of = {receiver: sender for sender, receiver in plan.partner_of.items()}
+            for sender, receiver in plan.partner_of.items():
+                self.templates[sender] = self._template(sender, receiver)
+            for _ in range(plan.window):
+                for sender in plan.partner_of:
+                    self.send(sender)
+            await asyncio.sleep(plan.duration)
+        elif plan.scenario == "fanout":
+            if plan.fanout_sender is not None:
+                self.probe = plan.users[-1][0]
+                self.templates[plan.fanout_sender] = self._template(plan.fanout_sender, None)
+                for _ in range(plan.window):
+                    self.send(plan.fanout_sender)
+            else:
+                self.probe = -1
+            await asyncio.sleep(plan.duration)
+        else:
+            await self._heartbeats()
+        self.running = False
+
+    async def _heartbeats(self) -> None:
+        """Every connection pings once per heartbeat interval, spread evenly."""
+        plan = self.plan
+        pings = {u: encode_frame(Request(requestId=u, reqMsg="ping", cmd=BaseCommand.PING).SerializeToString()) for u in self.conns}
+        users = list(self.conns)
+        random.shuffle(users)
+        start = time.monotonic()
+        step = plan.heartbeat / max(1, len(users))
+        sent = 0
+        while (now := time.monotonic()) - start < plan.duration:
+            due = int((now - start) / step) + 1
+            while sent < due:
+                user = users[sent % len(users)]
+                self.conns[user].transport.write(pings[user])  # type: ignore[attr-defined]
+                sent += 1
+            await asyncio.sleep(0.05)
+        self.stats.sent = sent
+
+    async def close(self) -> None:
+        self.stopping = True
+        for conn in self.conns.values():
+            conn.transport.close()  # type: ignore[attr-defined]
+        await asyncio.sleep(0.2)
+
+
+def _process_main(plan: Plan, barrier: Barrier, results: Any) -> None:
+    from cim.limits import raise_nofile_limit
+
+    raise_nofile_limit()
+
+    async def main() -> Stats:
+        gen = Generator(plan)
+        try:
+            if plan.scenario == "fanout" and plan.fanout_sender is not None:
+                barrier.wait(BARRIER_TIMEOUT)  # the others connect first: our probe is last
+                await gen.connect()
+            else:
+                await gen.connect()
+                if plan.scenario == "fanout":
+                    barrier.wait(BARRIER_TIMEOUT)
+            barrier.wait(BARRIER_TIMEOUT)  # all connected: the parent samples the target
+            barrier.wait(BARRIER_TIMEOUT)  # go
+            cpu0 = time.process_time()
+            await gen.run()
+            gen.stats.cpu_seconds = time.process_time() - cpu0
+            barrier.wait(BARRIER_TIMEOUT)  # done: the parent samples again
+        finally:
+            await gen.close()
+        return gen.stats
+
+    try:
+        stats = uvloop.run(main())
+        results.put((plan.index, dataclasses.asdict(stats)))
+    except BaseException as err:  # report, don't hang the parent
+        barrier.abort()
+        results.put((plan.index, {"error": repr(err)}))
+
+
+class LoadGenerator:
+    """Start the generator processes; ``step()`` moves them through the phases."""
+
+    def __init__(self, plans: list[Plan]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        fanout = plans[0].scenario == "fanout"
+        self.barrier = ctx.Barrier(len(plans) + 1)
+        self.results = ctx.Queue()
+        self.fanout = fanout
+        self.processes = [ctx.Process(target=_process_main, args=(p, self.barrier, self.results), daemon=True) for p in plans]
+        for p in self.processes:
+            p.start()
+        if fanout:
+            self.barrier.wait(BARRIER_TIMEOUT)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes if p.pid is not None]
+
+    def step(self) -> None:
+        self.barrier.wait(BARRIER_TIMEOUT)
+
+    def collect(self) -> list[dict[str, Any]]:
+        out: dict[int, dict[str, Any]] = {}
+        for _ in self.processes:
+            index, stats = self.results.get(timeout=120)
+            if "error" in stats:
+                raise RuntimeError(f"generator process {index} failed: {stats['error']}")
+            out[index] = stats
+        for p in self.processes:
+            p.join(30)
+        return [out[i] for i in sorted(out)]
+
+
+def source_ips(count: int) -> list[str]:
+    """Loopback source addresses: each gets its own ephemeral port range toward the target."""
+    return [f"127.0.0.{i}" for i in range(2, 2 + count)]
+
+
+def cpu_count() -> int:
+    return os.cpu_count() or 1

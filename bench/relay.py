@@ -1,0 +1,121 @@
+"""The ceiling: a minimal uvloop relay with no application logic.
+
+It speaks just enough of the protocol for the same load generator to drive it: the
+login frame names the connection (one protobuf parse per connection), a PING is
+answered with CIM's pong, and every other frame is written on unchanged:
+
+* ``p2p``: to the partner connection (user ``id ^ 1``: pairs 2k, 2k+1);
+* ``fanout``: to every other connection.
+
+Frames for one destination from one read are joined into one write, using the
+compiled frame codec, so the ceiling does the least work a relay can do. cim's
+results are reported as a ratio of this.
+
+``python -m bench.relay --port P --mode p2p|fanout``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import uvloop
+
+from cim.frame import FrameDecoder, encode_frames
+from cim.proto import Request
+from cim.protocols.connection import PONG
+
+PING_TAIL = b"\x18\x02"  # cmd = PING is the last field of a serialized ping
+
+
+class Relay:
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.by_user: dict[int, RelayProtocol] = {}
+
+
+class RelayProtocol(asyncio.Protocol):
+    __slots__ = ("relay", "transport", "decoder", "user_id")
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.decoder = FrameDecoder()
+        self.user_id = -1
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        frames = self.decoder.feed(data)
+        if self.user_id < 0 and frames:
+            self.user_id = Request.FromString(frames.pop(0)).requestId
+            self.relay.by_user[self.user_id] = self
+        forward = []
+        pongs = 0
+        for frame in frames:
+            if frame.endswith(PING_TAIL):
+                pongs += 1
+            else:
+                forward.append(frame)
+        if pongs:
+            self.transport.write(PONG * pongs)  # type: ignore[attr-defined]
+        if not forward:
+            return
+        out = encode_frames(forward)
+        if self.relay.mode == "p2p":
+            partner = self.relay.by_user.get(self.user_id ^ 1)
+            if partner is not None:
+                partner.transport.write(out)  # type: ignore[attr-defined]
+        else:
+            for other in self.relay.by_user.values():
+                if other is not self:
+                    other.transport.write(out)  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.relay.by_user.get(self.user_id) is self:
+            del self.relay.by_user[self.user_id]
+
+
+async def serve(host: str, port: int, mode: str, workers: int) -> None:
+    relay = Relay(mode)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: RelayProtocol(relay), host, port, backlog=4096, reuse_port=workers > 1)
+    print(f"relay listening on {host}:{port} ({mode})", flush=True)
+    await server.serve_forever()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.relay")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--mode", choices=["p2p", "fanout"], default="p2p")
+    parser.add_argument("--workers", type=int, default=1, help="processes sharing the port (idle runs)")
+    args = parser.parse_args()
+    from cim.limits import raise_nofile_limit
+
+    raise_nofile_limit()
+    if args.workers > 1:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        procs = [ctx.Process(target=_run, args=(args.host, args.port, args.mode, args.workers)) for _ in range(args.workers)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+    else:
+        _run(args.host, args.port, args.mode, 1)
+
+
+def _run(host: str, port: int, mode: str, workers: int) -> None:
+    from cim.limits import raise_nofile_limit
+
+    raise_nofile_limit()
+    try:
+        uvloop.run(serve(host, port, mode, workers))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

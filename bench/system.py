@@ -1,0 +1,228 @@
+"""Shared machinery for the system scenarios: targets, registration, measurement, report."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from bench.loadgen import LoadGenerator, Plan
+from bench.report import machine, print_table, write_json
+from bench.services import CimProcess, free_port, redis_server, wait_until, zookeeper_server
+
+
+@dataclass
+class Target:
+    name: str
+    host: str
+    port: int
+    route_url: str | None  # None: the ceiling relay, which needs no accounts
+    root_pids: list[int] = field(default_factory=list)
+
+    def processes(self) -> list[psutil.Process]:
+        procs = []
+        for pid in self.root_pids:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                root = psutil.Process(pid)
+                procs += [root, *root.children(recursive=True)]
+        return procs
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for p in self.processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
+
+    def rss(self) -> int:
+        total = 0
+        for p in self.processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += p.memory_info().rss
+        return total
+
+
+@contextlib.contextmanager
+def cim_target(workdir: Path, workers: int = 1, heartbeat: float = 3600.0) -> Iterator[Target]:
+    """cim as users run it: ``cim up`` (embedded), or route + ``cim-server --workers N`` on
+    real Redis and ZooKeeper started here."""
+    port, http_port, route_port = free_port(), free_port(), free_port()
+    common = ["--heartbeat-interval", str(heartbeat), "--log-level", "warning"]
+    if workers == 1:
+        up = CimProcess(workdir, "cim-up", ["up", "--host", "127.0.0.1", "--port", str(port), "--http-port",
+                                            str(http_port), "--route-port", str(route_port), *common])
+        try:
+            up.wait_http(route_port)
+            yield Target("cim", "127.0.0.1", port, f"http://127.0.0.1:{route_port}", [up.proc.pid])
+        finally:
+            up.stop()
+        return
+    with redis_server(workdir) as redis_url, zookeeper_server(workdir) as zk:
+        backend = ["--redis", redis_url, "--zk", zk]
+        route = CimProcess(workdir, "cim-route", ["route", "--host", "127.0.0.1", "--port", str(route_port), *backend])
+        http_base = free_port()
+        server = CimProcess(workdir, "cim-server", ["server", "--workers", str(workers), "--host", "127.0.0.1",
+                                                    "--port", str(port), "--http-port", str(http_base), *backend, *common])
+        try:
+            route.wait_http(route_port)
+            for i in range(workers):
+                server.wait_http(http_base + i)
+            wait_until(lambda: len(httpx.get(f"http://127.0.0.1:{route_port}/health").json()["servers"]) == workers,
+                       30, "route sees every worker")
+            yield Target("cim", "127.0.0.1", port, f"http://127.0.0.1:{route_port}", [server.proc.pid])
+        finally:
+            server.stop()
+            route.stop()
+
+
+@contextlib.contextmanager
+def ceiling_target(workdir: Path, mode: str, workers: int = 1) -> Iterator[Target]:
+    port = free_port()
+    log = open(workdir / f"relay-{mode}.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "bench.relay", "--port", str(port), "--mode", mode,
+                             "--workers", str(workers)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def listening() -> bool:
+            with contextlib.closing(__import__("socket").create_connection(("127.0.0.1", port), 1)):
+                return True
+
+        wait_until(listening, 15, "relay")
+        yield Target("ceiling", "127.0.0.1", port, None, [proc.pid])
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+async def _register(route_url: str, names: list[str], concurrency: int = 64) -> list[int]:
+    semaphore = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=route_url, timeout=30, limits=limits) as http:
+        async def one(name: str) -> int:
+            async with semaphore:
+                response = await http.post("/registerAccount", json={"userName": name})
+                return int(response.json()["dataBody"]["userId"])
+
+        return await asyncio.gather(*(one(n) for n in names))
+
+
+def accounts(target: Target, count: int, tag: str) -> list[tuple[int, str]]:
+    """``count`` users for the target: registered through cim's route, or numbered for the relay."""
+    names = [f"{tag}-{i}" for i in range(count)]
+    if target.route_url is None:
+        return list(enumerate(names))
+    return list(zip(asyncio.run(_register(target.route_url, names)), names))
+
+
+def percentile(values: list[int], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
+
+
+@dataclass
+class Run:
+    """One target's measured run phase."""
+
+    duration: float
+    cpu_seconds: float
+    rss_before: int
+    rss_connected: int
+    stats: list[dict[str, Any]]
+
+    def total(self, key: str) -> int:
+        return sum(s[key] for s in self.stats)
+
+    @property
+    def latencies_us(self) -> list[int]:
+        return [v for s in self.stats for v in s["latencies_us"]]
+
+    @property
+    def generator_cpu_pct(self) -> float:
+        """The busiest generator process, % of one core over the run phase."""
+        return max(s["cpu_seconds"] for s in self.stats) / self.duration * 100
+
+
+def measure(target: Target, plans: list[Plan], progress: Callable[[str], None]) -> Run:
+    rss_before = target.rss()
+    progress(f"{target.name}: connecting {sum(len(p.users) for p in plans):,} users from {len(plans)} processes")
+    generator = LoadGenerator(plans)
+    generator.step()  # all connected
+    rss_connected = target.rss()
+    cpu0 = target.cpu_seconds()
+    started = time.monotonic()
+    progress(f"{target.name}: connected; running {plans[0].duration:g} s")
+    generator.step()  # go
+    generator.step()  # done
+    duration = time.monotonic() - started
+    cpu = target.cpu_seconds() - cpu0
+    return Run(duration, cpu, rss_before, rss_connected, generator.collect())
+
+
+def split(items: list[Any], parts: int) -> list[list[Any]]:
+    return [items[i::parts] for i in range(parts)]
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, duration: float) -> None:
+    parser.add_argument("--duration", type=float, default=duration, help="seconds of the measured phase")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per target; medians are reported")
+    parser.add_argument("--processes", type=int, default=1, help="load generator processes")
+    parser.add_argument("--source-ips", type=int, default=4, help="loopback source addresses (127.0.0.2...)")
+    parser.add_argument("--workdir", type=Path, default=None, help="where logs go (default: a temp dir)")
+
+
+def median_figures(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def report(scenario: str, params: dict[str, Any], rows: list[dict[str, Any]], json_path: str | None,
+           ratio_keys: dict[str, str], notes: list[str]) -> dict[str, Any]:
+    """Print the table and write the JSON: ``{scenario, params, cim, ceiling, ratio}``.
+
+    ``rows`` is one entry per sweep point: ``{"point": {...}, "cim": figures, "ceiling": figures}``.
+    ``ratio_keys`` maps a ratio's name to the figure it divides (cim / ceiling).
+    """
+    for row in rows:
+        row["ratio"] = {name: (row["cim"][key] / row["ceiling"][key] if row["ceiling"][key] else 0.0)
+                        for name, key in ratio_keys.items()}
+    keys = list(rows[0]["cim"])
+    table = []
+    for row in rows:
+        label = ", ".join(f"{k}={v}" for k, v in row["point"].items())
+        for key in keys:
+            table.append([f"{label} {key}".strip(), row["cim"][key], row["ceiling"][key]])
+        for name, value in row["ratio"].items():
+            table.append([f"{label} ratio {name}".strip(), f"{value:.2f}x", ""])
+    print_table(f"{scenario}: cim vs the ceiling relay, same generator, same run", ["figure", "cim", "ceiling"], table)
+    for note in notes:
+        print(f"note: {note}")
+    result: dict[str, Any] = {"scenario": scenario, "params": params, "machine": machine()}
+    if len(rows) == 1:
+        result.update(cim=rows[0]["cim"], ceiling=rows[0]["ceiling"], ratio=rows[0]["ratio"])
+    else:
+        result.update(cim=[{**r["point"], **r["cim"]} for r in rows], ceiling=[{**r["point"], **r["ceiling"]} for r in rows],
+                      ratio=[{**r["point"], **r["ratio"]} for r in rows])
+    result["notes"] = notes
+    write_json(json_path, result)
+    return result
+
+
+def generator_note(runs: dict[str, list[Run]], limit: float = 85.0) -> list[str]:
+    busiest = max(r.generator_cpu_pct for r in runs["ceiling"])
+    if busiest >= limit:
+        return [f"the load generator ran at {busiest:.0f}% of a core against the ceiling: the ceiling is "
+                "generator-bound, so ratios understate how far cim is from the relay's real limit"]
+    return []

@@ -1,0 +1,586 @@
+"""Soak: many SDK clients chat at a steady rate for a long time, and every message is accounted for.
+
+    python -m loadtest.soak --route http://127.0.0.1:8083 --users 1000 --rate 200 --duration 300 --json soak.json
+
+Users are registered through the route, then logged in and connected with the SDK
+(``cim.client.Client``) by ``--processes`` worker processes, so each process stays
+well under the open-files limit. Every worker sends its share of ``--rate`` messages
+per second from random senders among its users: private to a random other user of
+the run or, for ``--group-ratio`` of them, group. A text carries its kind, sender,
+per-sender sequence number and send time (``soak:p:1002:17:<ns>``), so receivers
+count deliveries and duplicates, check order per (sender, receiver) and measure
+send -> receive latency. After the send phase the run waits up to ``--drain``
+seconds for stragglers, logs every user out and reports.
+
+Expected deliveries are the messages whose receipt was 9000 or 7000: one for a
+private message, every other user of the run for a group message. Every user stays
+online for the whole run, so a message stored offline (7000) that never arrives
+counts as lost. The exit status is 0 when nothing was lost, duplicated, misaddressed
+or out of order and no send failed; 1 otherwise; 2 when the run could not be carried out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import itertools
+import json
+import multiprocessing
+import os
+import queue
+import random
+import secrets
+import statistics
+import sys
+import time
+import traceback
+from array import array
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from multiprocessing.context import SpawnContext, SpawnProcess
+from multiprocessing.queues import Queue
+from multiprocessing.sharedctypes import Synchronized, SynchronizedArray
+from pathlib import Path
+from typing import Any, TypedDict
+
+import httpx
+import uvloop
+
+from cim.client import Client, ClientError, Message
+from cim.client.sdk import route_call
+from cim.status import Status
+
+PRIVATE, GROUP = "p", "g"
+OK_CODES = (Status.SUCCESS.code, Status.OFF_LINE.code)
+
+# Totals every worker adds to in batches; the parent prints them as progress and
+# ends the drain as soon as "received" has caught up with "expected".
+COUNTERS = ("connected", "sent", "ok", "failed", "expected", "received", "senders_done")
+INDEX = {name: i for i, name in enumerate(COUNTERS)}
+FLUSH_EVERY = 0.5  # seconds between a worker's counter updates
+POLL_EVERY = 0.05  # seconds between looks at the shared phase / counters
+
+
+class Phase(IntEnum):
+    CONNECTING = 0
+    SENDING = 1
+    STOPPING = 2
+    ABORTING = 3
+
+
+class SoakError(Exception):
+    """The run could not be carried out (a worker failed, users did not connect in time)."""
+
+
+class WorkerResult(TypedDict):
+    """What a worker hands back. Plain containers only: a class defined in this module
+    would pickle as ``__mp_main__.X`` in a spawned child, which the parent cannot load."""
+
+    send_seconds: float  # first to last send
+    sent_private: int
+    sent_group: int
+    stored_offline: int
+    failures: Counter[str]
+    ok_private: dict[int, int]  # message key -> intended receiver
+    ok_group: list[int]  # message keys
+    private_got: list[tuple[int, int]]  # (message key, receiver), once per receiver
+    group_got: Counter[int]  # message key -> receivers of this worker that got it
+    duplicates: int
+    out_of_order: int
+    wrong_address: int
+    foreign: int
+    latencies_ms: array[float]
+    reconnects: int
+    disconnected: int
+
+
+def message_key(sender: int, seq: int) -> int:
+    """One int per message: cheaper than a tuple in the per-receiver sets."""
+    return sender << 32 | seq
+
+
+def parse_text(text: str) -> tuple[str, int, int, int] | None:
+    """(kind, sender, seq, send time ns) of a soak text; None for anything else."""
+    parts = text.split(":")
+    if len(parts) != 5 or parts[0] != "soak" or parts[1] not in (PRIVATE, GROUP):
+        return None
+    try:
+        return parts[1], int(parts[2]), int(parts[3]), int(parts[4])
+    except ValueError:
+        return None
+
+
+@dataclass
+class Shared:
+    """What the parent and its workers share across processes."""
+
+    counters: SynchronizedArray[int]
+    phase: Synchronized[int]
+    start_at: Synchronized[float]  # wall-clock time the send phase starts, the same in every worker
+
+    @classmethod
+    def create(cls, ctx: SpawnContext) -> Shared:
+        return cls(ctx.Array("q", len(COUNTERS)), ctx.Value("i", Phase.CONNECTING), ctx.Value("d", 0.0))
+
+    def add(self, deltas: list[int]) -> None:
+        with self.counters.get_lock():
+            raw = self.counters.get_obj()
+            for i, delta in enumerate(deltas):
+                raw[i] += delta
+
+    def totals(self) -> dict[str, int]:
+        with self.counters.get_lock():
+            return dict(zip(COUNTERS, self.counters.get_obj()))
+
+
+# -- the worker process -------------------------------------------------------
+
+
+class Worker:
+    def __init__(self, users: list[tuple[int, str]], everyone: list[int], options: argparse.Namespace, shared: Shared) -> None:
+        self.users = users
+        self.everyone = everyone
+        self.members = set(everyone)
+        self.options = options
+        self.shared = shared
+        self.clients: dict[int, Client] = {}
+        self.deltas = [0] * len(COUNTERS)
+        self.seqs: dict[int, itertools.count[int]] = {user_id: itertools.count(1) for user_id, _ in users}
+        self.seen: dict[int, set[int]] = {user_id: set() for user_id, _ in users}
+        self.last_seq: dict[tuple[str, int, int], int] = {}
+        self.result = WorkerResult(
+            send_seconds=0.0, sent_private=0, sent_group=0, stored_offline=0, failures=Counter(), ok_private={}, ok_group=[],
+            private_got=[], group_got=Counter(), duplicates=0, out_of_order=0, wrong_address=0, foreign=0,
+            latencies_ms=array("f"), reconnects=0, disconnected=0,
+        )
+
+    def bump(self, name: str, amount: int = 1) -> None:
+        self.deltas[INDEX[name]] += amount
+
+    def flush(self) -> None:
+        self.shared.add(self.deltas)
+        self.deltas = [0] * len(COUNTERS)
+
+    async def flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_EVERY)
+            self.flush()
+
+    async def run(self) -> WorkerResult:
+        flusher = asyncio.create_task(self.flush_forever())
+        try:
+            await self.connect_all()
+            if await self.wait_phase(Phase.SENDING, Phase.ABORTING) is Phase.SENDING:
+                await self.send_phase()
+                self.bump("senders_done")
+                await self.wait_phase(Phase.STOPPING, Phase.ABORTING)
+        finally:
+            self.result["reconnects"] = sum(c.reconnects for c in self.clients.values())
+            self.result["disconnected"] = sum(not c.connected for c in self.clients.values())
+            await self.close_all()
+            flusher.cancel()
+            self.flush()
+        return self.result
+
+    async def wait_phase(self, *phases: Phase) -> Phase:
+        while (phase := Phase(self.shared.phase.value)) not in phases:
+            await asyncio.sleep(POLL_EVERY)
+        return phase
+
+    async def connect_all(self) -> None:
+        limit = asyncio.Semaphore(self.options.concurrency)
+
+        async def connect(user_id: int, user_name: str) -> None:
+            async with limit:
+                client = Client(
+                    self.options.route, user_id, user_name,
+                    on_message=functools.partial(self.on_message, user_id),
+                    heartbeat_interval=self.options.heartbeat_interval,
+                    reconnect_attempts=self.options.reconnect_attempts,
+                    fetch_offline=False,  # fresh accounts: nothing is stored for them
+                )
+                try:
+                    await client.connect()
+                except BaseException:
+                    await client.close()
+                    raise
+                self.clients[user_id] = client
+                self.bump("connected")
+
+        # A TaskGroup: the first refused login cancels the rest, and the run aborts.
+        async with asyncio.TaskGroup() as group:
+            for user_id, user_name in self.users:
+                group.create_task(connect(user_id, user_name))
+
+    async def close_all(self) -> None:
+        limit = asyncio.Semaphore(self.options.concurrency)
+
+        async def close(client: Client) -> None:
+            async with limit:
+                await client.close()
+
+        await asyncio.gather(*(close(c) for c in self.clients.values()))
+
+    async def send_phase(self) -> None:
+        loop = asyncio.get_running_loop()
+        rate = self.options.rate / self.options.processes
+        start = loop.time() + (self.shared.start_at.value - time.time())
+        end = start + self.options.duration
+        senders = list(self.clients.values())
+        in_flight: set[asyncio.Task[None]] = set()
+        for n in itertools.count():
+            due = start + n / rate
+            if due >= end or self.shared.phase.value == Phase.ABORTING:
+                break
+            await asyncio.sleep(due - loop.time())
+            kind = GROUP if random.random() < self.options.group_ratio else PRIVATE
+            # A task per send: the schedule does not wait for receipts.
+            task = asyncio.create_task(self.send_one(random.choice(senders), kind))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        self.result["send_seconds"] = loop.time() - start
+        await asyncio.gather(*in_flight)
+
+    def pick_receiver(self, sender: int) -> int:
+        while (receiver := random.choice(self.everyone)) == sender:
+            pass
+        return receiver
+
+    async def send_one(self, client: Client, kind: str) -> None:
+        sender = client.user_id
+        # The sequence number and time are taken right before the SDK writes the
+        # frame (it writes before its first await), so seq order is wire order.
+        seq = next(self.seqs[sender])
+        key = message_key(sender, seq)
+        text = f"soak:{kind}:{sender}:{seq}:{time.time_ns()}"
+        self.bump("sent")
+        receiver = 0
+        try:
+            if kind == PRIVATE:
+                self.result["sent_private"] += 1
+                receiver = self.pick_receiver(sender)
+                receipt = await client.send_private(receiver, text)
+            else:
+                self.result["sent_group"] += 1
+                receipt = await client.send_group(text)
+        except (ClientError, ConnectionError, TimeoutError) as err:
+            self.result["failures"][f"{type(err).__name__}: {err}"] += 1
+            self.bump("failed")
+            return
+        self.bump("ok")
+        if receipt.stored_offline:
+            self.result["stored_offline"] += 1
+        if kind == PRIVATE:
+            self.result["ok_private"][key] = receiver
+            self.bump("expected")
+        else:
+            self.result["ok_group"].append(key)
+            self.bump("expected", len(self.everyone) - 1)
+
+    def on_message(self, receiver: int, message: Message) -> None:
+        now_ns = time.time_ns()
+        parsed = parse_text(message.text)
+        if parsed is None or parsed[1] not in self.members:
+            self.result["foreign"] += 1  # not from this run
+            return
+        kind, sender, seq, sent_ns = parsed
+        if message.sender_id != sender or (kind == GROUP and sender == receiver):
+            self.result["wrong_address"] += 1
+            return
+        key = message_key(sender, seq)
+        seen = self.seen[receiver]
+        if key in seen:
+            self.result["duplicates"] += 1
+            return
+        seen.add(key)
+        self.bump("received")
+        self.result["latencies_ms"].append((now_ns - sent_ns) / 1e6)
+        if kind == PRIVATE:
+            self.result["private_got"].append((key, receiver))
+        else:
+            self.result["group_got"][key] += 1
+        # Private and group messages take different paths through the cluster, so
+        # order is only promised within a kind.
+        pair = (kind, sender, receiver)
+        if seq < self.last_seq.get(pair, 0):
+            self.result["out_of_order"] += 1
+        else:
+            self.last_seq[pair] = seq
+
+
+def worker_main(
+    index: int, users: list[tuple[int, str]], everyone: list[int], options: argparse.Namespace,
+    shared: Shared, results: Queue[tuple[str, Any]],
+) -> None:
+    """A worker process: always puts exactly one ("result", WorkerResult) or ("error", text)."""
+    try:
+        result = uvloop.run(Worker(users, everyone, options, shared).run())
+    except Exception:
+        results.put(("error", f"worker {index}: {traceback.format_exc()}"))
+    else:
+        results.put(("result", result))
+
+
+# -- the parent -----------------------------------------------------------------
+
+
+async def register_users(route: str, count: int, concurrency: int) -> list[tuple[int, str]]:
+    """Fresh accounts ``soak-<run>-<n>``: a new run never sees an old run's stored messages."""
+    run_id = secrets.token_hex(3)
+    limit = asyncio.Semaphore(concurrency)
+    # One HTTP client for all: the SDK's ``register`` builds one per call, and each
+    # costs ~15 ms and ~850 KB (a fresh TLS context), even for plain http.
+    async with httpx.AsyncClient(base_url=route, timeout=30) as http:
+
+        async def one(user_name: str) -> tuple[int, str]:
+            body = {"reqNo": secrets.token_hex(8), "timeStamp": int(time.time()), "userName": user_name}
+            async with limit:
+                data = await route_call(http, "/registerAccount", body)
+            return int(data["userId"]), user_name
+
+        return list(await asyncio.gather(*(one(f"soak-{run_id}-{n}") for n in range(count))))
+
+
+class Monitor:
+    """The parent's view of its workers: progress lines, worker failures, their answers."""
+
+    def __init__(self, shared: Shared, results: Queue[tuple[str, Any]], processes: list[SpawnProcess],
+                 users: int, progress_every: float) -> None:
+        self.shared = shared
+        self.results = results
+        self.processes = processes
+        self.users = users
+        self.progress_every = progress_every
+        self.answers: list[tuple[str, Any]] = []
+        self.started = time.monotonic()
+        self.next_progress = self.started + progress_every
+
+    def wait(self, label: str, done: Callable[[dict[str, int]], bool], timeout: float) -> bool:
+        """Until ``done(totals)``; False after ``timeout`` s. Raises SoakError if a worker fails."""
+        deadline = time.monotonic() + timeout
+        while not done(totals := self.shared.totals()):
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            self._check_workers()
+            if now >= self.next_progress:
+                self.next_progress = now + self.progress_every
+                self.progress(label, totals)
+            time.sleep(POLL_EVERY)
+        return True
+
+    def _check_workers(self) -> None:
+        # Before the stop a worker answers only when it failed.
+        try:
+            self.answers.append(self.results.get_nowait())
+        except queue.Empty:
+            if any(p.exitcode is not None for p in self.processes):
+                raise SoakError("a worker process exited early") from None
+            return
+        raise SoakError(self.answers[-1][1])
+
+    def progress(self, label: str, t: dict[str, int]) -> None:
+        print(
+            f"[{time.monotonic() - self.started:6.1f}s] {label:<10} connected {t['connected']}/{self.users}  "
+            f"sent {t['sent']}  ok {t['ok']}  failed {t['failed']}  delivered {t['received']}/{t['expected']}",
+            flush=True,
+        )
+
+    def collect(self, timeout: float) -> list[WorkerResult]:
+        """Every worker's answer, then the processes are joined; raises SoakError on a failure."""
+        deadline = time.monotonic() + timeout
+        while len(self.answers) < len(self.processes) and time.monotonic() < deadline:
+            try:
+                self.answers.append(self.results.get(timeout=POLL_EVERY))
+            except queue.Empty:
+                if all(p.exitcode is not None for p in self.processes):
+                    break  # the rest died without a word
+        for process in self.processes:
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.terminate()
+                process.join()
+        errors = [payload for kind, payload in self.answers if kind == "error"]
+        if errors:
+            raise SoakError("\n".join(errors))
+        if len(self.answers) < len(self.processes):
+            raise SoakError(f"{len(self.processes) - len(self.answers)} worker(s) gave no result")
+        return [payload for _, payload in self.answers]
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    if len(values) < 2:
+        return {"p50": None, "p99": None, "max": max(values, default=None)}
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return {"p50": round(cuts[49], 2), "p99": round(cuts[98], 2), "max": round(max(values), 2)}
+
+
+def aggregate(results: list[WorkerResult], users: int) -> dict[str, Any]:
+    """Join what senders were told (receipts) with what receivers got, across workers."""
+    ok_private: dict[int, int] = {}
+    ok_group: set[int] = set()
+    group_got: Counter[int] = Counter()
+    failures: Counter[str] = Counter()
+    latencies: list[float] = []
+    for r in results:
+        ok_private.update(r["ok_private"])
+        ok_group.update(r["ok_group"])
+        group_got.update(r["group_got"])
+        failures.update(r["failures"])
+        latencies.extend(r["latencies_ms"])
+    delivered = wrong_address = after_failure = 0
+    for r in results:
+        wrong_address += r["wrong_address"]
+        for key, receiver in r["private_got"]:
+            intended = ok_private.get(key)
+            if intended is None:
+                after_failure += 1  # its send failed or timed out, yet it arrived
+            elif intended != receiver:
+                wrong_address += 1
+            else:
+                delivered += 1
+    for key, count in group_got.items():
+        if key in ok_group:
+            delivered += count
+        else:
+            after_failure += count
+    expected = len(ok_private) + len(ok_group) * (users - 1)
+    sent = sum(r["sent_private"] + r["sent_group"] for r in results)
+    return {
+        "sent": sent,
+        "sent_private": sum(r["sent_private"] for r in results),
+        "sent_group": sum(r["sent_group"] for r in results),
+        "receipts_ok": len(ok_private) + len(ok_group),
+        "stored_offline": sum(r["stored_offline"] for r in results),
+        "failed_sends": sum(failures.values()),
+        "failure_reasons": dict(failures.most_common(10)),
+        "expected": expected,
+        "delivered": delivered,
+        "lost": expected - delivered,
+        "duplicates": sum(r["duplicates"] for r in results),
+        "out_of_order": sum(r["out_of_order"] for r in results),
+        "wrong_address": wrong_address,
+        "delivered_after_failed_send": after_failure,
+        "foreign_ignored": sum(r["foreign"] for r in results),
+        "reconnects": sum(r["reconnects"] for r in results),
+        "disconnected_at_end": sum(r["disconnected"] for r in results),
+        "latency_ms": {"count": len(latencies), **percentiles(latencies)},
+    }
+
+
+def passed(report: dict[str, Any]) -> bool:
+    return report["sent"] > 0 and not any(
+        report[k] for k in ("lost", "duplicates", "out_of_order", "wrong_address", "failed_sends")
+    )
+
+
+def run(options: argparse.Namespace) -> dict[str, Any]:
+    """Register, connect, send, drain, stop; returns the report. Raises SoakError."""
+    users = uvloop.run(register_users(options.route, options.users, options.concurrency))
+    everyone = [user_id for user_id, _ in users]
+    print(f"registered {len(users)} users", flush=True)
+    # spawn, not fork: a child starts clean, without the parent's loop or connections.
+    ctx = multiprocessing.get_context("spawn")
+    shared = Shared.create(ctx)
+    results: Queue[tuple[str, Any]] = ctx.Queue()
+    processes = [
+        ctx.Process(target=worker_main, args=(i, users[i :: options.processes], everyone, options, shared, results),
+                    name=f"soak-worker-{i}")
+        for i in range(options.processes)
+    ]
+    for process in processes:
+        process.start()
+    monitor = Monitor(shared, results, processes, len(users), options.progress)
+    final = Phase.ABORTING
+    try:
+        if not monitor.wait("connecting", lambda t: t["connected"] >= len(users), options.connect_timeout):
+            raise SoakError(f"only {shared.totals()['connected']} of {len(users)} users connected "
+                            f"after {options.connect_timeout} s")
+        connected_after = time.monotonic() - monitor.started
+        shared.start_at.value = time.time() + 0.2  # every worker starts on the same tick
+        shared.phase.value = Phase.SENDING
+        # A send waits at most the SDK's send timeout (10 s) for its receipt.
+        if not monitor.wait("sending", lambda t: t["senders_done"] >= len(processes), options.duration + 30):
+            raise SoakError("the workers did not finish sending in time")
+        drain_started = time.monotonic()
+        monitor.wait("draining", lambda t: t["received"] >= t["expected"], options.drain)
+        drain_seconds = time.monotonic() - drain_started
+        final = Phase.STOPPING
+    finally:
+        shared.phase.value = final
+        worker_results = monitor.collect(timeout=120)
+    report = aggregate(worker_results, len(users))
+    send_seconds = max(r["send_seconds"] for r in worker_results)
+    return {
+        "params": {k: getattr(options, k) for k in ("route", "users", "rate", "duration", "group_ratio", "processes")},
+        "connect_seconds": round(connected_after, 2),
+        "send_seconds": round(send_seconds, 2),
+        "send_rate": round(report["sent"] / send_seconds, 1),
+        "drain_seconds": round(drain_seconds, 2),
+        **report,
+        "passed": passed(report),
+    }
+
+
+def print_report(report: dict[str, Any]) -> None:
+    latency = report["latency_ms"]
+    print(
+        f"sent {report['sent']} (private {report['sent_private']}, group {report['sent_group']}) "
+        f"in {report['send_seconds']} s = {report['send_rate']}/s; receipts ok {report['receipts_ok']} "
+        f"(stored offline {report['stored_offline']}), failed {report['failed_sends']}\n"
+        f"delivered {report['delivered']}/{report['expected']}: lost {report['lost']}, duplicates "
+        f"{report['duplicates']}, out of order {report['out_of_order']}, wrong address {report['wrong_address']}\n"
+        f"latency ms p50 {latency['p50']} p99 {latency['p99']} max {latency['max']} ({latency['count']} deliveries); "
+        f"reconnects {report['reconnects']}\n"
+        f"{'PASSED' if report['passed'] else 'FAILED'}",
+        flush=True,
+    )
+    for reason, count in report["failure_reasons"].items():
+        print(f"  send failure x{count}: {reason}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.soak", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--route", default=os.environ.get("CIM_ROUTE", "http://127.0.0.1:8083"), help="route URL [env CIM_ROUTE]")
+    parser.add_argument("--users", type=int, default=1000, help="users, all online for the whole run")
+    parser.add_argument("--rate", type=float, default=200.0, help="messages per second, all workers together")
+    parser.add_argument("--duration", type=float, default=300.0, help="seconds of sending")
+    parser.add_argument("--group-ratio", type=float, default=0.0,
+                        help="fraction of messages sent to the group (each reaches every other user)")
+    parser.add_argument("--processes", type=int, default=1, help="worker processes the users are spread over")
+    parser.add_argument("--drain", type=float, default=10.0, help="seconds to wait for stragglers after sending")
+    parser.add_argument("--concurrency", type=int, default=50, help="registrations/logins/logouts in flight per process")
+    parser.add_argument("--connect-timeout", type=float, default=300.0, help="seconds for every user to connect")
+    parser.add_argument("--heartbeat-interval", type=float, default=10.0, help="SDK heartbeat interval, seconds")
+    parser.add_argument("--reconnect-attempts", type=int, default=3, help="SDK reconnect attempts after a lost connection")
+    parser.add_argument("--progress", type=float, default=5.0, help="seconds between progress lines")
+    parser.add_argument("--json", metavar="PATH", help="write the report as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    options = parser.parse_args(argv)
+    if options.users < 2 or options.rate <= 0 or options.duration <= 0 or not 0 <= options.group_ratio <= 1:
+        parser.error("need --users >= 2, --rate > 0, --duration > 0 and 0 <= --group-ratio <= 1")
+    if not 1 <= options.processes <= options.users:
+        parser.error("--processes must be between 1 and --users")
+    try:
+        report = run(options)
+    except (SoakError, ClientError, httpx.HTTPError) as err:
+        print(f"soak aborted: {err}", file=sys.stderr)
+        return 2
+    print_report(report)
+    if options.json:
+        Path(options.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(options.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {options.json}")
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
