@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from cim.backends.base import Bus, StateStore
-from cim.messages import MessageIds, push_body
+from cim.messages import MessageIds, Sender, push_body
 from cim.proto import Delivery
 from cim.status import CimError, Status
 
@@ -38,11 +38,11 @@ class Messenger:
             raise CimError(Status.VALIDATION_FAIL, f"{field} {user_id} is not a registered user")
         return name
 
-    async def send_private(self, sender_id: int, sender_name: str, receiver_id: int, text: str) -> tuple[Status, int]:
+    async def send_private(self, sender: Sender, receiver_id: int, text: str) -> tuple[Status, int]:
         """Returns (SUCCESS or OFF_LINE, message id); raises CimError for an unknown receiver."""
         await self.require_user(receiver_id, "receiveUserId")
         msg_id, now_ms = self.ids.next()
-        body = push_body(sender_id, sender_name, text, msg_id, now_ms)
+        body = push_body(sender, text, msg_id, now_ms)
         server = await self.state.route(receiver_id)
         if server is None:
             await self.state.store_offline(receiver_id, [body])
@@ -54,11 +54,11 @@ class Messenger:
         await self.bus.publish(server, delivery.SerializeToString())
         return Status.SUCCESS, msg_id
 
-    async def send_group(self, sender_id: int, sender_name: str, text: str) -> int:
+    async def send_group(self, sender: Sender, text: str) -> int:
         """Every online user but the sender gets it; returns the message id."""
         msg_id, now_ms = self.ids.next()
-        body = push_body(sender_id, sender_name, text, msg_id, now_ms)
-        delivery = Delivery(messages=[body], broadcast=True, excludeUserId=sender_id)
+        body = push_body(sender, text, msg_id, now_ms)
+        delivery = Delivery(messages=[body], broadcast=True, excludeUserId=sender.id)
         await self.bus.broadcast(delivery.SerializeToString())
         return msg_id
 

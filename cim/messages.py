@@ -1,7 +1,7 @@
 """Pushed messages: built once, framed per receiver, with cluster-unique ids.
 
 A push is serialized once without ``receiveUserId``; each receiver's frame appends
-that one map entry as raw protobuf bytes. Protobuf parsers merge repeated
+that one map entry as raw protobuf bytes (computed once per session, at login). Protobuf parsers merge repeated
 occurrences of a map field, so ``body + entry`` parses as the push with
 ``properties[receiveUserId]`` set: group fan-out costs a bytes concatenation per
 receiver, not a serialization.
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import itertools
 import time
+from dataclasses import dataclass
 
-from cim.frame import encode_frame
-from cim.proto import BaseCommand, Response
+from cim.proto import MESSAGE, Response
 
 _PROPERTIES_TAG = b"\x22"  # field 4, length-delimited
 _KEY = b"\x0a\x0dreceiveUserId"  # map entry field 1: "receiveUserId" (13 bytes)
@@ -33,18 +33,30 @@ def receiver_entry(receiver_id: int) -> bytes:
     return _PROPERTIES_TAG + bytes((len(entry),)) + entry
 
 
-def frame_for(body: bytes, receiver_id: int) -> bytes:
-    """The wire frame of push ``body`` addressed to ``receiver_id``."""
-    return encode_frame(body + receiver_entry(receiver_id))
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """Who sends, with the part of every push that depends only on them, serialized once.
+
+    Protobuf parses concatenated serialized messages as one merged message, so a
+    push is ``prefix`` (cmd, responseId and the sendUserId/sendUserName map
+    entries: the costly part) followed by the few scalar fields of the message.
+    """
+
+    id: int
+    name: str
+    prefix: bytes
+
+    @classmethod
+    def of(cls, user_id: int, user_name: str) -> Sender:
+        push = Response(cmd=MESSAGE, responseId=user_id)
+        push.properties["sendUserId"] = str(user_id)
+        push.properties["sendUserName"] = user_name
+        return cls(user_id, user_name, push.SerializeToString())
 
 
-def push_body(sender_id: int, sender_name: str, text: str, msg_id: int, timestamp_ms: int) -> bytes:
-    push = Response(
-        cmd=BaseCommand.MESSAGE, resMsg=text, responseId=sender_id, msgId=msg_id, timestamp=timestamp_ms
-    )
-    push.properties["sendUserId"] = str(sender_id)
-    push.properties["sendUserName"] = sender_name
-    return push.SerializeToString()
+def push_body(sender: Sender, text: str, msg_id: int, timestamp_ms: int) -> bytes:
+    """A serialized push without its receiver (see ``receiver_entry``)."""
+    return sender.prefix + Response(resMsg=text, msgId=msg_id, timestamp=timestamp_ms).SerializeToString()
 
 
 class MessageIds:

@@ -8,17 +8,20 @@ import os
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable
 
 from cim.backends import Backends
 from cim.config import Config
 from cim.delivery import Messenger
 from cim.limits import connection_capacity, kernel_warnings, raise_nofile_limit
-from cim.messages import MessageIds, frame_for, push_body
+from cim.frame import encode_frame
+from cim.messages import MessageIds, Sender, push_body, receiver_entry
 from cim.proto import Delivery
 from cim.protocols.connection import ChatMessage, Event, Login, Offline, Ping, ProtocolViolation
 from cim.protocols.tcp import CimServerProtocol
 from cim.status import CimError, Status
+
+SUCCESS = Status.SUCCESS
 
 log = logging.getLogger("cim.server")
 
@@ -33,6 +36,9 @@ class Node:
         self.pending: set[CimServerProtocol] = set()
         # Connections whose write buffer is over the high-water mark (slow readers).
         self.slow: set[CimServerProtocol] = set()
+        # Connections with pushes queued this loop turn: flushed together at its end,
+        # so a burst of deliveries to one connection goes out in one write.
+        self._dirty: list[CimServerProtocol] = []
         self.max_connections = 0
         # Users whose login is being checked: a second connection racing the first
         # across the state store's await is refused like a duplicate.
@@ -41,6 +47,7 @@ class Node:
         self.started_at = time.time()
         self.loop = asyncio.get_running_loop()
         self.messenger: Messenger | None = None
+        self._next_id: Callable[[], tuple[int, int]] = MessageIds(0).next  # replaced at start
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
@@ -61,6 +68,7 @@ class Node:
         if stale:
             log.warning("cleared %d stale logins left by a previous %s", len(stale), self.node_id)
         self.messenger = Messenger(state, bus, MessageIds(await state.allocate_node_number()), local=self)
+        self._next_id = self.messenger.ids.next
         await bus.subscribe(self.node_id, self.on_delivery)
         self._server = await self.loop.create_server(
             lambda: CimServerProtocol(self),
@@ -131,23 +139,24 @@ class Node:
 
     def handle_now(self, proto: CimServerProtocol, event: Event) -> bool:
         """Settle an event synchronously when no I/O is needed; False defers it to ``handle``."""
-        if isinstance(event, Ping):
-            proto.conn.send_pong()
-            return True
-        if isinstance(event, ChatMessage):
-            if event.receiver_id is None or event.receiver_id not in self.sessions:
+        kind = type(event)
+        if kind is ChatMessage:  # the hot path first: a message to a user on this node
+            receiver = self.sessions.get(event.receiver_id)  # type: ignore[union-attr, arg-type]
+            if receiver is None:
                 return False
             self.metrics["messages_in"] += 1
-            msg_id, now_ms = self.messenger.ids.next()  # type: ignore[union-attr]
-            body = push_body(proto.user_id, proto.conn.user_name, event.text, msg_id, now_ms)
-            self.deliver_local(event.receiver_id, body)
-            proto.conn.send_receipt(event.client_msg_id, Status.SUCCESS, msg_id=msg_id)
+            msg_id, now_ms = self._next_id()
+            self._push(receiver, [push_body(proto.sender, event.text, msg_id, now_ms)])  # type: ignore[union-attr, arg-type]
+            proto.conn.send_receipt(event.client_msg_id, SUCCESS, None, msg_id)  # type: ignore[union-attr]
             return True
-        if isinstance(event, ProtocolViolation):
+        if kind is Ping:
+            proto.conn.send_pong()
+            return True
+        if kind is ProtocolViolation:
             self.metrics["protocol_errors"] += 1
-            log.info("closing connection of user %s: %s", proto.user_id, event.reason)
+            log.info("closing connection of user %s: %s", proto.user_id, event.reason)  # type: ignore[union-attr]
             return True  # the error frame is queued; flush closes
-        if isinstance(event, Offline):
+        if kind is Offline:
             proto.conn.close("bye", reconnect=False)
             return True
         return False
@@ -186,6 +195,8 @@ class Node:
             await state.logout(login.user_id, self.node_id)
             return
         self.pending.discard(proto)
+        proto.receiver_entry = receiver_entry(login.user_id)
+        proto.sender = Sender.of(login.user_id, login.user_name)
         proto.logged_in = True
         self.sessions[login.user_id] = proto
         self.metrics["logins"] += 1
@@ -198,12 +209,10 @@ class Node:
         self.metrics["messages_in"] += 1
         try:
             if message.receiver_id is None:
-                msg_id = await messenger.send_group(proto.user_id, proto.conn.user_name, message.text)
+                msg_id = await messenger.send_group(proto.sender, message.text)
                 proto.conn.send_receipt(message.client_msg_id, Status.SUCCESS, msg_id=msg_id)
             else:
-                status, msg_id = await messenger.send_private(
-                    proto.user_id, proto.conn.user_name, message.receiver_id, message.text
-                )
+                status, msg_id = await messenger.send_private(proto.sender, message.receiver_id, message.text)
                 proto.conn.send_receipt(message.client_msg_id, status, msg_id=msg_id)
         except CimError as err:
             proto.conn.send_receipt(message.client_msg_id, err.status, err.message)
@@ -214,10 +223,25 @@ class Node:
         proto = self.sessions.get(user_id)
         if proto is None:
             return False
-        proto.conn.send_push(frame_for(body, user_id))
-        proto.schedule_flush()
-        self.metrics["messages_out"] += 1
+        self._push(proto, [body])
         return True
+
+    def _push(self, proto: CimServerProtocol, bodies: list[bytes]) -> None:
+        entry = proto.receiver_entry
+        for body in bodies:
+            proto.conn.send_push(encode_frame(body + entry))
+        self.metrics["messages_out"] += len(bodies)
+        if not proto.dirty:
+            proto.dirty = True
+            if not self._dirty:
+                self.loop.call_soon(self._flush_dirty)
+            self._dirty.append(proto)
+
+    def _flush_dirty(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for proto in dirty:
+            proto.dirty = False
+            proto.flush()
 
     def on_delivery(self, payload: bytes) -> None:
         """A Delivery from the bus (runs on the loop)."""
@@ -229,22 +253,22 @@ class Node:
                     proto.conn.close("logged out", reconnect=False)
                     proto.flush()
             return
-        receivers: Iterable[int] = delivery.receiverIds if not delivery.broadcast else list(self.sessions)
-        exclude = delivery.excludeUserId
-        for user_id in receivers:
-            if user_id == exclude:
-                continue
-            proto = self.sessions.get(user_id)
-            if proto is None:
-                if delivery.storeIfAbsent:
-                    state = self.backends.state
-                    store = state.restore_offline if delivery.restore else state.store_offline
-                    self._spawn(store(user_id, list(delivery.messages)))
-                continue
-            for body in delivery.messages:
-                proto.conn.send_push(frame_for(body, user_id))
-            proto.schedule_flush()
-            self.metrics["messages_out"] += len(delivery.messages)
+        bodies = list(delivery.messages)  # once: the repeated field copies on every access
+        sessions = self.sessions
+        if delivery.broadcast:
+            exclude = delivery.excludeUserId
+            for user_id, proto in list(sessions.items()):
+                if user_id != exclude:
+                    self._push(proto, bodies)
+            return
+        for user_id in delivery.receiverIds:
+            proto = sessions.get(user_id)
+            if proto is not None:
+                self._push(proto, bodies)
+            elif delivery.storeIfAbsent:
+                state = self.backends.state
+                store = state.restore_offline if delivery.restore else state.store_offline
+                self._spawn(store(user_id, bodies))
 
     # -- heartbeats ------------------------------------------------------------
 

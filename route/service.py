@@ -10,7 +10,7 @@ from cim.backends import Backends
 from cim.backends.base import ServerInfo
 from cim.config import Config
 from cim.delivery import Messenger
-from cim.messages import MessageIds
+from cim.messages import MessageIds, Sender
 from cim.status import CimError, Status
 from route.balance import make_balancer
 
@@ -92,19 +92,18 @@ class RouteService:
             await writer.wait_closed()
         return True
 
-    async def _sender_name(self, user_id: int) -> str:
+    async def _sender(self, user_id: int) -> Sender:
         assert self.messenger is not None
-        return await self.messenger.require_user(user_id, "userId")
+        return Sender.of(user_id, await self.messenger.require_user(user_id, "userId"))
 
     async def send_private(self, user_id: int, receiver_id: int, text: str) -> Status:
         assert self.messenger is not None
-        name = await self._sender_name(user_id)
-        status, _ = await self.messenger.send_private(user_id, name, receiver_id, text)
+        status, _ = await self.messenger.send_private(await self._sender(user_id), receiver_id, text)
         return status
 
     async def send_group(self, user_id: int, text: str) -> None:
         assert self.messenger is not None
-        await self.messenger.send_group(user_id, await self._sender_name(user_id), text)
+        await self.messenger.send_group(await self._sender(user_id), text)
 
     async def online_users(self) -> list[tuple[int, str]]:
         return sorted(await self.state.online_users())

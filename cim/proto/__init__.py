@@ -4,6 +4,24 @@ Regenerate after editing cim.proto (protoc must match the pinned protobuf runtim
     python -m grpc_tools.protoc -Icim/proto --python_out=cim/proto --pyi_out=cim/proto cim/proto/cim.proto
 """
 
-from cim.proto.cim_pb2 import BaseCommand, Delivery, Request, Response
+from cim.proto.cim_pb2 import (
+    DELIVERY_ACK,
+    ERROR,
+    LOGIN_REQUEST,
+    MESSAGE,
+    OFFLINE,
+    PING,
+    SEND_RECEIPT,
+    SYNC,
+    BaseCommand,
+    Delivery,
+    Request,
+    Response,
+)
 
-__all__ = ["BaseCommand", "Delivery", "Request", "Response"]
+# The commands as plain ints too (protoc's module-level constants): on hot paths
+# ``BaseCommand.MESSAGE`` costs a Python-level __getattr__ on every use.
+__all__ = [
+    "BaseCommand", "Delivery", "Request", "Response",
+    "LOGIN_REQUEST", "MESSAGE", "PING", "OFFLINE", "SEND_RECEIPT", "ERROR", "DELIVERY_ACK", "SYNC",
+]

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from cim.frame import FrameDecoder, FrameError, encode_frame
-from cim.proto import BaseCommand, Request, Response
+from cim.proto import ERROR, LOGIN_REQUEST, MESSAGE, OFFLINE, PING, SEND_RECEIPT, Request, Response
 from cim.status import Status
 
 RECEIVE_USER_ID = "receiveUserId"
-PONG = encode_frame(Response(cmd=BaseCommand.PING, resMsg="pong").SerializeToString())
+PONG = encode_frame(Response(cmd=PING, resMsg="pong").SerializeToString())
 
 
 class State(enum.Enum):
@@ -31,14 +31,14 @@ class State(enum.Enum):
     CLOSED = "closed"  # the protocol wants the transport closed once data_to_send is written
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: frozen dataclasses cost more per event
 class Login:
     user_id: int
     user_name: str
     request: Request
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: frozen dataclasses cost more per event
 class ChatMessage:
     """A message sent in-band: private when ``receiver_id`` is set, group otherwise."""
 
@@ -47,18 +47,18 @@ class ChatMessage:
     client_msg_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: frozen dataclasses cost more per event
 class Ping:
     """A heartbeat. Answered in order with the other events, so a pong also says
     that everything the client sent before the ping has been handled."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: frozen dataclasses cost more per event
 class Offline:
     """The client says it is going away (CIM's OFFLINE command)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: frozen dataclasses cost more per event
 class ProtocolViolation:
     """The stream is unusable; an error frame is queued and the state is CLOSED."""
 
@@ -77,6 +77,7 @@ class ServerConnection:
         self.max_message_bytes = max_message_bytes
         self._decoder = FrameDecoder(max_frame_size)
         self._out: list[bytes] = []
+        self._ok_receipt = b""
 
     # -- input ---------------------------------------------------------------
 
@@ -114,7 +115,7 @@ class ServerConnection:
     def _handle_request(self, request: Request) -> Event | None:
         cmd = request.cmd
         if self.state is State.AWAITING_LOGIN:
-            if cmd != BaseCommand.LOGIN_REQUEST or request.requestId <= 0:
+            if cmd != LOGIN_REQUEST or request.requestId <= 0:
                 return self._violation(
                     Status.VALIDATION_FAIL,
                     "the first frame must be a login (cmd LOGIN_REQUEST, requestId = userId > 0)",
@@ -124,13 +125,13 @@ class ServerConnection:
             self.user_id = request.requestId
             self.user_name = request.reqMsg
             return Login(request.requestId, request.reqMsg, request)
-        if cmd == BaseCommand.PING:
+        if cmd == PING:
             return Ping()
-        if cmd == BaseCommand.MESSAGE:
+        if cmd == MESSAGE:
             return self._chat_message(request)
-        if cmd == BaseCommand.OFFLINE:
+        if cmd == OFFLINE:
             return Offline()
-        if cmd == BaseCommand.LOGIN_REQUEST:
+        if cmd == LOGIN_REQUEST:
             self.send_error(Status.REPEAT_LOGIN, "this connection is already logged in; ignored")
             return None
         self.send_error(Status.VALIDATION_FAIL, f"unsupported command {cmd}; ignored")
@@ -141,7 +142,7 @@ class ServerConnection:
         failure = None
         if not text:
             failure = "empty message"
-        elif len(text.encode()) > self.max_message_bytes:
+        elif len(text) * 4 > self.max_message_bytes and len(text.encode()) > self.max_message_bytes:
             failure = f"message over {self.max_message_bytes} bytes"
         receiver: int | None = None
         raw_receiver = request.properties.get(RECEIVE_USER_ID)
@@ -156,11 +157,16 @@ class ServerConnection:
         return ChatMessage(text, receiver, request.clientMsgId)
 
     def _violation(self, status: Status, reason: str, receiver: int = 0) -> ProtocolViolation:
-        self._out.append(self._frame(BaseCommand.ERROR, status.code, reason, receiver or self.user_id))
+        self._out.append(self._frame(ERROR, status.code, reason, receiver or self.user_id))
         self.state = State.CLOSED
         return ProtocolViolation(status, reason)
 
     # -- output --------------------------------------------------------------
+
+    def _receipt_head(self, code: int, text: str) -> bytes:
+        head = Response(cmd=SEND_RECEIPT, code=code, resMsg=text)
+        head.properties[RECEIVE_USER_ID] = str(self.user_id)
+        return head.SerializeToString()
 
     def _frame(self, cmd: int, code: int, text: str, receiver: int, **fields: int) -> bytes:
         response = Response(cmd=cmd, code=code, resMsg=text, **fields)
@@ -171,13 +177,21 @@ class ServerConnection:
         self._out.append(PONG)
 
     def send_error(self, status: Status, reason: str) -> None:
-        self._out.append(self._frame(BaseCommand.ERROR, status.code, reason, self.user_id))
+        self._out.append(self._frame(ERROR, status.code, reason, self.user_id))
 
     def send_receipt(self, client_msg_id: int, status: Status, text: str | None = None, msg_id: int = 0) -> None:
         """The fate of a message this client sent: always answered, success or not."""
+        if status is Status.SUCCESS and text is None:
+            # The common case: the constant part (cmd, code, text, receiver map entry)
+            # serialized once per connection; protobuf merges the concatenation.
+            if not self._ok_receipt:
+                self._ok_receipt = self._receipt_head(Status.SUCCESS.code, Status.SUCCESS.message)
+            fields = Response(clientMsgId=client_msg_id, msgId=msg_id).SerializeToString()
+            self._out.append(encode_frame(self._ok_receipt + fields))
+            return
         self._out.append(
             self._frame(
-                BaseCommand.SEND_RECEIPT, status.code, text or status.message, self.user_id,
+                SEND_RECEIPT, status.code, text or status.message, self.user_id,
                 clientMsgId=client_msg_id, msgId=msg_id,
             )
         )
@@ -196,7 +210,7 @@ class ServerConnection:
         reconnect (server shutting down, heartbeat timeout)."""
         if self.state is not State.CLOSED:
             status = Status.FAIL if reconnect else Status.SUCCESS
-            self._out.append(self._frame(BaseCommand.OFFLINE, status.code, reason, self.user_id))
+            self._out.append(self._frame(OFFLINE, status.code, reason, self.user_id))
             self.state = State.CLOSED
 
     def data_to_send(self) -> bytes:

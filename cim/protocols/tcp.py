@@ -14,6 +14,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
+from cim.messages import Sender
 from cim.protocols.connection import Event, ServerConnection, State
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ log = logging.getLogger("cim.server")
 class CimServerProtocol(asyncio.Protocol):
     __slots__ = (
         "node", "conn", "transport", "connected_at", "last_seen", "paused_at",
-        "logged_in", "closed", "_backlog", "_flush_pending",
+        "logged_in", "closed", "receiver_entry", "sender", "dirty", "_backlog",
     )
 
     def __init__(self, node: Node) -> None:
@@ -37,8 +38,11 @@ class CimServerProtocol(asyncio.Protocol):
         self.paused_at: float | None = None  # when the write buffer went over the high mark
         self.logged_in = False
         self.closed = False
+        # The serialized receiveUserId entry every push to this user ends with (set at login).
+        self.receiver_entry = b""
+        self.sender: Sender | None = None  # this user as a sender, serialized once (set at login)
+        self.dirty = False  # has pushes waiting for the node's end-of-turn flush
         self._backlog: deque[Event] | None = None
-        self._flush_pending = False
 
     @property
     def user_id(self) -> int:
@@ -84,7 +88,6 @@ class CimServerProtocol(asyncio.Protocol):
 
     def flush(self) -> None:
         """Write everything the connection queued, in one write; close if it ended."""
-        self._flush_pending = False
         transport = self.transport
         if transport is None or self.closed:
             return
@@ -97,13 +100,6 @@ class CimServerProtocol(asyncio.Protocol):
         if self.conn.state is State.CLOSED:
             self.closed = True
             transport.close()
-
-    def schedule_flush(self) -> None:
-        """Flush at the end of this loop turn: pushes to one connection from one
-        turn (a burst of bus deliveries) go out in one write."""
-        if not self._flush_pending:
-            self._flush_pending = True
-            self.node.loop.call_soon(self.flush)
 
     def pause_writing(self) -> None:
         self.paused_at = self.node.loop.time()
