@@ -16,6 +16,7 @@ import dataclasses
 import multiprocessing
 import os
 import random
+import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Barrier
@@ -281,7 +282,14 @@ class LoadGenerator:
         return [p.pid for p in self.processes if p.pid is not None]
 
     def step(self) -> None:
-        self.barrier.wait(BARRIER_TIMEOUT)
+        try:
+            self.barrier.wait(BARRIER_TIMEOUT)
+        except threading.BrokenBarrierError:
+            errors = []
+            while not self.results.empty():
+                index, stats = self.results.get()
+                errors.append(f"process {index}: {stats.get('error', 'stopped')}")
+            raise RuntimeError("a load generator process failed: " + ("; ".join(errors) or "no report")) from None
 
     def collect(self) -> list[dict[str, Any]]:
         out: dict[int, dict[str, Any]] = {}

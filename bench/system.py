@@ -5,17 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
+import multiprocessing
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
+from tqdm import tqdm
 
 from bench.loadgen import LoadGenerator, Plan
 from bench.report import machine, print_table, write_json
@@ -118,12 +122,24 @@ async def _register(route_url: str, names: list[str], concurrency: int = 64) -> 
         return await asyncio.gather(*(one(n) for n in names))
 
 
+def _register_slice(route_url: str, names: list[str]) -> list[int]:
+    return asyncio.run(_register(route_url, names))
+
+
 def accounts(target: Target, count: int, tag: str) -> list[tuple[int, str]]:
-    """``count`` users for the target: registered through cim's route, or numbered for the relay."""
+    """``count`` users for the target: registered through cim's route, or numbered for the relay.
+
+    Registration is spread over processes: one HTTP client process, not the route,
+    is the bottleneck for many accounts."""
     names = [f"{tag}-{i}" for i in range(count)]
     if target.route_url is None:
         return list(enumerate(names))
-    return list(zip(asyncio.run(_register(target.route_url, names)), names))
+    if count < 5000:
+        return list(zip(_register_slice(target.route_url, names), names))
+    chunks = [names[i : i + 5000] for i in range(0, count, 5000)]
+    with ProcessPoolExecutor(max_workers=4, mp_context=multiprocessing.get_context("spawn")) as pool:
+        ids = [i for chunk_ids in pool.map(_register_slice, [target.route_url] * len(chunks), chunks) for i in chunk_ids]
+    return list(zip(ids, names))
 
 
 def percentile(values: list[int], q: float) -> float:
@@ -164,8 +180,10 @@ def measure(target: Target, plans: list[Plan], progress: Callable[[str], None]) 
     rss_connected = target.rss()
     cpu0 = target.cpu_seconds()
     started = time.monotonic()
-    progress(f"{target.name}: connected; running {plans[0].duration:g} s")
+    progress(f"{target.name}: connected")
     generator.step()  # go
+    for _ in tqdm(range(math.ceil(plans[0].duration)), desc=f"{target.name} run", unit="s", leave=False):
+        time.sleep(min(1.0, max(0.0, plans[0].duration - (time.monotonic() - started))))
     generator.step()  # done
     duration = time.monotonic() - started
     cpu = target.cpu_seconds() - cpu0

@@ -37,9 +37,16 @@ def _read_int(path: str) -> int | None:
         return None
 
 
-def kernel_warnings(backlog: int, workers: int, capacity: int) -> list[str]:
-    """What in the kernel's settings would refuse connections before ``capacity``."""
+def kernel_warnings(backlog: int, workers: int, capacity: int, requested: int = 0) -> list[str]:
+    """What in the process's and kernel's settings caps connections: the open-files
+    limit below ``requested``, or kernel settings below ``capacity``."""
     warnings = []
+    if requested > capacity:
+        nr_open = _read_int("/proc/sys/fs/nr_open")
+        warnings.append(
+            f"--max-connections {requested} is over what the open-files limit allows ({capacity}): raise the "
+            f"hard nofile limit (ulimit -Hn, LimitNOFILE=; at most fs.nr_open = {nr_open}) or add --workers"
+        )
     somaxconn = _read_int("/proc/sys/net/core/somaxconn")
     if somaxconn is not None and somaxconn < backlog:
         warnings.append(

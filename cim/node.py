@@ -60,7 +60,9 @@ class Node:
         self.max_connections = connection_capacity(soft, self.config.max_connections)
         self.metrics.update(nofile_soft=soft, nofile_hard=hard, max_connections=self.max_connections)
         log.info("open files soft/hard %d/%d: room for %d client connections", soft, hard, self.max_connections)
-        for warning in kernel_warnings(self.config.backlog, self.config.workers, self.max_connections):
+        for warning in kernel_warnings(
+            self.config.backlog, self.config.workers, self.max_connections, self.config.max_connections
+        ):
             log.warning("%s", warning)
         # A fresh node holds no sessions: anything recorded under its id is left
         # from a predecessor with the same id (a restarted worker) and is stale.
@@ -89,8 +91,10 @@ class Node:
 
     async def stop(self) -> None:
         """Graceful: leave the registry, stop accepting, tell clients, close, clean up."""
-        with contextlib.suppress(Exception):
-            await self.backends.discovery.unregister(self.info)
+        try:
+            await asyncio.wait_for(self.backends.discovery.unregister(self.info), self.config.shutdown_timeout)
+        except Exception as err:  # the registry is unreachable: its session expiry will do it
+            log.warning("could not unregister %s: %r", self.node_id, err)
         if self._server is not None:
             self._server.close()
         if self._sweeper is not None:
@@ -162,12 +166,22 @@ class Node:
         return False
 
     async def handle(self, proto: CimServerProtocol, event: Event) -> None:
-        if isinstance(event, Login):
-            await self._login(proto, event)
-        elif isinstance(event, ChatMessage):
-            await self._chat(proto, event)
-        elif not self.handle_now(proto, event):
-            raise AssertionError(f"unhandled event {event!r}")
+        try:
+            if isinstance(event, Login):
+                await self._login(proto, event)
+            elif isinstance(event, ChatMessage):
+                await self._chat(proto, event)
+            elif not self.handle_now(proto, event):
+                raise AssertionError(f"unhandled event {event!r}")
+        except Exception as err:
+            # A backend failure is answered, never swallowed: the login is refused,
+            # the send gets a failed receipt, and the client can retry.
+            self.metrics["errors"] += 1
+            log.error("handling %s for user %s failed: %r", type(event).__name__, proto.user_id, err)
+            if isinstance(event, Login):
+                proto.conn.refuse(Status.FAIL, f"login failed: {type(err).__name__}; try again")
+            elif isinstance(event, ChatMessage):
+                proto.conn.send_receipt(event.client_msg_id, Status.FAIL, f"send failed: {type(err).__name__}; try again")
 
     async def _login(self, proto: CimServerProtocol, login: Login) -> None:
         if login.user_id in self.sessions or login.user_id in self._logging_in:

@@ -53,7 +53,10 @@ class Running:
                 await http.stop()
         if self.route is not None:
             await self.route.stop()
-        await self.backends.close()
+        try:
+            await asyncio.wait_for(self.backends.close(), 5)
+        except Exception as err:  # unreachable Redis or ZooKeeper must not hang the exit
+            log.warning("closing backends failed: %r", err)
 
 
 async def start(config: Config, roles: set[str], hub: MemoryHub | None = None) -> Running:

@@ -94,6 +94,7 @@ def register(client: HttpSession, prefix: str) -> tuple[int, str] | None:
 
 class RouteUser(HttpUser):
     wait_time = between(0.5, 1.5)
+    user_id = 0  # until registered
 
     def on_start(self) -> None:
         account = register(self.client, "locust-http")
@@ -106,7 +107,7 @@ class RouteUser(HttpUser):
         route_post(self.client, "/login", {"userId": self.user_id, "userName": name})
 
     def on_stop(self) -> None:
-        if hasattr(self, "user_id"):
+        if self.user_id:
             route_post(self.client, "/offLine", {"userId": self.user_id})
 
     @task(3)
@@ -128,6 +129,10 @@ class TcpChatUser(User):
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
         self.route = HttpSession(base_url=self.host, request_event=environment.events.request, user=self)
+        # Three route calls in a user's life, the last long after the route (uvicorn,
+        # 5 s keep-alive) has closed the idle connection; under gevent urllib3 does not
+        # always notice that and reuses it (RemoteDisconnected). One connection per call.
+        self.route.headers["Connection"] = "close"
         self.sock: socket.socket | None = None
         self.user_id = 0
         # The heartbeat and the tasks write from different greenlets: one whole frame at a time.
@@ -164,7 +169,7 @@ class TcpChatUser(User):
             self.write(Request(requestId=self.user_id, reqMsg=name))
             self.write(Request(requestId=self.user_id, reqMsg="ping", cmd=BaseCommand.PING))
             self.login_answer.get(timeout=LOGIN_TIMEOUT)
-        except (OSError, CimFailure, gevent.Timeout) as err:
+        except (OSError, FrameError, CimFailure, gevent.Timeout) as err:
             self.fire("login", started, exception=err)
             raise StopUser() from err
         self.fire("login", started)

@@ -31,6 +31,7 @@ import os
 import queue
 import random
 import secrets
+import signal
 import statistics
 import sys
 import time
@@ -51,10 +52,8 @@ import uvloop
 
 from cim.client import Client, ClientError, Message
 from cim.client.sdk import route_call
-from cim.status import Status
 
 PRIVATE, GROUP = "p", "g"
-OK_CODES = (Status.SUCCESS.code, Status.OFF_LINE.code)
 
 # Totals every worker adds to in batches; the parent prints them as progress and
 # ends the drain as soon as "received" has caught up with "expected".
@@ -79,7 +78,7 @@ class WorkerResult(TypedDict):
     """What a worker hands back. Plain containers only: a class defined in this module
     would pickle as ``__mp_main__.X`` in a spawned child, which the parent cannot load."""
 
-    send_seconds: float  # first to last send
+    send_seconds: float  # from the start to the last send
     sent_private: int
     sent_group: int
     stored_offline: int
@@ -126,14 +125,12 @@ class Shared:
         return cls(ctx.Array("q", len(COUNTERS)), ctx.Value("i", Phase.CONNECTING), ctx.Value("d", 0.0))
 
     def add(self, deltas: list[int]) -> None:
-        with self.counters.get_lock():
-            raw = self.counters.get_obj()
+        with self.counters.get_lock():  # an RLock: the item access below takes it again
             for i, delta in enumerate(deltas):
-                raw[i] += delta
+                self.counters[i] += delta
 
     def totals(self) -> dict[str, int]:
-        with self.counters.get_lock():
-            return dict(zip(COUNTERS, self.counters.get_obj()))
+        return dict(zip(COUNTERS, self.counters[:], strict=True))
 
 
 # -- the worker process -------------------------------------------------------
@@ -147,6 +144,8 @@ class Worker:
         self.options = options
         self.shared = shared
         self.clients: dict[int, Client] = {}
+        # One route client for every user of this process (see Client's ``http``).
+        self.http: httpx.AsyncClient | None = None
         self.deltas = [0] * len(COUNTERS)
         self.seqs: dict[int, itertools.count[int]] = {user_id: itertools.count(1) for user_id, _ in users}
         self.seen: dict[int, set[int]] = {user_id: set() for user_id, _ in users}
@@ -192,6 +191,7 @@ class Worker:
 
     async def connect_all(self) -> None:
         limit = asyncio.Semaphore(self.options.concurrency)
+        self.http = httpx.AsyncClient(base_url=self.options.route, timeout=30)
 
         async def connect(user_id: int, user_name: str) -> None:
             async with limit:
@@ -201,6 +201,7 @@ class Worker:
                     heartbeat_interval=self.options.heartbeat_interval,
                     reconnect_attempts=self.options.reconnect_attempts,
                     fetch_offline=False,  # fresh accounts: nothing is stored for them
+                    http=self.http,
                 )
                 try:
                     await client.connect()
@@ -211,9 +212,12 @@ class Worker:
                 self.bump("connected")
 
         # A TaskGroup: the first refused login cancels the rest, and the run aborts.
-        async with asyncio.TaskGroup() as group:
-            for user_id, user_name in self.users:
-                group.create_task(connect(user_id, user_name))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for user_id, user_name in self.users:
+                    group.create_task(connect(user_id, user_name))
+        except* (ClientError, OSError, httpx.HTTPError) as failed:
+            raise SoakError(f"{len(failed.exceptions)} login(s) failed, the first: {failed.exceptions[0]!r}") from None
 
     async def close_all(self) -> None:
         limit = asyncio.Semaphore(self.options.concurrency)
@@ -223,6 +227,8 @@ class Worker:
                 await client.close()
 
         await asyncio.gather(*(close(c) for c in self.clients.values()))
+        if self.http is not None:
+            await self.http.aclose()
 
     async def send_phase(self) -> None:
         loop = asyncio.get_running_loop()
@@ -316,9 +322,14 @@ def worker_main(
     shared: Shared, results: Queue[tuple[str, Any]],
 ) -> None:
     """A worker process: always puts exactly one ("result", WorkerResult) or ("error", text)."""
+    # Ctrl-C reaches the whole process group: the parent alone decides, and tells the
+    # workers to abort, so they still log their users out and answer.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         result = uvloop.run(Worker(users, everyone, options, shared).run())
-    except Exception:
+    except SoakError as err:
+        results.put(("error", f"worker {index}: {err}"))
+    except Exception:  # a bug: the whole story
         results.put(("error", f"worker {index}: {traceback.format_exc()}"))
     else:
         results.put(("result", result))
@@ -573,6 +584,9 @@ def main(argv: list[str] | None = None) -> int:
         report = run(options)
     except (SoakError, ClientError, httpx.HTTPError) as err:
         print(f"soak aborted: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("soak interrupted", file=sys.stderr)
         return 2
     print_report(report)
     if options.json:

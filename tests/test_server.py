@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -10,6 +11,7 @@ import httpx
 from cim.backends.memory import MemoryHub
 from cim.proto import BaseCommand
 from cim.run import Running, start
+from bench.services import redis_server
 from cim.status import Status
 from tests.conftest import RawClient, stack_config
 
@@ -255,3 +257,28 @@ async def test_restarted_node_clears_logins_left_under_its_id() -> None:
         assert await hub.state.route(alice) is None  # alice can log in again
     finally:
         await second.stop()
+
+
+async def test_backend_failure_is_answered_not_swallowed(tmp_path: Path) -> None:
+    with redis_server(tmp_path) as url:
+        running = await start(stack_config(redis=url, login_timeout=30), {"server", "route"}, MemoryHub())
+        try:
+            alice, a = await online(running, "alice")
+            carol = await user(running, "carol")  # registered, not online: a send to her needs Redis
+            dave = await user(running, "dave")
+            late = await RawClient.connect(running.node.port)  # type: ignore[union-attr]
+        except BaseException:
+            await running.stop()
+            raise
+    # Redis is gone now.
+    try:
+        a.send(reqMsg="to carol", cmd=BaseCommand.MESSAGE, clientMsgId=9, properties={"receiveUserId": str(carol)})
+        receipt = await a.next(timeout=40)
+        assert (receipt.cmd, receipt.clientMsgId, receipt.code) == (BaseCommand.SEND_RECEIPT, 9, Status.FAIL.code)
+        assert "send failed" in receipt.resMsg
+        assert (await a.ping(alice)).resMsg == "pong"  # the connection goes on
+        late.login(dave, "dave")
+        [refusal] = await late.closed(timeout=40)
+        assert (refusal.cmd, refusal.code) == (BaseCommand.ERROR, Status.FAIL.code) and "login failed" in refusal.resMsg
+    finally:
+        await running.stop()

@@ -72,9 +72,12 @@ return items
 """
 
 
-def connect(url: str) -> aioredis.Redis:
-    # redis-py picks the hiredis parser by itself when hiredis is installed.
-    return aioredis.Redis.from_url(url, decode_responses=False)
+def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
+    """A client whose pool is bounded and *waits* for a free connection: a burst of
+    thousands of logins queues instead of failing with MaxConnectionsError.
+    redis-py picks the hiredis parser by itself when hiredis is installed."""
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30)
+    return aioredis.Redis(connection_pool=pool)
 
 
 class RedisState(StateStore):

@@ -16,7 +16,7 @@ import inspect
 import logging
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import NodeExistsError, NoNodeError
+from kazoo.exceptions import NodeExistsError
 from kazoo.recipe.watchers import ChildrenWatch
 
 from cim.backends.base import Discovery, ServerInfo, ServersCallback
@@ -74,10 +74,16 @@ class ZooKeeperDiscovery(Discovery):
 
     async def unregister(self, server: ServerInfo) -> None:
         self._registered = None
-        try:
-            await asyncio.to_thread(self._client.delete, self._path(server))
-        except NoNodeError:
-            pass
+        # kazoo's async call, bridged to a future: a blocking call in a worker thread
+        # would hold up the process's exit if ZooKeeper were unreachable.
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def finished(result: object) -> None:  # on a kazoo thread
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+        self._client.delete_async(self._path(server)).rawlink(finished)
+        await done
 
     async def watch(self, callback: ServersCallback) -> None:
         loop = asyncio.get_running_loop()

@@ -113,6 +113,7 @@ class Client:
         backoff_max: float = 30.0,
         fetch_offline: bool = True,
         send_timeout: float = 10.0,
+        http: httpx.AsyncClient | None = None,
     ) -> None:
         self.route_url = route_url
         self.user_id = user_id
@@ -128,7 +129,10 @@ class Client:
         self.server: ServerAddress | None = None
         self.connected = False
         self.reconnects = 0
-        self._http = httpx.AsyncClient(base_url=route_url, timeout=10)
+        # One route client may serve many Clients (load generators, bots): building an
+        # httpx client is costly (~15 ms, ~1 MB). A shared one is not closed here.
+        self._owns_http = http is None
+        self._http = http or httpx.AsyncClient(base_url=route_url, timeout=10)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -237,9 +241,10 @@ class Client:
             self._ended_by_server = response.code == Status.SUCCESS.code
 
     async def _heartbeat(self) -> None:
+        """Sleep until the next ping is due (nothing written for an interval) or the
+        server counts as gone (nothing read for 3 intervals): no periodic wake-ups."""
         interval = self.heartbeat_interval
         while True:
-            await asyncio.sleep(min(interval / 4, 1.0))
             now = time.monotonic()
             if now - self._last_read > 3 * interval:
                 self._status("no answer from the server for 3 heartbeat intervals")
@@ -248,6 +253,9 @@ class Client:
                 return
             if now - self._last_write >= interval:
                 self._write(Request(requestId=self.user_id, reqMsg="ping", cmd=BaseCommand.PING))
+            next_ping = self._last_write + interval
+            deadline = self._last_read + 3 * interval
+            await asyncio.sleep(max(0.0, min(next_ping, deadline) - time.monotonic()) + 0.001)
 
     def _teardown(self) -> None:
         """Drop the current connection and fail what waited on it."""
@@ -318,7 +326,8 @@ class Client:
             with contextlib.suppress(ConnectionError):
                 await self._writer.wait_closed()
         self.connected = False
-        await self._http.aclose()
+        if self._owns_http:
+            await self._http.aclose()
         self._finish(None)
 
     # -- API -------------------------------------------------------------------

@@ -26,7 +26,7 @@ log = logging.getLogger("cim.server")
 class CimServerProtocol(asyncio.Protocol):
     __slots__ = (
         "node", "conn", "transport", "connected_at", "last_seen", "paused_at",
-        "logged_in", "closed", "receiver_entry", "sender", "dirty", "_backlog",
+        "logged_in", "closed", "receiver_entry", "sender", "dirty", "_backlog", "_drainer",
     )
 
     def __init__(self, node: Node) -> None:
@@ -43,6 +43,7 @@ class CimServerProtocol(asyncio.Protocol):
         self.sender: Sender | None = None  # this user as a sender, serialized once (set at login)
         self.dirty = False  # has pushes waiting for the node's end-of-turn flush
         self._backlog: deque[Event] | None = None
+        self._drainer: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
 
     @property
     def user_id(self) -> int:
@@ -65,7 +66,7 @@ class CimServerProtocol(asyncio.Protocol):
                 continue
             if self._backlog is None:
                 self._backlog = deque()
-                asyncio.create_task(self._drain())
+                self._drainer = asyncio.create_task(self._drain())
             self._backlog.append(event)
         self.flush()
 
@@ -74,17 +75,13 @@ class CimServerProtocol(asyncio.Protocol):
         assert backlog is not None
         try:
             while backlog:
-                event = backlog[0]
-                try:
-                    await self.node.handle(self, event)
-                except Exception:
-                    log.exception("handling %r for user %s failed", type(event).__name__, self.user_id)
-                    self.node.metrics["errors"] += 1
+                await self.node.handle(self, backlog[0])
                 backlog.popleft()
                 self.flush()
                 # Once the backlog is empty, events may be settled at once again.
         finally:
             self._backlog = None
+            self._drainer = None
 
     def flush(self) -> None:
         """Write everything the connection queued, in one write; close if it ended."""

@@ -10,6 +10,8 @@ unregister) before it exits.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
 import logging
 import multiprocessing
@@ -23,6 +25,8 @@ from cim.config import Config
 
 log = logging.getLogger("cim.supervisor")
 
+PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
+
 # spawn, not fork: a worker must not inherit the supervisor's threads or loop state.
 _spawn = multiprocessing.get_context("spawn")
 
@@ -31,9 +35,20 @@ def worker_config(config: Config, index: int) -> Config:
     return dataclasses.replace(config, http_port=config.http_port + index)
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to send this worker SIGTERM when the supervisor dies, even by SIGKILL,
+    so no worker outlives it holding the port and its users."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return  # not Linux: nothing to ask
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _run_worker(config: Config) -> None:
     from cim.run import run
 
+    _die_with_parent()
     run(config, {"server"})
 
 
