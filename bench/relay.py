@@ -22,6 +22,7 @@ import asyncio
 import uvloop
 
 from cim.frame import FrameDecoder, encode_frames
+from cim.limits import raise_nofile_limit
 from cim.proto import Request
 from cim.protocols.connection import PONG
 
@@ -91,9 +92,6 @@ def main() -> None:
     parser.add_argument("--mode", choices=["p2p", "fanout"], default="p2p")
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the port (idle runs)")
     args = parser.parse_args()
-    from cim.limits import raise_nofile_limit
-
-    raise_nofile_limit()
     if args.workers > 1:
         import multiprocessing
 
@@ -108,8 +106,6 @@ def main() -> None:
 
 
 def _run(host: str, port: int, mode: str, workers: int) -> None:
-    from cim.limits import raise_nofile_limit
-
     raise_nofile_limit()
     try:
         uvloop.run(serve(host, port, mode, workers))

@@ -116,8 +116,18 @@ async def _register(route_url: str, names: list[str], concurrency: int = 64) -> 
     async with httpx.AsyncClient(base_url=route_url, timeout=30, limits=limits) as http:
         async def one(name: str) -> int:
             async with semaphore:
-                response = await http.post("/registerAccount", json={"userName": name})
-                return int(response.json()["dataBody"]["userId"])
+                # Registering a name is idempotent, so a request lost to the keep-alive
+                # race (the route closing an idle pooled connection) is simply retried.
+                attempt = 0
+                while True:
+                    try:
+                        response = await http.post("/registerAccount", json={"userName": name})
+                        return int(response.json()["dataBody"]["userId"])
+                    except httpx.TransportError:
+                        attempt += 1
+                        if attempt == 5:
+                            raise
+                        await asyncio.sleep(0.1 * attempt)
 
         return await asyncio.gather(*(one(n) for n in names))
 

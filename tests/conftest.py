@@ -6,7 +6,7 @@ import asyncio
 import importlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import ModuleType
 
 import pytest
@@ -46,6 +46,15 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def zk_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with zookeeper_server(tmp_path_factory.mktemp("zookeeper")) as hosts:
         yield hosts
+
+
+async def eventually(check: Callable[[], object], timeout: float = 10.0) -> None:
+    """Wait until ``check()`` is true (polling), then assert it: for effects that
+    arrive asynchronously (deliveries, cleanups, registry changes)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
+    assert check()
 
 
 def stack_config(**overrides: object) -> Config:

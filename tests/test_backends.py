@@ -12,6 +12,7 @@ from cim.backends.base import Bus, ServerInfo, StateStore
 from cim.backends.memory import MemoryBus, MemoryDiscovery, MemoryState
 from cim.backends.redis import RedisBus, RedisState, connect
 from cim.backends.zookeeper import ZooKeeperDiscovery
+from tests.conftest import eventually
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -132,10 +133,7 @@ async def test_bus_node_channel_order_and_broadcast(bus_pair: tuple[Bus, Bus]) -
     for i in range(200):
         await a.publish("node-b", b"%d" % i)
     await a.broadcast(b"all")
-    for _ in range(200):
-        if len(got_b) == 201 and got_a:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: len(got_b) == 201 and got_a, 2)
     assert got_b == [b"%d" % i for i in range(200)] + [b"all"]
     assert got_a == [b"all"]
 
@@ -151,10 +149,7 @@ async def test_zookeeper_discovery_watch_and_session_loss(zk_hosts: str) -> None
     assert seen == [[]]
     info = ServerInfo("127.0.0.1", 9000, 8081)
     await server.register(info)
-    for _ in range(100):
-        if seen[-1] == [info]:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: seen[-1] == [info], 5)
     assert seen[-1] == [info]
     # CIM's layout: an ephemeral znode named ip:cimServerPort:httpPort under the root.
     from kazoo.client import KazooClient
@@ -165,17 +160,11 @@ async def test_zookeeper_discovery_watch_and_session_loss(zk_hosts: str) -> None
     assert reader.exists(f"{root}/127.0.0.1:9000:8081").ephemeralOwner != 0
     reader.stop()
     await server.unregister(info)
-    for _ in range(100):
-        if seen[-1] == []:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: seen[-1] == [], 5)
     assert seen[-1] == []
     await server.register(info)
     await server.close()  # session ends: the ephemeral node goes with it
-    for _ in range(100):
-        if seen[-1] == []:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: seen[-1] == [], 5)
     assert seen[-1] == [] and watcher.servers() == []
     await watcher.close()
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cim.client import Client, ClientError, Message, register
 from bench.services import CimProcess, free_port
+from cim.client import Client, ClientError, Message, register
+from tests.conftest import eventually
 
 ZK_SESSION_TIMEOUT = 2.0
 
@@ -58,16 +59,9 @@ def cluster(tmp_path: Path, redis_url: str, zk_hosts: str) -> Iterator[Cluster]:
         c.stop()
 
 
-async def wait_for(check, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    for _ in range(int(timeout / 0.05)):
-        if check():
-            return
-        await asyncio.sleep(0.05)
-    assert check()
-
 
 async def test_cluster_flow(cluster: Cluster) -> None:
-    await wait_for(lambda: len(cluster.route_servers()) == 2)
+    await eventually(lambda: len(cluster.route_servers()) == 2)
     names = ["ann", "ben", "cat", "dan", "eve"]
     ids = {n: await register(cluster.url, n) for n in names}
     inbox: dict[str, list[Message]] = {n: [] for n in names}
@@ -91,13 +85,13 @@ async def test_cluster_flow(cluster: Cluster) -> None:
     for i in range(20):
         receipt = await clients[a].send_private(ids[b], f"p{i}")
         assert receipt.code == 9000
-    await wait_for(lambda: len(inbox[b]) == 20)
+    await eventually(lambda: len(inbox[b]) == 20)
     assert [m.text for m in inbox[b]] == [f"p{i}" for i in range(20)]
     assert inbox[b][0].sender_name == a and inbox[b][0].receiver_id == ids[b]
 
     # Group messages reach every other user on both nodes, once.
     await clients[b].send_group("hello group")
-    await wait_for(lambda: all(any(m.text == "hello group" for m in inbox[n]) for n in names[:4] if n != b))
+    await eventually(lambda: all(any(m.text == "hello group" for m in inbox[n]) for n in names[:4] if n != b))
     await asyncio.sleep(0.3)
     assert [m.text for m in inbox[b] if m.text == "hello group"] == []
     assert all(sum(m.text == "hello group" for m in inbox[n]) == 1 for n in names[:4] if n != b)
@@ -113,27 +107,27 @@ async def test_cluster_flow(cluster: Cluster) -> None:
         assert receipt.code == 7000 and receipt.stored_offline
     eve = client("eve")
     await eve.connect()  # the SDK asks /fetchOfflineMsgs after login
-    await wait_for(lambda: len(inbox["eve"]) == 5)
+    await eventually(lambda: len(inbox["eve"]) == 5)
     assert [m.text for m in inbox["eve"]] == [f"o{i}" for i in range(5)]
     await eve.close()
 
     # SIGKILL a server: it leaves the route's list, its users log in again elsewhere and chat.
     victim, victim_port = next((p, port) for p, port in cluster.servers if port == ports[a])
     victim.stop(signal.SIGKILL)
-    await wait_for(lambda: len(cluster.route_servers()) == 1, timeout=ZK_SESSION_TIMEOUT + 10)
+    await eventually(lambda: len(cluster.route_servers()) == 1, timeout=ZK_SESSION_TIMEOUT + 10)
     moved = [n for n in names[:4] if ports[n] == victim_port]
-    await wait_for(lambda: all(clients[n].connected and clients[n].server.port != victim_port for n in moved), timeout=ZK_SESSION_TIMEOUT + 15)  # type: ignore[union-attr]
+    await eventually(lambda: all(clients[n].connected and clients[n].server.port != victim_port for n in moved), timeout=ZK_SESSION_TIMEOUT + 15)  # type: ignore[union-attr]
     other = next(n for n in names[:4] if n not in moved)
     await clients[a].send_private(ids[other], "after the crash")
-    await wait_for(lambda: any(m.text == "after the crash" for m in inbox[other]))
+    await eventually(lambda: any(m.text == "after the crash" for m in inbox[other]))
     online = httpx.get(f"{cluster.url}/onlineUser").json()["dataBody"]
     assert sorted(u["userName"] for u in online) == sorted(names[:4])
 
     for c in clients.values():
         await c.close()
-    await wait_for(lambda: httpx.get(f"{cluster.url}/onlineUser").json()["dataBody"] == [])
+    await eventually(lambda: httpx.get(f"{cluster.url}/onlineUser").json()["dataBody"] == [])
 
     # SIGTERM: the survivor unregisters at once, well before a session timeout would.
     survivor = next(p for p, port in cluster.servers if port != victim_port)
     assert survivor.stop(signal.SIGTERM) == 0
-    await wait_for(lambda: cluster.route_servers() == [], timeout=ZK_SESSION_TIMEOUT / 2)
+    await eventually(lambda: cluster.route_servers() == [], timeout=ZK_SESSION_TIMEOUT / 2)

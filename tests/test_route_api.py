@@ -13,7 +13,7 @@ from cim.backends.base import ServerInfo
 from cim.backends.memory import MemoryHub
 from cim.client import Client, Message
 from cim.run import Running, start
-from tests.conftest import stack_config
+from tests.conftest import eventually, stack_config
 from bench.services import free_port
 
 
@@ -102,19 +102,13 @@ async def test_p2p_offline_stores_7000_then_fetch_delivers_in_order_once(http: h
     got: list[Message] = []
     async with Client(route, bob, "bob", on_message=got.append, fetch_offline=False):
         assert (await call(http, "/fetchOfflineMsgs", {"receiveUserId": bob}))["dataBody"] == {"count": 5}
-        for _ in range(100):
-            if len(got) == 5:
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: len(got) == 5, 2)
         assert [m.text for m in got] == [f"m{i}" for i in range(5)]
         assert {(m.sender_id, m.sender_name, m.receiver_id) for m in got} == {(alice, "alice", bob)}
         assert (await call(http, "/fetchOfflineMsgs", {"receiveUserId": bob}))["dataBody"] == {"count": 0}
         answer = await call(http, "/p2pRoute", {"userId": alice, "receiveUserId": bob, "msg": "live"})
         assert answer["code"] == "9000"
-        for _ in range(100):
-            if len(got) == 6:
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: len(got) == 6, 2)
         assert got[-1].text == "live" and len(got) == 6  # nothing delivered twice
 
 
@@ -139,10 +133,7 @@ async def test_group_route_offline_and_online_user(http: httpx.AsyncClient, stac
     assert (await http.get("/onlineUser")).json()["dataBody"] == users
 
     assert (await call(http, "/groupRoute", {"userId": ids["a"], "msg": "hello"}))["code"] == "9000"
-    for _ in range(100):
-        if inbox["b"] and inbox["c"]:
-            break
-        await asyncio.sleep(0.02)
+    await eventually(lambda: inbox["b"] and inbox["c"], 2)
     assert inbox == {"a": [], "b": ["hello"], "c": ["hello"]}
 
     # /offLine logs c out and closes c's connection; c's SDK does not reconnect.

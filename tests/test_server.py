@@ -13,7 +13,7 @@ from cim.proto import BaseCommand
 from cim.run import Running, start
 from bench.services import redis_server
 from cim.status import Status
-from tests.conftest import RawClient, stack_config
+from tests.conftest import RawClient, eventually, stack_config
 
 
 async def post(running: Running, path: str, body: Any) -> dict[str, Any]:
@@ -45,7 +45,7 @@ async def test_login_ping_pong_and_cleanup_on_close(stack: Running) -> None:
     assert (pong.cmd, pong.resMsg) == (BaseCommand.PING, "pong")
     assert (await post(stack, "/onlineUser", {}))["dataBody"] == [{"userId": alice, "userName": "alice"}]
     client.close()
-    for _ in range(100):
+    for _ in range(100):  # the cleanup runs after the close: poll the route
         if not (await post(stack, "/onlineUser", {}))["dataBody"]:
             break
         await asyncio.sleep(0.02)
@@ -200,10 +200,7 @@ async def test_full_node_refuses_new_connections_cleanly() -> None:
         assert running.node.metrics["refused_full"] == 1  # type: ignore[union-attr]
         assert (await a.ping(alice)).resMsg == "pong"  # the others are untouched
         b.close()
-        for _ in range(100):
-            if len(running.node.sessions) == 1:  # type: ignore[union-attr]
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: len(running.node.sessions) == 1, 2)
         _, c = await online(running, "carol")  # room again
     finally:
         await running.stop()
@@ -225,15 +222,9 @@ async def test_slow_consumer_is_cut_off_and_others_go_on() -> None:
                 await asyncio.sleep(0)
                 if running.node.metrics["slow_consumer_cuts"]:  # type: ignore[union-attr]
                     break
-        for _ in range(200):
-            if running.node.metrics["slow_consumer_cuts"]:  # type: ignore[union-attr]
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: running.node.metrics["slow_consumer_cuts"], 4)
         assert running.node.metrics["slow_consumer_cuts"] == 1  # type: ignore[union-attr]
-        for _ in range(100):
-            if bob not in running.node.sessions:  # type: ignore[union-attr]
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: bob not in running.node.sessions, 2)
         assert bob not in running.node.sessions  # type: ignore[union-attr]
         a.send(reqMsg="still here?", cmd=BaseCommand.MESSAGE, properties={"receiveUserId": str(carol)})
         assert (await c.next()).resMsg == "still here?"

@@ -10,18 +10,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cim.client import Client, Message, register
 from bench.services import CimProcess, free_port, wait_until
+from cim.client import Client, Message, register
+from tests.conftest import eventually
 
 WORKERS = 3
 
-
-async def wait_for(check, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    for _ in range(int(timeout / 0.05)):
-        if check():
-            return
-        await asyncio.sleep(0.05)
-    assert check()
 
 
 def test_workers_need_redis_and_zookeeper(tmp_path: Path) -> None:
@@ -46,7 +40,7 @@ async def test_workers_share_the_port_restart_and_drain(tmp_path: Path, redis_ur
         for i in range(WORKERS):
             supervisor.wait_http(http_base + i)
         servers = lambda: httpx.get(f"{url}/health").json()["servers"]  # noqa: E731
-        await wait_for(lambda: len(servers()) == WORKERS)
+        await eventually(lambda: len(servers()) == WORKERS)
 
         names = [f"user{i}" for i in range(9)]
         ids = {n: await register(url, n) for n in names}
@@ -61,11 +55,11 @@ async def test_workers_share_the_port_restart_and_drain(tmp_path: Path, redis_ur
 
         assert sum(worker_sessions().values()) == len(names)
         await clients["user0"].send_group("hi all")
-        await wait_for(lambda: all(len(inbox[n]) == 1 for n in names[1:]))
+        await eventually(lambda: all(len(inbox[n]) == 1 for n in names[1:]))
         for n in names[1:]:
             receipt = await clients[n].send_private(ids["user0"], f"from {n}")
             assert receipt.code == 9000
-        await wait_for(lambda: len(inbox["user0"]) == len(names) - 1)
+        await eventually(lambda: len(inbox["user0"]) == len(names) - 1)
 
         # Kill a worker that holds users: the supervisor starts a new one under the
         # same id, and its users log in again and chat.
@@ -78,18 +72,18 @@ async def test_workers_share_the_port_restart_and_drain(tmp_path: Path, redis_ur
             return pid != victim_pid
 
         await asyncio.to_thread(wait_until, replaced, 30, "replacement worker")
-        await wait_for(lambda: len(servers()) == WORKERS)
-        await wait_for(lambda: all(c.connected for c in clients.values()) and sum(worker_sessions().values()) == len(names), timeout=30)
+        await eventually(lambda: len(servers()) == WORKERS)
+        await eventually(lambda: all(c.connected for c in clients.values()) and sum(worker_sessions().values()) == len(names), timeout=30)
         assert sum(c.reconnects for c in clients.values()) >= 1
         await clients["user1"].send_group("after the restart")
-        await wait_for(lambda: all(any(m.text == "after the restart" for m in inbox[n]) for n in names if n != "user1"))
+        await eventually(lambda: all(any(m.text == "after the restart" for m in inbox[n]) for n in names if n != "user1"))
 
         # SIGTERM: every worker drains, unregisters, and the supervisor exits 0.
         for c in clients.values():
             c.reconnect_attempts = 0
         assert supervisor.stop(signal.SIGTERM) == 0, supervisor.log()
         assert servers() == []
-        await wait_for(lambda: not any(c.connected for c in clients.values()))
+        await eventually(lambda: not any(c.connected for c in clients.values()))
         assert httpx.get(f"{url}/onlineUser").json()["dataBody"] == []
         for c in clients.values():
             await c.close()
