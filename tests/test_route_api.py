@@ -175,3 +175,20 @@ async def test_openapi_and_docs(http: httpx.AsyncClient) -> None:
     assert {"/registerAccount", "/login", "/p2pRoute", "/groupRoute", "/onlineUser", "/offLine", "/fetchOfflineMsgs"} <= set(spec["paths"])
     assert "userName" in spec["paths"]["/login"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
     assert "swagger" in (await http.get("/docs")).text.lower()
+
+
+async def test_client_reconnects_then_gives_up_with_a_clear_error() -> None:
+    hub = MemoryHub()
+    config = stack_config()
+    running = await start(config, {"server", "route"}, hub)
+    route = f"http://127.0.0.1:{running.route_http.port}"  # type: ignore[union-attr]
+    statuses: list[str] = []
+    async with httpx.AsyncClient(base_url=route) as http:
+        alice = (await call(http, "/registerAccount", {"userName": "alice"}))["dataBody"]["userId"]
+    client = Client(route, alice, "alice", on_status=statuses.append, reconnect_attempts=2, backoff_base=0.05, backoff_max=0.1)
+    await client.connect()
+    await running.stop()  # the server and the route go away for good
+    with pytest.raises(ConnectionError, match="gave up after 2 reconnect attempts"):
+        await asyncio.wait_for(client.done, 10)
+    assert any("reconnect attempt 1 failed" in s for s in statuses)
+    assert any("reconnect attempt 2 failed" in s for s in statuses)
