@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import multiprocessing
-import os
 import random
 import threading
 import time
@@ -306,7 +305,3 @@ class LoadGenerator:
 def source_ips(count: int) -> list[str]:
     """Loopback source addresses: each gets its own ephemeral port range toward the target."""
     return [f"127.0.0.{i}" for i in range(2, 2 + count)]
-
-
-def cpu_count() -> int:
-    return os.cpu_count() or 1

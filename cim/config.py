@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from cim.backends.base import ServerInfo
 from cim.frame import DEFAULT_MAX_FRAME_SIZE
@@ -44,17 +44,12 @@ class Config:
     server_check_timeout: float = 1.0
 
     log_level: str = "info"
-    extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.balance not in BALANCERS:
             raise ValueError(f"balance must be one of {', '.join(BALANCERS)}, not {self.balance!r}")
         if self.heartbeat_interval <= 0 or self.login_timeout <= 0:
             raise ValueError("heartbeat interval and login timeout must be positive")
-
-    @property
-    def embedded(self) -> bool:
-        return self.redis is None and self.zk is None
 
     @property
     def server_info(self) -> ServerInfo:
