@@ -54,13 +54,18 @@ class Messenger:
         await self.bus.publish(server, delivery.SerializeToString())
         return Status.SUCCESS, msg_id
 
-    async def send_group(self, sender: Sender, text: str) -> int:
-        """Every online user but the sender gets it; returns the message id."""
-        msg_id, now_ms = self.ids.next()
-        body = push_body(sender, text, msg_id, now_ms)
-        delivery = Delivery(messages=[body], broadcast=True, excludeUserId=sender.id)
+    async def send_group(self, sender: Sender, texts: list[str]) -> list[int]:
+        """Every online user but the sender gets each text, in order; one broadcast for
+        all of them, so each node visits its users once per batch, not once per text.
+        Returns the message ids."""
+        bodies, msg_ids = [], []
+        for text in texts:
+            msg_id, now_ms = self.ids.next()
+            bodies.append(push_body(sender, text, msg_id, now_ms))
+            msg_ids.append(msg_id)
+        delivery = Delivery(messages=bodies, broadcast=True, excludeUserId=sender.id)
         await self.bus.broadcast(delivery.SerializeToString())
-        return msg_id
+        return msg_ids
 
     async def deliver_offline(self, user_id: int) -> int:
         """Send a user's stored messages to their connection, in order, once.

@@ -7,14 +7,14 @@ import contextlib
 import os
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 
 from cim.backends import Backends
 from cim.config import Config
 from cim.delivery import Messenger
 from cim.limits import connection_capacity, kernel_warnings, raise_nofile_limit
-from cim.frame import encode_frame
+from cim.frame import encode_frame, encode_frames
 from cim.messages import MessageIds, Sender, push_body, receiver_entry
 from cim.proto import Delivery
 from cim.protocols.connection import ChatMessage, Event, Login, Offline, Ping, ProtocolViolation
@@ -151,6 +151,7 @@ class Node:
             self.metrics["messages_in"] += 1
             msg_id, now_ms = self._next_id()
             self._push(receiver, [push_body(proto.sender, event.text, msg_id, now_ms)])  # type: ignore[union-attr, arg-type]
+            self.metrics["messages_out"] += 1
             proto.conn.send_receipt(event.client_msg_id, SUCCESS, None, msg_id)  # type: ignore[union-attr]
             return True
         if kind is Ping:
@@ -165,23 +166,31 @@ class Node:
             return True
         return False
 
-    async def handle(self, proto: CimServerProtocol, event: Event) -> None:
+    async def handle(self, proto: CimServerProtocol, backlog: deque[Event]) -> None:
+        """Handle the event at the head of ``backlog``, taking it off; a run of group
+        messages is taken and sent together (one broadcast, one pass over each node's users)."""
+        event = backlog.popleft()
+        batch = [event] if isinstance(event, ChatMessage) and event.receiver_id is None else []
+        while batch and backlog and type(backlog[0]) is ChatMessage and backlog[0].receiver_id is None:  # type: ignore[union-attr]
+            batch.append(backlog.popleft())  # type: ignore[arg-type]
         try:
-            if isinstance(event, Login):
+            if batch:
+                await self._group(proto, batch)  # type: ignore[arg-type]
+            elif isinstance(event, Login):
                 await self._login(proto, event)
             elif isinstance(event, ChatMessage):
-                await self._chat(proto, event)
+                await self._private(proto, event)
             elif not self.handle_now(proto, event):
                 raise AssertionError(f"unhandled event {event!r}")
         except Exception as err:
             # A backend failure is answered, never swallowed: the login is refused,
-            # the send gets a failed receipt, and the client can retry.
+            # each send gets a failed receipt, and the client can retry.
             self.metrics["errors"] += 1
             log.error("handling %s for user %s failed: %r", type(event).__name__, proto.user_id, err)
             if isinstance(event, Login):
                 proto.conn.refuse(Status.FAIL, f"login failed: {type(err).__name__}; try again")
-            elif isinstance(event, ChatMessage):
-                proto.conn.send_receipt(event.client_msg_id, Status.FAIL, f"send failed: {type(err).__name__}; try again")
+            for message in batch or ([event] if isinstance(event, ChatMessage) else []):
+                proto.conn.send_receipt(message.client_msg_id, Status.FAIL, f"send failed: {type(err).__name__}; try again")  # type: ignore[union-attr]
 
     async def _login(self, proto: CimServerProtocol, login: Login) -> None:
         if login.user_id in self.sessions or login.user_id in self._logging_in:
@@ -215,21 +224,26 @@ class Node:
         self.sessions[login.user_id] = proto
         self.metrics["logins"] += 1
 
-    async def _chat(self, proto: CimServerProtocol, message: ChatMessage) -> None:
-        messenger = self.messenger
-        assert messenger is not None
+    async def _group(self, proto: CimServerProtocol, messages: list[ChatMessage]) -> None:
         if not proto.logged_in:
             return  # the login was refused; its connection is closing
+        assert self.messenger is not None and proto.sender is not None
+        self.metrics["messages_in"] += len(messages)
+        msg_ids = await self.messenger.send_group(proto.sender, [m.text for m in messages])
+        for message, msg_id in zip(messages, msg_ids):
+            proto.conn.send_receipt(message.client_msg_id, SUCCESS, None, msg_id)
+
+    async def _private(self, proto: CimServerProtocol, message: ChatMessage) -> None:
+        if not proto.logged_in:
+            return  # the login was refused; its connection is closing
+        assert self.messenger is not None and proto.sender is not None and message.receiver_id is not None
         self.metrics["messages_in"] += 1
         try:
-            if message.receiver_id is None:
-                msg_id = await messenger.send_group(proto.sender, message.text)
-                proto.conn.send_receipt(message.client_msg_id, Status.SUCCESS, msg_id=msg_id)
-            else:
-                status, msg_id = await messenger.send_private(proto.sender, message.receiver_id, message.text)
-                proto.conn.send_receipt(message.client_msg_id, status, msg_id=msg_id)
+            status, msg_id = await self.messenger.send_private(proto.sender, message.receiver_id, message.text)
         except CimError as err:
             proto.conn.send_receipt(message.client_msg_id, err.status, err.message)
+        else:
+            proto.conn.send_receipt(message.client_msg_id, status, None, msg_id)
 
     # -- delivery --------------------------------------------------------------
 
@@ -238,13 +252,15 @@ class Node:
         if proto is None:
             return False
         self._push(proto, [body])
+        self.metrics["messages_out"] += 1
         return True
 
     def _push(self, proto: CimServerProtocol, bodies: list[bytes]) -> None:
         entry = proto.receiver_entry
-        for body in bodies:
-            proto.conn.send_push(encode_frame(body + entry))
-        self.metrics["messages_out"] += len(bodies)
+        if len(bodies) == 1:
+            proto.conn.send_push(encode_frame(bodies[0] + entry))
+        else:
+            proto.conn.send_push(encode_frames([body + entry for body in bodies]))
         if not proto.dirty:
             proto.dirty = True
             if not self._dirty:
@@ -271,14 +287,18 @@ class Node:
         sessions = self.sessions
         if delivery.broadcast:
             exclude = delivery.excludeUserId
+            pushed = 0
             for user_id, proto in list(sessions.items()):
                 if user_id != exclude:
                     self._push(proto, bodies)
+                    pushed += 1
+            self.metrics["messages_out"] += pushed * len(bodies)
             return
         for user_id in delivery.receiverIds:
             proto = sessions.get(user_id)
             if proto is not None:
                 self._push(proto, bodies)
+                self.metrics["messages_out"] += len(bodies)
             elif delivery.storeIfAbsent:
                 state = self.backends.state
                 store = state.restore_offline if delivery.restore else state.store_offline

@@ -103,7 +103,7 @@ class RouteService:
 
     async def send_group(self, user_id: int, text: str) -> None:
         assert self.messenger is not None
-        await self.messenger.send_group(await self._sender(user_id), text)
+        await self.messenger.send_group(await self._sender(user_id), [text])
 
     async def online_users(self) -> list[tuple[int, str]]:
         return sorted(await self.state.online_users())

@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 
 from cim.backends.memory import MemoryHub
-from cim.proto import BaseCommand
+from cim.frame import encode_frame
+from cim.proto import BaseCommand, Request
 from cim.run import Running, start
 from bench.services import redis_server
 from cim.status import Status
@@ -273,3 +274,21 @@ async def test_backend_failure_is_answered_not_swallowed(tmp_path: Path) -> None
         assert (refusal.cmd, refusal.code) == (BaseCommand.ERROR, Status.FAIL.code) and "login failed" in refusal.resMsg
     finally:
         await running.stop()
+
+
+async def test_group_messages_in_one_read_are_batched_in_order_with_a_receipt_each(stack: Running) -> None:
+    alice, a = await online(stack, "alice")
+    bob, b = await online(stack, "bob")
+    carol, c = await online(stack, "carol")
+    burst = b"".join(
+        encode_frame(Request(requestId=alice, reqMsg=f"g{i}", cmd=BaseCommand.MESSAGE, clientMsgId=i + 1).SerializeToString())
+        for i in range(5)
+    )
+    a.send_raw(burst)
+    for client, user_id in ((b, bob), (c, carol)):
+        pushes = [await client.next() for _ in range(5)]
+        assert [p.resMsg for p in pushes] == [f"g{i}" for i in range(5)]
+        assert {p.properties["receiveUserId"] for p in pushes} == {str(user_id)}
+    receipts = [await a.next() for _ in range(5)]
+    assert [(r.cmd, r.clientMsgId, r.code) for r in receipts] == [(BaseCommand.SEND_RECEIPT, i + 1, 9000) for i in range(5)]
+    assert len({r.msgId for r in receipts}) == 5 and [r.msgId for r in receipts] == sorted(r.msgId for r in receipts)

@@ -2,9 +2,9 @@
 
 Protocol decisions live in ``ServerConnection`` (sans-I/O), application decisions
 in ``Node``. Events are handled in arrival order: ones the node can settle at once
-(a ping, a message to a user on this node) are, the rest (login, routes on other
-nodes) go through a per-connection backlog drained by one task that exists only
-while there is a backlog, so a message never overtakes an earlier one.
+(a ping, a message to a user on this node) are, the rest (login, group messages,
+routes on other nodes) go through a per-connection backlog drained by one task that
+exists only while there is a backlog, so a message never overtakes an earlier one.
 """
 
 from __future__ import annotations
@@ -75,8 +75,7 @@ class CimServerProtocol(asyncio.Protocol):
         assert backlog is not None
         try:
             while backlog:
-                await self.node.handle(self, backlog[0])
-                backlog.popleft()
+                await self.node.handle(self, backlog)  # takes one event, or a run it can batch
                 self.flush()
                 # Once the backlog is empty, events may be settled at once again.
         finally:
