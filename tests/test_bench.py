@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -26,8 +27,10 @@ def bench(tmp_path: Path, *args: str) -> dict[str, Any]:
 
 def test_codec(tmp_path: Path) -> None:
     result = bench(tmp_path, "codec", "--frames", "2000", "--repeat", "1")
-    assert set(result["implementations"]) == {"python", "cython"}
-    assert result["ratio"]["decode_frames_per_s"] > 0
+    built = importlib.util.find_spec("cim._frame") is not None
+    assert set(result["implementations"]) == ({"python", "cython"} if built else {"python"})
+    if built:
+        assert result["ratio"]["decode_frames_per_s"] > 0
 
 
 def test_p2p(tmp_path: Path) -> None:
