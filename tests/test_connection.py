@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cim.frame import FrameDecoder, encode_frame, encode_frames
-from cim.proto import BaseCommand, Request, Response
+from cim.proto import PING, BaseCommand, Request, Response
 from cim.protocols.connection import ChatMessage, Login, Offline, Ping, ProtocolViolation, ServerConnection, State
 from cim.status import Status
 
@@ -121,3 +121,14 @@ def test_refuse_login() -> None:
     conn.refuse(Status.ACCOUNT_NOT_MATCH, "no")
     [error] = sent(conn)
     assert (error.code, error.properties["receiveUserId"], conn.state) == (9100, "7", State.CLOSED)
+
+
+def test_pings_take_the_fast_path_or_the_full_one_alike() -> None:
+    conn = logged_in()
+    exact = frame(requestId=7, reqMsg="ping", cmd=PING)  # as CIM's client sends it: the fast path
+    other = frame(requestId=0, reqMsg="", cmd=PING)  # any other PING: decoded and parsed
+    assert conn.receive_data(exact) == [Ping()]
+    assert conn.receive_data(exact[:2]) == []  # split: the decoder holds a partial frame...
+    assert conn.receive_data(exact[2:]) == [Ping()]  # ...so the rest goes the full way
+    assert conn.receive_data(other + exact) == [Ping(), Ping()]
+    assert conn.data_to_send() == b""  # the node answers pings (send_pong), not the parser
