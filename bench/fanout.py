@@ -8,7 +8,20 @@ from pathlib import Path
 from typing import Any
 
 from bench.loadgen import Plan, source_ips
-from bench.system import Run, Target, accounts, add_common_arguments, ceiling_target, cim_target, generator_note, measure, median_figures, percentile, report, split
+from bench.system import (
+    Run,
+    Target,
+    accounts,
+    add_common_arguments,
+    ceiling_target,
+    cim_target,
+    generator_note,
+    measure,
+    median_figures,
+    percentile,
+    report,
+    split,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,7 +8,19 @@ import tempfile
 from pathlib import Path
 
 from bench.loadgen import Plan, source_ips
-from bench.system import Run, Target, accounts, add_common_arguments, ceiling_target, cim_target, generator_note, measure, median_figures, report, split
+from bench.system import (
+    Run,
+    Target,
+    accounts,
+    add_common_arguments,
+    ceiling_target,
+    cim_target,
+    generator_note,
+    measure,
+    median_figures,
+    report,
+    split,
+)
 
 PER_PROCESS = 15_000  # connections per generator or server process, under a 20,000 open-files limit
 

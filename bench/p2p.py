@@ -7,7 +7,20 @@ import tempfile
 from pathlib import Path
 
 from bench.loadgen import Plan, source_ips
-from bench.system import Run, Target, accounts, add_common_arguments, ceiling_target, cim_target, generator_note, measure, median_figures, percentile, report, split
+from bench.system import (
+    Run,
+    Target,
+    accounts,
+    add_common_arguments,
+    ceiling_target,
+    cim_target,
+    generator_note,
+    measure,
+    median_figures,
+    percentile,
+    report,
+    split,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

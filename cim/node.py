@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import logging
+import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -13,8 +12,8 @@ from collections.abc import Callable
 from cim.backends import Backends
 from cim.config import Config
 from cim.delivery import Messenger
-from cim.limits import connection_capacity, kernel_warnings, raise_nofile_limit
 from cim.frame import encode_frame, encode_frames
+from cim.limits import connection_capacity, kernel_warnings, raise_nofile_limit
 from cim.messages import MessageIds, Sender, push_body, receiver_entry
 from cim.proto import Delivery
 from cim.protocols.connection import ChatMessage, Event, Login, Offline, Ping, ProtocolViolation

@@ -11,12 +11,12 @@ from types import ModuleType
 
 import pytest
 
+from bench.services import free_port, redis_server, zookeeper_server
 from cim.backends.memory import MemoryHub
 from cim.config import Config
 from cim.frame import FrameDecoder, encode_frame
 from cim.proto import BaseCommand, Request, Response
 from cim.run import Running, start
-from bench.services import free_port, redis_server, zookeeper_server
 
 CODEC_MODULES = ["cim._frame_py", "cim._frame"]
 

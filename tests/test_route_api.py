@@ -9,12 +9,12 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.services import free_port
 from cim.backends.base import ServerInfo
 from cim.backends.memory import MemoryHub
 from cim.client import Client, Message
 from cim.run import Running, start
 from tests.conftest import eventually, stack_config
-from bench.services import free_port
 
 
 @pytest.fixture

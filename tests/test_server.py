@@ -8,11 +8,11 @@ from typing import Any
 
 import httpx
 
+from bench.services import redis_server
 from cim.backends.memory import MemoryHub
 from cim.frame import encode_frame
 from cim.proto import BaseCommand, Request
 from cim.run import Running, start
-from bench.services import redis_server
 from cim.status import Status
 from tests.conftest import RawClient, eventually, stack_config
 

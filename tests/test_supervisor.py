@@ -8,7 +8,6 @@ import signal
 from pathlib import Path
 
 import httpx
-import pytest
 
 from bench.services import CimProcess, free_port, wait_until
 from cim.client import Client, Message, register
