@@ -7,21 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench import system
 from bench.loadgen import Plan, source_ips
-from bench.system import (
-    Run,
-    Target,
-    accounts,
-    add_common_arguments,
-    ceiling_target,
-    cim_target,
-    generator_note,
-    measure,
-    median_figures,
-    percentile,
-    report,
-    split,
-)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,13 +16,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, default=4, help="group messages in flight")
     parser.add_argument("--payload", type=int, default=64, help="message text bytes")
     parser.add_argument("--plot", metavar="PATH.png", help="draw deliveries/s and the ratio against G")
-    add_common_arguments(parser, duration=10.0)
+    system.add_common_arguments(parser, duration=10.0)
 
 
-def plans(target: Target, receivers: int, args: argparse.Namespace) -> list[Plan]:
-    users = accounts(target, receivers + 1, f"fan{receivers}")
+def plans(target: system.Target, receivers: int, args: argparse.Namespace) -> list[Plan]:
+    users = system.accounts(target, receivers + 1, f"fan{receivers}")
     sender, others = users[0], users[1:]
-    shares = split(others, args.processes)
+    shares = system.split(others, args.processes)
     out = []
     for index, share in enumerate(shares):
         plan_users = [sender, *share] if index == 0 else share  # process 0: sender first, its last user is the probe
@@ -46,12 +33,12 @@ def plans(target: Target, receivers: int, args: argparse.Namespace) -> list[Plan
     return out
 
 
-def figures(run: Run) -> dict[str, float]:
+def figures(run: system.Run) -> dict[str, float]:
     return {
         "deliveries_per_s": run.total("delivered") / run.duration,
         "messages_per_s": run.total("sent") / run.duration,
-        "p50_ms": percentile(run.latencies_us, 0.50) / 1000,
-        "p99_ms": percentile(run.latencies_us, 0.99) / 1000,
+        "p50_ms": system.percentile(run.latencies_us, 0.50) / 1000,
+        "p99_ms": system.percentile(run.latencies_us, 0.99) / 1000,
         "server_cpu_pct": run.cpu_seconds / run.duration * 100,
         "generator_cpu_pct": run.generator_cpu_pct,
     }
@@ -82,16 +69,16 @@ def main(args: argparse.Namespace) -> None:
     sweep = [int(g) for g in args.receivers.split(",")]
     rows = []
     notes: list[str] = []
-    with cim_target(workdir) as cim, ceiling_target(workdir, "fanout") as ceiling:
+    with system.cim_target(workdir) as cim, system.ceiling_target(workdir, "fanout") as ceiling:
         for receivers in sweep:
-            runs: dict[str, list[Run]] = {"cim": [], "ceiling": []}
+            runs: dict[str, list[system.Run]] = {"cim": [], "ceiling": []}
             for _ in range(args.repeat):
                 for target in (cim, ceiling):
-                    runs[target.name].append(measure(target, plans(target, receivers, args), print))
-            rows.append({"point": {"G": receivers}, "cim": median_figures([figures(r) for r in runs["cim"]]),
-                         "ceiling": median_figures([figures(r) for r in runs["ceiling"]])})
-            notes += [f"G={receivers}: {n}" for n in generator_note(runs)]
+                    runs[target.name].append(system.measure(target, plans(target, receivers, args), print))
+            rows.append({"point": {"G": receivers}, "cim": system.median_figures([figures(r) for r in runs["cim"]]),
+                         "ceiling": system.median_figures([figures(r) for r in runs["ceiling"]])})
+            notes += [f"G={receivers}: {n}" for n in system.generator_note(runs)]
     params = {k: getattr(args, k) for k in ("receivers", "window", "payload", "duration", "repeat", "processes")}
-    report("fanout", params, rows, args.json, {"deliveries": "deliveries_per_s"}, notes)
+    system.report("fanout", params, rows, args.json, {"deliveries": "deliveries_per_s"}, notes)
     if args.plot:
         plot(args.plot, rows)

@@ -7,20 +7,8 @@ import math
 import tempfile
 from pathlib import Path
 
+from bench import system
 from bench.loadgen import Plan, source_ips
-from bench.system import (
-    Run,
-    Target,
-    accounts,
-    add_common_arguments,
-    ceiling_target,
-    cim_target,
-    generator_note,
-    measure,
-    median_figures,
-    report,
-    split,
-)
 
 PER_PROCESS = 15_000  # connections per generator or server process, under a 20,000 open-files limit
 
@@ -29,10 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--heartbeat", type=float, default=60.0, help="seconds between pings per connection")
     parser.add_argument("--workers", type=int, default=0, help="server processes (default: enough for the open-files limit)")
-    add_common_arguments(parser, duration=60.0)
+    system.add_common_arguments(parser, duration=60.0)
 
 
-def figures(run: Run, connections: int) -> dict[str, float]:
+def figures(run: system.Run, connections: int) -> dict[str, float]:
     held = run.total("connected")
     return {
         "connections": float(held),
@@ -45,10 +33,10 @@ def figures(run: Run, connections: int) -> dict[str, float]:
     }
 
 
-def plans(target: Target, args: argparse.Namespace) -> list[Plan]:
-    users = accounts(target, args.connections, "idle")
+def plans(target: system.Target, args: argparse.Namespace) -> list[Plan]:
+    users = system.accounts(target, args.connections, "idle")
     return [Plan("idle", target.host, target.port, share, source_ips(args.source_ips), args.duration,
-                 heartbeat=args.heartbeat, index=i) for i, share in enumerate(split(users, args.processes))]
+                 heartbeat=args.heartbeat, index=i) for i, share in enumerate(system.split(users, args.processes))]
 
 
 def main(args: argparse.Namespace) -> None:
@@ -56,16 +44,16 @@ def main(args: argparse.Namespace) -> None:
     args.processes = max(args.processes, math.ceil(args.connections / PER_PROCESS))
     args.source_ips = max(args.source_ips, math.ceil(args.connections / 20_000) + 1)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-idle-"))
-    runs: dict[str, list[Run]] = {"cim": [], "ceiling": []}
+    runs: dict[str, list[system.Run]] = {"cim": [], "ceiling": []}
     for _ in range(args.repeat):
         # One target at a time: 100k connections each are enough for one machine.
-        with cim_target(workdir, workers=workers, heartbeat=args.heartbeat) as cim:
-            runs["cim"].append(measure(cim, plans(cim, args), print))
-        with ceiling_target(workdir, "fanout", workers=workers) as ceiling:
-            runs["ceiling"].append(measure(ceiling, plans(ceiling, args), print))
-    row = {"point": {}, "cim": median_figures([figures(r, args.connections) for r in runs["cim"]]),
-           "ceiling": median_figures([figures(r, args.connections) for r in runs["ceiling"]])}
+        with system.cim_target(workdir, workers=workers, heartbeat=args.heartbeat) as cim:
+            runs["cim"].append(system.measure(cim, plans(cim, args), print))
+        with system.ceiling_target(workdir, "fanout", workers=workers) as ceiling:
+            runs["ceiling"].append(system.measure(ceiling, plans(ceiling, args), print))
+    row = {"point": {}, "cim": system.median_figures([figures(r, args.connections) for r in runs["cim"]]),
+           "ceiling": system.median_figures([figures(r, args.connections) for r in runs["ceiling"]])}
     params = {k: getattr(args, k) for k in ("connections", "heartbeat", "duration", "repeat", "processes", "source_ips")}
     params["workers"] = workers
-    report("idle", params, [row], args.json,
-           {"heartbeat_cpu": "server_cpu_pct", "memory_per_conn": "rss_per_conn_bytes"}, generator_note(runs))
+    system.report("idle", params, [row], args.json,
+           {"heartbeat_cpu": "server_cpu_pct", "memory_per_conn": "rss_per_conn_bytes"}, system.generator_note(runs))

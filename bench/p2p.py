@@ -6,35 +6,22 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from bench import system
 from bench.loadgen import Plan, source_ips
-from bench.system import (
-    Run,
-    Target,
-    accounts,
-    add_common_arguments,
-    ceiling_target,
-    cim_target,
-    generator_note,
-    measure,
-    median_figures,
-    percentile,
-    report,
-    split,
-)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", type=int, default=100, help="sender/receiver pairs")
     parser.add_argument("--window", type=int, default=8, help="messages in flight per sender")
     parser.add_argument("--payload", type=int, default=64, help="message text bytes")
-    add_common_arguments(parser, duration=10.0)
+    system.add_common_arguments(parser, duration=10.0)
 
 
-def plans(target: Target, args: argparse.Namespace) -> list[Plan]:
-    users = accounts(target, 2 * args.pairs, "p2p")
+def plans(target: system.Target, args: argparse.Namespace) -> list[Plan]:
+    users = system.accounts(target, 2 * args.pairs, "p2p")
     pairs = [(users[2 * k], users[2 * k + 1]) for k in range(args.pairs)]
     out = []
-    for index, share in enumerate(split(pairs, args.processes)):
+    for index, share in enumerate(system.split(pairs, args.processes)):
         flat = [u for pair in share for u in pair]
         out.append(Plan("p2p", target.host, target.port, flat, source_ips(args.source_ips), args.duration,
                         window=args.window, payload=args.payload, index=index,
@@ -42,12 +29,12 @@ def plans(target: Target, args: argparse.Namespace) -> list[Plan]:
     return out
 
 
-def figures(run: Run) -> dict[str, float]:
+def figures(run: system.Run) -> dict[str, float]:
     delivered = run.total("delivered")
     return {
         "msgs_per_s": delivered / run.duration,
-        "p50_ms": percentile(run.latencies_us, 0.50) / 1000,
-        "p99_ms": percentile(run.latencies_us, 0.99) / 1000,
+        "p50_ms": system.percentile(run.latencies_us, 0.50) / 1000,
+        "p99_ms": system.percentile(run.latencies_us, 0.99) / 1000,
         "server_cpu_s_per_million": run.cpu_seconds / max(1, delivered) * 1e6,
         "generator_cpu_pct": run.generator_cpu_pct,
         "errors": float(run.total("errors")),
@@ -56,12 +43,12 @@ def figures(run: Run) -> dict[str, float]:
 
 def main(args: argparse.Namespace) -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-p2p-"))
-    runs: dict[str, list[Run]] = {"cim": [], "ceiling": []}
-    with cim_target(workdir) as cim, ceiling_target(workdir, "p2p") as ceiling:
+    runs: dict[str, list[system.Run]] = {"cim": [], "ceiling": []}
+    with system.cim_target(workdir) as cim, system.ceiling_target(workdir, "p2p") as ceiling:
         for _ in range(args.repeat):
             for target in (cim, ceiling):
-                runs[target.name].append(measure(target, plans(target, args), print))
-    row = {"point": {}, "cim": median_figures([figures(r) for r in runs["cim"]]),
-           "ceiling": median_figures([figures(r) for r in runs["ceiling"]])}
+                runs[target.name].append(system.measure(target, plans(target, args), print))
+    row = {"point": {}, "cim": system.median_figures([figures(r) for r in runs["cim"]]),
+           "ceiling": system.median_figures([figures(r) for r in runs["ceiling"]])}
     params = {k: getattr(args, k) for k in ("pairs", "window", "payload", "duration", "repeat", "processes")}
-    report("p2p", params, [row], args.json, {"msgs_per_s": "msgs_per_s"}, generator_note(runs))
+    system.report("p2p", params, [row], args.json, {"msgs_per_s": "msgs_per_s"}, system.generator_note(runs))
