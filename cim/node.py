@@ -99,8 +99,7 @@ class Node:
         if self._sweeper is not None:
             self._sweeper.cancel()
         for proto in list(self.sessions.values()) + list(self.pending):
-            proto.conn.close("server shutting down", reconnect=True)
-            proto.flush()
+            proto.end_session("server shutting down", reconnect=True)
         deadline = self.loop.time() + self.config.shutdown_timeout
         while (self.sessions or self.pending or self._tasks) and self.loop.time() < deadline:
             await asyncio.sleep(0.02)
@@ -144,13 +143,11 @@ class Node:
         """Settle an event synchronously when no I/O is needed; False defers it to ``handle``."""
         kind = type(event)
         if kind is ChatMessage:  # the hot path first: a message to a user on this node
-            receiver = self.sessions.get(event.receiver_id)  # type: ignore[union-attr, arg-type]
-            if receiver is None:
+            if event.receiver_id not in self.sessions:  # type: ignore[union-attr]
                 return False
             self.metrics["messages_in"] += 1
             msg_id, now_ms = self._next_id()
-            self._push(receiver, [push_body(proto.sender, event.text, msg_id, now_ms)])  # type: ignore[union-attr, arg-type]
-            self.metrics["messages_out"] += 1
+            self.deliver_local(event.receiver_id, push_body(proto.sender, event.text, msg_id, now_ms))  # type: ignore[union-attr, arg-type]
             proto.conn.send_receipt(event.client_msg_id, SUCCESS, None, msg_id)  # type: ignore[union-attr]
             return True
         if kind is Ping:
@@ -279,8 +276,7 @@ class Node:
             for user_id in delivery.receiverIds:
                 proto = self.sessions.get(user_id)
                 if proto is not None:
-                    proto.conn.close("logged out", reconnect=False)
-                    proto.flush()
+                    proto.end_session("logged out", reconnect=False)
             return
         bodies = list(delivery.messages)  # once: the repeated field copies on every access
         sessions = self.sessions
@@ -328,8 +324,7 @@ class Node:
                 next_session_sweep = now + interval
                 idle_limit = 3 * interval
                 for proto in [p for p in self.sessions.values() if now - p.last_seen > idle_limit]:
-                    proto.conn.close(f"heartbeat timeout: nothing received for {idle_limit:g} s", reconnect=True)
-                    proto.flush()
+                    proto.end_session(f"heartbeat timeout: nothing received for {idle_limit:g} s", reconnect=True)
                     self.metrics["heartbeat_timeouts"] += 1
 
     def _cut_slow_consumers(self, now: float) -> None:

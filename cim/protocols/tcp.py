@@ -97,6 +97,12 @@ class CimServerProtocol(asyncio.Protocol):
             self.closed = True
             transport.close()
 
+    def end_session(self, reason: str, reconnect: bool) -> None:
+        """End the session from outside its own events (shutdown, kick, idle): tell
+        the client why and whether to come back, then close."""
+        self.conn.close(reason, reconnect)
+        self.flush()
+
     def pause_writing(self) -> None:
         self.paused_at = self.node.loop.time()
         self.node.slow.add(self)
