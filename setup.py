@@ -1,7 +1,8 @@
-"""Build the compiled frame codec (cim/_frame.pyx).
+"""Build the compiled modules: the frame codec (cim/_frame.pyx) and the message
+wire hot path (cim/_wire.pyx).
 
-Set CIM_NO_EXTENSIONS=1 to build without it: ``cim.frame`` then falls back to the
-pure-Python twin. Without that variable a failed compile fails the build, loudly,
+Set CIM_NO_EXTENSIONS=1 to build without them: ``cim.frame`` and ``cim.wire`` then use the
+pure-Python twins. Without that variable a failed compile fails the build, loudly,
 so a slow pure-Python install never happens by accident.
 """
 
@@ -16,7 +17,10 @@ def extensions() -> list[Extension]:
     from Cython.Build import cythonize
 
     return cythonize(
-        [Extension("cim._frame", ["cim/_frame.pyx"], extra_compile_args=["-O3"])],
+        [
+            Extension("cim._frame", ["cim/_frame.pyx"], extra_compile_args=["-O3"]),
+            Extension("cim._wire", ["cim/_wire.pyx"], extra_compile_args=["-O3"]),
+        ],
         compiler_directives={"language_level": "3"},
     )
 

@@ -10,37 +10,21 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.list cimport PyList_Append
 from libc.string cimport memcpy
 
+from cim._varint cimport varint_size, write_varint
+
 from cim._frame_py import DEFAULT_MAX_FRAME_SIZE, FrameError, _frame_too_large, _varint_too_long
 
 cdef enum:
     MAX_VARINT_BYTES = 5  # a continuation bit on the 5th byte means a 6th follows
 
 
-cdef inline Py_ssize_t _varint_size(Py_ssize_t n) noexcept:
-    cdef Py_ssize_t size = 1
-    while n > 0x7F:
-        n >>= 7
-        size += 1
-    return size
-
-
-cdef inline Py_ssize_t _write_varint(char* out, Py_ssize_t n) noexcept:
-    cdef Py_ssize_t i = 0
-    while n > 0x7F:
-        out[i] = <char>((n & 0x7F) | 0x80)
-        n >>= 7
-        i += 1
-    out[i] = <char>n
-    return i + 1
-
-
 def encode_frame(payload):
     """One frame: varint32 length prefix + payload."""
     cdef bytes data = payload if type(payload) is bytes else bytes(payload)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, _varint_size(n) + n)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, varint_size(n) + n)
     cdef char* dst = PyBytes_AS_STRING(out)
-    cdef Py_ssize_t header = _write_varint(dst, n)
+    cdef Py_ssize_t header = write_varint(dst, n)
     memcpy(dst + header, PyBytes_AS_STRING(data), n)
     return out
 
@@ -52,12 +36,12 @@ def encode_frames(payloads):
     cdef bytes item
     for item in items:
         n = PyBytes_GET_SIZE(item)
-        total += _varint_size(n) + n
+        total += varint_size(n) + n
     cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
     cdef char* dst = PyBytes_AS_STRING(out)
     for item in items:
         n = PyBytes_GET_SIZE(item)
-        pos += _write_varint(dst + pos, n)
+        pos += write_varint(dst + pos, n)
         memcpy(dst + pos, PyBytes_AS_STRING(item), n)
         pos += n
     return out

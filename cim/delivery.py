@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import Protocol
 
 from cim.backends.base import Bus, StateStore
-from cim.messages import MessageIds, Sender, push_body
+from cim.messages import MessageIds, Sender
 from cim.proto import Delivery
 from cim.status import CimError, Status
+from cim.wire import push_bodies
 
 
 class LocalSessions(Protocol):
@@ -22,7 +23,7 @@ class LocalSessions(Protocol):
 
     node_id: str
 
-    def deliver_local(self, user_id: int, body: bytes) -> bool: ...
+    def deliver_local(self, user_id: int, bodies: list[bytes]) -> bool: ...
 
 
 class Messenger:
@@ -38,34 +39,32 @@ class Messenger:
             raise CimError(Status.VALIDATION_FAIL, f"{field} {user_id} is not a registered user")
         return name
 
-    async def send_private(self, sender: Sender, receiver_id: int, text: str) -> tuple[Status, int]:
-        """Returns (SUCCESS or OFF_LINE, message id); raises CimError for an unknown receiver."""
+    async def send_private(self, sender: Sender, receiver_id: int, texts: list[bytes]) -> tuple[Status, int]:
+        """Returns (SUCCESS or OFF_LINE, the first message id: the k-th text got
+        first + k); raises CimError for an unknown receiver."""
         await self.require_user(receiver_id, "receiveUserId")
-        msg_id, now_ms = self.ids.next()
-        body = push_body(sender, text, msg_id, now_ms)
+        first_id, now_ms = self.ids.take(len(texts))
+        bodies = push_bodies(sender.prefix, texts, first_id, now_ms)
         server = await self.state.route(receiver_id)
         if server is None:
-            await self.state.store_offline(receiver_id, [body])
-            return Status.OFF_LINE, msg_id
+            await self.state.store_offline(receiver_id, bodies)
+            return Status.OFF_LINE, first_id
         local = self.local
-        if local is not None and server == local.node_id and local.deliver_local(receiver_id, body):
-            return Status.SUCCESS, msg_id
-        delivery = Delivery(messages=[body], receiverIds=[receiver_id], storeIfAbsent=True)
+        if local is not None and server == local.node_id and local.deliver_local(receiver_id, bodies):
+            return Status.SUCCESS, first_id
+        delivery = Delivery(messages=bodies, receiverIds=[receiver_id], storeIfAbsent=True)
         await self.bus.publish(server, delivery.SerializeToString())
-        return Status.SUCCESS, msg_id
+        return Status.SUCCESS, first_id
 
-    async def send_group(self, sender: Sender, texts: list[str]) -> list[int]:
+    async def send_group(self, sender: Sender, texts: list[bytes]) -> int:
         """Every online user but the sender gets each text, in order; one broadcast for
         all of them, so each node visits its users once per batch, not once per text.
-        Returns the message ids."""
-        bodies, msg_ids = [], []
-        for text in texts:
-            msg_id, now_ms = self.ids.next()
-            bodies.append(push_body(sender, text, msg_id, now_ms))
-            msg_ids.append(msg_id)
+        Returns the first message id: the k-th text got first + k."""
+        first_id, now_ms = self.ids.take(len(texts))
+        bodies = push_bodies(sender.prefix, texts, first_id, now_ms)
         delivery = Delivery(messages=bodies, broadcast=True, excludeUserId=sender.id)
         await self.bus.broadcast(delivery.SerializeToString())
-        return msg_ids
+        return first_id
 
     async def deliver_offline(self, user_id: int) -> int:
         """Send a user's stored messages to their connection, in order, once.

@@ -1,15 +1,15 @@
 """Pushed messages: built once, framed per receiver, with cluster-unique ids.
 
-A push is serialized once without ``receiveUserId``; each receiver's frame appends
-that one map entry as raw protobuf bytes (computed once per session, at login). Protobuf parsers merge repeated
-occurrences of a map field, so ``body + entry`` parses as the push with
-``properties[receiveUserId]`` set: group fan-out costs a bytes concatenation per
-receiver, not a serialization.
+A push is serialized once without ``receiveUserId`` (``cim.wire.push_bodies``:
+the sender's serialized ``prefix`` + the text and ids); each receiver's frame
+appends that one map entry as raw protobuf bytes (computed once per session, at
+login). Protobuf parsers merge repeated occurrences of a map field, so
+``body + entry`` parses as the push with ``properties[receiveUserId]`` set: group
+fan-out costs a copy per receiver (``cim.wire.frame_each``), not a serialization.
 """
 
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import dataclass
 
@@ -54,29 +54,32 @@ class Sender:
         return cls(user_id, user_name, push.SerializeToString())
 
 
-def push_body(sender: Sender, text: str, msg_id: int, timestamp_ms: int) -> bytes:
-    """A serialized push without its receiver (see ``receiver_entry``)."""
-    return sender.prefix + Response(resMsg=text, msgId=msg_id, timestamp=timestamp_ms).SerializeToString()
-
-
 class MessageIds:
-    """Snowflake ids: unique across nodes with distinct node numbers, increasing per node."""
+    """Snowflake ids: unique across nodes with distinct node numbers, increasing per node.
+
+    Taken in blocks: a run of messages gets consecutive ids with one timestamp, so
+    the wire encoders can number them without a call per message.
+    """
+
+    MAX_BLOCK = 1 << _SEQ_BITS  # ids per millisecond
 
     def __init__(self, node_number: int) -> None:
         self.node = node_number & ((1 << _NODE_BITS) - 1)
         self._last_ms = 0
-        self._seq = itertools.count()
+        self._seq = 0
 
-    def next(self) -> tuple[int, int]:
-        """(message id, timestamp in ms)."""
+    def take(self, count: int = 1) -> tuple[int, int]:
+        """``count`` consecutive ids: (the first, their timestamp in ms)."""
+        if not 0 < count <= self.MAX_BLOCK:
+            raise ValueError(f"take 1 to {self.MAX_BLOCK} ids at a time, not {count}")
         now = time.time_ns() // 1_000_000
         if now > self._last_ms:
             self._last_ms = now
-            self._seq = itertools.count()
-        seq = next(self._seq)
-        if seq >> _SEQ_BITS:  # 4096 ids used this millisecond: borrow the next one
+            self._seq = 0
+        elif self._seq + count > self.MAX_BLOCK:  # this millisecond is used up: borrow the next
             self._last_ms += 1
-            self._seq = itertools.count(1)
-            seq = 0
+            self._seq = 0
+        seq = self._seq
+        self._seq += count
         ms = self._last_ms
         return ((ms - _EPOCH_MS) << (_NODE_BITS + _SEQ_BITS)) | (self.node << _SEQ_BITS) | seq, ms

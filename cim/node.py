@@ -12,15 +12,13 @@ from collections.abc import Callable
 from cim.backends import Backends
 from cim.config import Config
 from cim.delivery import Messenger
-from cim.frame import encode_frame, encode_frames
 from cim.limits import connection_capacity, kernel_warnings, raise_nofile_limit
-from cim.messages import MessageIds, Sender, push_body, receiver_entry
+from cim.messages import MessageIds, Sender, receiver_entry
 from cim.proto import Delivery
-from cim.protocols.connection import ChatMessage, Event, Login, Offline, Ping, ProtocolViolation
+from cim.protocols.connection import ChatMessages, Event, Login, Offline, Ping, ProtocolViolation
 from cim.protocols.tcp import CimServerProtocol
 from cim.status import CimError, Status
-
-SUCCESS = Status.SUCCESS
+from cim.wire import frame_each, push_bodies
 
 log = logging.getLogger("cim.server")
 
@@ -46,7 +44,7 @@ class Node:
         self.started_at = time.time()
         self.loop = asyncio.get_running_loop()
         self.messenger: Messenger | None = None
-        self._next_id: Callable[[], tuple[int, int]] = MessageIds(0).next  # replaced at start
+        self._take_ids: Callable[[int], tuple[int, int]] = MessageIds(0).take  # replaced at start
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
@@ -69,7 +67,7 @@ class Node:
         if stale:
             log.warning("cleared %d stale logins left by a previous %s", len(stale), self.node_id)
         self.messenger = Messenger(state, bus, MessageIds(await state.allocate_node_number()), local=self)
-        self._next_id = self.messenger.ids.next
+        self._take_ids = self.messenger.ids.take
         await bus.subscribe(self.node_id, self.on_delivery)
         self._server = await self.loop.create_server(
             lambda: CimServerProtocol(self),
@@ -142,13 +140,16 @@ class Node:
     def handle_now(self, proto: CimServerProtocol, event: Event) -> bool:
         """Settle an event synchronously when no I/O is needed; False defers it to ``handle``."""
         kind = type(event)
-        if kind is ChatMessage:  # the hot path first: a message to a user on this node
-            if event.receiver_id not in self.sessions:  # type: ignore[union-attr]
+        if kind is ChatMessages:  # the hot path first: messages to a user on this node
+            target = self.sessions.get(event.receiver_id)  # type: ignore[union-attr, arg-type]
+            if target is None:
                 return False
-            self.metrics["messages_in"] += 1
-            msg_id, now_ms = self._next_id()
-            self.deliver_local(event.receiver_id, push_body(proto.sender, event.text, msg_id, now_ms))  # type: ignore[union-attr, arg-type]
-            proto.conn.send_receipt(event.client_msg_id, SUCCESS, None, msg_id)  # type: ignore[union-attr]
+            texts = event.texts  # type: ignore[union-attr]
+            first_id, now_ms = self._take_ids(len(texts))
+            self._push(target, push_bodies(proto.sender.prefix, texts, first_id, now_ms))  # type: ignore[union-attr]
+            proto.conn.send_receipts(event.client_msg_ids, first_id)  # type: ignore[union-attr]
+            self.metrics["messages_in"] += len(texts)
+            self.metrics["messages_out"] += len(texts)
             return True
         if kind is Ping:
             proto.conn.send_pong()
@@ -166,16 +167,22 @@ class Node:
         """Handle the event at the head of ``backlog``, taking it off; a run of group
         messages is taken and sent together (one broadcast, one pass over each node's users)."""
         event = backlog.popleft()
-        batch = [event] if isinstance(event, ChatMessage) and event.receiver_id is None else []
-        while batch and backlog and type(backlog[0]) is ChatMessage and backlog[0].receiver_id is None:  # type: ignore[union-attr]
-            batch.append(backlog.popleft())  # type: ignore[arg-type]
+        if type(event) is ChatMessages and event.receiver_id is None:
+            event = ChatMessages(list(event.texts), None, list(event.client_msg_ids))
+            while (
+                backlog
+                and type(head := backlog[0]) is ChatMessages
+                and head.receiver_id is None
+                and len(event.texts) + len(head.texts) <= MessageIds.MAX_BLOCK
+            ):
+                backlog.popleft()
+                event.texts += head.texts
+                event.client_msg_ids += head.client_msg_ids
         try:
-            if batch:
-                await self._group(proto, batch)  # type: ignore[arg-type]
-            elif isinstance(event, Login):
+            if isinstance(event, Login):
                 await self._login(proto, event)
-            elif isinstance(event, ChatMessage):
-                await self._private(proto, event)
+            elif isinstance(event, ChatMessages):
+                await self._send(proto, event)
             elif not self.handle_now(proto, event):
                 raise AssertionError(f"unhandled event {event!r}")
         except Exception as err:
@@ -185,8 +192,9 @@ class Node:
             log.error("handling %s for user %s failed: %r", type(event).__name__, proto.user_id, err)
             if isinstance(event, Login):
                 proto.conn.refuse(Status.FAIL, f"login failed: {type(err).__name__}; try again")
-            for message in batch or ([event] if isinstance(event, ChatMessage) else []):
-                proto.conn.send_receipt(message.client_msg_id, Status.FAIL, f"send failed: {type(err).__name__}; try again")  # type: ignore[union-attr]
+            elif isinstance(event, ChatMessages):
+                for client_msg_id in event.client_msg_ids:
+                    proto.conn.send_receipt(client_msg_id, Status.FAIL, f"send failed: {type(err).__name__}; try again")
 
     async def _login(self, proto: CimServerProtocol, login: Login) -> None:
         if login.user_id in self.sessions or login.user_id in self._logging_in:
@@ -220,43 +228,36 @@ class Node:
         self.sessions[login.user_id] = proto
         self.metrics["logins"] += 1
 
-    async def _group(self, proto: CimServerProtocol, messages: list[ChatMessage]) -> None:
+    async def _send(self, proto: CimServerProtocol, messages: ChatMessages) -> None:
+        """Messages that need the backends: to the group, or to a user not on this node."""
         if not proto.logged_in:
             return  # the login was refused; its connection is closing
         assert self.messenger is not None and proto.sender is not None
-        self.metrics["messages_in"] += len(messages)
-        msg_ids = await self.messenger.send_group(proto.sender, [m.text for m in messages])
-        for message, msg_id in zip(messages, msg_ids):
-            proto.conn.send_receipt(message.client_msg_id, SUCCESS, None, msg_id)
-
-    async def _private(self, proto: CimServerProtocol, message: ChatMessage) -> None:
-        if not proto.logged_in:
-            return  # the login was refused; its connection is closing
-        assert self.messenger is not None and proto.sender is not None and message.receiver_id is not None
-        self.metrics["messages_in"] += 1
+        self.metrics["messages_in"] += len(messages.texts)
+        if messages.receiver_id is None:
+            first_id = await self.messenger.send_group(proto.sender, messages.texts)
+            proto.conn.send_receipts(messages.client_msg_ids, first_id)
+            return
         try:
-            status, msg_id = await self.messenger.send_private(proto.sender, message.receiver_id, message.text)
+            status, first_id = await self.messenger.send_private(proto.sender, messages.receiver_id, messages.texts)
         except CimError as err:
-            proto.conn.send_receipt(message.client_msg_id, err.status, err.message)
+            for client_msg_id in messages.client_msg_ids:
+                proto.conn.send_receipt(client_msg_id, err.status, err.message)
         else:
-            proto.conn.send_receipt(message.client_msg_id, status, None, msg_id)
+            proto.conn.send_receipts(messages.client_msg_ids, first_id, status)
 
     # -- delivery --------------------------------------------------------------
 
-    def deliver_local(self, user_id: int, body: bytes) -> bool:
+    def deliver_local(self, user_id: int, bodies: list[bytes]) -> bool:
         proto = self.sessions.get(user_id)
         if proto is None:
             return False
-        self._push(proto, [body])
-        self.metrics["messages_out"] += 1
+        self._push(proto, bodies)
+        self.metrics["messages_out"] += len(bodies)
         return True
 
     def _push(self, proto: CimServerProtocol, bodies: list[bytes]) -> None:
-        entry = proto.receiver_entry
-        if len(bodies) == 1:
-            proto.conn.send_push(encode_frame(bodies[0] + entry))
-        else:
-            proto.conn.send_push(encode_frames([body + entry for body in bodies]))
+        proto.conn.send_push(frame_each(bodies, proto.receiver_entry))
         if not proto.dirty:
             proto.dirty = True
             if not self._dirty:

@@ -98,12 +98,12 @@ class RouteService:
 
     async def send_private(self, user_id: int, receiver_id: int, text: str) -> Status:
         assert self.messenger is not None
-        status, _ = await self.messenger.send_private(await self._sender(user_id), receiver_id, text)
+        status, _ = await self.messenger.send_private(await self._sender(user_id), receiver_id, [text.encode()])
         return status
 
     async def send_group(self, user_id: int, text: str) -> None:
         assert self.messenger is not None
-        await self.messenger.send_group(await self._sender(user_id), [text])
+        await self.messenger.send_group(await self._sender(user_id), [text.encode()])
 
     async def online_users(self) -> list[tuple[int, str]]:
         return sorted(await self.state.online_users())

@@ -18,19 +18,25 @@ from cim.frame import FrameDecoder, encode_frame
 from cim.proto import BaseCommand, Request, Response
 from cim.run import Running, start
 
-CODEC_MODULES = ["cim._frame_py", "cim._frame"]
-
-
-@pytest.fixture(scope="session", params=CODEC_MODULES, ids=["python", "cython"])
-def codec(request: pytest.FixtureRequest) -> ModuleType:
-    """Each codec implementation in turn: one suite, both twins."""
-    name: str = request.param
+def _import_twin(name: str) -> ModuleType:
     try:
         return importlib.import_module(name)
     except ImportError:
-        if name == "cim._frame" and os.environ.get("CIM_NO_EXTENSIONS"):
-            pytest.skip("built without the extension (CIM_NO_EXTENSIONS set)")
+        if not name.endswith("_py") and os.environ.get("CIM_NO_EXTENSIONS"):
+            pytest.skip("built without the extensions (CIM_NO_EXTENSIONS set)")
         raise
+
+
+@pytest.fixture(scope="session", params=["cim._frame_py", "cim._frame"], ids=["python", "cython"])
+def codec(request: pytest.FixtureRequest) -> ModuleType:
+    """Each frame codec implementation in turn: one suite, both twins."""
+    return _import_twin(request.param)
+
+
+@pytest.fixture(scope="session", params=["cim._wire_py", "cim._wire"], ids=["python", "cython"])
+def wire(request: pytest.FixtureRequest) -> ModuleType:
+    """Each message wire implementation in turn: one suite, both twins."""
+    return _import_twin(request.param)
 
 
 # -- real services and in-process stacks --------------------------------------------

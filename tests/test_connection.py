@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cim.frame import FrameDecoder, encode_frame, encode_frames
 from cim.proto import PING, BaseCommand, Request, Response
-from cim.protocols.connection import ChatMessage, Login, Offline, Ping, ProtocolViolation, ServerConnection, State
+from cim.protocols.connection import ChatMessages, Login, Offline, Ping, ProtocolViolation, ServerConnection, State
 from cim.status import Status
 
 
@@ -55,7 +55,39 @@ def test_messages_private_and_group() -> None:
         frame(reqMsg="to bob", cmd=BaseCommand.MESSAGE, clientMsgId=1, properties={"receiveUserId": "8"})
         + frame(reqMsg="to all", cmd=BaseCommand.MESSAGE, clientMsgId=2)
     )
-    assert events == [ChatMessage("to bob", 8, 1), ChatMessage("to all", None, 2)]
+    assert events == [ChatMessages([b"to bob"], 8, [1]), ChatMessages([b"to all"], None, [2])]
+
+
+def test_messages_in_a_row_to_one_destination_are_one_event() -> None:
+    conn = logged_in()
+    to_bob = {"cmd": BaseCommand.MESSAGE, "properties": {"receiveUserId": "8"}}
+    events = conn.receive_data(
+        frame(reqMsg="1", clientMsgId=1, **to_bob)
+        + frame(reqMsg="2", clientMsgId=2, **to_bob)
+        + frame(requestId=7, reqMsg="ping", cmd=BaseCommand.PING)
+        + frame(reqMsg="3", clientMsgId=3, **to_bob)
+        + frame(reqMsg="4", clientMsgId=4, groupId="future", **to_bob)  # not plain: parsed by protobuf
+        + frame(reqMsg="5", clientMsgId=5, cmd=BaseCommand.MESSAGE)
+    )
+    assert events == [
+        ChatMessages([b"1", b"2"], 8, [1, 2]),
+        Ping(),
+        ChatMessages([b"3"], 8, [3]),
+        ChatMessages([b"4"], 8, [4]),
+        ChatMessages([b"5"], None, [5]),
+    ]
+
+
+def test_receipts_carry_each_message_its_id() -> None:
+    conn = logged_in()
+    conn.send_receipts([11, 12], first_id=500)
+    conn.send_receipts([13], first_id=502, status=Status.OFF_LINE)
+    receipts = sent(conn)
+    assert [(r.cmd, r.clientMsgId, r.msgId, r.code) for r in receipts] == [
+        (BaseCommand.SEND_RECEIPT, 11, 500, 9000), (BaseCommand.SEND_RECEIPT, 12, 501, 9000),
+        (BaseCommand.SEND_RECEIPT, 13, 502, 7000),
+    ]
+    assert all(r.properties["receiveUserId"] == "7" for r in receipts)
 
 
 def test_bad_messages_get_failed_receipts_and_the_connection_goes_on() -> None:
@@ -66,7 +98,7 @@ def test_bad_messages_get_failed_receipts_and_the_connection_goes_on() -> None:
         + frame(reqMsg="hi", cmd=BaseCommand.MESSAGE, clientMsgId=3, properties={"receiveUserId": "bob"})
         + frame(reqMsg="ok", cmd=BaseCommand.MESSAGE, clientMsgId=4)
     )
-    assert events == [ChatMessage("ok", None, 4)]
+    assert events == [ChatMessages([b"ok"], None, [4])]
     receipts = sent(conn)
     assert [(r.cmd, r.clientMsgId, r.code) for r in receipts] == [(BaseCommand.SEND_RECEIPT, i, 3000) for i in (1, 2, 3)]
     assert "empty" in receipts[0].resMsg and "100 bytes" in receipts[1].resMsg and "'bob'" in receipts[2].resMsg
@@ -77,7 +109,7 @@ def test_bad_messages_get_failed_receipts_and_the_connection_goes_on() -> None:
 def test_garbage_protobuf_after_login_is_reported_and_skipped() -> None:
     conn = logged_in()
     events = conn.receive_data(encode_frames([b"\xff\xff\xff", Request(reqMsg="after", cmd=BaseCommand.MESSAGE).SerializeToString()]))
-    assert events == [ChatMessage("after", None, 0)]
+    assert events == [ChatMessages([b"after"], None, [0])]
     [error] = sent(conn)
     assert error.cmd == BaseCommand.ERROR and "not a protobuf Request" in error.resMsg
     assert error.properties["receiveUserId"] == "7"
@@ -93,7 +125,7 @@ def test_garbage_login_closes() -> None:
 def test_oversized_frame_serves_earlier_frames_then_closes() -> None:
     conn = logged_in()
     events = conn.receive_data(frame(reqMsg="before", cmd=BaseCommand.MESSAGE) + b"\x80\x80\x80\x80\x04")
-    assert events[0] == ChatMessage("before", None, 0)
+    assert events[0] == ChatMessages([b"before"], None, [0])
     assert isinstance(events[1], ProtocolViolation) and "exceeds the limit" in events[1].reason
     assert conn.state is State.CLOSED
     assert sent(conn)[0].cmd == BaseCommand.ERROR

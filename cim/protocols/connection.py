@@ -1,8 +1,9 @@
 """The cim-server side of one client connection, sans-I/O.
 
 Fed bytes with ``receive_data``, it returns events for the application (login,
-message, offline) and queues the frames the protocol answers by itself
-(pong, errors) for ``data_to_send``. The application answers events through the
+messages, offline) and queues the frames the protocol answers by itself
+(pong, errors) for ``data_to_send``. Chat messages are read at the wire level
+(``cim.wire``) in runs to one destination; anything unusual is parsed by protobuf. The application answers events through the
 ``send_*`` methods. Nothing here touches a socket, a clock or a backend, so it is
 tested with plain bytes (tests/test_connection.py).
 
@@ -20,6 +21,7 @@ from google.protobuf.message import DecodeError
 from cim.frame import FrameDecoder, FrameError, encode_frame
 from cim.proto import ERROR, LOGIN_REQUEST, MESSAGE, OFFLINE, PING, SEND_RECEIPT, Request, Response
 from cim.status import Status
+from cim.wire import encode_receipts, scan_chat_run
 
 RECEIVE_USER_ID = "receiveUserId"
 PONG = encode_frame(Response(cmd=PING, resMsg="pong").SerializeToString())
@@ -39,12 +41,13 @@ class Login:
 
 
 @dataclass(slots=True)  # not frozen: frozen dataclasses cost more per event
-class ChatMessage:
-    """A message sent in-band: private when ``receiver_id`` is set, group otherwise."""
+class ChatMessages:
+    """Messages the client sent in a row to one destination: a user when
+    ``receiver_id`` is set, the group otherwise. Texts are UTF-8 bytes, as on the wire."""
 
-    text: str
+    texts: list[bytes]
     receiver_id: int | None
-    client_msg_id: int
+    client_msg_ids: list[int]
 
 
 @dataclass(slots=True)  # not frozen: frozen dataclasses cost more per event
@@ -66,7 +69,7 @@ class ProtocolViolation:
     reason: str
 
 
-Event = Login | ChatMessage | Ping | Offline | ProtocolViolation
+Event = Login | ChatMessages | Ping | Offline | ProtocolViolation
 
 PING_EVENT = Ping()  # stateless: one instance serves every ping
 
@@ -79,8 +82,10 @@ class ServerConnection:
         self.max_message_bytes = max_message_bytes
         self._decoder = FrameDecoder(max_frame_size)
         self._out: list[bytes] = []
-        self._ok_receipt = b""
-        self._ping_frame = b""  # this user's ping exactly as CIM's client frames it (set at login)
+        self._receipt_heads: dict[Status, bytes] = {}
+        # This user's ping exactly as CIM's client sends it, framed and not (set at login).
+        self._ping_frame = b""
+        self._ping = b""
 
     # -- input ---------------------------------------------------------------
 
@@ -102,9 +107,20 @@ class ServerConnection:
 
     def _handle_frames(self, frames: list[bytes]) -> list[Event]:
         events: list[Event] = []
-        for frame in frames:
-            if self.state is State.CLOSED:
-                break
+        index, count = 0, len(frames)
+        while index < count and self.state is not State.CLOSED:
+            if self.state is State.OPEN:
+                end, receiver, texts, client_msg_ids = scan_chat_run(frames, index, self.max_message_bytes)
+                if end > index:
+                    events.append(ChatMessages(texts, receiver or None, client_msg_ids))
+                    index = end
+                    continue
+                if frames[index] == self._ping:
+                    events.append(PING_EVENT)
+                    index += 1
+                    continue
+            frame = frames[index]
+            index += 1
             try:
                 request = Request.FromString(frame)
             except DecodeError:
@@ -131,9 +147,8 @@ class ServerConnection:
             self.state = State.OPEN
             self.user_id = request.requestId
             self.user_name = request.reqMsg
-            self._ping_frame = encode_frame(
-                Request(requestId=request.requestId, reqMsg="ping", cmd=PING).SerializeToString()
-            )
+            self._ping = Request(requestId=request.requestId, reqMsg="ping", cmd=PING).SerializeToString()
+            self._ping_frame = encode_frame(self._ping)
             return Login(request.requestId, request.reqMsg, request)
         if cmd == PING:
             return PING_EVENT
@@ -147,7 +162,8 @@ class ServerConnection:
         self.send_error(Status.VALIDATION_FAIL, f"unsupported command {cmd}; ignored")
         return None
 
-    def _chat_message(self, request: Request) -> ChatMessage | None:
+    def _chat_message(self, request: Request) -> ChatMessages | None:
+        """A message the wire-level scan left to protobuf: checked and answered in full."""
         text = request.reqMsg
         failure = None
         if not text:
@@ -164,7 +180,7 @@ class ServerConnection:
         if failure is not None:
             self.send_receipt(request.clientMsgId, Status.VALIDATION_FAIL, failure)
             return None
-        return ChatMessage(text, receiver, request.clientMsgId)
+        return ChatMessages([text.encode()], receiver, [request.clientMsgId])
 
     def _violation(self, status: Status, reason: str, receiver: int = 0) -> ProtocolViolation:
         self._out.append(self._frame(ERROR, status.code, reason, receiver or self.user_id))
@@ -173,13 +189,14 @@ class ServerConnection:
 
     # -- output --------------------------------------------------------------
 
-    def _receipt_head(self, code: int, text: str) -> bytes:
-        head = Response(cmd=SEND_RECEIPT, code=code, resMsg=text)
+    def _receipt_head(self, status: Status, text: str) -> bytes:
+        """A receipt's fields but the ids: serialized once per status and connection."""
+        head = Response(cmd=SEND_RECEIPT, code=status.code, resMsg=text)
         head.properties[RECEIVE_USER_ID] = str(self.user_id)
         return head.SerializeToString()
 
-    def _frame(self, cmd: int, code: int, text: str, receiver: int, **fields: int) -> bytes:
-        response = Response(cmd=cmd, code=code, resMsg=text, **fields)
+    def _frame(self, cmd: int, code: int, text: str, receiver: int) -> bytes:
+        response = Response(cmd=cmd, code=code, resMsg=text)
         response.properties[RECEIVE_USER_ID] = str(receiver)
         return encode_frame(response.SerializeToString())
 
@@ -189,22 +206,17 @@ class ServerConnection:
     def send_error(self, status: Status, reason: str) -> None:
         self._out.append(self._frame(ERROR, status.code, reason, self.user_id))
 
-    def send_receipt(self, client_msg_id: int, status: Status, text: str | None = None, msg_id: int = 0) -> None:
-        """The fate of a message this client sent: always answered, success or not."""
-        if status is Status.SUCCESS and text is None:
-            # The common case: the constant part (cmd, code, text, receiver map entry)
-            # serialized once per connection; protobuf merges the concatenation.
-            if not self._ok_receipt:
-                self._ok_receipt = self._receipt_head(Status.SUCCESS.code, Status.SUCCESS.message)
-            fields = Response(clientMsgId=client_msg_id, msgId=msg_id).SerializeToString()
-            self._out.append(encode_frame(self._ok_receipt + fields))
-            return
-        self._out.append(
-            self._frame(
-                SEND_RECEIPT, status.code, text or status.message, self.user_id,
-                clientMsgId=client_msg_id, msgId=msg_id,
-            )
-        )
+    def send_receipts(self, client_msg_ids: list[int], first_id: int, status: Status = Status.SUCCESS) -> None:
+        """The fate of messages this client sent (always answered, success or not):
+        the k-th got message id ``first_id + k``."""
+        head = self._receipt_heads.get(status)
+        if head is None:
+            head = self._receipt_heads[status] = self._receipt_head(status, status.message)
+        self._out.append(encode_receipts(head, client_msg_ids, first_id))
+
+    def send_receipt(self, client_msg_id: int, status: Status, text: str) -> None:
+        """A message that was not sent, and why."""
+        self._out.append(encode_receipts(self._receipt_head(status, text), [client_msg_id], 0))
 
     def send_push(self, frame: bytes) -> None:
         """A complete, already framed push (see ``cim.messages``)."""

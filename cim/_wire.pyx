@@ -1,0 +1,245 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Compiled twin of ``cim._wire_py``: the message hot path at the protobuf wire level.
+
+Same names and behaviour as the pure-Python twin (read its docstring for the why);
+one test suite runs against both.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.list cimport PyList_Append
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.string cimport memcmp, memcpy
+
+from cim._varint cimport varint_size, write_varint
+
+from cim._wire_py import MAX_RUN, MESSAGE
+
+cdef Py_ssize_t _MAX_RUN = MAX_RUN
+cdef unsigned long long _MESSAGE = MESSAGE
+cdef const char* _RECEIVE_USER_ID = b"receiveUserId"
+cdef enum:
+    RECEIVE_USER_ID_LEN = 13
+    MAX_RECEIVER_DIGITS = 18  # fits an int64 whatever the digits
+
+
+cdef inline Py_ssize_t _read_varint(const unsigned char* buf, Py_ssize_t pos, Py_ssize_t end,
+                                    unsigned long long* value) noexcept:
+    """The position after the varint at ``pos`` (stored in ``value``); -1 when truncated or not a uint64."""
+    cdef unsigned long long result = 0
+    cdef int shift = 0
+    cdef unsigned char byte
+    while pos < end:
+        byte = buf[pos]
+        pos += 1
+        if shift == 63 and byte > 1:
+            return -1
+        result |= (<unsigned long long>(byte & 0x7F)) << shift
+        if byte < 0x80:
+            value[0] = result
+            return pos
+        shift += 7
+    return -1
+
+
+cdef inline Py_ssize_t _read_chunk(const unsigned char* buf, Py_ssize_t pos, Py_ssize_t end,
+                                   Py_ssize_t* start, Py_ssize_t* length) noexcept:
+    """The position after a length-delimited field's bytes (``start``, ``length``); -1 if truncated."""
+    cdef unsigned long long n
+    pos = _read_varint(buf, pos, end, &n)
+    if pos < 0 or n > <unsigned long long>(end - pos):
+        return -1
+    start[0] = pos
+    length[0] = <Py_ssize_t>n
+    return pos + <Py_ssize_t>n
+
+
+cdef long long _entry_receiver(const unsigned char* buf, Py_ssize_t pos, Py_ssize_t end) noexcept:
+    """See ``_wire_py._receiver``: 0 for an empty value, -1 when not plain."""
+    cdef Py_ssize_t key_start = 0, key_len = 0, value_start = 0, value_len = 0, start, length, i
+    cdef unsigned char tag, digit
+    cdef long long receiver = 0
+    while pos < end:
+        tag = buf[pos]
+        if tag != 0x0A and tag != 0x12:
+            return -1
+        pos = _read_chunk(buf, pos + 1, end, &start, &length)
+        if pos < 0:
+            return -1
+        if tag == 0x0A:
+            key_start, key_len = start, length
+        else:
+            value_start, value_len = start, length
+    if key_len != RECEIVE_USER_ID_LEN or memcmp(buf + key_start, _RECEIVE_USER_ID, RECEIVE_USER_ID_LEN) != 0:
+        return -1
+    if value_len > MAX_RECEIVER_DIGITS:
+        return -1
+    for i in range(value_len):
+        digit = buf[value_start + i]
+        if digit < 48 or digit > 57:
+            return -1
+        receiver = receiver * 10 + (digit - 48)
+    if value_len and receiver == 0:  # "0" names no user
+        return -1
+    return receiver
+
+
+cdef bint _valid_utf8(const char* text, Py_ssize_t length):
+    cdef Py_ssize_t i
+    for i in range(length):
+        if text[i] & 0x80:
+            break
+    else:
+        return True  # ASCII: the common case, no decoding needed
+    try:
+        PyUnicode_DecodeUTF8(text, length, NULL)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+cdef bint _plain_chat(bytes frame, Py_ssize_t max_text, long long* receiver, Py_ssize_t* text_start,
+                      Py_ssize_t* text_len, unsigned long long* client_msg_id):
+    """See ``_wire_py._plain_chat``: fills the out-parameters and returns True for a plain chat message."""
+    cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(frame)
+    cdef Py_ssize_t pos = 0, end = PyBytes_GET_SIZE(frame), start, length
+    cdef unsigned long long cmd = 0, unused
+    cdef unsigned char tag
+    cdef long long entry
+    receiver[0] = 0
+    text_len[0] = 0
+    client_msg_id[0] = 0
+    while pos < end:
+        tag = buf[pos]
+        if tag == 0x80:  # clientMsgId (field 16): the tag's second byte must be 0x01
+            if pos + 1 >= end or buf[pos + 1] != 0x01:
+                return False
+            pos = _read_varint(buf, pos + 2, end, client_msg_id)
+        elif tag == 0x10:  # requestId: the connection already knows who sends
+            pos = _read_varint(buf, pos + 1, end, &unused)
+        elif tag == 0x18:  # cmd
+            pos = _read_varint(buf, pos + 1, end, &cmd)
+        elif tag == 0x0A:  # reqMsg
+            pos = _read_chunk(buf, pos + 1, end, text_start, text_len)
+        elif tag == 0x22:  # a properties map entry
+            pos = _read_chunk(buf, pos + 1, end, &start, &length)
+            if pos >= 0:
+                entry = _entry_receiver(buf, start, start + length)
+                if entry < 0:
+                    return False
+                receiver[0] = entry
+        else:
+            return False
+        if pos < 0:
+            return False
+    if cmd != _MESSAGE or text_len[0] == 0 or text_len[0] > max_text:
+        return False
+    return _valid_utf8(<const char*>buf + text_start[0], text_len[0])
+
+
+def scan_chat_run(list frames, Py_ssize_t start, Py_ssize_t max_text):
+    cdef list texts = [], client_msg_ids = []
+    cdef long long destination = -1, receiver
+    cdef Py_ssize_t end = start, limit = min(len(frames), start + _MAX_RUN), text_start, text_len
+    cdef unsigned long long client_msg_id
+    cdef bytes frame
+    while end < limit:
+        frame = frames[end]
+        if not _plain_chat(frame, max_text, &receiver, &text_start, &text_len, &client_msg_id):
+            break
+        if destination >= 0 and receiver != destination:
+            break
+        destination = receiver
+        PyList_Append(texts, PyBytes_FromStringAndSize(PyBytes_AS_STRING(frame) + text_start, text_len))
+        PyList_Append(client_msg_ids, client_msg_id)
+        end += 1
+    return end, (destination if destination > 0 else 0), texts, client_msg_ids
+
+
+def push_bodies(bytes prefix, list texts, unsigned long long first_id, long long timestamp_ms):
+    cdef Py_ssize_t prefix_len = PyBytes_GET_SIZE(prefix), text_len, size, pos, k = 0
+    cdef unsigned long long msg_id, stamp = <unsigned long long>timestamp_ms
+    cdef Py_ssize_t stamp_size = 2 + varint_size(stamp) if stamp else 0
+    cdef list bodies = []
+    cdef bytes text, body
+    cdef char* dst
+    for text in texts:
+        msg_id = first_id + k
+        k += 1
+        text_len = PyBytes_GET_SIZE(text)
+        size = prefix_len + stamp_size
+        if text_len:
+            size += 1 + varint_size(text_len) + text_len
+        if msg_id:
+            size += 2 + varint_size(msg_id)
+        body = PyBytes_FromStringAndSize(NULL, size)
+        dst = PyBytes_AS_STRING(body)
+        memcpy(dst, PyBytes_AS_STRING(prefix), prefix_len)
+        pos = prefix_len
+        if text_len:
+            dst[pos] = 0x0A
+            pos += 1 + write_varint(dst + pos + 1, text_len)
+            memcpy(dst + pos, PyBytes_AS_STRING(text), text_len)
+            pos += text_len
+        if msg_id:
+            dst[pos] = <char>0x80
+            dst[pos + 1] = 0x01
+            pos += 2 + write_varint(dst + pos + 2, msg_id)
+        if stamp:
+            dst[pos] = <char>0x90
+            dst[pos + 1] = 0x01
+            write_varint(dst + pos + 2, stamp)
+        PyList_Append(bodies, body)
+    return bodies
+
+
+def frame_each(list bodies, bytes suffix):
+    cdef Py_ssize_t suffix_len = PyBytes_GET_SIZE(suffix), total = 0, pos = 0, n
+    cdef bytes body
+    for body in bodies:
+        n = PyBytes_GET_SIZE(body) + suffix_len
+        total += varint_size(n) + n
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
+    cdef char* dst = PyBytes_AS_STRING(out)
+    for body in bodies:
+        n = PyBytes_GET_SIZE(body)
+        pos += write_varint(dst + pos, n + suffix_len)
+        memcpy(dst + pos, PyBytes_AS_STRING(body), n)
+        memcpy(dst + pos + n, PyBytes_AS_STRING(suffix), suffix_len)
+        pos += n + suffix_len
+    return out
+
+
+cdef inline Py_ssize_t _receipt_size(Py_ssize_t head_len, unsigned long long msg_id,
+                                     unsigned long long client_msg_id) noexcept:
+    cdef Py_ssize_t size = head_len
+    if msg_id:
+        size += 2 + varint_size(msg_id)
+    if client_msg_id:
+        size += 2 + varint_size(client_msg_id)
+    return size
+
+
+def encode_receipts(bytes head, list client_msg_ids, unsigned long long first_id):
+    cdef Py_ssize_t head_len = PyBytes_GET_SIZE(head), total = 0, pos = 0, size, k
+    cdef Py_ssize_t count = len(client_msg_ids)
+    cdef unsigned long long msg_id, client_msg_id
+    for k in range(count):
+        size = _receipt_size(head_len, first_id + k, client_msg_ids[k])
+        total += varint_size(size) + size
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
+    cdef char* dst = PyBytes_AS_STRING(out)
+    for k in range(count):
+        msg_id = first_id + k
+        client_msg_id = client_msg_ids[k]
+        pos += write_varint(dst + pos, _receipt_size(head_len, msg_id, client_msg_id))
+        memcpy(dst + pos, PyBytes_AS_STRING(head), head_len)
+        pos += head_len
+        if msg_id:
+            dst[pos] = <char>0x80
+            dst[pos + 1] = 0x01
+            pos += 2 + write_varint(dst + pos + 2, msg_id)
+        if client_msg_id:
+            dst[pos] = <char>0xA0
+            dst[pos + 1] = 0x01
+            pos += 2 + write_varint(dst + pos + 2, client_msg_id)
+    return out

@@ -1,0 +1,16 @@
+"""The message hot path at the protobuf wire level (see ``cim._wire_py``).
+
+Follows ``cim.frame``'s choice: the compiled ``cim._wire`` when the frame codec is
+compiled (setup.py builds both or neither), the pure-Python twin otherwise.
+"""
+
+from __future__ import annotations
+
+from cim.frame import IMPLEMENTATION
+
+if IMPLEMENTATION == "cython":
+    from cim._wire import MAX_RUN, encode_receipts, frame_each, push_bodies, scan_chat_run
+else:
+    from cim._wire_py import MAX_RUN, encode_receipts, frame_each, push_bodies, scan_chat_run
+
+__all__ = ["IMPLEMENTATION", "MAX_RUN", "encode_receipts", "frame_each", "push_bodies", "scan_chat_run"]
