@@ -257,6 +257,8 @@ class Node:
         return True
 
     def _push(self, proto: CimServerProtocol, bodies: list[bytes]) -> None:
+        """Queue pushes for the end of the loop turn: all a connection gets in one
+        turn (several senders writing to one user) goes out in one write."""
         proto.conn.send_push(frame_each(bodies, proto.receiver_entry))
         if not proto.dirty:
             proto.dirty = True
@@ -286,7 +288,10 @@ class Node:
             pushed = 0
             for user_id, proto in list(sessions.items()):
                 if user_id != exclude:
-                    self._push(proto, bodies)
+                    if proto.dirty:  # pushes queued this turn: go behind them
+                        self._push(proto, bodies)
+                    else:  # the common case: one write now, no queueing
+                        proto.write_now(frame_each(bodies, proto.receiver_entry))
                     pushed += 1
             self.metrics["messages_out"] += pushed * len(bodies)
             return

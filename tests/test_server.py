@@ -11,9 +11,11 @@ import httpx
 from bench.services import redis_server
 from cim.backends.memory import MemoryHub
 from cim.frame import encode_frame
-from cim.proto import BaseCommand, Request
+from cim.messages import Sender
+from cim.proto import BaseCommand, Delivery, Request
 from cim.run import Running, start
 from cim.status import Status
+from cim.wire import push_bodies
 from tests.conftest import RawClient, eventually, stack_config
 
 
@@ -292,3 +294,16 @@ async def test_group_messages_in_one_read_are_batched_in_order_with_a_receipt_ea
     receipts = [await a.next() for _ in range(5)]
     assert [(r.cmd, r.clientMsgId, r.code) for r in receipts] == [(BaseCommand.SEND_RECEIPT, i + 1, 9000) for i in range(5)]
     assert len({r.msgId for r in receipts}) == 5 and [r.msgId for r in receipts] == sorted(r.msgId for r in receipts)
+
+
+async def test_a_push_queued_this_loop_turn_is_not_overtaken_by_a_broadcast(stack: Running) -> None:
+    # Private pushes wait for the end of the loop turn (one write per connection);
+    # a broadcast writes at once, except to a connection with a push waiting.
+    alice, _ = await online(stack, "alice")
+    bob, b = await online(stack, "bob")
+    node = stack.node
+    assert node is not None
+    private, group = push_bodies(Sender.of(alice, "alice").prefix, [b"private first", b"group second"], 1, 1)
+    node.deliver_local(bob, [private])
+    node.on_delivery(Delivery(messages=[group], broadcast=True, excludeUserId=alice).SerializeToString())
+    assert [(await b.next()).resMsg for _ in range(2)] == ["private first", "group second"]
