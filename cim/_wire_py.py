@@ -10,7 +10,8 @@ of Python per message; here a message is read and written as raw protobuf bytes:
   oversized text) is not plain: the caller parses that frame with protobuf and
   handles it the general way, so the fast path never decides anything differently.
 * ``push_bodies``, ``frame_each`` and ``encode_receipts`` write pushes and receipts
-  byte-identical to what protobuf serializes for the same fields.
+  byte-identical to what protobuf serializes for the same fields. (This twin lets
+  protobuf serialize the id fields: shorter, and no slower than varints in Python.)
 
 Field numbers are cim.proto's: Request reqMsg = 1, requestId = 2, cmd = 3,
 properties = 4, clientMsgId = 16; Response resMsg = 1, msgId = 16, timestamp = 18,
@@ -20,6 +21,8 @@ suite runs against both (tests/test_wire_fast.py).
 
 from __future__ import annotations
 
+from cim.proto.cim_pb2 import Response
+
 MESSAGE = 1  # BaseCommand.MESSAGE
 # At most this many messages in one run: bounds the ids one run takes in a
 # millisecond (4,096 per node) and the work done before the loop yields.
@@ -28,15 +31,13 @@ _RECEIVE_USER_ID = b"receiveUserId"
 _MAX_RECEIVER_DIGITS = 18  # fits an int64 whatever the digits
 
 _TAG_RES_MSG = b"\x0a"  # Response field 1, length-delimited
-_TAG_MSG_ID = b"\x80\x01"  # Response field 16, varint
-_TAG_TIMESTAMP = b"\x90\x01"  # Response field 18, varint
-_TAG_CLIENT_MSG_ID = b"\xa0\x01"  # Response field 20, varint
-_UINT64 = (1 << 64) - 1
+_ONE_BYTE = [bytes((n,)) for n in range(0x80)]
 
 
-def _varint(value: int) -> bytes:
-    """Protobuf's base-128 varint; negative int64 values as their 10-byte two's complement."""
-    value &= _UINT64
+def _length(value: int) -> bytes:
+    """A length as a base-128 varint."""
+    if value < 0x80:
+        return _ONE_BYTE[value]
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -47,6 +48,8 @@ def _varint(value: int) -> bytes:
 
 def _read_varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
     """(value, position after it); position -1 when truncated or not a uint64."""
+    if pos < end and data[pos] < 0x80:  # one byte: the usual case
+        return data[pos], pos + 1
     value = shift = 0
     while pos < end:
         byte = data[pos]
@@ -159,33 +162,23 @@ def push_bodies(prefix: bytes, texts: list[bytes], first_id: int, timestamp_ms: 
     The k-th text gets message id ``first_id + k``. Zero fields are left out, as
     protobuf leaves them out.
     """
-    stamp = _TAG_TIMESTAMP + _varint(timestamp_ms) if timestamp_ms else b""
-    bodies = []
-    for k, text in enumerate(texts):
-        msg_id = first_id + k
-        bodies.append(
-            prefix
-            + (_TAG_RES_MSG + _varint(len(text)) + text if text else b"")
-            + (_TAG_MSG_ID + _varint(msg_id) if msg_id else b"")
-            + stamp
-        )
-    return bodies
+    return [
+        prefix
+        + (_TAG_RES_MSG + _length(len(text)) + text if text else b"")
+        + Response(msgId=first_id + k, timestamp=timestamp_ms).SerializeToString()
+        for k, text in enumerate(texts)
+    ]
 
 
 def frame_each(bodies: list[bytes], suffix: bytes) -> bytes:
     """Every ``body + suffix`` as a frame, all in one buffer (one write)."""
-    return b"".join([_varint(len(body) + len(suffix)) + body + suffix for body in bodies])
+    return b"".join([_length(len(body) + len(suffix)) + body + suffix for body in bodies])
 
 
 def encode_receipts(head: bytes, client_msg_ids: list[int], first_id: int) -> bytes:
     """Framed receipts, ``head`` + msgId ``first_id + k`` + the k-th clientMsgId."""
     frames = []
     for k, client_msg_id in enumerate(client_msg_ids):
-        msg_id = first_id + k
-        payload = (
-            head
-            + (_TAG_MSG_ID + _varint(msg_id) if msg_id else b"")
-            + (_TAG_CLIENT_MSG_ID + _varint(client_msg_id) if client_msg_id else b"")
-        )
-        frames.append(_varint(len(payload)) + payload)
+        payload = head + Response(msgId=first_id + k, clientMsgId=client_msg_id).SerializeToString()
+        frames.append(_length(len(payload)) + payload)
     return b"".join(frames)
