@@ -77,7 +77,7 @@ class Node:
             backlog=self.config.backlog,
         )
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="cim-heartbeat-sweep")
-        await self.backends.discovery.register(self.info)
+        await self.backends.discovery.register(self.info, restored=lambda: self._spawn(self._reclaim_sessions()))
         log.info("cim-server %s listening on %s:%d", self.node_id, self.config.host, self.config.port)
 
     @property
@@ -245,6 +245,25 @@ class Node:
                 proto.conn.send_receipt(client_msg_id, err.status, err.message)
         else:
             proto.conn.send_receipts(messages.client_msg_ids, first_id, status)
+
+    async def _reclaim_sessions(self) -> None:
+        """The registry dropped this node for a while (its ZooKeeper session expired)
+        and routes logged its users out, though their connections stayed open: claim
+        them back. A user who logged in elsewhere meanwhile is ended here."""
+        state = self.backends.state
+        # Twice: a route that saw the node leave may clear its users after the first
+        # pass; confirming a login this node holds already changes nothing.
+        for attempt in range(2):
+            if attempt:
+                await asyncio.sleep(self.config.zk_session_timeout)
+            reclaimed = 0
+            for user_id, proto in list(self.sessions.items()):
+                if await state.confirm_login(user_id, self.node_id):
+                    reclaimed += 1
+                elif self.sessions.get(user_id) is proto:
+                    proto.end_session("logged in on another server", reconnect=False)
+            log.warning("registration restored: reclaimed %d of %d sessions", reclaimed, len(self.sessions))
+        self.metrics["registrations_restored"] += 1
 
     # -- delivery --------------------------------------------------------------
 

@@ -50,6 +50,8 @@ class RouteService:
             task.add_done_callback(self._cleanups.discard)
 
     async def _clear(self, server: ServerInfo) -> None:
+        if server in self.servers:
+            return  # back already (a new ZooKeeper session): its users are still connected
         users = await self.state.clear_server(server.id)
         if users:
             log.warning("cim-server %s is gone: logged out %d users", server.id, len(users))

@@ -143,8 +143,13 @@ class Discovery(ABC):
     """The live list of cim-servers."""
 
     @abstractmethod
-    async def register(self, server: ServerInfo) -> None:
-        """Announce this server; it disappears when the process dies."""
+    async def register(self, server: ServerInfo, restored: Callable[[], None] | None = None) -> None:
+        """Announce this server; it disappears when the process dies.
+
+        A registry that can drop a live server (a ZooKeeper session that expired)
+        puts it back when it can and then calls ``restored()`` on the loop: routes
+        saw the server leave and logged its users out, so the server claims them back.
+        """
 
     @abstractmethod
     async def unregister(self, server: ServerInfo) -> None:

@@ -11,6 +11,7 @@ import inspect
 import itertools
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 
 from cim.backends.base import Bus, DeliveryHandler, Discovery, ServerInfo, ServersCallback, StateStore
 
@@ -124,8 +125,8 @@ class MemoryDiscovery(Discovery):
         self._servers: set[ServerInfo] = set()
         self._callbacks: list[ServersCallback] = []
 
-    async def register(self, server: ServerInfo) -> None:
-        self._servers.add(server)
+    async def register(self, server: ServerInfo, restored: Callable[[], None] | None = None) -> None:
+        self._servers.add(server)  # in-process: never dropped, so never restored
         await self._notify()
 
     async def unregister(self, server: ServerInfo) -> None:

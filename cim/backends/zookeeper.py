@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from collections.abc import Callable
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NodeExistsError
@@ -38,6 +39,8 @@ class ZooKeeperDiscovery(Discovery):
         self._root = root.rstrip("/") or "/"
         self._client = KazooClient(hosts=hosts, timeout=session_timeout)
         self._registered: ServerInfo | None = None
+        self._restored: Callable[[], None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._servers: list[ServerInfo] = []
         self._session_lost = False
 
@@ -57,7 +60,13 @@ class ZooKeeperDiscovery(Discovery):
         elif state == KazooState.CONNECTED and self._session_lost:
             self._session_lost = False
             if self._registered is not None:
-                self._client.handler.spawn(self._create, self._registered)
+                self._client.handler.spawn(self._recreate, self._registered)
+
+    def _recreate(self, server: ServerInfo) -> None:  # kazoo thread
+        self._create(server)
+        log.warning("ZooKeeper session was lost: re-registered %s", self._path(server))
+        if self._restored is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._restored)
 
     def _create(self, server: ServerInfo) -> None:
         try:
@@ -67,8 +76,10 @@ class ZooKeeperDiscovery(Discovery):
             self._client.delete(self._path(server))
             self._client.create(self._path(server), server.id.encode(), ephemeral=True, makepath=True)
 
-    async def register(self, server: ServerInfo) -> None:
+    async def register(self, server: ServerInfo, restored: Callable[[], None] | None = None) -> None:
         self._registered = server
+        self._restored = restored
+        self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self._create, server)
         log.info("registered %s in ZooKeeper", self._path(server))
 
