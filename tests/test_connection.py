@@ -164,3 +164,17 @@ def test_pings_take_the_fast_path_or_the_full_one_alike() -> None:
     assert conn.receive_data(exact[2:]) == [Ping()]  # ...so the rest goes the full way
     assert conn.receive_data(other + exact) == [Ping(), Ping()]
     assert conn.data_to_send() == b""  # the node answers pings (send_pong), not the parser
+
+
+def test_answer_ping_only_for_the_exact_ping_with_nothing_pending() -> None:
+    exact = frame(requestId=7, reqMsg="ping", cmd=PING)
+    assert ServerConnection(1024, 100).answer_ping(exact) is None  # not logged in yet
+    conn = logged_in()
+    assert conn.answer_ping(exact) == encode_frame(b"\x0a\x04pong\x18\x02")
+    assert conn.answer_ping(frame(requestId=0, reqMsg="", cmd=PING)) is None  # another PING: receive_data
+    assert conn.answer_ping(exact + exact) is None
+    conn.receive_data(exact[:2])
+    assert conn.answer_ping(exact) is None  # a partial frame is buffered: order needs the full way
+    conn.receive_data(exact[2:])
+    conn.send_error(Status.VALIDATION_FAIL, "queued")
+    assert conn.answer_ping(exact) is None  # output is queued: the pong must not overtake it

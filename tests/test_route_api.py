@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -30,6 +32,8 @@ async def call(http: httpx.AsyncClient, path: str, body: Any = None, raw: bytes 
     else:
         response = await http.post(path, json=body)
     assert response.status_code == 200, response.text  # business errors are HTTP 200, as in CIM
+    # Written per response (no timer keeps it fresh): within a second or two of now.
+    assert abs(parsedate_to_datetime(response.headers["date"]).timestamp() - time.time()) < 2
     payload = response.json()
     assert set(payload) == {"code", "message", "reqNo", "dataBody"}
     assert isinstance(payload["code"], str)

@@ -92,10 +92,6 @@ class ServerConnection:
     def receive_data(self, data: bytes) -> list[Event]:
         if self.state is State.CLOSED:
             return []
-        if data == self._ping_frame and not self._decoder.buffered:
-            # The commonest frame by far (100k idle clients ping all the time), sent
-            # byte-identical by CIM's client and ours: no varint, no protobuf parse.
-            return [PING_EVENT]
         try:
             frames = self._decoder.feed(data)
         except FrameError as err:
@@ -104,6 +100,18 @@ class ServerConnection:
             events.append(self._violation(Status.VALIDATION_FAIL, f"bad frame: {err}"))
             return events
         return self._handle_frames(frames)
+
+    def answer_ping(self, data: bytes) -> bytes | None:
+        """The pong, when ``data`` is exactly this user's ping and nothing is pending here.
+
+        The commonest input by far (100k idle clients ping all the time), sent
+        byte-identical by CIM's client and ours: answered with no varint, no protobuf
+        and no event. The caller makes sure nothing received earlier is still being
+        handled (a pong says everything before it was), else it uses ``receive_data``.
+        """
+        if data == self._ping_frame and not self._out and not self._decoder.buffered and self.state is State.OPEN:
+            return PONG
+        return None
 
     def _handle_frames(self, frames: list[bytes]) -> list[Event]:
         events: list[Event] = []

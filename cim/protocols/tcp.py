@@ -60,6 +60,11 @@ class CimServerProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_seen = self.node.loop.time()
         self.node.metrics["bytes_in"] += len(data)
+        if self._backlog is None and not self.dirty:  # nothing earlier is unanswered or queued
+            pong = self.conn.answer_ping(data)
+            if pong is not None:
+                self.write_now(pong)
+                return
         events = self.conn.receive_data(data)
         for event in events:
             if self._backlog is None and self.node.handle_now(self, event):
