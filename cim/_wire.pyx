@@ -22,6 +22,19 @@ cdef enum:
     MAX_RECEIVER_DIGITS = 18  # fits an int64 whatever the digits
 
 
+cdef inline Py_ssize_t _field_size(unsigned int field, unsigned long long value) noexcept:
+    """Bytes a varint field takes; 0 for 0, which protobuf leaves out."""
+    return varint_size(field << 3) + varint_size(value) if value else 0
+
+
+cdef inline Py_ssize_t _write_field(char* dst, unsigned int field, unsigned long long value) noexcept:
+    """Write a varint field (nothing for 0); returns the bytes written."""
+    if not value:
+        return 0
+    cdef Py_ssize_t n = write_varint(dst, field << 3)
+    return n + write_varint(dst + n, value)
+
+
 cdef inline Py_ssize_t _read_varint(const unsigned char* buf, Py_ssize_t pos, Py_ssize_t end,
                                     unsigned long long* value) noexcept:
     """The position after the varint at ``pos`` (stored in ``value``); -1 when truncated or not a uint64."""
@@ -158,7 +171,7 @@ def scan_chat_run(list frames, Py_ssize_t start, Py_ssize_t max_text):
 def push_bodies(bytes prefix, list texts, unsigned long long first_id, long long timestamp_ms):
     cdef Py_ssize_t prefix_len = PyBytes_GET_SIZE(prefix), text_len, size, pos, k = 0
     cdef unsigned long long msg_id, stamp = <unsigned long long>timestamp_ms
-    cdef Py_ssize_t stamp_size = 2 + varint_size(stamp) if stamp else 0
+    cdef Py_ssize_t stamp_size = _field_size(18, stamp)
     cdef list bodies = []
     cdef bytes text, body
     cdef char* dst
@@ -166,11 +179,9 @@ def push_bodies(bytes prefix, list texts, unsigned long long first_id, long long
         msg_id = first_id + k
         k += 1
         text_len = PyBytes_GET_SIZE(text)
-        size = prefix_len + stamp_size
+        size = prefix_len + stamp_size + _field_size(16, msg_id)
         if text_len:
             size += 1 + varint_size(text_len) + text_len
-        if msg_id:
-            size += 2 + varint_size(msg_id)
         body = PyBytes_FromStringAndSize(NULL, size)
         dst = PyBytes_AS_STRING(body)
         memcpy(dst, PyBytes_AS_STRING(prefix), prefix_len)
@@ -180,14 +191,8 @@ def push_bodies(bytes prefix, list texts, unsigned long long first_id, long long
             pos += 1 + write_varint(dst + pos + 1, text_len)
             memcpy(dst + pos, PyBytes_AS_STRING(text), text_len)
             pos += text_len
-        if msg_id:
-            dst[pos] = <char>0x80
-            dst[pos + 1] = 0x01
-            pos += 2 + write_varint(dst + pos + 2, msg_id)
-        if stamp:
-            dst[pos] = <char>0x90
-            dst[pos + 1] = 0x01
-            write_varint(dst + pos + 2, stamp)
+        pos += _write_field(dst + pos, 16, msg_id)  # msgId
+        _write_field(dst + pos, 18, stamp)  # timestamp
         PyList_Append(bodies, body)
     return bodies
 
@@ -211,12 +216,7 @@ def frame_each(list bodies, bytes suffix):
 
 cdef inline Py_ssize_t _receipt_size(Py_ssize_t head_len, unsigned long long msg_id,
                                      unsigned long long client_msg_id) noexcept:
-    cdef Py_ssize_t size = head_len
-    if msg_id:
-        size += 2 + varint_size(msg_id)
-    if client_msg_id:
-        size += 2 + varint_size(client_msg_id)
-    return size
+    return head_len + _field_size(16, msg_id) + _field_size(20, client_msg_id)
 
 
 def encode_receipts(bytes head, list client_msg_ids, unsigned long long first_id):
@@ -234,12 +234,6 @@ def encode_receipts(bytes head, list client_msg_ids, unsigned long long first_id
         pos += write_varint(dst + pos, _receipt_size(head_len, msg_id, client_msg_id))
         memcpy(dst + pos, PyBytes_AS_STRING(head), head_len)
         pos += head_len
-        if msg_id:
-            dst[pos] = <char>0x80
-            dst[pos + 1] = 0x01
-            pos += 2 + write_varint(dst + pos + 2, msg_id)
-        if client_msg_id:
-            dst[pos] = <char>0xA0
-            dst[pos + 1] = 0x01
-            pos += 2 + write_varint(dst + pos + 2, client_msg_id)
+        pos += _write_field(dst + pos, 16, msg_id)  # msgId
+        pos += _write_field(dst + pos, 20, client_msg_id)  # clientMsgId
     return out

@@ -21,6 +21,7 @@ suite runs against both (tests/test_wire_fast.py).
 
 from __future__ import annotations
 
+from cim._frame_py import encode_varint
 from cim.proto.cim_pb2 import Response
 
 MESSAGE = 1  # BaseCommand.MESSAGE
@@ -36,14 +37,7 @@ _ONE_BYTE = [bytes((n,)) for n in range(0x80)]
 
 def _length(value: int) -> bytes:
     """A length as a base-128 varint."""
-    if value < 0x80:
-        return _ONE_BYTE[value]
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+    return _ONE_BYTE[value] if value < 0x80 else encode_varint(value)
 
 
 def _read_varint(data: bytes, pos: int, end: int) -> tuple[int, int]:

@@ -5,22 +5,12 @@ backends and so its own ZooKeeper session)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
-
-import httpx
 from kazoo.client import KazooClient
 
 from cim.backends.zookeeper import ZooKeeperDiscovery
 from cim.run import Running, start
 from tests.conftest import RawClient, eventually, stack_config
-
-
-async def post(route: Running, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    assert route.route_http is not None
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{route.route_http.port}") as http:
-        response = await http.post(path, json=body)
-    assert response.status_code == 200
-    return response.json()
+from tests.test_server import post
 
 
 async def expire_session(discovery: ZooKeeperDiscovery, hosts: str) -> None:
