@@ -22,9 +22,8 @@ suite runs against both (tests/test_wire_fast.py).
 from __future__ import annotations
 
 from cim._frame_py import encode_varint
-from cim.proto.cim_pb2 import Response
+from cim.proto import MESSAGE, Response
 
-MESSAGE = 1  # BaseCommand.MESSAGE
 # At most this many messages in one run: bounds the ids one run takes in a
 # millisecond (4,096 per node) and the work done before the loop yields.
 MAX_RUN = 256
@@ -85,9 +84,8 @@ def _receiver(entry: bytes) -> int:
         return -1
     if not value:
         return 0
-    if not value.isdigit() or int(value) == 0:  # "0" names no user
-        return -1
-    return int(value)
+    receiver = int(value) if value.isdigit() else 0
+    return receiver or -1  # "0" names no user
 
 
 def _plain_chat(frame: bytes, max_text: int) -> tuple[int, bytes, int] | None:

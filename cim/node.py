@@ -275,10 +275,18 @@ class Node:
         self.metrics["messages_out"] += len(bodies)
         return True
 
-    def _push(self, proto: CimServerProtocol, bodies: list[bytes]) -> None:
+    def _push(self, proto: CimServerProtocol, bodies: list[bytes], at_once: bool = False) -> None:
         """Queue pushes for the end of the loop turn: all a connection gets in one
-        turn (several senders writing to one user) goes out in one write."""
-        proto.conn.send_push(frame_each(bodies, proto.receiver_entry))
+        turn (several senders writing to one user) goes out in one write.
+
+        ``at_once`` (a broadcast: one push per connection per turn, the common case)
+        writes now instead, unless the connection already has pushes queued this
+        turn: then it goes behind them."""
+        frame = frame_each(bodies, proto.receiver_entry)
+        if at_once and not proto.dirty:
+            proto.write_now(frame)
+            return
+        proto.conn.send_push(frame)
         if not proto.dirty:
             proto.dirty = True
             if not self._dirty:
@@ -307,10 +315,7 @@ class Node:
             pushed = 0
             for user_id, proto in list(sessions.items()):
                 if user_id != exclude:
-                    if proto.dirty:  # pushes queued this turn: go behind them
-                        self._push(proto, bodies)
-                    else:  # the common case: one write now, no queueing
-                        proto.write_now(frame_each(bodies, proto.receiver_entry))
+                    self._push(proto, bodies, at_once=True)
                     pushed += 1
             self.metrics["messages_out"] += pushed * len(bodies)
             return

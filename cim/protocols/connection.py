@@ -3,9 +3,10 @@
 Fed bytes with ``receive_data``, it returns events for the application (login,
 messages, offline) and queues the frames the protocol answers by itself
 (pong, errors) for ``data_to_send``. Chat messages are read at the wire level
-(``cim.wire``) in runs to one destination; anything unusual is parsed by protobuf. The application answers events through the
-``send_*`` methods. Nothing here touches a socket, a clock or a backend, so it is
-tested with plain bytes (tests/test_connection.py).
+(``cim.wire``) in runs to one destination; anything unusual is parsed by
+protobuf. The application answers events through the ``send_*`` methods.
+Nothing here touches a socket, a clock or a backend, so it is tested with plain
+bytes (tests/test_connection.py).
 
 Every frame sent to the client carries the ``receiveUserId`` property except the
 pong, because CIM's client reads it from every non-PING frame.
