@@ -11,6 +11,7 @@ from typing import Any
 
 from bench.report import machine, median_of, print_table, write_json
 from cim.proto import MESSAGE, Request
+from cim.wire_fields import RECEIVE_USER_ID
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +66,7 @@ def measure(codec: ModuleType, wire: ModuleType, args: argparse.Namespace) -> di
     # The server's message path, in runs of 8 as a client with 8 in flight sends them:
     # read the runs from the request frames, then write each run's pushes and receipts.
     message = Request(requestId=7, reqMsg="x" * args.payload, cmd=MESSAGE, clientMsgId=1)
-    message.properties["receiveUserId"] = "1002"
+    message.properties[RECEIVE_USER_ID] = "1002"
     runs = [[message.SerializeToString()] * 8 for _ in range(args.frames // 8)]
     prefix, entry, head = b"\x18\x01" + b"p" * 40, b"\x22\x15" + b"r" * 21, b"\x18\x10" + b"h" * 30
 

@@ -18,25 +18,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+from typing import cast
 
 import uvloop
 
 from cim.frame import FrameDecoder, encode_frames
 from cim.limits import raise_nofile_limit
-from cim.proto import Request
+from cim.proto import PING, Request
 from cim.protocols.connection import PONG
+from cim.wire_fields import TAG_REQUEST_CMD
 
-PING_TAIL = b"\x18\x02"  # cmd = PING is the last field of a serialized ping
+PING_TAIL = bytes((TAG_REQUEST_CMD, PING))  # cmd = PING is the last field of a serialized ping
 
 
 class Relay:
+    """The relay's state: its mode and the connections by user id."""
+
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self.by_user: dict[int, RelayProtocol] = {}
 
 
 class RelayProtocol(asyncio.Protocol):
+    """One client connection: forwards its frames, answers its pings."""
+
     __slots__ = ("relay", "transport", "decoder", "user_id")
+    transport: asyncio.Transport
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
@@ -44,7 +52,8 @@ class RelayProtocol(asyncio.Protocol):
         self.user_id = -1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+        # A stream server's transport writes (uvloop's does not subclass asyncio.Transport).
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         frames = self.decoder.feed(data)
@@ -59,18 +68,18 @@ class RelayProtocol(asyncio.Protocol):
             else:
                 forward.append(frame)
         if pongs:
-            self.transport.write(PONG * pongs)  # type: ignore[attr-defined]
+            self.transport.write(PONG * pongs)
         if not forward:
             return
         out = encode_frames(forward)
         if self.relay.mode == "p2p":
             partner = self.relay.by_user.get(self.user_id ^ 1)
             if partner is not None:
-                partner.transport.write(out)  # type: ignore[attr-defined]
+                partner.transport.write(out)
         else:
             for other in self.relay.by_user.values():
                 if other is not self:
-                    other.transport.write(out)  # type: ignore[attr-defined]
+                    other.transport.write(out)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.relay.by_user.get(self.user_id) is self:
@@ -107,10 +116,8 @@ def main() -> None:
 
 def _run(host: str, port: int, mode: str, workers: int) -> None:
     raise_nofile_limit()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(serve(host, port, mode, workers))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -12,26 +12,56 @@ from libc.string cimport memcmp, memcpy
 
 from cim._varint cimport varint_size, write_varint
 
-from cim._wire_py import MAX_RUN, MESSAGE
+from cim.proto import MESSAGE
+from cim.wire_fields import (
+    MAX_RECEIVER_DIGITS,
+    MAX_RUN,
+    RECEIVE_USER_ID,
+    TAG_ENTRY_KEY,
+    TAG_ENTRY_VALUE,
+    TAG_REQUEST_CLIENT_MSG_ID_BYTES,
+    TAG_REQUEST_CMD,
+    TAG_REQUEST_PROPERTIES,
+    TAG_REQUEST_REQ_MSG,
+    TAG_REQUEST_REQUEST_ID,
+    TAG_RESPONSE_CLIENT_MSG_ID,
+    TAG_RESPONSE_MSG_ID,
+    TAG_RESPONSE_RES_MSG,
+    TAG_RESPONSE_TIMESTAMP,
+)
 
+# cim.wire_fields' table copied into C globals once, at import: the loops below
+# compare and write C values, with no Python lookup per message.
 cdef Py_ssize_t _MAX_RUN = MAX_RUN
+cdef Py_ssize_t _MAX_RECEIVER_DIGITS = MAX_RECEIVER_DIGITS
 cdef unsigned long long _MESSAGE = MESSAGE
-cdef const char* _RECEIVE_USER_ID = b"receiveUserId"
-cdef enum:
-    RECEIVE_USER_ID_LEN = 13
-    MAX_RECEIVER_DIGITS = 18  # fits an int64 whatever the digits
+cdef bytes _RECEIVE_USER_ID_BYTES = RECEIVE_USER_ID.encode()  # owns the bytes _RECEIVE_USER_ID points to
+cdef const char* _RECEIVE_USER_ID = _RECEIVE_USER_ID_BYTES
+cdef Py_ssize_t _RECEIVE_USER_ID_LEN = len(_RECEIVE_USER_ID_BYTES)
+cdef unsigned char _TAG_ENTRY_KEY = TAG_ENTRY_KEY
+cdef unsigned char _TAG_ENTRY_VALUE = TAG_ENTRY_VALUE
+cdef unsigned char _TAG_REQUEST_CLIENT_MSG_ID_FIRST = TAG_REQUEST_CLIENT_MSG_ID_BYTES[0]
+cdef unsigned char _TAG_REQUEST_CLIENT_MSG_ID_SECOND = TAG_REQUEST_CLIENT_MSG_ID_BYTES[1]
+cdef unsigned char _TAG_REQUEST_CMD = TAG_REQUEST_CMD
+cdef unsigned char _TAG_REQUEST_PROPERTIES = TAG_REQUEST_PROPERTIES
+cdef unsigned char _TAG_REQUEST_REQ_MSG = TAG_REQUEST_REQ_MSG
+cdef unsigned char _TAG_REQUEST_REQUEST_ID = TAG_REQUEST_REQUEST_ID
+cdef unsigned char _TAG_RESPONSE_RES_MSG = TAG_RESPONSE_RES_MSG
+cdef unsigned int _TAG_RESPONSE_CLIENT_MSG_ID = TAG_RESPONSE_CLIENT_MSG_ID
+cdef unsigned int _TAG_RESPONSE_MSG_ID = TAG_RESPONSE_MSG_ID
+cdef unsigned int _TAG_RESPONSE_TIMESTAMP = TAG_RESPONSE_TIMESTAMP
 
 
-cdef inline Py_ssize_t _field_size(unsigned int field, unsigned long long value) noexcept:
+cdef inline Py_ssize_t _field_size(unsigned int tag, unsigned long long value) noexcept:
     """Bytes a varint field takes; 0 for 0, which protobuf leaves out."""
-    return varint_size(field << 3) + varint_size(value) if value else 0
+    return varint_size(tag) + varint_size(value) if value else 0
 
 
-cdef inline Py_ssize_t _write_field(char* dst, unsigned int field, unsigned long long value) noexcept:
+cdef inline Py_ssize_t _write_field(char* dst, unsigned int tag, unsigned long long value) noexcept:
     """Write a varint field (nothing for 0); returns the bytes written."""
     if not value:
         return 0
-    cdef Py_ssize_t n = write_varint(dst, field << 3)
+    cdef Py_ssize_t n = write_varint(dst, tag)
     return n + write_varint(dst + n, value)
 
 
@@ -73,18 +103,18 @@ cdef long long _entry_receiver(const unsigned char* buf, Py_ssize_t pos, Py_ssiz
     cdef long long receiver = 0
     while pos < end:
         tag = buf[pos]
-        if tag != 0x0A and tag != 0x12:
+        if tag != _TAG_ENTRY_KEY and tag != _TAG_ENTRY_VALUE:
             return -1
         pos = _read_chunk(buf, pos + 1, end, &start, &length)
         if pos < 0:
             return -1
-        if tag == 0x0A:
+        if tag == _TAG_ENTRY_KEY:
             key_start, key_len = start, length
         else:
             value_start, value_len = start, length
-    if key_len != RECEIVE_USER_ID_LEN or memcmp(buf + key_start, _RECEIVE_USER_ID, RECEIVE_USER_ID_LEN) != 0:
+    if key_len != _RECEIVE_USER_ID_LEN or memcmp(buf + key_start, _RECEIVE_USER_ID, _RECEIVE_USER_ID_LEN) != 0:
         return -1
-    if value_len > MAX_RECEIVER_DIGITS:
+    if value_len > _MAX_RECEIVER_DIGITS:
         return -1
     for i in range(value_len):
         digit = buf[value_start + i]
@@ -123,17 +153,17 @@ cdef bint _plain_chat(bytes frame, Py_ssize_t max_text, long long* receiver, Py_
     client_msg_id[0] = 0
     while pos < end:
         tag = buf[pos]
-        if tag == 0x80:  # clientMsgId (field 16): the tag's second byte must be 0x01
-            if pos + 1 >= end or buf[pos + 1] != 0x01:
+        if tag == _TAG_REQUEST_CLIENT_MSG_ID_FIRST:  # a two-byte tag: the second must match too
+            if pos + 1 >= end or buf[pos + 1] != _TAG_REQUEST_CLIENT_MSG_ID_SECOND:
                 return False
             pos = _read_varint(buf, pos + 2, end, client_msg_id)
-        elif tag == 0x10:  # requestId: the connection already knows who sends
+        elif tag == _TAG_REQUEST_REQUEST_ID:  # the connection already knows who sends
             pos = _read_varint(buf, pos + 1, end, &unused)
-        elif tag == 0x18:  # cmd
+        elif tag == _TAG_REQUEST_CMD:
             pos = _read_varint(buf, pos + 1, end, &cmd)
-        elif tag == 0x0A:  # reqMsg
+        elif tag == _TAG_REQUEST_REQ_MSG:
             pos = _read_chunk(buf, pos + 1, end, text_start, text_len)
-        elif tag == 0x22:  # a properties map entry
+        elif tag == _TAG_REQUEST_PROPERTIES:  # a map entry
             pos = _read_chunk(buf, pos + 1, end, &start, &length)
             if pos >= 0:
                 entry = _entry_receiver(buf, start, start + length)
@@ -171,7 +201,7 @@ def scan_chat_run(list frames, Py_ssize_t start, Py_ssize_t max_text):
 def push_bodies(bytes prefix, list texts, unsigned long long first_id, long long timestamp_ms):
     cdef Py_ssize_t prefix_len = PyBytes_GET_SIZE(prefix), text_len, size, pos, k = 0
     cdef unsigned long long msg_id, stamp = <unsigned long long>timestamp_ms
-    cdef Py_ssize_t stamp_size = _field_size(18, stamp)
+    cdef Py_ssize_t stamp_size = _field_size(_TAG_RESPONSE_TIMESTAMP, stamp)
     cdef list bodies = []
     cdef bytes text, body
     cdef char* dst
@@ -179,7 +209,7 @@ def push_bodies(bytes prefix, list texts, unsigned long long first_id, long long
         msg_id = first_id + k
         k += 1
         text_len = PyBytes_GET_SIZE(text)
-        size = prefix_len + stamp_size + _field_size(16, msg_id)
+        size = prefix_len + stamp_size + _field_size(_TAG_RESPONSE_MSG_ID, msg_id)
         if text_len:
             size += 1 + varint_size(text_len) + text_len
         body = PyBytes_FromStringAndSize(NULL, size)
@@ -187,12 +217,12 @@ def push_bodies(bytes prefix, list texts, unsigned long long first_id, long long
         memcpy(dst, PyBytes_AS_STRING(prefix), prefix_len)
         pos = prefix_len
         if text_len:
-            dst[pos] = 0x0A
+            dst[pos] = _TAG_RESPONSE_RES_MSG
             pos += 1 + write_varint(dst + pos + 1, text_len)
             memcpy(dst + pos, PyBytes_AS_STRING(text), text_len)
             pos += text_len
-        pos += _write_field(dst + pos, 16, msg_id)  # msgId
-        _write_field(dst + pos, 18, stamp)  # timestamp
+        pos += _write_field(dst + pos, _TAG_RESPONSE_MSG_ID, msg_id)
+        _write_field(dst + pos, _TAG_RESPONSE_TIMESTAMP, stamp)
         PyList_Append(bodies, body)
     return bodies
 
@@ -216,7 +246,7 @@ def frame_each(list bodies, bytes suffix):
 
 cdef inline Py_ssize_t _receipt_size(Py_ssize_t head_len, unsigned long long msg_id,
                                      unsigned long long client_msg_id) noexcept:
-    return head_len + _field_size(16, msg_id) + _field_size(20, client_msg_id)
+    return head_len + _field_size(_TAG_RESPONSE_MSG_ID, msg_id) + _field_size(_TAG_RESPONSE_CLIENT_MSG_ID, client_msg_id)
 
 
 def encode_receipts(bytes head, list client_msg_ids, unsigned long long first_id):
@@ -234,6 +264,6 @@ def encode_receipts(bytes head, list client_msg_ids, unsigned long long first_id
         pos += write_varint(dst + pos, _receipt_size(head_len, msg_id, client_msg_id))
         memcpy(dst + pos, PyBytes_AS_STRING(head), head_len)
         pos += head_len
-        pos += _write_field(dst + pos, 16, msg_id)  # msgId
-        pos += _write_field(dst + pos, 20, client_msg_id)  # clientMsgId
+        pos += _write_field(dst + pos, _TAG_RESPONSE_MSG_ID, msg_id)
+        pos += _write_field(dst + pos, _TAG_RESPONSE_CLIENT_MSG_ID, client_msg_id)
     return out

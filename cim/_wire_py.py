@@ -13,24 +13,34 @@ of Python per message; here a message is read and written as raw protobuf bytes:
   byte-identical to what protobuf serializes for the same fields. (This twin lets
   protobuf serialize the id fields: shorter, and no slower than varints in Python.)
 
-Field numbers are cim.proto's: Request reqMsg = 1, requestId = 2, cmd = 3,
-properties = 4, clientMsgId = 16; Response resMsg = 1, msgId = 16, timestamp = 18,
-clientMsgId = 20. The compiled twin has the same names and behaviour; one test
-suite runs against both (tests/test_wire_fast.py).
+Field numbers, tags and bounds come from ``cim.wire_fields``, shared with the
+compiled twin, which has the same names and behaviour; one test suite runs
+against both (tests/test_wire_hotpath.py).
 """
 
 from __future__ import annotations
 
 from cim._frame_py import encode_varint
 from cim.proto import MESSAGE, Response
+from cim.wire_fields import (
+    MAX_RECEIVER_DIGITS,
+    MAX_RUN,
+    RECEIVE_USER_ID,
+    TAG_ENTRY_KEY,
+    TAG_ENTRY_VALUE,
+    TAG_REQUEST_CLIENT_MSG_ID_BYTES,
+    TAG_REQUEST_CMD,
+    TAG_REQUEST_PROPERTIES,
+    TAG_REQUEST_REQ_MSG,
+    TAG_REQUEST_REQUEST_ID,
+    TAG_RESPONSE_RES_MSG,
+)
 
-# At most this many messages in one run: bounds the ids one run takes in a
-# millisecond (4,096 per node) and the work done before the loop yields.
-MAX_RUN = 256
-_RECEIVE_USER_ID = b"receiveUserId"
-_MAX_RECEIVER_DIGITS = 18  # fits an int64 whatever the digits
+__all__ = ["MAX_RUN", "encode_receipts", "frame_each", "push_bodies", "scan_chat_run"]
 
-_TAG_RES_MSG = b"\x0a"  # Response field 1, length-delimited
+_RECEIVE_USER_ID = RECEIVE_USER_ID.encode()
+_RES_MSG_TAG = bytes((TAG_RESPONSE_RES_MSG,))
+_CLIENT_MSG_ID_TAG_FIRST = TAG_REQUEST_CLIENT_MSG_ID_BYTES[0]  # a cheap test before the two-byte one
 _ONE_BYTE = [bytes((n,)) for n in range(0x80)]
 
 
@@ -71,16 +81,16 @@ def _receiver(entry: bytes) -> int:
     key = value = b""
     while pos < end:
         tag = entry[pos]
-        if tag not in (0x0A, 0x12):  # key, value
+        if tag != TAG_ENTRY_KEY and tag != TAG_ENTRY_VALUE:
             return -1
         chunk, pos = _read_chunk(entry, pos + 1, end)
         if pos < 0:
             return -1
-        if tag == 0x0A:
+        if tag == TAG_ENTRY_KEY:
             key = chunk
         else:
             value = chunk
-    if key != _RECEIVE_USER_ID or len(value) > _MAX_RECEIVER_DIGITS:
+    if key != _RECEIVE_USER_ID or len(value) > MAX_RECEIVER_DIGITS:
         return -1
     if not value:
         return 0
@@ -98,15 +108,15 @@ def _plain_chat(frame: bytes, max_text: int) -> tuple[int, bytes, int] | None:
     text = b""
     while pos < end:
         tag = frame[pos]
-        if tag == 0x80 and frame[pos + 1 : pos + 2] == b"\x01":  # clientMsgId (field 16)
+        if tag == _CLIENT_MSG_ID_TAG_FIRST and frame.startswith(TAG_REQUEST_CLIENT_MSG_ID_BYTES, pos):
             client_msg_id, pos = _read_varint(frame, pos + 2, end)
-        elif tag == 0x10:  # requestId: the connection already knows who sends
+        elif tag == TAG_REQUEST_REQUEST_ID:  # the connection already knows who sends
             _, pos = _read_varint(frame, pos + 1, end)
-        elif tag == 0x18:  # cmd
+        elif tag == TAG_REQUEST_CMD:
             cmd, pos = _read_varint(frame, pos + 1, end)
-        elif tag == 0x0A:  # reqMsg
+        elif tag == TAG_REQUEST_REQ_MSG:
             text, pos = _read_chunk(frame, pos + 1, end)
-        elif tag == 0x22:  # a properties map entry
+        elif tag == TAG_REQUEST_PROPERTIES:  # a map entry
             entry, pos = _read_chunk(frame, pos + 1, end)
             if pos >= 0:
                 receiver = _receiver(entry)
@@ -156,7 +166,7 @@ def push_bodies(prefix: bytes, texts: list[bytes], first_id: int, timestamp_ms: 
     """
     return [
         prefix
-        + (_TAG_RES_MSG + _length(len(text)) + text if text else b"")
+        + (_RES_MSG_TAG + _length(len(text)) + text if text else b"")
         + Response(msgId=first_id + k, timestamp=timestamp_ms).SerializeToString()
         for k, text in enumerate(texts)
     ]

@@ -49,6 +49,8 @@ class DateHeader:
 
 @dataclass
 class HttpService:
+    """A running uvicorn server on its own socket, and the port it listens on."""
+
     server: uvicorn.Server
     sock: socket.socket
     port: int

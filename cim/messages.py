@@ -14,10 +14,19 @@ import time
 from dataclasses import dataclass
 
 from cim.proto import MESSAGE, Response
+from cim.wire_fields import (
+    RECEIVE_USER_ID,
+    SEND_USER_ID,
+    SEND_USER_NAME,
+    TAG_ENTRY_KEY,
+    TAG_ENTRY_VALUE,
+    TAG_RESPONSE_PROPERTIES,
+)
 
-_PROPERTIES_TAG = b"\x22"  # field 4, length-delimited
-_KEY = b"\x0a\x0dreceiveUserId"  # map entry field 1: "receiveUserId" (13 bytes)
-_VALUE_TAG = b"\x12"  # map entry field 2
+# The fixed bytes of a receiver's entry; every length in it is under 0x80, one byte.
+_PROPERTIES_TAG = bytes((TAG_RESPONSE_PROPERTIES,))
+_KEY = bytes((TAG_ENTRY_KEY, len(RECEIVE_USER_ID))) + RECEIVE_USER_ID.encode()
+_VALUE_TAG = bytes((TAG_ENTRY_VALUE,))
 
 # Message ids: 41 bits of milliseconds since 2024-01-01, 10 bits of node number,
 # 12 bits of per-millisecond sequence (Twitter's snowflake layout).
@@ -49,8 +58,8 @@ class Sender:
     @classmethod
     def of(cls, user_id: int, user_name: str) -> Sender:
         push = Response(cmd=MESSAGE, responseId=user_id)
-        push.properties["sendUserId"] = str(user_id)
-        push.properties["sendUserName"] = user_name
+        push.properties[SEND_USER_ID] = str(user_id)
+        push.properties[SEND_USER_NAME] = user_name
         return cls(user_id, user_name, push.SerializeToString())
 
 
@@ -64,9 +73,13 @@ class MessageIds:
     MAX_BLOCK = 1 << _SEQ_BITS  # ids per millisecond
 
     def __init__(self, node_number: int) -> None:
-        self.node = node_number & ((1 << _NODE_BITS) - 1)
+        self.assign_node(node_number)
         self._last_ms = 0
         self._seq = 0
+
+    def assign_node(self, node_number: int) -> None:
+        """Set the node number (a node learns it from the store once it starts)."""
+        self.node = node_number & ((1 << _NODE_BITS) - 1)
 
     def take(self, count: int = 1) -> tuple[int, int]:
         """``count`` consecutive ids: (the first, their timestamp in ms)."""

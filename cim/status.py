@@ -9,6 +9,8 @@ from enum import Enum
 
 
 class Status(Enum):
+    """A CIM status: its code and message."""
+
     # CIM's own texts (StatusEnum), so scripts matching on them keep working.
     SUCCESS = (9000, "Success")
     VALIDATION_FAIL = (3000, "invalid argument")

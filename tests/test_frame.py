@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from itertools import pairwise
 from types import ModuleType
 
 import pytest
@@ -93,7 +94,7 @@ def test_any_split_decodes_the_same(codec: ModuleType, payloads: list[bytes], cu
     points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
     decoder = codec.FrameDecoder()
     out: list[bytes] = []
-    for a, b in zip(points, points[1:]):
+    for a, b in pairwise(points):
         out += decoder.feed(stream[a:b])
     assert out == payloads
     assert decoder.buffered == 0

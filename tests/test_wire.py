@@ -5,7 +5,10 @@ Field tags: (number << 3) | wire_type; 0 = varint, 2 = length-delimited.
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import Message
 
 from cim.frame import FrameDecoder, encode_frame
 from cim.proto import BaseCommand, Request, Response
@@ -57,7 +60,7 @@ def test_extension_field_tags() -> None:
     assert Response(code=7000).SerializeToString() == b"\x98\x01\xd8\x36"
 
 
-def _cim_only_response_class() -> type:
+def _cim_only_response_class() -> type[Message]:
     """Response as CIM's own .proto knows it: fields 1-5 and commands 0-3 only."""
     f = descriptor_pb2.FileDescriptorProto(name="cim_only.proto", package="cimonly", syntax="proto3")
     enum = f.enum_type.add(name="BaseCommand")
@@ -85,7 +88,7 @@ def _cim_only_response_class() -> type:
 def test_cim_only_schema_reads_extended_push() -> None:
     push = Response(resMsg="hi", responseId=1002, cmd=BaseCommand.MESSAGE, msgId=99, seq=3, timestamp=1_700_000_000_000)
     push.properties.update(sendUserId="1002", sendUserName="lisi", receiveUserId="1001")
-    cim_response = _cim_only_response_class().FromString(push.SerializeToString())
+    cim_response: Any = _cim_only_response_class().FromString(push.SerializeToString())  # fields known at run time
     assert cim_response.resMsg == "hi"
     assert cim_response.responseId == 1002
     assert cim_response.cmd == 1

@@ -1,0 +1,1 @@
+"""Helpers that the tests and the benchmarks share: real services on free loopback ports."""
