@@ -2,7 +2,8 @@
 
 Every option falls back to an environment variable ``CIM_<OPTION>`` (for example
 ``--redis`` -> ``CIM_REDIS``, ``--heartbeat-interval`` -> ``CIM_HEARTBEAT_INTERVAL``),
-then to the default in ``cim.config.Config``.
+then to the default in ``cim.config.Config``. An option with an alias (``--store`` and
+its shorthand ``--redis``) takes either flag and either variable.
 """
 
 from __future__ import annotations
@@ -19,18 +20,27 @@ from cim.config import BALANCERS, Config
 _DEFAULTS = Config()
 
 
-def _option(parser: argparse.ArgumentParser, flag: str, kind: Callable[[str], Any], help: str, dest: str | None = None, **kw: Any) -> None:
+def _option(
+    parser: argparse.ArgumentParser, flag: str, kind: Callable[[str], Any], help: str, dest: str | None = None,
+    aliases: Sequence[str] = (), **kw: Any,
+) -> None:
+    flags = [flag, *aliases]
     dest = dest or flag.lstrip("-").replace("-", "_")
-    env = "CIM_" + flag.lstrip("-").replace("-", "_").upper()
+    envs = ["CIM_" + f.lstrip("-").replace("-", "_").upper() for f in flags]
     default = getattr(_DEFAULTS, dest, None)
-    if env in os.environ:
+    env = next((e for e in envs if e in os.environ), None)
+    if env is not None:
         default = kind(os.environ[env])
-    parser.add_argument(flag, dest=dest, type=kind, default=default, help=f"{help} [env {env}; default {default}]", **kw)
+    parser.add_argument(
+        *flags, dest=dest, type=kind, default=default, help=f"{help} [env {' or '.join(envs)}; default {default}]", **kw
+    )
 
 
 def _backend_options(p: argparse.ArgumentParser) -> None:
-    _option(p, "--redis", str, "Redis URL for state and bus (e.g. redis://127.0.0.1:6379/0); unset: embedded")
-    _option(p, "--zk", str, "ZooKeeper hosts for discovery (e.g. 127.0.0.1:2181); unset: embedded")
+    _option(p, "--store", str, "where accounts, logins, offline messages and the bus live: memory:// (this "
+            "process), redis://HOST:PORT/DB, rediss://..., unix://PATH", aliases=["--redis"], metavar="URL")
+    _option(p, "--discovery", str, "where cim-servers are listed: memory:// (this process), "
+            "zookeeper://HOST:PORT[,HOST:PORT...] or just the ZooKeeper hosts", aliases=["--zk"], metavar="URL")
     _option(p, "--zk-root", str, "ZooKeeper path cim-servers register under")
     _option(p, "--zk-session-timeout", float, "ZooKeeper session timeout, seconds")
     _option(p, "--key-prefix", str, "prefix of every Redis key and channel")
@@ -41,7 +51,8 @@ def _server_options(p: argparse.ArgumentParser, port_flag: str = "--port", http_
     _option(p, "--host", str, "address the client port binds")
     _option(p, port_flag, int, "client TCP port", dest="port")
     _option(p, http_flag, int, "health/metrics HTTP port", dest="http_port")
-    _option(p, "--advertise-host", str, "host registered for clients to connect to (default: the bind host, or 127.0.0.1 for a wildcard)")
+    _option(p, "--advertise-host", str,
+            "host registered for clients to connect to (default: the bind host, or 127.0.0.1 for a wildcard)")
     _option(p, "--heartbeat-interval", float, "seconds; a connection silent for 3 intervals is closed")
     _option(p, "--login-timeout", float, "seconds a new connection has to send its login frame")
     _option(p, "--max-frame-size", int, "largest frame accepted, bytes")
@@ -87,8 +98,8 @@ def _client_parser(p: argparse.ArgumentParser) -> None:
 def _run_client(args: argparse.Namespace) -> int:
     import uvloop
 
+    from cim.client import Client, ClientError, register
     from cim.client.console import run_console
-    from cim.client.sdk import Client, ClientError, register
 
     async def main() -> int:
         user_name = args.register or args.user_name

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 
-from cim.backends.base import ServerInfo
 from cim.frame import DEFAULT_MAX_FRAME_SIZE
+from cim.server_info import ServerInfo
 
 BALANCERS = ("consistent-hash", "loop", "random")
+EMBEDDED = "memory://"
 
 
 @dataclass
 class Config:
-    # Backends: None means embedded (in-process memory).
-    redis: str | None = None
-    zk: str | None = None
+    """Every role's settings; ``redis=`` and ``zk=`` are shorthands for ``store=`` and ``discovery=``."""
+
+    # Backends by URL (schemes in cim.backends.registry); memory:// lives in this process.
+    store: str = EMBEDDED  # accounts, presence, inbox, bus
+    discovery: str = EMBEDDED  # the live cim-server list
+    redis: InitVar[str | None] = None  # a Redis URL: the store
+    zk: InitVar[str | None] = None  # ZooKeeper hosts: discovery
     zk_root: str = "/cim"
     zk_session_timeout: float = 10.0
     key_prefix: str = "cim"
@@ -45,7 +50,9 @@ class Config:
 
     log_level: str = "info"
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, redis: str | None, zk: str | None) -> None:
+        self.store = _shorthand("store", self.store, "redis", redis)
+        self.discovery = _shorthand("discovery", self.discovery, "zk", zk)
         if self.balance not in BALANCERS:
             raise ValueError(f"balance must be one of {', '.join(BALANCERS)}, not {self.balance!r}")
         if self.heartbeat_interval <= 0 or self.login_timeout <= 0:
@@ -62,3 +69,12 @@ class Config:
         logging.basicConfig(
             level=self.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
         )
+
+
+def _shorthand(name: str, url: str, short_name: str, short: str | None) -> str:
+    """``url``, or the shorthand's value if one was given, which must not contradict it."""
+    if short is None:
+        return url
+    if url not in (EMBEDDED, short):
+        raise ValueError(f"{short_name}={short!r} contradicts {name}={url!r}: give one")
+    return short

@@ -8,10 +8,12 @@ import itertools
 import random
 from abc import ABC, abstractmethod
 
-from cim.backends.base import ServerInfo
+from cim.server_info import ServerInfo
 
 
 class Balancer(ABC):
+    """A policy for which live cim-server a user logs in to."""
+
     @abstractmethod
     def pick(self, user_id: int, servers: list[ServerInfo]) -> ServerInfo:
         """One of ``servers`` (non-empty, sorted) for ``user_id``."""
@@ -28,6 +30,8 @@ class LoopBalancer(Balancer):
 
 
 class RandomBalancer(Balancer):
+    """Any live server, uniformly at random."""
+
     def pick(self, user_id: int, servers: list[ServerInfo]) -> ServerInfo:
         return random.choice(servers)
 

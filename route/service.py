@@ -7,10 +7,10 @@ import contextlib
 import logging
 
 from cim.backends import Backends
-from cim.backends.base import ServerInfo
 from cim.config import Config
 from cim.delivery import Messenger
 from cim.messages import MessageIds, Sender
+from cim.server_info import ServerInfo
 from cim.status import CimError, Status
 from route.balance import make_balancer
 
@@ -18,19 +18,20 @@ log = logging.getLogger("cim.route")
 
 
 class RouteService:
+    """What each route endpoint does, on the backends (accounts, presence, discovery)."""
+
     def __init__(self, config: Config, backends: Backends) -> None:
         self.config = config
         self.backends = backends
-        self.state = backends.state
+        self.accounts = backends.accounts
+        self.presence = backends.presence
         self.balancer = make_balancer(config.balance)
         self.servers: list[ServerInfo] = []
         self.messenger: Messenger | None = None
         self._cleanups: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self.messenger = Messenger(
-            self.state, self.backends.bus, MessageIds(await self.state.allocate_node_number())
-        )
+        self.messenger = Messenger(self.backends, MessageIds(await self.presence.allocate_node_number()))
         await self.backends.discovery.watch(self._on_servers)
 
     async def stop(self) -> None:
@@ -52,23 +53,23 @@ class RouteService:
     async def _clear(self, server: ServerInfo) -> None:
         if server in self.servers:
             return  # back already (a new ZooKeeper session): its users are still connected
-        users = await self.state.clear_server(server.id)
+        users = await self.presence.clear_server(server.id)
         if users:
             log.warning("cim-server %s is gone: logged out %d users", server.id, len(users))
 
     # -- endpoints ---------------------------------------------------------------
 
     async def register(self, user_name: str) -> int:
-        return await self.state.register(user_name)
+        return await self.accounts.register(user_name)
 
     async def login(self, user_id: int, user_name: str) -> ServerInfo:
         # CIM's order: the account first (9100), then the one-login rule (5000).
-        if await self.state.user_name(user_id) != user_name:
+        if await self.accounts.user_name(user_id) != user_name:
             raise CimError(Status.ACCOUNT_NOT_MATCH)
-        if await self.state.route(user_id) is not None:
+        if await self.presence.route(user_id) is not None:
             raise CimError(Status.REPEAT_LOGIN)
         server = await self._pick_reachable(user_id)
-        if not await self.state.reserve_login(user_id, server.id, self.config.login_claim_ttl):
+        if not await self.presence.reserve_login(user_id, server.id, self.config.login_claim_ttl):
             raise CimError(Status.REPEAT_LOGIN)
         return server
 
@@ -87,7 +88,7 @@ class RouteService:
             _, writer = await asyncio.wait_for(
                 asyncio.open_connection(server.host, server.tcp_port), self.config.server_check_timeout
             )
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             return False
         writer.close()
         with contextlib.suppress(OSError):
@@ -108,12 +109,14 @@ class RouteService:
         await self.messenger.send_group(await self._sender(user_id), [text.encode()])
 
     async def online_users(self) -> list[tuple[int, str]]:
-        return sorted(await self.state.online_users())
+        user_ids = await self.presence.online_user_ids()
+        names = await self.accounts.user_names(user_ids)
+        return sorted((u, n or "") for u, n in zip(user_ids, names, strict=True))
 
     async def offline(self, user_id: int) -> None:
         """Log the user out and close their connection, wherever it is."""
         assert self.messenger is not None
-        server = await self.state.logout(user_id)
+        server = await self.presence.logout(user_id)
         if server is not None:
             await self.messenger.kick(user_id, server)
 

@@ -1,4 +1,5 @@
-"""The backend contracts, run against the embedded implementations and real Redis / ZooKeeper."""
+"""The backend contracts, run against the embedded implementations and real Redis / ZooKeeper,
+and the registry that picks them by URL."""
 
 from __future__ import annotations
 
@@ -8,21 +9,39 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from cim.backends.base import Bus, ServerInfo, StateStore
-from cim.backends.memory import MemoryBus, MemoryDiscovery, MemoryState
-from cim.backends.redis import RedisBus, RedisState, connect
+from cim.backends.base import Accounts, Bus, Inbox, Presence, Store
+from cim.backends.memory import MemoryBus, MemoryDiscovery, MemoryHub, MemoryStore
+from cim.backends.redis import RedisBus, RedisStore, connect
+from cim.backends.registry import DISCOVERIES, STORES, in_process, open_backends
 from cim.backends.zookeeper import ZooKeeperDiscovery
+from cim.cli import _config, build_parser
+from cim.config import Config
+from cim.server_info import ServerInfo
 from tests.conftest import eventually
 
 
 @pytest.fixture(params=["memory", "redis"])
-async def state(request: pytest.FixtureRequest) -> AsyncIterator[StateStore]:
-    if request.param == "memory":
-        yield MemoryState()
-        return
-    store = RedisState(connect(request.getfixturevalue("redis_url")), prefix=f"t{uuid.uuid4().hex[:8]}")
-    yield store
-    await store.close()
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    """Each store, opened through the registry as a deployment opens it."""
+    url = "memory://" if request.param == "memory" else request.getfixturevalue("redis_url")
+    opened = await STORES.open(url, Config(key_prefix=f"t{uuid.uuid4().hex[:8]}"), MemoryHub())
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+def accounts(store: Store) -> Accounts:
+    return store.accounts
+
+
+@pytest.fixture
+def presence(store: Store) -> Presence:
+    return store.presence
+
+
+@pytest.fixture
+def inbox(store: Store) -> Inbox:
+    return store.inbox
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -39,89 +58,95 @@ async def bus_pair(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Bus, B
     await b.close()
 
 
-async def test_accounts(state: StateStore) -> None:
-    alice = await state.register("alice")
-    assert await state.register("alice") == alice
-    bob = await state.register("bob")
+async def test_accounts(accounts: Accounts) -> None:
+    alice = await accounts.register("alice")
+    assert await accounts.register("alice") == alice
+    bob = await accounts.register("bob")
     assert bob != alice
-    assert await state.user_name(alice) == "alice"
-    assert await state.user_name(10**12) is None
-    assert await state.user_names([bob, 10**12, alice]) == ["bob", None, "alice"]
+    assert await accounts.user_name(alice) == "alice"
+    assert await accounts.user_name(10**12) is None
+    assert await accounts.user_names([bob, 10**12, alice]) == ["bob", None, "alice"]
+    assert await accounts.user_names([]) == []
 
 
-async def test_one_login_per_user(state: StateStore) -> None:
-    u = await state.register("u")
-    assert await state.reserve_login(u, "s1", ttl=30)
-    assert not await state.reserve_login(u, "s2", ttl=30)
-    assert await state.route(u) == "s1"
-    assert await state.confirm_login(u, "s1")
-    assert not await state.confirm_login(u, "s2")  # confirmed on s1
-    assert await state.logout(u, "s2") is None  # not s2's user
-    assert await state.logout(u, "s1") == "s1"
-    assert await state.logout(u, "s1") is None  # cleared once
-    assert await state.route(u) is None
+async def test_one_login_per_user(presence: Presence) -> None:
+    u = 1
+    assert await presence.reserve_login(u, "s1", ttl=30)
+    assert not await presence.reserve_login(u, "s2", ttl=30)
+    assert await presence.route(u) == "s1"
+    assert await presence.confirm_login(u, "s1")
+    assert not await presence.confirm_login(u, "s2")  # confirmed on s1
+    assert await presence.logout(u, "s2") is None  # not s2's user
+    assert await presence.logout(u, "s1") == "s1"
+    assert await presence.logout(u, "s1") is None  # cleared once
+    assert await presence.route(u) is None
 
 
-async def test_a_claim_may_be_confirmed_by_another_node(state: StateStore) -> None:
-    u = await state.register("u")
-    assert await state.reserve_login(u, "worker0", ttl=30)
-    assert await state.confirm_login(u, "worker2")  # the kernel's pick, not the route's
-    assert await state.route(u) == "worker2"
+async def test_logout_without_a_server_clears_wherever_the_user_is(presence: Presence) -> None:
+    assert await presence.confirm_login(1, "s1")
+    assert await presence.logout(1) == "s1"
+    assert await presence.route(1) is None
+    assert await presence.clear_server("s1") == []  # gone from s1's users too
 
 
-async def test_unconfirmed_claim_expires(state: StateStore) -> None:
-    u = await state.register("u")
-    assert await state.reserve_login(u, "s1", ttl=0.2)
+async def test_a_claim_may_be_confirmed_by_another_node(presence: Presence) -> None:
+    assert await presence.reserve_login(1, "worker0", ttl=30)
+    assert await presence.confirm_login(1, "worker2")  # the kernel's pick, not the route's
+    assert await presence.route(1) == "worker2"
+
+
+async def test_unconfirmed_claim_expires(presence: Presence) -> None:
+    assert await presence.reserve_login(1, "s1", ttl=0.2)
     await asyncio.sleep(0.35)
-    assert await state.route(u) is None
-    assert await state.reserve_login(u, "s2", ttl=30)
+    assert await presence.route(1) is None
+    assert await presence.reserve_login(1, "s2", ttl=30)
 
 
-async def test_confirmed_login_does_not_expire(state: StateStore) -> None:
-    u = await state.register("u")
-    assert await state.reserve_login(u, "s1", ttl=0.2)
-    assert await state.confirm_login(u, "s1")
+async def test_confirmed_login_does_not_expire(presence: Presence) -> None:
+    assert await presence.reserve_login(1, "s1", ttl=0.2)
+    assert await presence.confirm_login(1, "s1")
     await asyncio.sleep(0.35)
-    assert await state.route(u) == "s1"
+    assert await presence.route(1) == "s1"
 
 
-async def test_online_users_and_clear_server(state: StateStore) -> None:
-    users = [await state.register(f"u{i}") for i in range(1200)]  # more than one SCAN batch
+async def test_online_users_and_clear_server(presence: Presence) -> None:
+    users = list(range(1, 1201))  # more than one SCAN batch
     for i, u in enumerate(users):
         server = "dead" if i % 2 else "live"
-        assert await state.reserve_login(u, server, ttl=30)
-        assert await state.confirm_login(u, server)
-    assert sorted(await state.online_users()) == sorted((u, f"u{i}") for i, u in enumerate(users))
-    gone = await state.clear_server("dead")
+        assert await presence.reserve_login(u, server, ttl=30)
+        assert await presence.confirm_login(u, server)
+    assert await presence.reserve_login(5000, "live", ttl=30)  # claimed only: online too
+    assert sorted(await presence.online_user_ids()) == users + [5000]
+    gone = await presence.clear_server("dead")
     assert sorted(gone) == users[1::2]
-    assert sorted(u for u, _ in await state.online_users()) == users[0::2]
-    assert await state.clear_server("dead") == []
+    assert sorted(await presence.online_user_ids()) == users[0::2] + [5000]
+    assert await presence.clear_server("dead") == []
 
 
-async def test_clear_server_spares_users_who_moved(state: StateStore) -> None:
-    u = await state.register("mover")
-    await state.confirm_login(u, "old")
-    await state.logout(u, "old")
-    await state.confirm_login(u, "new")
-    assert await state.clear_server("old") == []
-    assert await state.route(u) == "new"
+async def test_clear_server_spares_users_who_moved(presence: Presence) -> None:
+    await presence.confirm_login(1, "old")
+    await presence.logout(1, "old")
+    await presence.confirm_login(1, "new")
+    assert await presence.clear_server("old") == []
+    assert await presence.route(1) == "new"
 
 
-async def test_offline_messages_in_order_once(state: StateStore) -> None:
-    u = await state.register("u")
-    await state.store_offline(u, [b"1", b"2"])
-    await state.store_offline(u, [b"3"])
-    taken = await state.take_offline(u)
-    assert taken == [b"1", b"2", b"3"]
-    assert await state.take_offline(u) == []
-    await state.store_offline(u, [b"4"])
-    await state.restore_offline(u, taken)  # a failed delivery goes back in front
-    assert await state.take_offline(u) == [b"1", b"2", b"3", b"4"]
-
-
-async def test_node_numbers_are_distinct(state: StateStore) -> None:
-    numbers = [await state.allocate_node_number() for _ in range(5)]
+async def test_node_numbers_are_distinct(presence: Presence) -> None:
+    numbers = [await presence.allocate_node_number() for _ in range(5)]
     assert len(set(numbers)) == 5
+
+
+async def test_offline_messages_in_order_once(inbox: Inbox) -> None:
+    await inbox.append(1, [b"1", b"2"])
+    await inbox.append(1, [b"3"])
+    await inbox.append(1, [])
+    taken = await inbox.take(1)
+    assert taken == [b"1", b"2", b"3"]
+    assert await inbox.take(1) == []
+    await inbox.append(1, [b"4"])
+    await inbox.restore(1, taken)  # a failed delivery goes back in front
+    assert await inbox.take(1) == [b"1", b"2", b"3", b"4"]
+    assert await inbox.take(2) == []  # each user's own
 
 
 async def test_bus_node_channel_order_and_broadcast(bus_pair: tuple[Bus, Bus]) -> None:
@@ -177,6 +202,68 @@ async def test_memory_discovery() -> None:
     await discovery.register(info)
     await discovery.unregister(info)
     assert seen == [[], [info], []]
+
+
+async def test_memory_urls_share_the_hub() -> None:
+    hub = MemoryHub()
+    first, second = await open_backends(Config(), hub), await open_backends(Config(), hub)
+    assert first.store is second.store is hub.store and first.discovery is second.discovery is hub.discovery
+    assert (first.accounts, first.presence, first.inbox, first.bus) == (
+        hub.store.accounts, hub.store.presence, hub.store.inbox, hub.store.bus,
+    )
+    assert (await open_backends(Config())).store is not hub.store  # no hub given: a new one
+
+
+async def test_open_backends_on_redis_and_zookeeper(redis_url: str, zk_hosts: str) -> None:
+    config = Config(redis=redis_url, zk=zk_hosts, key_prefix=f"t{uuid.uuid4().hex[:8]}", zk_root=f"/t{uuid.uuid4().hex[:8]}")
+    backends = await open_backends(config)
+    try:
+        assert isinstance(backends.store, RedisStore) and isinstance(backends.discovery, ZooKeeperDiscovery)
+        alice = await backends.accounts.register("alice")
+        assert await backends.presence.reserve_login(alice, "s1", ttl=30)
+        assert await backends.presence.online_user_ids() == [alice]
+    finally:
+        await backends.close()
+
+
+def test_registry_resolves_urls_by_scheme() -> None:
+    assert STORES.resolve("memory://") is MemoryStore
+    for url in ("redis://127.0.0.1:6379/0", "rediss://cache:6380", "unix:///run/redis.sock?db=1"):
+        assert STORES.resolve(url) is RedisStore
+    assert DISCOVERIES.resolve("memory://") is MemoryDiscovery
+    for hosts in ("zookeeper://zk1:2181,zk2:2181", "zk1:2181,zk2:2181", "127.0.0.1:2181", "localhost:2181"):
+        assert DISCOVERIES.resolve(hosts) is ZooKeeperDiscovery
+
+
+def test_unknown_scheme_names_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="unknown store URL 'mysql://db'.*memory://, redis://, rediss://, unix://"):
+        STORES.resolve("mysql://db")
+    with pytest.raises(ValueError, match="unknown store URL '127.0.0.1:6379'"):
+        STORES.resolve("127.0.0.1:6379")  # a store URL needs its scheme
+    with pytest.raises(ValueError, match="unknown discovery URL 'etcd://e:2379'.*memory://, zookeeper://"):
+        DISCOVERIES.resolve("etcd://e:2379")
+
+
+def test_config_shorthands_and_in_process() -> None:
+    assert in_process(Config()) and in_process(Config(redis="redis://r")) and in_process(Config(zk="z:2181"))
+    shared = Config(redis="redis://r", zk="z:2181")
+    assert (shared.store, shared.discovery) == ("redis://r", "z:2181") and not in_process(shared)
+    assert Config(store="redis://r", redis="redis://r").store == "redis://r"
+    with pytest.raises(ValueError, match="contradicts"):
+        Config(store="redis://a", redis="redis://b")
+
+
+def test_cli_backend_urls_and_their_shorthands(monkeypatch: pytest.MonkeyPatch) -> None:
+    def parsed(*argv: str) -> Config:
+        return _config(build_parser().parse_args(["route", *argv]))
+
+    assert (parsed().store, parsed().discovery) == ("memory://", "memory://")
+    assert parsed("--redis", "redis://r", "--zk", "z:2181").store == "redis://r"
+    assert parsed("--store", "unix:///s", "--discovery", "zookeeper://z:2181").discovery == "zookeeper://z:2181"
+    monkeypatch.setenv("CIM_REDIS", "redis://from-env")
+    monkeypatch.setenv("CIM_ZK", "zk-env:2181")
+    assert (parsed().store, parsed().discovery) == ("redis://from-env", "zk-env:2181")
+    assert parsed("--store", "redis://flag").store == "redis://flag"  # a flag beats the environment
 
 
 def test_server_info_parse() -> None:

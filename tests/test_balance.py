@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from cim.backends.base import ServerInfo
+from cim.server_info import ServerInfo
 from route.balance import ConsistentHashBalancer, LoopBalancer, RandomBalancer, make_balancer
 
 SERVERS = [ServerInfo("10.0.0.1", 9000, 8081), ServerInfo("10.0.0.2", 9000, 8081), ServerInfo("10.0.0.3", 9000, 8081)]

@@ -1,49 +1,33 @@
-"""The three small interfaces every deployment is built from.
+"""The small interfaces every deployment is built from.
 
-* ``StateStore``: accounts, login status, user -> server routes, offline messages.
+* ``Accounts``: user names and ids (durable).
+* ``Presence``: who is logged in where: login claims, user -> server routes, the users
+  of each server, node numbers (ephemeral: lost state only logs users out).
+* ``Inbox``: messages kept for users who are not connected (durable).
 * ``Bus``: delivery between cim-server nodes (one channel per node + a broadcast).
 * ``Discovery``: the live list of cim-servers, with a watch.
 
-``memory`` implements all three in-process (the embedded default); ``redis``
-implements state and bus; ``zookeeper`` implements discovery. Routes and servers
-only ever talk to these interfaces.
+A store URL opens the first four together (a ``Store``), a discovery URL the last
+(``cim.backends.registry``); ``memory`` implements all in-process (the embedded
+default), ``redis`` a store, ``zookeeper`` discovery. Routes and servers only ever
+talk to these interfaces, gathered in ``Backends``.
+
+This module imports nothing from the backends package, so the package and every
+backend can import it without a cycle.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from cim.server_info import ServerInfo
 
 
-@dataclass(frozen=True, order=True)
-class ServerInfo:
-    """A cim-server node as registered: where clients connect and its HTTP port.
-
-    ``id`` (``host:tcp_port:http_port``) names the node everywhere: in routes, in
-    bus channels and in the registry. Workers of one host share the TCP port but
-    each has its own HTTP port, so each is its own node.
-    """
-
-    host: str
-    tcp_port: int
-    http_port: int
-
-    @property
-    def id(self) -> str:
-        return f"{self.host}:{self.tcp_port}:{self.http_port}"
-
-    @classmethod
-    def parse(cls, node_id: str) -> ServerInfo:
-        """Parse ``host:tcp_port:http_port``; raises ValueError on anything else."""
-        host, tcp, http = node_id.rsplit(":", 2)
-        if not host:
-            raise ValueError(f"no host in server id {node_id!r}")
-        return cls(host, int(tcp), int(http))
-
-
-class StateStore(ABC):
-    """Users, logins, routes and offline messages, shared by every route and server."""
+class Accounts(ABC):
+    """User accounts: a name per id, shared by every route and server."""
 
     @abstractmethod
     async def register(self, user_name: str) -> int:
@@ -56,6 +40,10 @@ class StateStore(ABC):
     @abstractmethod
     async def user_names(self, user_ids: list[int]) -> list[str | None]:
         """``user_name`` for many ids in one round trip."""
+
+
+class Presence(ABC):
+    """Who is logged in on which server: a route claims a user, the server confirms."""
 
     @abstractmethod
     async def reserve_login(self, user_id: int, server_id: str, ttl: float) -> bool:
@@ -87,31 +75,33 @@ class StateStore(ABC):
         """The server id the user is logged in on (claimed or confirmed), or None."""
 
     @abstractmethod
-    async def online_users(self) -> list[tuple[int, str]]:
-        """Every logged-in user as (id, name), by incremental iteration."""
+    async def online_user_ids(self) -> list[int]:
+        """Every logged-in user (claimed or confirmed), by incremental iteration (SCAN
+        on Redis, never KEYS, which would block the server). Names are the Accounts'."""
 
     @abstractmethod
     async def clear_server(self, server_id: str) -> list[int]:
         """Log out every user confirmed on a server that died; returns their ids."""
 
     @abstractmethod
-    async def store_offline(self, user_id: int, payloads: list[bytes]) -> None:
-        """Append messages for a user who is not connected, in order."""
-
-    @abstractmethod
-    async def restore_offline(self, user_id: int, payloads: list[bytes]) -> None:
-        """Put taken messages back in front of any stored since, keeping their order."""
-
-    @abstractmethod
-    async def take_offline(self, user_id: int) -> list[bytes]:
-        """Remove and return a user's stored messages, oldest first, atomically."""
-
-    @abstractmethod
     async def allocate_node_number(self) -> int:
         """A number unique among live nodes, for cluster-unique message ids."""
 
-    async def close(self) -> None:
-        """Release connections."""
+
+class Inbox(ABC):
+    """Messages for users who are not connected, delivered on their next fetch."""
+
+    @abstractmethod
+    async def append(self, user_id: int, payloads: list[bytes]) -> None:
+        """Append messages for a user who is not connected, in order."""
+
+    @abstractmethod
+    async def restore(self, user_id: int, payloads: list[bytes]) -> None:
+        """Put taken messages back in front of any stored since, keeping their order."""
+
+    @abstractmethod
+    async def take(self, user_id: int) -> list[bytes]:
+        """Remove and return a user's stored messages, oldest first, atomically."""
 
 
 DeliveryHandler = Callable[[bytes], None]
@@ -142,6 +132,8 @@ ServersCallback = Callable[[list[ServerInfo]], Awaitable[None] | None]
 class Discovery(ABC):
     """The live list of cim-servers."""
 
+    in_process: ClassVar[bool] = False  # as Store.in_process
+
     @abstractmethod
     async def register(self, server: ServerInfo, restored: Callable[[], None] | None = None) -> None:
         """Announce this server; it disappears when the process dies.
@@ -165,3 +157,50 @@ class Discovery(ABC):
 
     async def close(self) -> None:
         """Stop watching and release the session."""
+
+
+class Store:
+    """What a store URL opens: accounts, presence, inbox and bus on one service.
+
+    The four share the service's connections, so the store, not each part, releases
+    them in ``close``. Each backend subclasses it (``MemoryStore``, ``RedisStore``).
+    """
+
+    # True for a backend that lives in this process: worker processes cannot share it.
+    in_process: ClassVar[bool] = False
+
+    def __init__(self, accounts: Accounts, presence: Presence, inbox: Inbox, bus: Bus) -> None:
+        self.accounts = accounts
+        self.presence = presence
+        self.inbox = inbox
+        self.bus = bus
+
+    async def close(self) -> None:
+        """Release connections, the bus's included."""
+        await self.bus.close()
+
+
+@dataclass
+class Backends:
+    """Everything a route or a cim-server talks to: a store's four parts and discovery.
+
+    Built from a store (``Backends(store, discovery)``); the parts are fields of their
+    own so that callers name what they use (``backends.presence``), not where it lives.
+    """
+
+    store: Store
+    discovery: Discovery
+    accounts: Accounts = field(init=False)
+    presence: Presence = field(init=False)
+    inbox: Inbox = field(init=False)
+    bus: Bus = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.accounts = self.store.accounts
+        self.presence = self.store.presence
+        self.inbox = self.store.inbox
+        self.bus = self.store.bus
+
+    async def close(self) -> None:
+        await self.store.close()
+        await self.discovery.close()

@@ -1,4 +1,4 @@
-"""Embedded backends: state, bus and discovery in this process (``cim up``).
+"""Embedded backends: store and discovery in this process (``memory://``, ``cim up``).
 
 One ``MemoryHub`` per process is shared by the route and the server running in it,
 the way Redis and ZooKeeper are shared by separate processes.
@@ -12,19 +12,31 @@ import itertools
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar
 
-from cim.backends.base import Bus, DeliveryHandler, Discovery, ServerInfo, ServersCallback, StateStore
+from cim.backends.base import (
+    Accounts,
+    Bus,
+    DeliveryHandler,
+    Discovery,
+    Inbox,
+    Presence,
+    ServersCallback,
+    Store,
+)
+from cim.server_info import ServerInfo
+
+if TYPE_CHECKING:
+    from cim.config import Config
 
 
-class MemoryState(StateStore):
+class MemoryAccounts(Accounts):
+    """Accounts in two dicts; ids count up from 1, as Redis's INCR does."""
+
     def __init__(self) -> None:
         self._ids = itertools.count(1)
         self._names: dict[int, str] = {}
         self._ids_by_name: dict[str, int] = {}
-        # user -> (server id, claim expiry or None once the server confirmed)
-        self._routes: dict[int, tuple[str, float | None]] = {}
-        self._offline: defaultdict[int, deque[bytes]] = defaultdict(deque)
-        self._node_numbers = itertools.count()
 
     async def register(self, user_name: str) -> int:
         user_id = self._ids_by_name.get(user_name)
@@ -39,6 +51,15 @@ class MemoryState(StateStore):
 
     async def user_names(self, user_ids: list[int]) -> list[str | None]:
         return [self._names.get(u) for u in user_ids]
+
+
+class MemoryPresence(Presence):
+    """Routes in one dict; a claim's expiry is checked whenever the route is read."""
+
+    def __init__(self) -> None:
+        # user -> (server id, claim expiry or None once the server confirmed)
+        self._routes: dict[int, tuple[str, float | None]] = {}
+        self._node_numbers = itertools.count()
 
     def _live_route(self, user_id: int) -> str | None:
         entry = self._routes.get(user_id)
@@ -74,8 +95,8 @@ class MemoryState(StateStore):
     async def route(self, user_id: int) -> str | None:
         return self._live_route(user_id)
 
-    async def online_users(self) -> list[tuple[int, str]]:
-        return [(u, self._names.get(u, "")) for u in list(self._routes) if self._live_route(u) is not None]
+    async def online_user_ids(self) -> list[int]:
+        return [u for u in list(self._routes) if self._live_route(u) is not None]
 
     async def clear_server(self, server_id: str) -> list[int]:
         gone = [u for u, (s, expires) in self._routes.items() if s == server_id and expires is None]
@@ -83,21 +104,30 @@ class MemoryState(StateStore):
             del self._routes[user_id]
         return gone
 
-    async def store_offline(self, user_id: int, payloads: list[bytes]) -> None:
-        self._offline[user_id].extend(payloads)
-
-    async def restore_offline(self, user_id: int, payloads: list[bytes]) -> None:
-        self._offline[user_id].extendleft(reversed(payloads))
-
-    async def take_offline(self, user_id: int) -> list[bytes]:
-        queue = self._offline.pop(user_id, None)
-        return list(queue) if queue else []
-
     async def allocate_node_number(self) -> int:
         return next(self._node_numbers)
 
 
+class MemoryInbox(Inbox):
+    """A deque per user: appends at the back, restores at the front."""
+
+    def __init__(self) -> None:
+        self._offline: defaultdict[int, deque[bytes]] = defaultdict(deque)
+
+    async def append(self, user_id: int, payloads: list[bytes]) -> None:
+        self._offline[user_id].extend(payloads)
+
+    async def restore(self, user_id: int, payloads: list[bytes]) -> None:
+        self._offline[user_id].extendleft(reversed(payloads))
+
+    async def take(self, user_id: int) -> list[bytes]:
+        queue = self._offline.pop(user_id, None)
+        return list(queue) if queue else []
+
+
 class MemoryBus(Bus):
+    """Handlers by node id, called on a later loop turn."""
+
     def __init__(self) -> None:
         self._handlers: dict[str, DeliveryHandler] = {}
 
@@ -120,10 +150,31 @@ class MemoryBus(Bus):
         self._handlers.pop(node_id, None)
 
 
+class MemoryStore(Store):
+    """``memory://``: the four store parts in this process."""
+
+    in_process: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        super().__init__(MemoryAccounts(), MemoryPresence(), MemoryInbox(), MemoryBus())
+
+    @classmethod
+    async def open(cls, url: str, config: Config, hub: MemoryHub) -> MemoryStore:
+        return hub.store
+
+
 class MemoryDiscovery(Discovery):
+    """``memory://``: the servers registered in this process."""
+
+    in_process: ClassVar[bool] = True
+
     def __init__(self) -> None:
         self._servers: set[ServerInfo] = set()
         self._callbacks: list[ServersCallback] = []
+
+    @classmethod
+    async def open(cls, url: str, config: Config, hub: MemoryHub) -> MemoryDiscovery:
+        return hub.discovery
 
     async def register(self, server: ServerInfo, restored: Callable[[], None] | None = None) -> None:
         self._servers.add(server)  # in-process: never dropped, so never restored
@@ -150,9 +201,9 @@ class MemoryDiscovery(Discovery):
 
 
 class MemoryHub:
-    """The embedded backends one process shares."""
+    """The embedded backends one process shares: every ``memory://`` URL opened with
+    this hub gets its store or its discovery."""
 
     def __init__(self) -> None:
-        self.state = MemoryState()
-        self.bus = MemoryBus()
+        self.store = MemoryStore()
         self.discovery = MemoryDiscovery()

@@ -1,4 +1,4 @@
-"""Redis backends: state (accounts, logins, routes, offline messages) and the bus.
+"""Redis store (``redis://``, ``rediss://``, ``unix://``): accounts, presence, inbox, bus.
 
 Keys (prefix configurable, default ``cim``):
     {p}-account-id                 INCR counter: user ids unique across routes
@@ -19,12 +19,17 @@ Streams can replace it behind the same interface.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 
-from cim.backends.base import Bus, DeliveryHandler, StateStore
+from cim.backends.base import Accounts, Bus, DeliveryHandler, Inbox, Presence, Store
+
+if TYPE_CHECKING:
+    from cim.backends.memory import MemoryHub
+    from cim.config import Config
 
 log = logging.getLogger("cim.backends.redis")
 
@@ -80,17 +85,25 @@ def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
     return aioredis.Redis(connection_pool=pool)
 
 
-class RedisState(StateStore):
+def _text(reply: bytes | str | None) -> str | None:
+    """A name or server id from a reply: the clients answer bytes (payloads are binary,
+    so no ``decode_responses``); a Lua ``false`` arrives as None."""
+    return reply.decode() if isinstance(reply, bytes) else reply
+
+
+class _RedisKeys:
+    """A client and the key prefix every part of the store names its keys with."""
+
     def __init__(self, client: aioredis.Redis, prefix: str = "cim") -> None:
         self._r = client
         self._p = prefix
-        self._confirm = client.register_script(_CONFIRM)
-        self._logout = client.register_script(_LOGOUT)
-        self._clear_batch = client.register_script(_CLEAR_SERVER_BATCH)
-        self._take = client.register_script(_TAKE)
 
     def _key(self, kind: str, value: object = None) -> str:
         return f"{self._p}-{kind}" if value is None else f"{self._p}-{kind}:{value}"
+
+
+class RedisAccounts(_RedisKeys, Accounts):
+    """``account-name:{name}`` -> id and ``account:{id}`` -> name, ids from ``account-id``."""
 
     async def register(self, user_name: str) -> int:
         name_key = self._key("account-name", user_name)
@@ -101,19 +114,28 @@ class RedisState(StateStore):
         # Two routes registering one name at once: the first SET NX wins, the other
         # answers with the winner's id (the spare id is simply never used).
         if not await self._r.set(name_key, user_id, nx=True):
-            return int(await self._r.get(name_key))
+            return await self.register(user_name)  # reads the winner's id
         await self._r.set(self._key("account", user_id), user_name)
         return user_id
 
     async def user_name(self, user_id: int) -> str | None:
-        name = await self._r.get(self._key("account", user_id))
-        return name.decode() if name is not None else None
+        return _text(await self._r.get(self._key("account", user_id)))
 
     async def user_names(self, user_ids: list[int]) -> list[str | None]:
         if not user_ids:
             return []
         names = await self._r.mget([self._key("account", u) for u in user_ids])
-        return [n.decode() if n is not None else None for n in names]
+        return [_text(n) for n in names]
+
+
+class RedisPresence(_RedisKeys, Presence):
+    """``route:{id}`` per user (with a TTL while only claimed), ``node-users:{server}`` per server."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str = "cim") -> None:
+        super().__init__(client, prefix)
+        self._confirm = client.register_script(_CONFIRM)
+        self._logout = client.register_script(_LOGOUT)
+        self._clear_batch = client.register_script(_CLEAR_SERVER_BATCH)
 
     async def reserve_login(self, user_id: int, server_id: str, ttl: float) -> bool:
         return bool(await self._r.set(self._key("route", user_id), server_id, nx=True, px=max(1, int(ttl * 1000))))
@@ -126,17 +148,14 @@ class RedisState(StateStore):
         was = await self._logout(
             keys=[self._key("route", user_id)], args=[user_id, server_id or "", self._key("node-users") + ":"]
         )
-        return was.decode() if was else None
+        return _text(was)
 
     async def route(self, user_id: int) -> str | None:
-        server = await self._r.get(self._key("route", user_id))
-        return server.decode() if server is not None else None
+        return _text(await self._r.get(self._key("route", user_id)))
 
-    async def online_users(self) -> list[tuple[int, str]]:
+    async def online_user_ids(self) -> list[int]:
         prefix = self._key("route") + ":"
-        user_ids = [int(key[len(prefix) :]) async for key in self._r.scan_iter(match=prefix + "*", count=1000)]
-        names = await self.user_names(user_ids)
-        return [(u, n or "") for u, n in zip(user_ids, names)]
+        return [int(key[len(prefix) :]) async for key in self._r.scan_iter(match=prefix + "*", count=1000)]
 
     async def clear_server(self, server_id: str) -> list[int]:
         gone: list[int] = []
@@ -147,42 +166,41 @@ class RedisState(StateStore):
             if not await self._r.exists(key):
                 return gone
 
-    async def store_offline(self, user_id: int, payloads: list[bytes]) -> None:
+    async def allocate_node_number(self) -> int:
+        return int(await self._r.incr(self._key("node-number"))) - 1
+
+
+class RedisInbox(_RedisKeys, Inbox):
+    """``offline:{id}``: a LIST per user, oldest first."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str = "cim") -> None:
+        super().__init__(client, prefix)
+        self._take = client.register_script(_TAKE)
+
+    async def append(self, user_id: int, payloads: list[bytes]) -> None:
         if payloads:
             await self._r.rpush(self._key("offline", user_id), *payloads)
 
-    async def restore_offline(self, user_id: int, payloads: list[bytes]) -> None:
+    async def restore(self, user_id: int, payloads: list[bytes]) -> None:
         if payloads:
             # LPUSH pushes one by one to the head: reversed keeps the batch's order.
             await self._r.lpush(self._key("offline", user_id), *reversed(payloads))
 
-    async def take_offline(self, user_id: int) -> list[bytes]:
+    async def take(self, user_id: int) -> list[bytes]:
         return list(await self._take(keys=[self._key("offline", user_id)]))
 
-    async def allocate_node_number(self) -> int:
-        return int(await self._r.incr(self._key("node-number"))) - 1
 
-    async def close(self) -> None:
-        await self._r.aclose()
+class RedisBus(_RedisKeys, Bus):
+    """Pub/sub on ``node:{server}`` and ``broadcast``; owns its client (closed with it)."""
 
-
-class RedisBus(Bus):
     def __init__(self, client: aioredis.Redis, prefix: str = "cim") -> None:
-        self._r = client
-        self._p = prefix
+        super().__init__(client, prefix)
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
 
-    def _node_channel(self, node_id: str) -> str:
-        return f"{self._p}-node:{node_id}"
-
-    @property
-    def _broadcast_channel(self) -> str:
-        return f"{self._p}-broadcast"
-
     async def subscribe(self, node_id: str, handler: DeliveryHandler) -> None:
         self._pubsub = self._r.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.subscribe(self._node_channel(node_id), self._broadcast_channel)
+        await self._pubsub.subscribe(self._key("node", node_id), self._key("broadcast"))
         self._reader = asyncio.create_task(self._read(handler), name=f"cim-bus-{node_id}")
 
     async def _read(self, handler: DeliveryHandler) -> None:
@@ -203,17 +221,43 @@ class RedisBus(Bus):
                     log.exception("bus handler failed")
 
     async def publish(self, node_id: str, payload: bytes) -> None:
-        await self._r.publish(self._node_channel(node_id), payload)
+        await self._r.publish(self._key("node", node_id), payload)
 
     async def broadcast(self, payload: bytes) -> None:
-        await self._r.publish(self._broadcast_channel, payload)
+        await self._r.publish(self._key("broadcast"), payload)
 
     async def close(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
-            except asyncio.CancelledError:
-                pass
         if self._pubsub is not None:
             await self._pubsub.aclose()
+        await self._r.aclose(close_connection_pool=True)
+
+
+class RedisStore(Store):
+    """``redis://``, ``rediss://``, ``unix://`` (any URL redis-py takes): the four parts
+    on one Redis. Accounts, presence and inbox share one pool, which the store owns."""
+
+    def __init__(self, client: aioredis.Redis, bus_client: aioredis.Redis, prefix: str = "cim") -> None:
+        super().__init__(
+            RedisAccounts(client, prefix), RedisPresence(client, prefix), RedisInbox(client, prefix),
+            RedisBus(bus_client, prefix),
+        )
+        self._client = client
+
+    @classmethod
+    async def open(cls, url: str, config: Config, hub: MemoryHub) -> RedisStore:
+        client = connect(url)
+        try:
+            await client.ping()  # an unreachable Redis fails the start, not the first login
+        except BaseException:
+            await client.aclose(close_connection_pool=True)
+            raise
+        # The bus has a pool of its own: its subscriber holds a connection for good.
+        return cls(client, connect(url), config.key_prefix)
+
+    async def close(self) -> None:
+        await super().close()
+        await self._client.aclose(close_connection_pool=True)

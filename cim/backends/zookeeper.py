@@ -1,5 +1,8 @@
 """ZooKeeper discovery (kazoo): each cim-server is an ephemeral node under a root path.
 
+Its URL is ``zookeeper://host:port,host:port`` or the bare hosts (``--zk``); the
+root path and session timeout come from the Config.
+
 Node names follow CIM: ``{root}/{host}:{tcp_port}:{http_port}`` (root ``/cim``, as
 CIM hard-codes it), so a CIM route and a cim route can read the same registry. The node
 vanishes when the server's ZooKeeper session ends, which is how routes learn of a
@@ -15,14 +18,23 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NodeExistsError
 from kazoo.recipe.watchers import ChildrenWatch
 
-from cim.backends.base import Discovery, ServerInfo, ServersCallback
+from cim.backends.base import Discovery, ServersCallback
+from cim.server_info import ServerInfo
+
+if TYPE_CHECKING:
+    from cim.backends.memory import MemoryHub
+    from cim.config import Config
 
 log = logging.getLogger("cim.backends.zookeeper")
+
+SCHEME = "zookeeper://"
+
 
 def parse_children(children: list[str]) -> list[ServerInfo]:
     servers = []
@@ -35,6 +47,8 @@ def parse_children(children: list[str]) -> list[ServerInfo]:
 
 
 class ZooKeeperDiscovery(Discovery):
+    """The registry under ``root``, over one kazoo session."""
+
     def __init__(self, hosts: str, root: str = "/cim", session_timeout: float = 10.0) -> None:
         self._root = root.rstrip("/") or "/"
         self._client = KazooClient(hosts=hosts, timeout=session_timeout)
@@ -43,6 +57,12 @@ class ZooKeeperDiscovery(Discovery):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._servers: list[ServerInfo] = []
         self._session_lost = False
+
+    @classmethod
+    async def open(cls, url: str, config: Config, hub: MemoryHub) -> ZooKeeperDiscovery:
+        discovery = cls(url.removeprefix(SCHEME), config.zk_root, config.zk_session_timeout)
+        await discovery.start()
+        return discovery
 
     def _path(self, server: ServerInfo) -> str:
         return f"{self._root.rstrip('/')}/{server.id}"
@@ -90,8 +110,12 @@ class ZooKeeperDiscovery(Discovery):
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 
+        def resolve() -> None:  # on the loop
+            if not done.done():
+                done.set_result(None)
+
         def finished(result: object) -> None:  # on a kazoo thread
-            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+            loop.call_soon_threadsafe(resolve)
 
         self._client.delete_async(self._path(server)).rawlink(finished)
         await done

@@ -23,6 +23,7 @@ from multiprocessing.connection import wait
 from multiprocessing.context import SpawnProcess
 from types import FrameType
 
+from cim.backends.registry import in_process
 from cim.config import Config
 
 log = logging.getLogger("cim.supervisor")
@@ -55,11 +56,13 @@ def _run_worker(config: Config) -> None:
 
 
 class Multiprocess:
+    """Starts, restarts and drains the workers of one host."""
+
     def __init__(self, config: Config, restart_delay: float = 0.5) -> None:
-        if config.workers > 1 and (config.redis is None or config.zk is None):
+        if config.workers > 1 and in_process(config):
             raise ValueError(
-                "--workers > 1 needs --redis and --zk: each worker is its own node, and nodes find "
-                "each other through ZooKeeper and exchange messages over Redis"
+                "--workers > 1 needs --redis and --zk (a store and a discovery outside the process): each "
+                "worker is its own node, and nodes find each other through ZooKeeper and exchange messages over Redis"
             )
         self.config = config
         self.restart_delay = restart_delay
