@@ -12,12 +12,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from cim.backends import Backends, open_backends
+from cim.backends.base import Backends
 from cim.backends.memory import MemoryHub
+from cim.backends.registry import open_backends
 from cim.config import Config
 from cim.frame import IMPLEMENTATION
 from cim.http import HttpService, start_http
-from cim.node import Node
+from cim.server.node import Node
 from route.app import create_app
 from route.service import RouteService
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+from cim.destinations import EVERYONE, ToGroup, ToUser
 from cim.frame import FrameDecoder, encode_frame, encode_frames
 from cim.proto import PING, BaseCommand, Request, Response
 from cim.protocols.connection import ChatMessages, Login, Offline, Ping, ProtocolViolation, ServerConnection, State
 from cim.status import Status
 
 
-def frame(**fields: object) -> bytes:
-    request = Request(**{k: v for k, v in fields.items() if k != "properties"})
-    request.properties.update(fields.get("properties", {}))  # type: ignore[arg-type]
+def frame(*, properties: Mapping[str, str] | None = None, **fields: Any) -> bytes:
+    """A framed Request; ``fields`` are Request's keyword arguments (Any: ``cmd`` may be a number no BaseCommand names)."""
+    request = Request(**fields)
+    request.properties.update(properties or {})
     return encode_frame(request.SerializeToString())
 
 
@@ -55,26 +60,41 @@ def test_messages_private_and_group() -> None:
         frame(reqMsg="to bob", cmd=BaseCommand.MESSAGE, clientMsgId=1, properties={"receiveUserId": "8"})
         + frame(reqMsg="to all", cmd=BaseCommand.MESSAGE, clientMsgId=2)
     )
-    assert events == [ChatMessages([b"to bob"], 8, [1]), ChatMessages([b"to all"], None, [2])]
+    assert events == [ChatMessages([b"to bob"], ToUser(8), [1]), ChatMessages([b"to all"], EVERYONE, [2])]
+
+
+def test_a_group_id_names_a_group_never_everyone() -> None:
+    conn = logged_in()
+    events = conn.receive_data(frame(reqMsg="to the team", cmd=BaseCommand.MESSAGE, clientMsgId=3, groupId="team"))
+    assert events == [ChatMessages([b"to the team"], ToGroup("team"), [3])]
+
+
+def test_a_receiver_and_a_group_id_together_are_refused() -> None:
+    conn = logged_in()
+    both = frame(reqMsg="?", cmd=BaseCommand.MESSAGE, clientMsgId=4, groupId="team", properties={"receiveUserId": "8"})
+    assert conn.receive_data(both) == []
+    [receipt] = sent(conn)
+    assert (receipt.cmd, receipt.code, receipt.clientMsgId) == (BaseCommand.SEND_RECEIPT, Status.VALIDATION_FAIL.code, 4)
+    assert "not both" in receipt.resMsg and receipt.properties["receiveUserId"] == "7"
 
 
 def test_messages_in_a_row_to_one_destination_are_one_event() -> None:
     conn = logged_in()
-    to_bob = {"cmd": BaseCommand.MESSAGE, "properties": {"receiveUserId": "8"}}
+    to_bob: dict[str, Any] = {"cmd": BaseCommand.MESSAGE, "properties": {"receiveUserId": "8"}}
     events = conn.receive_data(
         frame(reqMsg="1", clientMsgId=1, **to_bob)
         + frame(reqMsg="2", clientMsgId=2, **to_bob)
         + frame(requestId=7, reqMsg="ping", cmd=BaseCommand.PING)
         + frame(reqMsg="3", clientMsgId=3, **to_bob)
-        + frame(reqMsg="4", clientMsgId=4, groupId="future", **to_bob)  # not plain: parsed by protobuf
+        + frame(reqMsg="4", clientMsgId=4, deviceId="phone", **to_bob)  # not plain: parsed by protobuf
         + frame(reqMsg="5", clientMsgId=5, cmd=BaseCommand.MESSAGE)
     )
     assert events == [
-        ChatMessages([b"1", b"2"], 8, [1, 2]),
+        ChatMessages([b"1", b"2"], ToUser(8), [1, 2]),
         Ping(),
-        ChatMessages([b"3"], 8, [3]),
-        ChatMessages([b"4"], 8, [4]),
-        ChatMessages([b"5"], None, [5]),
+        ChatMessages([b"3"], ToUser(8), [3]),
+        ChatMessages([b"4"], ToUser(8), [4]),
+        ChatMessages([b"5"], EVERYONE, [5]),
     ]
 
 
@@ -98,7 +118,7 @@ def test_bad_messages_get_failed_receipts_and_the_connection_goes_on() -> None:
         + frame(reqMsg="hi", cmd=BaseCommand.MESSAGE, clientMsgId=3, properties={"receiveUserId": "bob"})
         + frame(reqMsg="ok", cmd=BaseCommand.MESSAGE, clientMsgId=4)
     )
-    assert events == [ChatMessages([b"ok"], None, [4])]
+    assert events == [ChatMessages([b"ok"], EVERYONE, [4])]
     receipts = sent(conn)
     assert [(r.cmd, r.clientMsgId, r.code) for r in receipts] == [(BaseCommand.SEND_RECEIPT, i, 3000) for i in (1, 2, 3)]
     assert "empty" in receipts[0].resMsg and "100 bytes" in receipts[1].resMsg and "'bob'" in receipts[2].resMsg
@@ -108,8 +128,9 @@ def test_bad_messages_get_failed_receipts_and_the_connection_goes_on() -> None:
 
 def test_garbage_protobuf_after_login_is_reported_and_skipped() -> None:
     conn = logged_in()
-    events = conn.receive_data(encode_frames([b"\xff\xff\xff", Request(reqMsg="after", cmd=BaseCommand.MESSAGE).SerializeToString()]))
-    assert events == [ChatMessages([b"after"], None, [0])]
+    after = Request(reqMsg="after", cmd=BaseCommand.MESSAGE).SerializeToString()
+    events = conn.receive_data(encode_frames([b"\xff\xff\xff", after]))
+    assert events == [ChatMessages([b"after"], EVERYONE, [0])]
     [error] = sent(conn)
     assert error.cmd == BaseCommand.ERROR and "not a protobuf Request" in error.resMsg
     assert error.properties["receiveUserId"] == "7"
@@ -125,7 +146,7 @@ def test_garbage_login_closes() -> None:
 def test_oversized_frame_serves_earlier_frames_then_closes() -> None:
     conn = logged_in()
     events = conn.receive_data(frame(reqMsg="before", cmd=BaseCommand.MESSAGE) + b"\x80\x80\x80\x80\x04")
-    assert events[0] == ChatMessages([b"before"], None, [0])
+    assert events[0] == ChatMessages([b"before"], EVERYONE, [0])
     assert isinstance(events[1], ProtocolViolation) and "exceeds the limit" in events[1].reason
     assert conn.state is State.CLOSED
     assert sent(conn)[0].cmd == BaseCommand.ERROR

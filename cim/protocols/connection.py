@@ -19,12 +19,13 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
+from cim.destinations import EVERYONE, Destination, ToGroup, ToUser
 from cim.frame import FrameDecoder, FrameError, encode_frame
-from cim.proto import ERROR, LOGIN_REQUEST, MESSAGE, OFFLINE, PING, SEND_RECEIPT, Request, Response
+from cim.proto import ERROR, LOGIN_REQUEST, MESSAGE, OFFLINE, PING, SEND_RECEIPT, BaseCommand, Request, Response
 from cim.status import Status
 from cim.wire import encode_receipts, scan_chat_run
+from cim.wire_fields import RECEIVE_USER_ID
 
-RECEIVE_USER_ID = "receiveUserId"
 PONG = encode_frame(Response(cmd=PING, resMsg="pong").SerializeToString())
 
 
@@ -43,11 +44,11 @@ class Login:
 
 @dataclass(slots=True)  # not frozen: frozen dataclasses cost more per event
 class ChatMessages:
-    """Messages the client sent in a row to one destination: a user when
-    ``receiver_id`` is set, the group otherwise. Texts are UTF-8 bytes, as on the wire."""
+    """Messages the client sent in a row to one destination. Texts are UTF-8 bytes,
+    as on the wire; the k-th text came with the k-th clientMsgId (0: none)."""
 
     texts: list[bytes]
-    receiver_id: int | None
+    destination: Destination
     client_msg_ids: list[int]
 
 
@@ -130,7 +131,7 @@ class ServerConnection:
             if self.state is State.OPEN:
                 end, receiver, texts, client_msg_ids = scan_chat_run(frames, index, self.max_message_bytes)
                 if end > index:
-                    events.append(ChatMessages(texts, receiver or None, client_msg_ids))
+                    events.append(ChatMessages(texts, ToUser(receiver) if receiver else EVERYONE, client_msg_ids))
                     index = end
                     continue
                 if frames[index] == self._ping:
@@ -188,17 +189,22 @@ class ServerConnection:
             failure = "empty message"
         elif len(text) * 4 > self.max_message_bytes and len(text.encode()) > self.max_message_bytes:
             failure = f"message over {self.max_message_bytes} bytes"
-        receiver: int | None = None
+        destination: Destination = EVERYONE
         raw_receiver = request.properties.get(RECEIVE_USER_ID)
         if failure is None and raw_receiver:
-            try:
-                receiver = int(raw_receiver)
-            except ValueError:
-                failure = f"receiveUserId {raw_receiver!r} is not a user id"
+            if request.groupId:
+                failure = "a message goes to a receiveUserId or a groupId, not both"
+            else:
+                try:
+                    destination = ToUser(int(raw_receiver))
+                except ValueError:
+                    failure = f"receiveUserId {raw_receiver!r} is not a user id"
+        elif request.groupId:
+            destination = ToGroup(request.groupId)
         if failure is not None:
             self.send_receipt(request.clientMsgId, Status.VALIDATION_FAIL, failure)
             return None
-        return ChatMessages([text.encode()], receiver, [request.clientMsgId])
+        return ChatMessages([text.encode()], destination, [request.clientMsgId])
 
     def _violation(self, status: Status, reason: str, receiver: int = 0) -> ProtocolViolation:
         self._out.append(self._frame(ERROR, status.code, reason, receiver or self.user_id))
@@ -213,7 +219,7 @@ class ServerConnection:
         head.properties[RECEIVE_USER_ID] = str(self.user_id)
         return head.SerializeToString()
 
-    def _frame(self, cmd: int, code: int, text: str, receiver: int) -> bytes:
+    def _frame(self, cmd: BaseCommand, code: int, text: str, receiver: int) -> bytes:
         response = Response(cmd=cmd, code=code, resMsg=text)
         response.properties[RECEIVE_USER_ID] = str(receiver)
         return encode_frame(response.SerializeToString())

@@ -1,137 +1,135 @@
-"""The asyncio Protocol of a client connection: it only moves bytes.
+"""The TCP transport: an asyncio Protocol that only moves bytes, and a ``Peer``.
 
 Protocol decisions live in ``ServerConnection`` (sans-I/O), application decisions
-in ``Node``. Events are handled in arrival order: ones the node can settle at once
-(a ping, a message to a user on this node) are, the rest (login, group messages,
-routes on other nodes) go through a per-connection backlog drained by one task that
-exists only while there is a backlog, so a message never overtakes an earlier one.
+in the node, reached only through ``cim.server.peer.PeerHost``; events go to the
+node in arrival order through the ``EventSink`` it hands back at admission.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from typing import TYPE_CHECKING
+from typing import cast
 
-from cim.messages import Sender
-from cim.protocols.connection import Event, ServerConnection, State
-
-if TYPE_CHECKING:
-    from cim.node import Node
+from cim.protocols.connection import ServerConnection, State
+from cim.server.peer import EventSink, PeerHost
+from cim.status import Status
 
 log = logging.getLogger("cim.server")
 
 
-class CimServerProtocol(asyncio.Protocol):
-    __slots__ = (
-        "node", "conn", "transport", "connected_at", "last_seen", "paused_at",
-        "logged_in", "closed", "receiver_entry", "sender", "dirty", "_backlog", "_drainer",
-    )
+class TcpPeer(asyncio.Protocol):
+    """One client's TCP connection: bytes in to the sans-I/O connection, frames out."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.conn = ServerConnection(node.config.max_frame_size, node.config.max_message_bytes)
-        self.transport: asyncio.Transport | None = None
+    # Slots: one of these per connection (100k per node).
+    __slots__ = ("host", "conn", "events", "transport", "connected_at", "last_seen", "paused_at", "closed", "_queued")
+
+    def __init__(self, host: PeerHost) -> None:
+        settings = host.settings
+        self.host = host
+        self.conn = ServerConnection(settings.max_frame_size, settings.max_message_bytes)
+        self.events: EventSink | None = None  # set once admitted
+        self.transport: asyncio.WriteTransport | None = None
         self.connected_at = 0.0
         self.last_seen = 0.0
         self.paused_at: float | None = None  # when the write buffer went over the high mark
-        self.logged_in = False
         self.closed = False
-        # The serialized receiveUserId entry every push to this user ends with (set at login).
-        self.receiver_entry = b""
-        self.sender: Sender | None = None  # this user as a sender, serialized once (set at login)
-        self.dirty = False  # has pushes waiting for the node's end-of-turn flush
-        self._backlog: deque[Event] | None = None
-        self._drainer: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
+        self._queued = False  # has pushes waiting for the end-of-turn flush
 
     @property
     def user_id(self) -> int:
         return self.conn.user_id
 
+    # -- asyncio.Protocol ----------------------------------------------------------
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport subclass
-        self.connected_at = self.last_seen = self.node.loop.time()
-        high = self.node.config.write_buffer_high
-        self.transport.set_write_buffer_limits(high=high, low=high // 4)
-        if not self.node.connection_made(self):
-            self.flush()  # the refusal frame, then close
+        # uvloop's transports implement asyncio's interface without subclassing it.
+        self.transport = transport = cast(asyncio.WriteTransport, transport)
+        self.connected_at = self.last_seen = self.host.loop.time()
+        high = self.host.settings.write_buffer_high
+        transport.set_write_buffer_limits(high=high, low=high // 4)
+        self.events = self.host.admit(self)
 
     def data_received(self, data: bytes) -> None:
-        self.last_seen = self.node.loop.time()
-        self.node.metrics["bytes_in"] += len(data)
-        if self._backlog is None and not self.dirty:  # nothing earlier is unanswered or queued
+        events = self.events
+        if events is None:
+            return  # refused: closing
+        self.last_seen = self.host.loop.time()
+        self.host.metrics["bytes_in"] += len(data)
+        if events.idle and not self._queued:  # nothing earlier is unanswered or queued
             pong = self.conn.answer_ping(data)
             if pong is not None:
-                self.write_now(pong)
+                self._write(pong)
                 return
-        events = self.conn.receive_data(data)
-        for event in events:
-            if self._backlog is None and self.node.handle_now(self, event):
-                continue
-            if self._backlog is None:
-                self._backlog = deque()
-                self._drainer = asyncio.create_task(self._drain())
-            self._backlog.append(event)
-        self.flush()
-
-    async def _drain(self) -> None:
-        backlog = self._backlog
-        assert backlog is not None
-        try:
-            while backlog:
-                await self.node.handle(self, backlog)  # takes one event, or a run it can batch
-                self.flush()
-                # Once the backlog is empty, events may be settled at once again.
-        finally:
-            self._backlog = None
-            self._drainer = None
-
-    def flush(self) -> None:
-        """Write everything the connection queued, in one write; close if it ended."""
-        if self.transport is None or self.closed:
-            return
-        data = self.conn.data_to_send()
-        if data:
-            self.write_now(data)
-        if self.conn.state is State.CLOSED and not self.closed:
-            self.closed = True
-            self.transport.close()
-
-    def write_now(self, data: bytes) -> None:
-        """Write ``data`` at once. Only for a connection with nothing queued (not
-        ``dirty``), so nothing is overtaken; uvloop writes at once too, so this is
-        one syscall."""
-        transport = self.transport
-        if transport is None or self.closed:
-            return
-        transport.write(data)
-        if self.paused_at is not None and transport.get_write_buffer_size() > 4 * self.node.config.write_buffer_high:
-            self.abort(f"slow consumer: write buffer over {4 * self.node.config.write_buffer_high} bytes")
-
-    def end_session(self, reason: str, reconnect: bool) -> None:
-        """End the session from outside its own events (shutdown, kick, idle): tell
-        the client why and whether to come back, then close."""
-        self.conn.close(reason, reconnect)
+        events.feed(self.conn.receive_data(data))
         self.flush()
 
     def pause_writing(self) -> None:
-        self.paused_at = self.node.loop.time()
-        self.node.slow.add(self)
+        self.paused_at = self.host.loop.time()
+        self.host.writing_paused(self)
 
     def resume_writing(self) -> None:
         self.paused_at = None
-        self.node.slow.discard(self)
-
-    def abort(self, reason: str) -> None:
-        """Drop the connection now, unsent data and all (a reader that cannot keep up)."""
-        log.warning("disconnecting user %s: %s", self.user_id, reason)
-        self.node.metrics["slow_consumer_cuts"] += 1
-        self.closed = True
-        if self.transport is not None:
-            self.transport.abort()
+        self.host.writing_resumed(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.transport = None
-        self.node.connection_lost(self)
+        self.host.lost(self)
+
+    # -- Peer ------------------------------------------------------------------------
+
+    def push(self, frame: bytes, at_once: bool = False) -> None:
+        if at_once and not self._queued:
+            self._write(frame)
+            return
+        self.conn.send_push(frame)
+        if not self._queued:
+            self._queued = True
+            self.host.flush_at_end_of_turn(self)
+
+    def send_pong(self) -> None:
+        self.conn.send_pong()
+
+    def send_receipts(self, client_msg_ids: list[int], first_id: int, status: Status = Status.SUCCESS) -> None:
+        self.conn.send_receipts(client_msg_ids, first_id, status)
+
+    def send_receipt(self, client_msg_id: int, status: Status, text: str) -> None:
+        self.conn.send_receipt(client_msg_id, status, text)
+
+    def refuse(self, status: Status, reason: str) -> None:
+        self.conn.refuse(status, reason)
+        self.flush()
+
+    def end(self, reason: str, reconnect: bool) -> None:
+        self.conn.close(reason, reconnect)
+        self.flush()
+
+    def abort(self, reason: str) -> None:
+        log.warning("disconnecting user %s: %s", self.user_id, reason)
+        self.host.metrics["slow_consumer_cuts"] += 1
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def flush(self) -> None:
+        self._queued = False
+        if self.transport is None or self.closed:
+            return
+        data = self.conn.data_to_send()
+        if data:
+            self._write(data)
+        if self.conn.state is State.CLOSED and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def _write(self, data: bytes) -> None:
+        """Write now: uvloop writes at once, so this is one syscall. Only called with
+        nothing queued before ``data``, so nothing is overtaken."""
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        transport.write(data)
+        limit = 4 * self.host.settings.write_buffer_high
+        if self.paused_at is not None and transport.get_write_buffer_size() > limit:
+            self.abort(f"slow consumer: write buffer over {limit} bytes")

@@ -1,0 +1,32 @@
+"""Where a message goes: one user, a named group, or everyone online (CIM's group chat).
+
+A type instead of ``receiver_id=None``: "no receiver" used to mean "everyone", so a
+frame naming a group was broadcast to every online user. Tuples, not dataclasses:
+one is made per run of messages on the hot path, and a NamedTuple is the cheapest
+immutable value Python builds.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class ToUser(NamedTuple):
+    """A private message to ``user_id``."""
+
+    user_id: int
+
+
+class ToGroup(NamedTuple):
+    """A message to the members of a named group (Request field 18, ``groupId``)."""
+
+    group_id: str
+
+
+class ToEveryone(NamedTuple):
+    """CIM's group chat: every online user but the sender."""
+
+
+EVERYONE = ToEveryone()
+
+Destination = ToUser | ToGroup | ToEveryone

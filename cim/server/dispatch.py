@@ -1,0 +1,148 @@
+"""Role: act on a peer's events: login, send, ping, offline.
+
+``handle_now`` settles what needs no I/O (the hot path: messages to a user on this
+node, pings); ``handle`` does the rest, one event (or one batchable run) at a time,
+in the order ``cim.server.ordering`` keeps.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+
+from cim.backends import Backends
+from cim.delivery import Messenger
+from cim.destinations import ToEveryone, ToUser
+from cim.messages import MessageIds
+from cim.protocols.connection import ChatMessages, Event, Login, Offline, Ping, ProtocolViolation
+from cim.server.peer import Peer
+from cim.server.sessions import SessionTable
+from cim.server.tasks import BackgroundTasks
+from cim.status import CimError, Status
+from cim.wire import push_bodies
+
+log = logging.getLogger("cim.server")
+
+
+class Dispatcher:
+    """What the node does with each event a peer's connection produces."""
+
+    def __init__(
+        self, node_id: str, sessions: SessionTable, backends: Backends, messenger: Messenger,
+        metrics: Counter[str], tasks: BackgroundTasks,
+    ) -> None:
+        self.node_id = node_id
+        self.sessions = sessions
+        self.backends = backends
+        self.messenger = messenger
+        self.metrics = metrics
+        self.tasks = tasks
+
+    def handle_now(self, peer: Peer, event: Event) -> bool:
+        """Settle an event synchronously when no I/O is needed; False defers it to ``handle``."""
+        if isinstance(event, ChatMessages):  # the hot path first: messages to a user on this node
+            destination = event.destination
+            if type(destination) is not ToUser:
+                return False
+            target = self.sessions.by_user.get(destination.user_id)
+            session = self.sessions.of(peer)
+            if target is None or session is None:
+                return False
+            texts = event.texts
+            first_id, now_ms = self.messenger.ids.take(len(texts))
+            target.push(push_bodies(session.sender.prefix, texts, first_id, now_ms))
+            peer.send_receipts(event.client_msg_ids, first_id)
+            self.metrics["messages_in"] += len(texts)
+            self.metrics["messages_out"] += len(texts)
+            return True
+        if isinstance(event, Ping):
+            peer.send_pong()
+            return True
+        if isinstance(event, ProtocolViolation):
+            self.metrics["protocol_errors"] += 1
+            log.info("closing connection of user %s: %s", peer.user_id, event.reason)
+            return True  # the error frame is queued; flush closes
+        if isinstance(event, Offline):
+            peer.end("bye", reconnect=False)
+            return True
+        return False
+
+    async def handle(self, peer: Peer, backlog: deque[Event]) -> None:
+        """Handle the event at the head of ``backlog``, taking it off; a run of messages
+        to everyone is taken and sent together (one broadcast, one pass over each node's users)."""
+        event = backlog.popleft()
+        if isinstance(event, ChatMessages) and type(event.destination) is ToEveryone:
+            event = ChatMessages(list(event.texts), event.destination, list(event.client_msg_ids))
+            while (
+                backlog
+                and isinstance(head := backlog[0], ChatMessages)
+                and type(head.destination) is ToEveryone
+                and len(event.texts) + len(head.texts) <= MessageIds.MAX_BLOCK
+            ):
+                backlog.popleft()
+                event.texts += head.texts
+                event.client_msg_ids += head.client_msg_ids
+        try:
+            if isinstance(event, Login):
+                await self._login(peer, event)
+            elif isinstance(event, ChatMessages):
+                await self._send(peer, event)
+            elif not self.handle_now(peer, event):
+                raise AssertionError(f"unhandled event {event!r}")
+        except Exception as err:
+            # A backend failure is answered, never swallowed: the login is refused,
+            # each send gets a failed receipt, and the client can retry.
+            self.metrics["errors"] += 1
+            log.error("handling %s for user %s failed: %r", type(event).__name__, peer.user_id, err)
+            if isinstance(event, Login):
+                peer.refuse(Status.FAIL, f"login failed: {type(err).__name__}; try again")
+            elif isinstance(event, ChatMessages):
+                for client_msg_id in event.client_msg_ids:
+                    peer.send_receipt(client_msg_id, Status.FAIL, f"send failed: {type(err).__name__}; try again")
+
+    async def _login(self, peer: Peer, login: Login) -> None:
+        if self.sessions.busy(login.user_id):
+            peer.refuse(Status.REPEAT_LOGIN, "user already connected")
+            return
+        with self.sessions.logging_in(login.user_id):
+            refusal = await self._check_login(peer, login)
+        if refusal is not None:
+            peer.refuse(*refusal)
+
+    async def _check_login(self, peer: Peer, login: Login) -> tuple[Status, str] | None:
+        """Accept the login (None) or say why not."""
+        name = await self.backends.accounts.user_name(login.user_id)
+        if name is None:
+            return Status.VALIDATION_FAIL, f"userId {login.user_id} is not a registered user"
+        if name != login.user_name:
+            return Status.ACCOUNT_NOT_MATCH, Status.ACCOUNT_NOT_MATCH.message
+        presence = self.backends.presence
+        if not await presence.confirm_login(login.user_id, self.node_id):
+            return Status.REPEAT_LOGIN, "user is logged in on another server"
+        if peer.closed:  # the client left while we asked the store
+            await presence.logout(login.user_id, self.node_id)
+            return None
+        self.sessions.bind(peer, login.user_id, login.user_name)
+        self.metrics["logins"] += 1
+        return None
+
+    async def _send(self, peer: Peer, messages: ChatMessages) -> None:
+        """Messages that need the backends: to everyone, or to a user not on this node."""
+        session = self.sessions.of(peer)
+        if session is None:
+            return  # the login was refused; its connection is closing
+        self.metrics["messages_in"] += len(messages.texts)
+        try:
+            status, first_id = await self.messenger.send(session.sender, messages.destination, messages.texts)
+        except CimError as err:
+            for client_msg_id in messages.client_msg_ids:
+                peer.send_receipt(client_msg_id, err.status, err.message)
+        else:
+            peer.send_receipts(messages.client_msg_ids, first_id, status)
+
+    def lost(self, peer: Peer) -> None:
+        """Clean up after a closed connection exactly once, whatever closed it."""
+        session = self.sessions.remove(peer)
+        if session is not None:
+            self.metrics["logouts"] += 1
+            self.tasks.spawn(self.backends.presence.logout(session.user_id, self.node_id))

@@ -1,0 +1,146 @@
+"""Role: a cim-server node's lifecycle, and admission of its connections.
+
+``Node`` builds the parts (see ``cim.server``), starts and stops them, and is the
+``PeerHost`` its transports talk to: it admits connections (or refuses them when
+the open-files budget is used up), hears when they go, and flushes the pushes
+queued during a loop turn together at its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import Counter
+
+from cim.backends import Backends
+from cim.config import Config
+from cim.delivery import Messenger
+from cim.limits import connection_capacity, kernel_warnings, raise_nofile_limit
+from cim.messages import MessageIds
+from cim.protocols.tcp import TcpPeer
+from cim.server.dispatch import Dispatcher
+from cim.server.intake import Deliveries
+from cim.server.ordering import OrderedEvents
+from cim.server.peer import Peer, PeerSettings
+from cim.server.registration import Registration
+from cim.server.sessions import SessionTable
+from cim.server.sweeper import Sweeper
+from cim.server.tasks import BackgroundTasks
+from cim.status import Status
+
+log = logging.getLogger("cim.server")
+
+
+class Node:
+    """One cim-server: its sessions, its listener, and the parts that serve them."""
+
+    def __init__(self, config: Config, backends: Backends) -> None:
+        self.config = config
+        self.backends = backends
+        self.info = config.server_info
+        self.node_id = self.info.id
+        self.loop = asyncio.get_running_loop()
+        self.settings = PeerSettings(config.max_frame_size, config.max_message_bytes, config.write_buffer_high)
+        self.metrics: Counter[str] = Counter()
+        self.started_at = time.time()
+        self.max_connections = 0
+        self.sessions = SessionTable()
+        self.tasks = BackgroundTasks(self.metrics)
+        self.sweeper = Sweeper(config, self.sessions, self.metrics)
+        self.registration = Registration(config, backends, self.sessions, self.metrics, self.tasks)
+        self.deliveries = Deliveries(self.node_id, self.sessions, backends, self.metrics, self.tasks)
+        # The node number comes from the store at start; ids are taken only after.
+        self.ids = MessageIds(0)
+        messenger = Messenger(backends, self.ids, local=self.deliveries)
+        self.dispatcher = Dispatcher(self.node_id, self.sessions, backends, messenger, self.metrics, self.tasks)
+        self._turn: list[Peer] = []  # peers with pushes queued this loop turn
+        self._server: asyncio.Server | None = None
+        self._sweeping: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        soft, hard = raise_nofile_limit()
+        self.max_connections = connection_capacity(soft, self.config.max_connections)
+        self.metrics.update(nofile_soft=soft, nofile_hard=hard, max_connections=self.max_connections)
+        log.info("open files soft/hard %d/%d: room for %d client connections", soft, hard, self.max_connections)
+        for warning in kernel_warnings(
+            self.config.backlog, self.config.workers, self.max_connections, self.config.max_connections
+        ):
+            log.warning("%s", warning)
+        await self.registration.clear_stale()
+        self.ids.assign_node(await self.backends.presence.allocate_node_number())
+        await self.backends.bus.subscribe(self.node_id, self.deliveries.on_delivery)
+        self._server = await self.loop.create_server(
+            lambda: TcpPeer(self),
+            self.config.host,
+            self.config.port,
+            reuse_port=self.config.workers > 1,
+            backlog=self.config.backlog,
+        )
+        self._sweeping = asyncio.create_task(self.sweeper.run(), name="cim-sweeper")
+        await self.registration.register()
+        log.info("cim-server %s listening on %s:%d", self.node_id, self.config.host, self.config.port)
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (useful with port 0)."""
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        """Graceful: leave the registry, stop accepting, tell clients, close, clean up."""
+        await self.registration.unregister()
+        if self._server is not None:
+            self._server.close()
+        if self._sweeping is not None:
+            self._sweeping.cancel()
+        for peer in self.sessions.peers():
+            peer.end("server shutting down", reconnect=True)
+        deadline = self.loop.time() + self.config.shutdown_timeout
+        while (self.sessions.connections or self.tasks) and self.loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # -- PeerHost ----------------------------------------------------------------
+
+    def admit(self, peer: Peer) -> OrderedEvents | None:
+        self.metrics["connections_total"] += 1
+        if self.sessions.connections >= self.max_connections:
+            self.metrics["refused_full"] += 1
+            peer.refuse(Status.FAIL, f"server full: {self.max_connections} connections")
+            return None
+        self.sessions.admit(peer)
+        return OrderedEvents(peer, self.dispatcher)
+
+    def lost(self, peer: Peer) -> None:
+        self.sweeper.slow.discard(peer)
+        self.dispatcher.lost(peer)
+
+    def flush_at_end_of_turn(self, peer: Peer) -> None:
+        if not self._turn:
+            self.loop.call_soon(self._flush_turn)
+        self._turn.append(peer)
+
+    def _flush_turn(self) -> None:
+        peers, self._turn = self._turn, []
+        for peer in peers:
+            peer.flush()
+
+    def writing_paused(self, peer: Peer) -> None:
+        self.sweeper.slow.add(peer)
+
+    def writing_resumed(self, peer: Peer) -> None:
+        self.sweeper.slow.discard(peer)
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "node": self.node_id,
+            "pid": os.getpid(),
+            "connections": self.sessions.connections,
+            "sessions": len(self.sessions),
+            "slow_consumers": len(self.sweeper.slow),
+            "uptime_s": round(time.time() - self.started_at, 1),
+            **self.metrics,
+        }

@@ -1,0 +1,109 @@
+"""Role: the seam between transports and the node: ``Peer`` (what a connection offers) and
+``PeerHost`` (what a transport may ask of the node).
+
+A transport (TCP today, WebSocket next) implements ``Peer``: it moves bytes and
+owns its own write buffering. The node never touches a transport's internals; a
+transport reaches the node only through ``PeerHost``. Neither side imports the
+other's module: both depend on this one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass
+from typing import Protocol
+
+from cim.protocols.connection import Event
+from cim.status import Status
+
+
+class Peer(Protocol):
+    """One client connection of a session (a device), whatever carries its bytes."""
+
+    @property
+    def user_id(self) -> int:
+        """The user the login frame named (0 before it)."""
+
+    @property
+    def connected_at(self) -> float:
+        """Loop time the connection was made."""
+
+    @property
+    def last_seen(self) -> float:
+        """Loop time anything was last received."""
+
+    @property
+    def closed(self) -> bool:
+        """The connection is closed or closing: nothing more is written to it."""
+
+    @property
+    def paused_at(self) -> float | None:
+        """Loop time the write buffer went over the high mark, None while under it."""
+
+    def push(self, frame: bytes, at_once: bool = False) -> None:
+        """Send framed pushes: coalesced with whatever else this peer gets this loop
+        turn, or with ``at_once`` written now unless pushes are already queued (then
+        behind them, so nothing is overtaken)."""
+
+    def send_pong(self) -> None: ...
+
+    def send_receipts(self, client_msg_ids: list[int], first_id: int, status: Status = Status.SUCCESS) -> None:
+        """Receipts for messages sent in a row: the k-th got message id ``first_id + k``."""
+
+    def send_receipt(self, client_msg_id: int, status: Status, text: str) -> None:
+        """The fate of one message that was not sent, and why."""
+
+    def refuse(self, status: Status, reason: str) -> None:
+        """An error frame, then close (a refused login, a full server)."""
+
+    def end(self, reason: str, reconnect: bool) -> None:
+        """An OFFLINE frame saying why and whether to come back, then close."""
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection now, unsent data and all (a reader that cannot keep up)."""
+
+    def flush(self) -> None:
+        """Write what is queued, in one write; close if the protocol ended."""
+
+
+class EventSink(Protocol):
+    """Takes a peer's events, in the order they arrived (see ``cim.server.ordering``)."""
+
+    @property
+    def idle(self) -> bool:
+        """Nothing received earlier is still being handled."""
+
+    def feed(self, events: list[Event]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSettings:
+    """The limits a transport enforces by itself."""
+
+    max_frame_size: int
+    max_message_bytes: int
+    write_buffer_high: int
+
+
+class PeerHost(Protocol):
+    """What a transport may ask of the node it runs in."""
+
+    settings: PeerSettings
+    metrics: Counter[str]
+    loop: asyncio.AbstractEventLoop
+
+    def admit(self, peer: Peer) -> EventSink | None:
+        """A new connection: where its events go, or None when refused (the peer has
+        been told why and closes)."""
+
+    def lost(self, peer: Peer) -> None:
+        """The connection is gone, for whatever reason: called once."""
+
+    def flush_at_end_of_turn(self, peer: Peer) -> None:
+        """Call ``peer.flush()`` once the loop turn's work is done."""
+
+    def writing_paused(self, peer: Peer) -> None:
+        """The peer's write buffer went over the high mark (a slow reader)."""
+
+    def writing_resumed(self, peer: Peer) -> None: ...
