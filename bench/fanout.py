@@ -9,6 +9,7 @@ from typing import Any
 
 from bench import system
 from bench.loadgen import Plan, source_ips
+from bench.report import percentiles
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,11 +35,12 @@ def plans(target: system.Target, receivers: int, args: argparse.Namespace) -> li
 
 
 def figures(run: system.Run) -> dict[str, float]:
+    p50_us, p99_us = percentiles(run.latencies_us, (0.50, 0.99))
     return {
         "deliveries_per_s": run.total("delivered") / run.duration,
         "messages_per_s": run.total("sent") / run.duration,
-        "p50_ms": system.percentile(run.latencies_us, 0.50) / 1000,
-        "p99_ms": system.percentile(run.latencies_us, 0.99) / 1000,
+        "p50_ms": p50_us / 1000,
+        "p99_ms": p99_us / 1000,
         "server_cpu_pct": run.cpu_seconds / run.duration * 100,
         "generator_cpu_pct": run.generator_cpu_pct,
     }

@@ -19,12 +19,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Barrier
-from typing import Any
+from typing import Any, cast
 
 import uvloop
 
-from cim.frame import FrameDecoder, encode_frame
-from cim.proto import BaseCommand, Request, Response
+from cim.frame import FrameDecoder
+from cim.proto import Response
+from cim.protocols.client import ClientConnection, Pong, Receipt, parse_response
 
 STAMP = b"0" * 19  # placeholder for time.time_ns() in a pre-encoded message
 BARRIER_TIMEOUT = 1800.0
@@ -64,16 +65,22 @@ class Stats:
 
 
 class GenProtocol(asyncio.Protocol):
-    __slots__ = ("gen", "user_id", "transport", "decoder", "login_done")
+    """One generated user's connection. Its frames come from a ClientConnection, built
+    once; its input is split into frames here, so the run phase can count them unparsed."""
 
-    def __init__(self, gen: Generator, user_id: int) -> None:
+    __slots__ = ("gen", "user_id", "frames", "transport", "decoder", "login_done")
+
+    def __init__(self, gen: Generator, user_id: int, user_name: str) -> None:
         self.gen = gen
         self.user_id = user_id
+        self.frames = ClientConnection(user_id, user_name)
         self.decoder = FrameDecoder()
         self.login_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+        # A TCP transport, so it writes; uvloop's is not registered as an asyncio.Transport,
+        # so it is declared one rather than checked.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         gen = self.gen
@@ -88,16 +95,15 @@ class GenProtocol(asyncio.Protocol):
                 gen.stats.receipts += len(frames)
             return
         for frame in frames:
-            response = Response.FromString(frame)
-            cmd = response.cmd
-            if cmd == BaseCommand.PING:
+            event = parse_response(frame)
+            if isinstance(event, Pong):
                 gen.stats.pongs += 1
                 if not self.login_done.done():
                     self.login_done.set_result(None)
-            elif cmd != BaseCommand.SEND_RECEIPT:
+            elif not isinstance(event, Receipt):
                 gen.stats.errors += 1
                 if not self.login_done.done():
-                    self.login_done.set_exception(ConnectionError(f"{response.code}: {response.resMsg}"))
+                    self.login_done.set_exception(ConnectionError(f"unexpected during login: {event}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.login_done.done():
@@ -124,17 +130,14 @@ class Generator:
 
     def _template(self, sender: int, receiver: int | None) -> tuple[bytes, int]:
         text = STAMP + b" " + b"x" * max(0, self.plan.payload - len(STAMP) - 1)
-        request = Request(requestId=sender, reqMsg=text.decode(), cmd=BaseCommand.MESSAGE, clientMsgId=1)
-        if receiver is not None:
-            request.properties["receiveUserId"] = str(receiver)
-        frame = encode_frame(request.SerializeToString())
+        frame = self.conns[sender].frames.message(text.decode(), receiver, client_msg_id=1)
         return frame, frame.index(STAMP)
 
     def send(self, sender: int, count: int = 1) -> None:
         """``count`` messages from ``sender`` in one write, stamped now."""
         frame, at = self.templates[sender]
         stamped = frame[:at] + str(time.time_ns()).encode() + frame[at + 19 :]
-        self.conns[sender].transport.write(stamped * count)  # type: ignore[attr-defined]
+        self.conns[sender].transport.write(stamped * count)
         self.stats.sent += count
 
     def on_messages(self, conn: GenProtocol, frames: list[bytes]) -> None:
@@ -148,8 +151,8 @@ class Generator:
             stats.latencies_us.append((time.time_ns() - int(text[:19])) // 1000)
         if plan.scenario == "p2p":
             self.send(self.sender_of[conn.user_id], len(frames))
-        elif conn.user_id == self.probe:
-            self.send(plan.fanout_sender, len(frames))  # type: ignore[arg-type]
+        elif conn.user_id == self.probe and plan.fanout_sender is not None:  # the probe is set with the sender
+            self.send(plan.fanout_sender, len(frames))
 
     # -- phases ------------------------------------------------------------------
 
@@ -163,11 +166,10 @@ class Generator:
             async with semaphore:
                 source = plan.source_ips[i % len(plan.source_ips)]
                 _, proto = await loop.create_connection(
-                    lambda: GenProtocol(self, user_id), plan.host, plan.port, local_addr=(source, 0)
+                    lambda: GenProtocol(self, user_id, name), plan.host, plan.port, local_addr=(source, 0)
                 )
-                login = Request(requestId=user_id, reqMsg=name).SerializeToString()
-                ping = Request(requestId=user_id, reqMsg="ping", cmd=BaseCommand.PING).SerializeToString()
-                proto.transport.write(encode_frame(login) + encode_frame(ping))
+                # The pong says the login before it was accepted.
+                proto.transport.write(proto.frames.login() + proto.frames.ping())
                 await asyncio.wait_for(proto.login_done, 60)
                 self.conns[user_id] = proto
 
@@ -206,7 +208,6 @@ class Generator:
     async def _heartbeats(self) -> None:
         """Every connection pings once per heartbeat interval, spread evenly."""
         plan = self.plan
-        pings = {u: encode_frame(Request(requestId=u, reqMsg="ping", cmd=BaseCommand.PING).SerializeToString()) for u in self.conns}
         users = list(self.conns)
         random.shuffle(users)
         start = time.monotonic()
@@ -215,8 +216,8 @@ class Generator:
         while (now := time.monotonic()) - start < plan.duration:
             due = int((now - start) / step) + 1
             while sent < due:
-                user = users[sent % len(users)]
-                self.conns[user].transport.write(pings[user])  # type: ignore[attr-defined]
+                conn = self.conns[users[sent % len(users)]]
+                conn.transport.write(conn.frames.ping())
                 sent += 1
             await asyncio.sleep(0.05)
         self.stats.sent = sent
@@ -224,7 +225,7 @@ class Generator:
     async def close(self) -> None:
         self.stopping = True
         for conn in self.conns.values():
-            conn.transport.close()  # type: ignore[attr-defined]
+            conn.transport.close()
         await asyncio.sleep(0.2)
 
 

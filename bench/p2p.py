@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bench import system
 from bench.loadgen import Plan, source_ips
+from bench.report import percentiles
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,10 +32,11 @@ def plans(target: system.Target, args: argparse.Namespace) -> list[Plan]:
 
 def figures(run: system.Run) -> dict[str, float]:
     delivered = run.total("delivered")
+    p50_us, p99_us = percentiles(run.latencies_us, (0.50, 0.99))
     return {
         "msgs_per_s": delivered / run.duration,
-        "p50_ms": system.percentile(run.latencies_us, 0.50) / 1000,
-        "p99_ms": system.percentile(run.latencies_us, 0.99) / 1000,
+        "p50_ms": p50_us / 1000,
+        "p99_ms": p99_us / 1000,
         "server_cpu_s_per_million": run.cpu_seconds / max(1, delivered) * 1e6,
         "generator_cpu_pct": run.generator_cpu_pct,
         "errors": float(run.total("errors")),

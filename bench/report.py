@@ -32,6 +32,23 @@ def machine() -> dict[str, Any]:
     }
 
 
+def percentiles(values: Sequence[float], qs: Sequence[float]) -> list[float]:
+    """The ``qs`` quantiles (each 0..1) of ``values``, interpolating linearly between the
+    two nearest ranks (``statistics.quantiles``' "inclusive" method, which needs 2 values);
+    all 0.0 when nothing was measured. Sorts once for all of them."""
+    if not values:
+        return [0.0] * len(qs)
+    ordered = sorted(values)
+    last = len(ordered) - 1
+    out = []
+    for q in qs:
+        position = q * last
+        low = int(position)
+        high = min(low + 1, last)
+        out.append(ordered[low] + (ordered[high] - ordered[low]) * (position - low))
+    return out
+
+
 def median_of(runs: int, measure: Callable[[], float]) -> tuple[float, list[float]]:
     samples = [measure() for _ in range(runs)]
     return statistics.median(samples), samples
@@ -42,7 +59,7 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     print(title)
     for n, row in enumerate(cells):
-        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
         if n == 0:
             print("  ".join("-" * w for w in widths))
 

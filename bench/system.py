@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from bench.loadgen import LoadGenerator, Plan
 from bench.report import machine, print_table, write_json
-from bench.services import CimProcess, free_port, redis_server, wait_until, zookeeper_server
+from cim.client import RouteClient
+from cim.testing.services import CimProcess, free_port, redis_server, wait_until, zookeeper_server
 
 
 @dataclass
@@ -94,35 +95,32 @@ def cim_target(workdir: Path, workers: int = 1, heartbeat: float = 3600.0) -> It
 @contextlib.contextmanager
 def ceiling_target(workdir: Path, mode: str, workers: int = 1) -> Iterator[Target]:
     port = free_port()
-    log = open(workdir / f"relay-{mode}.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "bench.relay", "--port", str(port), "--mode", mode,
-                             "--workers", str(workers)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        def listening() -> bool:
-            with contextlib.closing(__import__("socket").create_connection(("127.0.0.1", port), 1)):
-                return True
+    with open(workdir / f"relay-{mode}.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "bench.relay", "--port", str(port), "--mode", mode,
+                                 "--workers", str(workers)], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            def listening() -> bool:
+                with contextlib.closing(__import__("socket").create_connection(("127.0.0.1", port), 1)):
+                    return True
 
-        wait_until(listening, 15, "relay")
-        yield Target("ceiling", "127.0.0.1", port, None, [proc.pid])
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
+            wait_until(listening, 15, "relay")
+            yield Target("ceiling", "127.0.0.1", port, None, [proc.pid])
+        finally:
+            proc.terminate()
+            proc.wait(10)
 
 
 async def _register(route_url: str, names: list[str], concurrency: int = 64) -> list[int]:
     semaphore = asyncio.Semaphore(concurrency)
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=route_url, timeout=30, limits=limits) as http:
+    async with RouteClient(route_url, timeout=30, max_connections=concurrency) as route:
         async def one(name: str) -> int:
             async with semaphore:
-                # Registering a name is idempotent, so a request lost to the keep-alive
-                # race (the route closing an idle pooled connection) is simply retried.
+                # Registering a name is idempotent, so a request lost on the way (a
+                # connection reset by the route under load) is simply retried.
                 attempt = 0
                 while True:
                     try:
-                        response = await http.post("/registerAccount", json={"userName": name})
-                        return int(response.json()["dataBody"]["userId"])
+                        return await route.register(name)
                     except httpx.TransportError:
                         attempt += 1
                         if attempt == 5:
@@ -145,18 +143,11 @@ def accounts(target: Target, count: int, tag: str) -> list[tuple[int, str]]:
     if target.route_url is None:
         return list(enumerate(names))
     if count < 5000:
-        return list(zip(_register_slice(target.route_url, names), names))
+        return list(zip(_register_slice(target.route_url, names), names, strict=True))
     chunks = [names[i : i + 5000] for i in range(0, count, 5000)]
     with ProcessPoolExecutor(max_workers=4, mp_context=multiprocessing.get_context("spawn")) as pool:
         ids = [i for chunk_ids in pool.map(_register_slice, [target.route_url] * len(chunks), chunks) for i in chunk_ids]
-    return list(zip(ids, names))
-
-
-def percentile(values: list[int], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
+    return list(zip(ids, names, strict=True))
 
 
 @dataclass
@@ -179,7 +170,7 @@ class Run:
     @property
     def generator_cpu_pct(self) -> float:
         """The busiest generator process, % of one core over the run phase."""
-        return max(s["cpu_seconds"] for s in self.stats) / self.duration * 100
+        return float(max(s["cpu_seconds"] for s in self.stats)) / self.duration * 100
 
 
 def measure(target: Target, plans: list[Plan], progress: Callable[[str], None]) -> Run:

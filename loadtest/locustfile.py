@@ -10,13 +10,13 @@ it, and logs out (/offLine) when it stops. A CIM business error comes back as HT
 200 with a JSON code other than 9000, so every answer's code is checked.
 
 ``TcpChatUser`` registers and logs in through the route, then speaks the wire
-protocol on a plain socket (cooperative under locust's gevent): the login frame
-and a PING, whose pong confirms the login, then private messages to other
-TcpChatUsers of this locust process. It reports as request type ``tcp``:
-``login`` (login frame to pong), ``receipt`` (send to SEND_RECEIPT; a code other
-than 9000/7000 fails), ``deliver`` (send to receive, from the send time in the
-text: sender and receiver share this machine's clock), ``send`` and
-``connection`` (only failures).
+protocol on a plain socket (cooperative under locust's gevent) through the SDK's
+sans-I/O ``ClientConnection``: the login frame and a PING, whose pong confirms the
+login, then private messages to other TcpChatUsers of this locust process. It
+reports as request type ``tcp``: ``login`` (login frame to pong), ``receipt``
+(send to SEND_RECEIPT; a code other than 9000/7000 fails), ``deliver`` (send to
+receive, from the send time in the text: sender and receiver share this machine's
+clock), ``send`` and ``connection`` (only failures).
 """
 
 from __future__ import annotations
@@ -36,13 +36,18 @@ from locust.clients import HttpSession
 from locust.env import Environment
 from locust.exception import StopUser
 
-from cim.frame import FrameDecoder, FrameError, encode_frame
-from cim.proto import BaseCommand, Request, Response
-from cim.status import Status
+from cim.client.route import OFF_LINE, SUCCESS, ClientError, read_answer
+from cim.protocols.client import (
+    ClientConnection,
+    ClientEvent,
+    Offline,
+    Pong,
+    ProtocolError,
+    Pushed,
+    Receipt,
+    ServerError,
+)
 
-SUCCESS = Status.SUCCESS.code_str
-OFF_LINE = Status.OFF_LINE.code_str
-RECEIPT_OK = (Status.SUCCESS.code, Status.OFF_LINE.code)
 HEARTBEAT_INTERVAL = 30.0  # seconds without a write before a PING (the server's default interval)
 LOGIN_TIMEOUT = 10.0
 
@@ -67,8 +72,9 @@ def stamped_ns(text: str) -> int | None:
     return int(parts[1])
 
 
-def route_post(client: HttpSession, path: str, body: dict[str, Any], accept: tuple[str, ...] = (SUCCESS,)) -> Any:
-    """POST to the route, recorded by locust; a CIM code outside ``accept`` is a failure.
+def route_post(client: HttpSession, path: str, body: dict[str, Any], accept: tuple[int, ...] = (SUCCESS,)) -> Any:
+    """POST to the route through locust's session (its stats come from it), the answer
+    checked as the SDK's RouteClient checks it: a CIM code outside ``accept`` is a failure.
 
     Returns ``dataBody``, or None when the call failed (locust has recorded why).
     """
@@ -76,14 +82,10 @@ def route_post(client: HttpSession, path: str, body: dict[str, Any], accept: tup
         if response.status_code != 200:
             return None  # locust has marked the HTTP or connection error failed
         try:
-            payload = response.json()
-        except ValueError:
-            response.failure("the answer is not JSON")
+            return read_answer(response.json(), accept).data
+        except (ValueError, ClientError) as err:  # not JSON / not a route answer, or a refusal
+            response.failure(str(err))
             return None
-        if payload.get("code") not in accept:
-            response.failure(f"{payload.get('code')}: {payload.get('message')}")
-            return None
-        return payload.get("dataBody")
 
 
 def register(client: HttpSession, prefix: str) -> tuple[int, str] | None:
@@ -135,20 +137,25 @@ class TcpChatUser(User):
         self.route.headers["Connection"] = "close"
         self.sock: socket.socket | None = None
         self.user_id = 0
+        self.connection: ClientConnection  # set by on_start, before any task runs
         # The heartbeat and the tasks write from different greenlets: one whole frame at a time.
         self.write_lock = Semaphore()
         self.last_write = 0.0
         self.msg_ids = itertools.count(1)
         self.sent_at: dict[int, float] = {}  # clientMsgId -> perf_counter() at send
-        self.login_answer: AsyncResult = AsyncResult()
+        self.login_answer: AsyncResult[None] = AsyncResult()
         self.offline_reason = ""
         self.stopping = False
-        self.greenlets: list[gevent.Greenlet] = []
+        self.greenlets: list[gevent.Greenlet[..., None]] = []
 
-    def fire(self, name: str, started: float, length: int = 0, exception: BaseException | None = None) -> None:
+    def fire(self, name: str, started: float, exception: BaseException | None = None) -> None:
+        self.report(name, (time.perf_counter() - started) * 1000, exception)
+
+    def report(self, name: str, response_time_ms: float, exception: BaseException | None = None) -> None:
+        # Events carry no frame sizes: the TCP exchanges report no response length.
         self.environment.events.request.fire(
-            request_type="tcp", name=name, response_time=(time.perf_counter() - started) * 1000,
-            response_length=length, exception=exception, context=self.context(),
+            request_type="tcp", name=name, response_time=response_time_ms,
+            response_length=0, exception=exception, context=self.context(),
         )
 
     def on_start(self) -> None:
@@ -160,16 +167,15 @@ class TcpChatUser(User):
         if server is None:
             raise StopUser()
         started = time.perf_counter()
+        self.connection = ClientConnection(self.user_id, name)
         try:
             self.sock = socket.create_connection((server["ip"], int(server["cimServerPort"])), timeout=LOGIN_TIMEOUT)
             self.sock.settimeout(None)
             self.greenlets.append(gevent.spawn(self.read_loop, self.sock))
-            # The login frame carries no cmd (LOGIN_REQUEST is 0). The server answers a
-            # PING in order, so the pong says the login before it was accepted.
-            self.write(Request(requestId=self.user_id, reqMsg=name))
-            self.write(Request(requestId=self.user_id, reqMsg="ping", cmd=BaseCommand.PING))
+            # The server answers a PING in order, so the pong says the login before it was accepted.
+            self.write(self.connection.login() + self.connection.ping())
             self.login_answer.get(timeout=LOGIN_TIMEOUT)
-        except (OSError, FrameError, CimFailure, gevent.Timeout) as err:
+        except (OSError, CimFailure, gevent.Timeout) as err:
             self.fire("login", started, exception=err)
             raise StopUser() from err
         self.fire("login", started)
@@ -185,10 +191,10 @@ class TcpChatUser(User):
         if self.sock is not None:
             self.sock.close()
 
-    def write(self, request: Request) -> None:
+    def write(self, frames: bytes) -> None:
         assert self.sock is not None
         with self.write_lock:
-            self.sock.sendall(encode_frame(request.SerializeToString()))
+            self.sock.sendall(frames)
             self.last_write = time.monotonic()
 
     @task
@@ -197,11 +203,10 @@ class TcpChatUser(User):
         if not others:
             return
         msg_id = next(self.msg_ids)
-        request = Request(requestId=self.user_id, reqMsg=stamp(self.user_id, msg_id), cmd=BaseCommand.MESSAGE, clientMsgId=msg_id)
-        request.properties["receiveUserId"] = str(random.choice(others))
+        frame = self.connection.message(stamp(self.user_id, msg_id), random.choice(others), msg_id)
         started = self.sent_at[msg_id] = time.perf_counter()
         try:
-            self.write(request)
+            self.write(frame)
         except OSError as err:
             del self.sent_at[msg_id]
             self.fire("send", started, exception=err)
@@ -211,47 +216,44 @@ class TcpChatUser(User):
             gevent.sleep(max(0.0, self.last_write + HEARTBEAT_INTERVAL - time.monotonic()))
             if time.monotonic() - self.last_write >= HEARTBEAT_INTERVAL:
                 try:
-                    self.write(Request(requestId=self.user_id, reqMsg="ping", cmd=BaseCommand.PING))
+                    self.write(self.connection.ping())
                 except OSError:
                     return  # the read loop reports the broken connection
 
     def read_loop(self, sock: socket.socket) -> None:
-        decoder = FrameDecoder()
         error: Exception
         try:
             while data := sock.recv(65536):
-                for frame in decoder.feed(data):
-                    self.on_frame(Response.FromString(frame), len(frame))
+                for event in self.connection.receive_data(data):
+                    self.on_event(event)
             error = ConnectionError(f"the server closed the connection {self.offline_reason}".strip())
-        except (OSError, FrameError) as err:
+        except OSError as err:
             error = err
         if not self.login_answer.ready():
             self.login_answer.set_exception(error)
         elif not self.stopping:
-            self.fire("connection", time.perf_counter(), exception=error)
+            self.fire("connection", time.perf_counter(), error)
 
-    def on_frame(self, response: Response, length: int) -> None:
-        cmd = response.cmd
-        if cmd == BaseCommand.PING:
-            if not self.login_answer.ready():
-                self.login_answer.set(None)
-        elif cmd == BaseCommand.MESSAGE:
-            sent_ns = stamped_ns(response.resMsg)
-            if sent_ns is not None:
-                self.environment.events.request.fire(
-                    request_type="tcp", name="deliver", response_time=(time.time_ns() - sent_ns) / 1e6,
-                    response_length=length, exception=None, context=self.context(),
-                )
-        elif cmd == BaseCommand.SEND_RECEIPT:
-            started = self.sent_at.pop(response.clientMsgId, None)
-            if started is not None:
-                failure = None if response.code in RECEIPT_OK else CimFailure(f"{response.code}: {response.resMsg}")
-                self.fire("receipt", started, length, failure)
-        elif cmd == BaseCommand.ERROR:
-            error = CimFailure(f"{response.code}: {response.resMsg}")
-            if not self.login_answer.ready():
-                self.login_answer.set_exception(error)
-            else:
-                self.fire("error", time.perf_counter(), length, error)
-        elif cmd == BaseCommand.OFFLINE:
-            self.offline_reason = f"(OFFLINE {response.code}: {response.resMsg})"
+    def on_event(self, event: ClientEvent) -> None:
+        match event:
+            case Pong():
+                if not self.login_answer.ready():
+                    self.login_answer.set(None)
+            case Pushed():
+                sent_ns = stamped_ns(event.text)
+                if sent_ns is not None:
+                    self.report("deliver", (time.time_ns() - sent_ns) / 1e6)
+            case Receipt():
+                started = self.sent_at.pop(event.client_msg_id, None)
+                if started is not None:
+                    self.fire("receipt", started, None if event.accepted else CimFailure(f"{event.code}: {event.message}"))
+            case ServerError():
+                error = CimFailure(f"{event.code}: {event.message}")
+                if not self.login_answer.ready():
+                    self.login_answer.set_exception(error)
+                else:
+                    self.fire("error", time.perf_counter(), error)
+            case Offline():
+                self.offline_reason = f"(OFFLINE {event.code}: {event.reason})"
+            case ProtocolError():
+                raise ConnectionError(f"unusable stream: {event.reason}")  # ends the read loop

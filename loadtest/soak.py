@@ -32,7 +32,6 @@ import queue
 import random
 import secrets
 import signal
-import statistics
 import sys
 import time
 import traceback
@@ -50,8 +49,8 @@ from typing import Any, TypedDict
 import httpx
 import uvloop
 
-from cim.client import Client, ClientError, Message
-from cim.client.sdk import route_call
+from bench.report import percentiles
+from cim.client import Client, ClientError, Message, RouteClient
 
 PRIVATE, GROUP = "p", "g"
 
@@ -144,8 +143,8 @@ class Worker:
         self.options = options
         self.shared = shared
         self.clients: dict[int, Client] = {}
-        # One route client for every user of this process (see Client's ``http``).
-        self.http: httpx.AsyncClient | None = None
+        # One route client for every user of this process (see Client's ``route``).
+        self.route: RouteClient | None = None
         self.deltas = [0] * len(COUNTERS)
         self.seqs: dict[int, itertools.count[int]] = {user_id: itertools.count(1) for user_id, _ in users}
         self.seen: dict[int, set[int]] = {user_id: set() for user_id, _ in users}
@@ -191,7 +190,7 @@ class Worker:
 
     async def connect_all(self) -> None:
         limit = asyncio.Semaphore(self.options.concurrency)
-        self.http = httpx.AsyncClient(base_url=self.options.route, timeout=30)
+        self.route = RouteClient(self.options.route, timeout=30)
 
         async def connect(user_id: int, user_name: str) -> None:
             async with limit:
@@ -201,7 +200,7 @@ class Worker:
                     heartbeat_interval=self.options.heartbeat_interval,
                     reconnect_attempts=self.options.reconnect_attempts,
                     fetch_offline=False,  # fresh accounts: nothing is stored for them
-                    http=self.http,
+                    route=self.route,
                 )
                 try:
                     await client.connect()
@@ -227,8 +226,8 @@ class Worker:
                 await client.close()
 
         await asyncio.gather(*(close(c) for c in self.clients.values()))
-        if self.http is not None:
-            await self.http.aclose()
+        if self.route is not None:
+            await self.route.aclose()
 
     async def send_phase(self) -> None:
         loop = asyncio.get_running_loop()
@@ -342,15 +341,13 @@ async def register_users(route: str, count: int, concurrency: int) -> list[tuple
     """Fresh accounts ``soak-<run>-<n>``: a new run never sees an old run's stored messages."""
     run_id = secrets.token_hex(3)
     limit = asyncio.Semaphore(concurrency)
-    # One HTTP client for all: the SDK's ``register`` builds one per call, and each
+    # One route client for all: the SDK's ``register`` builds one per call, and each
     # costs ~15 ms and ~850 KB (a fresh TLS context), even for plain http.
-    async with httpx.AsyncClient(base_url=route, timeout=30) as http:
+    async with RouteClient(route, timeout=30) as route_client:
 
         async def one(user_name: str) -> tuple[int, str]:
-            body = {"reqNo": secrets.token_hex(8), "timeStamp": int(time.time()), "userName": user_name}
             async with limit:
-                data = await route_call(http, "/registerAccount", body)
-            return int(data["userId"]), user_name
+                return await route_client.register(user_name), user_name
 
         return list(await asyncio.gather(*(one(f"soak-{run_id}-{n}") for n in range(count))))
 
@@ -422,11 +419,11 @@ class Monitor:
         return [payload for _, payload in self.answers]
 
 
-def percentiles(values: list[float]) -> dict[str, float | None]:
-    if len(values) < 2:
-        return {"p50": None, "p99": None, "max": max(values, default=None)}
-    cuts = statistics.quantiles(values, n=100, method="inclusive")
-    return {"p50": round(cuts[49], 2), "p99": round(cuts[98], 2), "max": round(max(values), 2)}
+def latency_summary(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p99": None, "max": None}
+    p50, p99 = percentiles(values, (0.50, 0.99))
+    return {"p50": round(p50, 2), "p99": round(p99, 2), "max": round(max(values), 2)}
 
 
 def aggregate(results: list[WorkerResult], users: int) -> dict[str, Any]:
@@ -478,7 +475,7 @@ def aggregate(results: list[WorkerResult], users: int) -> dict[str, Any]:
         "foreign_ignored": sum(r["foreign"] for r in results),
         "reconnects": sum(r["reconnects"] for r in results),
         "disconnected_at_end": sum(r["disconnected"] for r in results),
-        "latency_ms": {"count": len(latencies), **percentiles(latencies)},
+        "latency_ms": {"count": len(latencies), **latency_summary(latencies)},
     }
 
 

@@ -93,7 +93,6 @@ def endpoint(model: type[_Body] | None, handler: Handler, summary: str) -> Calla
             return answer(err.status, req_no=getattr(body, "reqNo", None), message=err.message)
 
     view.__doc__ = summary
-    view.model = model  # type: ignore[attr-defined]
     return view
 
 
@@ -145,7 +144,8 @@ ENDPOINTS: list[tuple[str, list[str], type[_Body] | None, Handler, str]] = [
     ("/groupRoute", ["POST"], GroupRoute, _group, "Group message to every online user but the sender."),
     ("/onlineUser", ["GET", "POST"], None, _online, "Online users as [{userId, userName}]."),
     ("/offLine", ["POST"], OffLine, _offline, "Log a user out and close their connection."),
-    ("/fetchOfflineMsgs", ["POST"], FetchOfflineMsgs, _fetch_offline, "Deliver stored messages to the online user, in order, once."),
+    ("/fetchOfflineMsgs", ["POST"], FetchOfflineMsgs, _fetch_offline,
+     "Deliver stored messages to the online user, in order, once."),
 ]
 
 
@@ -192,7 +192,9 @@ async def _health(request: Request) -> JSONResponse:
 
 
 def create_app(service: RouteService) -> Starlette:
-    routes = [Route(path, endpoint(model, handler, summary), methods=methods) for path, methods, model, handler, summary in ENDPOINTS]
+    routes = [
+        Route(path, endpoint(model, handler, summary), methods=methods) for path, methods, model, handler, summary in ENDPOINTS
+    ]
     routes += [Route("/openapi.json", _openapi), Route("/docs", _docs), Route("/health", _health)]
     app = Starlette(routes=routes)
     app.state.service = service

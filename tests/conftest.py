@@ -8,15 +8,18 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import ModuleType
+from typing import Any
 
 import pytest
 
-from bench.services import free_port, redis_server, zookeeper_server
 from cim.backends.memory import MemoryHub
 from cim.config import Config
 from cim.frame import FrameDecoder, encode_frame
-from cim.proto import BaseCommand, Request, Response
+from cim.proto import Request, Response
+from cim.protocols.client import ClientConnection
 from cim.run import Running, start
+from cim.testing.services import free_port, redis_server, zookeeper_server
+
 
 def _import_twin(name: str) -> ModuleType:
     try:
@@ -63,14 +66,14 @@ async def eventually(check: Callable[[], object], timeout: float = 10.0) -> None
     assert check()
 
 
-def stack_config(**overrides: object) -> Config:
-    """A config on free loopback ports."""
-    base: dict[str, object] = dict(
-        host="127.0.0.1", port=free_port(), http_port=free_port(), route_host="127.0.0.1", route_port=free_port(),
-        key_prefix=f"t{uuid.uuid4().hex[:8]}", zk_root=f"/t{uuid.uuid4().hex[:8]}", log_level="warning",
-    )
+def stack_config(**overrides: Any) -> Config:
+    """A config on free loopback ports; ``overrides`` are further Config fields."""
+    base: dict[str, Any] = {
+        "host": "127.0.0.1", "port": free_port(), "http_port": free_port(), "route_host": "127.0.0.1", "route_port": free_port(),
+        "key_prefix": f"t{uuid.uuid4().hex[:8]}", "zk_root": f"/t{uuid.uuid4().hex[:8]}", "log_level": "warning",
+    }
     base.update(overrides)
-    return Config(**base)  # type: ignore[arg-type]
+    return Config(**base)
 
 
 @pytest.fixture
@@ -82,7 +85,9 @@ async def stack() -> AsyncIterator[Running]:
 
 
 class RawClient:
-    """Speaks the wire protocol by hand: frames in, Responses out."""
+    """A client for testing the server: raw ``Response`` objects out, so tests check
+    every field; login and ping frames as the SDK sends them, anything else built
+    field by field with ``send``."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
@@ -97,14 +102,16 @@ class RawClient:
     def send_raw(self, data: bytes) -> None:
         self.writer.write(data)
 
-    def send(self, **fields: object) -> None:
-        properties = fields.pop("properties", {})
-        request = Request(**fields)  # type: ignore[arg-type]
-        request.properties.update(properties)  # type: ignore[arg-type]
+    def send(self, properties: dict[str, str] | None = None, **fields: Any) -> None:
+        request = Request(**fields)
+        request.properties.update(properties or {})
         self.writer.write(encode_frame(request.SerializeToString()))
 
     def login(self, user_id: int, user_name: str) -> None:
-        self.send(requestId=user_id, reqMsg=user_name)
+        self.send_raw(ClientConnection(user_id, user_name).login())
+
+    def send_ping(self, user_id: int) -> None:
+        self.send_raw(ClientConnection(user_id, user_name="").ping())  # a ping names only the user id
 
     async def next(self, timeout: float = 5.0) -> Response:
         while not self.inbox:
@@ -125,7 +132,7 @@ class RawClient:
             frames += [Response.FromString(f) for f in self.decoder.feed(data)]
 
     async def ping(self, user_id: int) -> Response:
-        self.send(requestId=user_id, reqMsg="ping", cmd=BaseCommand.PING)
+        self.send_ping(user_id)
         return await self.next()
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ def bench(tmp_path: Path, *args: str) -> dict[str, Any]:
         capture_output=True, text=True, timeout=240,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    result = json.loads(out.read_text())
+    result: dict[str, Any] = json.loads(out.read_text())
     assert result["scenario"] == args[0]
     assert {"cores", "python", "uvloop", "codec"} <= set(result["machine"])
     return result

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.services import CimProcess, free_port
 from cim.client import Client, ClientError, Message, register
+from cim.testing.services import CimProcess, free_port
 from tests.conftest import eventually
 
 ZK_SESSION_TIMEOUT = 2.0
@@ -25,14 +25,16 @@ class Cluster:
                         "--key-prefix", self.prefix, "--zk-session-timeout", str(ZK_SESSION_TIMEOUT)]
         self.servers: list[tuple[CimProcess, int]] = []
         self.route_port = free_port()
-        self.route = CimProcess(workdir, "route", ["route", "--host", "127.0.0.1", "--port", str(self.route_port), "--balance", "loop", *self.backend])
+        self.route = CimProcess(workdir, "route", ["route", "--host", "127.0.0.1", "--port", str(self.route_port),
+                                                   "--balance", "loop", *self.backend])
         self.route.wait_http(self.route_port)
         for i in range(2):
             self.add_server(f"server{i}")
 
     def add_server(self, name: str) -> tuple[CimProcess, int]:
         port, http_port = free_port(), free_port()
-        proc = CimProcess(self.workdir, name, ["server", "--host", "127.0.0.1", "--port", str(port), "--http-port", str(http_port), *self.backend])
+        proc = CimProcess(self.workdir, name, ["server", "--host", "127.0.0.1", "--port", str(port),
+                                               "--http-port", str(http_port), *self.backend])
         proc.wait_http(http_port)
         self.servers.append((proc, port))
         return proc, port
@@ -42,12 +44,19 @@ class Cluster:
         return f"http://127.0.0.1:{self.route_port}"
 
     def route_servers(self) -> list[str]:
-        return httpx.get(f"{self.url}/health").json()["servers"]
+        servers: list[str] = httpx.get(f"{self.url}/health").json()["servers"]
+        return servers
 
     def stop(self) -> None:
         for proc, _ in self.servers:
             proc.stop()
         self.route.stop()
+
+
+def server_port(client: Client) -> int:
+    """The TCP port of the cim-server the (connected) client is on."""
+    assert client.server is not None
+    return client.server.port
 
 
 @pytest.fixture
@@ -57,7 +66,6 @@ def cluster(tmp_path: Path, redis_url: str, zk_hosts: str) -> Iterator[Cluster]:
         yield c
     finally:
         c.stop()
-
 
 
 async def test_cluster_flow(cluster: Cluster) -> None:
@@ -73,7 +81,7 @@ async def test_cluster_flow(cluster: Cluster) -> None:
     clients = {n: client(n) for n in names[:4]}
     for c in clients.values():
         await c.connect()
-    ports = {n: c.server.port for n, c in clients.items()}  # type: ignore[union-attr]
+    ports = {n: server_port(c) for n, c in clients.items()}
     assert len(set(ports.values())) == 2, "loop balancing spreads the 4 users over both servers"
 
     # /onlineUser is right.
@@ -116,7 +124,8 @@ async def test_cluster_flow(cluster: Cluster) -> None:
     victim.stop(signal.SIGKILL)
     await eventually(lambda: len(cluster.route_servers()) == 1, timeout=ZK_SESSION_TIMEOUT + 10)
     moved = [n for n in names[:4] if ports[n] == victim_port]
-    await eventually(lambda: all(clients[n].connected and clients[n].server.port != victim_port for n in moved), timeout=ZK_SESSION_TIMEOUT + 15)  # type: ignore[union-attr]
+    await eventually(lambda: all(clients[n].connected and server_port(clients[n]) != victim_port for n in moved),
+                     timeout=ZK_SESSION_TIMEOUT + 15)
     other = next(n for n in names[:4] if n not in moved)
     await clients[a].send_private(ids[other], "after the crash")
     await eventually(lambda: any(m.text == "after the crash" for m in inbox[other]))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.services import CimProcess, free_port
+from cim.testing.services import CimProcess, free_port
 
 
 class Console:

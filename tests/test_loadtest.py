@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.services import CimProcess, free_port
+from cim.testing.services import CimProcess, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 

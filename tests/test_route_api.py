@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 import pytest
 
-from bench.services import free_port
-from cim.backends.base import ServerInfo
 from cim.backends.memory import MemoryHub
 from cim.client import Client, Message
 from cim.run import Running, start
+from cim.server_info import ServerInfo
+from cim.testing.services import free_port
 from tests.conftest import eventually, stack_config
 
 
@@ -34,7 +34,7 @@ async def call(http: httpx.AsyncClient, path: str, body: Any = None, raw: bytes 
     assert response.status_code == 200, response.text  # business errors are HTTP 200, as in CIM
     # Written per response (no timer keeps it fresh): within a second or two of now.
     assert abs(parsedate_to_datetime(response.headers["date"]).timestamp() - time.time()) < 2
-    payload = response.json()
+    payload: dict[str, Any] = response.json()
     assert set(payload) == {"code", "message", "reqNo", "dataBody"}
     assert isinstance(payload["code"], str)
     return payload
@@ -54,7 +54,8 @@ async def test_login_answers_server_as_numbers(http: httpx.AsyncClient, stack: R
     alice = (await call(http, "/registerAccount", {"userName": "alice"}))["dataBody"]["userId"]
     login = await call(http, "/login", {"userId": alice, "userName": "alice"})
     assert login["code"] == "9000"
-    assert login["dataBody"] == {"ip": "127.0.0.1", "cimServerPort": stack.node.port, "httpPort": stack.node.info.http_port}  # type: ignore[union-attr]
+    assert stack.node is not None
+    assert login["dataBody"] == {"ip": "127.0.0.1", "cimServerPort": stack.node.port, "httpPort": stack.node.info.http_port}
 
 
 async def test_9100_is_checked_before_5000(http: httpx.AsyncClient) -> None:
@@ -95,7 +96,8 @@ async def test_bad_json_is_3000(http: httpx.AsyncClient, raw: bytes) -> None:
 
 
 async def test_p2p_offline_stores_7000_then_fetch_delivers_in_order_once(http: httpx.AsyncClient, stack: Running) -> None:
-    route = f"http://127.0.0.1:{stack.route_http.port}"  # type: ignore[union-attr]
+    assert stack.route_http is not None
+    route = f"http://127.0.0.1:{stack.route_http.port}"
     alice = (await call(http, "/registerAccount", {"userName": "alice"}))["dataBody"]["userId"]
     bob = (await call(http, "/registerAccount", {"userName": "bob"}))["dataBody"]["userId"]
     for i in range(5):
@@ -125,12 +127,17 @@ async def test_p2p_and_group_unknown_users_are_3000(http: httpx.AsyncClient) -> 
 
 
 async def test_group_route_offline_and_online_user(http: httpx.AsyncClient, stack: Running) -> None:
-    route = f"http://127.0.0.1:{stack.route_http.port}"  # type: ignore[union-attr]
+    assert stack.route_http is not None
+    route = f"http://127.0.0.1:{stack.route_http.port}"
     ids = {n: (await call(http, "/registerAccount", {"userName": n}))["dataBody"]["userId"] for n in ("a", "b", "c")}
     inbox: dict[str, list[str]] = {n: [] for n in ids}
+
+    def collect(name: str) -> Callable[[Message], None]:
+        return lambda m: inbox[name].append(m.text)
+
     clients = {}
     for name, user_id in ids.items():
-        clients[name] = Client(route, user_id, name, on_message=lambda m, n=name: inbox[n].append(m.text))
+        clients[name] = Client(route, user_id, name, on_message=collect(name))
         await clients[name].connect()
     users = (await call(http, "/onlineUser"))["dataBody"]
     assert sorted(users, key=lambda u: u["userId"]) == [{"userId": i, "userName": n} for n, i in ids.items()]
@@ -153,7 +160,8 @@ async def test_7100_without_servers_and_unreachable_servers_are_skipped() -> Non
     hub = MemoryHub()
     route_only = await start(stack_config(), {"route"}, hub)
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{route_only.route_http.port}") as http:  # type: ignore[union-attr]
+        assert route_only.route_http is not None
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{route_only.route_http.port}") as http:
             alice = (await call(http, "/registerAccount", {"userName": "alice"}))["dataBody"]["userId"]
             assert (await call(http, "/login", {"userId": alice, "userName": "alice"}))["code"] == "7100"
             # Registered but not accepting connections: skipped, still 7100.
@@ -167,7 +175,8 @@ async def test_7100_without_servers_and_unreachable_servers_are_skipped() -> Non
                 for i in range(6):
                     user_id = (await call(http, "/registerAccount", {"userName": f"u{i}"}))["dataBody"]["userId"]
                     login = await call(http, "/login", {"userId": user_id, "userName": f"u{i}"})
-                    assert login["dataBody"]["cimServerPort"] == server.node.port  # type: ignore[union-attr]
+                    assert server.node is not None
+                    assert login["dataBody"]["cimServerPort"] == server.node.port
             finally:
                 await server.stop()
     finally:
@@ -176,7 +185,8 @@ async def test_7100_without_servers_and_unreachable_servers_are_skipped() -> Non
 
 async def test_openapi_and_docs(http: httpx.AsyncClient) -> None:
     spec = (await http.get("/openapi.json")).json()
-    assert {"/registerAccount", "/login", "/p2pRoute", "/groupRoute", "/onlineUser", "/offLine", "/fetchOfflineMsgs"} <= set(spec["paths"])
+    paths = {"/registerAccount", "/login", "/p2pRoute", "/groupRoute", "/onlineUser", "/offLine", "/fetchOfflineMsgs"}
+    assert paths <= set(spec["paths"])
     assert "userName" in spec["paths"]["/login"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
     assert "swagger" in (await http.get("/docs")).text.lower()
 
@@ -185,7 +195,8 @@ async def test_client_reconnects_then_gives_up_with_a_clear_error() -> None:
     hub = MemoryHub()
     config = stack_config()
     running = await start(config, {"server", "route"}, hub)
-    route = f"http://127.0.0.1:{running.route_http.port}"  # type: ignore[union-attr]
+    assert running.route_http is not None
+    route = f"http://127.0.0.1:{running.route_http.port}"
     statuses: list[str] = []
     async with httpx.AsyncClient(base_url=route) as http:
         alice = (await call(http, "/registerAccount", {"userName": "alice"}))["dataBody"]["userId"]

@@ -4,39 +4,36 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from bench.services import redis_server
 from cim.backends.memory import MemoryHub
-from cim.frame import encode_frame
+from cim.client import RouteClient, register
 from cim.messages import Sender
-from cim.proto import BaseCommand, Delivery, Request
+from cim.proto import BaseCommand, Delivery
+from cim.protocols.client import ClientConnection
 from cim.run import Running, start
 from cim.status import Status
+from cim.testing.services import redis_server
 from cim.wire import push_bodies
 from tests.conftest import RawClient, eventually, stack_config
 
 
-async def post(running: Running, path: str, body: Any) -> dict[str, Any]:
+def route_url(running: Running) -> str:
     assert running.route_http is not None
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{running.route_http.port}") as http:
-        response = await http.post(path, json=body)
-    assert response.status_code == 200
-    return response.json()
+    return f"http://127.0.0.1:{running.route_http.port}"
 
 
 async def user(running: Running, name: str) -> int:
-    return int((await post(running, "/registerAccount", {"userName": name}))["dataBody"]["userId"])
+    return await register(route_url(running), name)
 
 
 async def online(running: Running, name: str) -> tuple[int, RawClient]:
     """Register, route-login and connect a raw client; returns (user id, client) once logged in."""
     user_id = await user(running, name)
-    login = await post(running, "/login", {"userId": user_id, "userName": name})
-    assert login["code"] == "9000", login
-    client = await RawClient.connect(login["dataBody"]["cimServerPort"])
+    async with RouteClient(route_url(running)) as route:
+        server = await route.login(user_id, name)
+    client = await RawClient.connect(server.port)
     client.login(user_id, name)
     assert (await client.ping(user_id)).resMsg == "pong"  # answered after the login was handled
     return user_id, client
@@ -46,16 +43,16 @@ async def test_login_ping_pong_and_cleanup_on_close(stack: Running) -> None:
     alice, client = await online(stack, "alice")
     pong = await client.ping(alice)
     assert (pong.cmd, pong.resMsg) == (BaseCommand.PING, "pong")
-    assert (await post(stack, "/onlineUser", {}))["dataBody"] == [{"userId": alice, "userName": "alice"}]
-    client.close()
-    for _ in range(100):  # the cleanup runs after the close: poll the route
-        if not (await post(stack, "/onlineUser", {}))["dataBody"]:
-            break
-        await asyncio.sleep(0.02)
-    assert (await post(stack, "/onlineUser", {}))["dataBody"] == []
-    assert stack.node is not None and stack.node.metrics["logouts"] == 1  # cleaned up exactly once
-    # ...and the user can log in again at once.
-    assert (await post(stack, "/login", {"userId": alice, "userName": "alice"}))["code"] == "9000"
+    async with RouteClient(route_url(stack)) as route:
+        assert await route.online_users() == [(alice, "alice")]
+        client.close()
+        for _ in range(100):  # the cleanup runs after the close: poll the route
+            if not await route.online_users():
+                break
+            await asyncio.sleep(0.02)
+        assert await route.online_users() == []
+        assert stack.node is not None and stack.node.metrics["logouts"] == 1  # cleaned up exactly once
+        await route.login(alice, "alice")  # ...and the user can log in again at once (else ClientError)
 
 
 async def test_in_band_private_group_and_receipts(stack: Running) -> None:
@@ -84,6 +81,17 @@ async def test_in_band_private_group_and_receipts(stack: Running) -> None:
     assert unknown.code == Status.VALIDATION_FAIL.code and "987654 is not a registered user" in unknown.resMsg
 
 
+async def test_a_message_to_a_named_group_is_refused_never_broadcast(stack: Running) -> None:
+    alice, a = await online(stack, "alice")
+    bob, b = await online(stack, "bob")
+    a.send(reqMsg="to the team", cmd=BaseCommand.MESSAGE, clientMsgId=5, groupId="team")
+    receipt = await a.next()
+    assert (receipt.cmd, receipt.clientMsgId, receipt.code) == (BaseCommand.SEND_RECEIPT, 5, Status.VALIDATION_FAIL.code)
+    assert "groupId 'team'" in receipt.resMsg and receipt.properties["receiveUserId"] == str(alice)
+    a.send(reqMsg="to everyone", cmd=BaseCommand.MESSAGE, clientMsgId=6)
+    assert (await b.next()).resMsg == "to everyone"  # the refused one never reached bob
+
+
 async def test_order_is_kept_within_a_conversation(stack: Running) -> None:
     alice, a = await online(stack, "alice")
     bob, b = await online(stack, "bob")
@@ -94,8 +102,9 @@ async def test_order_is_kept_within_a_conversation(stack: Running) -> None:
 
 
 async def test_duplicate_tcp_login_is_refused_and_the_first_goes_on(stack: Running) -> None:
+    assert stack.node is not None
     alice, first = await online(stack, "alice")
-    second = await RawClient.connect(stack.node.port)  # type: ignore[union-attr]
+    second = await RawClient.connect(stack.node.port)
     second.login(alice, "alice")
     [error] = await second.closed()
     assert (error.cmd, error.code, error.properties["receiveUserId"]) == (BaseCommand.ERROR, 5000, str(alice))
@@ -103,11 +112,12 @@ async def test_duplicate_tcp_login_is_refused_and_the_first_goes_on(stack: Runni
 
 
 async def test_tcp_login_with_wrong_name_or_unknown_user(stack: Running) -> None:
+    assert stack.node is not None
     alice = await user(stack, "alice")
-    wrong = await RawClient.connect(stack.node.port)  # type: ignore[union-attr]
+    wrong = await RawClient.connect(stack.node.port)
     wrong.login(alice, "mallory")
     assert [(e.code, e.cmd) for e in await wrong.closed()] == [(9100, BaseCommand.ERROR)]
-    unknown = await RawClient.connect(stack.node.port)  # type: ignore[union-attr]
+    unknown = await RawClient.connect(stack.node.port)
     unknown.login(424242, "ghost")
     [error] = await unknown.closed()
     assert error.code == 3000 and "424242 is not a registered user" in error.resMsg
@@ -116,7 +126,8 @@ async def test_tcp_login_with_wrong_name_or_unknown_user(stack: Running) -> None
 async def test_bad_frames_close_only_that_connection(stack: Running) -> None:
     alice, a = await online(stack, "alice")
     bob, b = await online(stack, "bob")
-    port = stack.node.port  # type: ignore[union-attr]
+    assert stack.node is not None
+    port = stack.node.port
     for garbage in (b"\x80\x80\x80\x80\x80\x01", b"\x80\x80\x80\x80\x04"):  # 6-byte varint, 1 GiB prefix
         bad = await RawClient.connect(port)
         bad.send_raw(garbage)
@@ -136,7 +147,8 @@ async def test_bad_frames_close_only_that_connection(stack: Running) -> None:
 async def test_login_timeout_and_heartbeat_timeout() -> None:
     running = await start(stack_config(login_timeout=0.3, heartbeat_interval=0.2), {"server", "route"}, MemoryHub())
     try:
-        silent = await RawClient.connect(running.node.port)  # type: ignore[union-attr]
+        assert running.node is not None
+        silent = await RawClient.connect(running.node.port)
         [error] = await silent.closed()
         assert "login timeout" in error.resMsg
 
@@ -145,7 +157,7 @@ async def test_login_timeout_and_heartbeat_timeout() -> None:
 
         async def keep_pinging() -> None:
             while True:
-                lively.send(requestId=bob, reqMsg="ping", cmd=BaseCommand.PING)
+                lively.send_ping(bob)
                 await asyncio.sleep(0.1)
 
         pinger = asyncio.create_task(keep_pinging())
@@ -153,8 +165,9 @@ async def test_login_timeout_and_heartbeat_timeout() -> None:
         assert closing[-1].cmd == BaseCommand.OFFLINE and "heartbeat timeout" in closing[-1].resMsg
         assert closing[-1].code == Status.FAIL.code
         await asyncio.sleep(0.3)
-        users = (await post(running, "/onlineUser", {}))["dataBody"]
-        assert users == [{"userId": bob, "userName": "bob"}]  # the idle one is cleaned up, the pinging one stays
+        async with RouteClient(route_url(running)) as route:
+            users = await route.online_users()
+        assert users == [(bob, "bob")]  # the idle one is cleaned up, the pinging one stays
         pinger.cancel()
     finally:
         await running.stop()
@@ -175,18 +188,20 @@ async def test_health_and_metrics(stack: Running) -> None:
     bob, b = await online(stack, "bob")
     a.send(reqMsg="hi", cmd=BaseCommand.MESSAGE, properties={"receiveUserId": str(bob)})
     await b.next()
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.node_http.port}") as http:  # type: ignore[union-attr]
-        assert (await http.get("/health")).json() == {"status": "ok", "node": stack.node.node_id}  # type: ignore[union-attr]
+    assert stack.node is not None and stack.node_http is not None
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.node_http.port}") as http:
+        assert (await http.get("/health")).json() == {"status": "ok", "node": stack.node.node_id}
         metrics = (await http.get("/metrics")).json()
     assert (metrics["sessions"], metrics["logins"], metrics["messages_in"], metrics["messages_out"]) == (2, 2, 1, 1)
 
 
 async def test_racing_tcp_logins_for_one_user_admit_exactly_one(stack: Running) -> None:
+    assert stack.node is not None
     alice = await user(stack, "alice")
-    clients = [await RawClient.connect(stack.node.port) for _ in range(5)]  # type: ignore[union-attr]
+    clients = [await RawClient.connect(stack.node.port) for _ in range(5)]
     for client in clients:
         client.login(alice, "alice")
-        client.send(requestId=alice, reqMsg="ping", cmd=BaseCommand.PING)
+        client.send_ping(alice)
     answers = [await client.next() for client in clients]
     assert sorted(a.cmd for a in answers) == [BaseCommand.PING] + [BaseCommand.ERROR] * 4
     assert all(a.code == 5000 for a in answers if a.cmd == BaseCommand.ERROR)
@@ -195,15 +210,17 @@ async def test_racing_tcp_logins_for_one_user_admit_exactly_one(stack: Running) 
 async def test_full_node_refuses_new_connections_cleanly() -> None:
     running = await start(stack_config(max_connections=2), {"server", "route"}, MemoryHub())
     try:
+        node = running.node
+        assert node is not None
         alice, a = await online(running, "alice")
         bob, b = await online(running, "bob")
-        extra = await RawClient.connect(running.node.port)  # type: ignore[union-attr]
+        extra = await RawClient.connect(node.port)
         [error] = await extra.closed()
         assert (error.cmd, error.code) == (BaseCommand.ERROR, 4000) and "server full" in error.resMsg
-        assert running.node.metrics["refused_full"] == 1  # type: ignore[union-attr]
+        assert node.metrics["refused_full"] == 1
         assert (await a.ping(alice)).resMsg == "pong"  # the others are untouched
         b.close()
-        await eventually(lambda: len(running.node.sessions) == 1, 2)
+        await eventually(lambda: len(node.sessions) == 1, 2)
         _, c = await online(running, "carol")  # room again
     finally:
         await running.stop()
@@ -214,6 +231,8 @@ async def test_slow_consumer_is_cut_off_and_others_go_on() -> None:
         stack_config(write_buffer_high=16 * 1024, slow_consumer_timeout=0.3), {"server", "route"}, MemoryHub()
     )
     try:
+        node = running.node
+        assert node is not None
         alice, a = await online(running, "alice")
         bob, slow = await online(running, "bob")  # bob never reads from here on
         carol, c = await online(running, "carol")
@@ -223,12 +242,12 @@ async def test_slow_consumer_is_cut_off_and_others_go_on() -> None:
             if i % 100 == 0:
                 await a.writer.drain()
                 await asyncio.sleep(0)
-                if running.node.metrics["slow_consumer_cuts"]:  # type: ignore[union-attr]
+                if node.metrics["slow_consumer_cuts"]:
                     break
-        await eventually(lambda: running.node.metrics["slow_consumer_cuts"], 4)
-        assert running.node.metrics["slow_consumer_cuts"] == 1  # type: ignore[union-attr]
-        await eventually(lambda: bob not in running.node.sessions, 2)
-        assert bob not in running.node.sessions  # type: ignore[union-attr]
+        await eventually(lambda: node.metrics["slow_consumer_cuts"], 4)
+        assert node.metrics["slow_consumer_cuts"] == 1
+        await eventually(lambda: bob not in node.sessions.by_user, 2)
+        assert bob not in node.sessions.by_user
         a.send(reqMsg="still here?", cmd=BaseCommand.MESSAGE, properties={"receiveUserId": str(carol)})
         assert (await c.next()).resMsg == "still here?"
     finally:
@@ -242,13 +261,14 @@ async def test_restarted_node_clears_logins_left_under_its_id() -> None:
     hub = MemoryHub()
     config = stack_config()
     first = await start(config, {"server"}, hub)
-    alice = await hub.state.register("alice")
-    assert await hub.state.confirm_login(alice, first.node.node_id)  # type: ignore[union-attr]
+    assert first.node is not None
+    alice = await hub.store.accounts.register("alice")
+    assert await hub.store.presence.confirm_login(alice, first.node.node_id)
     await first.stop()
-    assert await hub.state.route(alice) == first.node.node_id  # type: ignore[union-attr]
+    assert await hub.store.presence.route(alice) == first.node.node_id
     second = await start(config, {"server"}, hub)
     try:
-        assert await hub.state.route(alice) is None  # alice can log in again
+        assert await hub.store.presence.route(alice) is None  # alice can log in again
     finally:
         await second.stop()
 
@@ -260,7 +280,8 @@ async def test_backend_failure_is_answered_not_swallowed(tmp_path: Path) -> None
             alice, a = await online(running, "alice")
             carol = await user(running, "carol")  # registered, not online: a send to her needs Redis
             dave = await user(running, "dave")
-            late = await RawClient.connect(running.node.port)  # type: ignore[union-attr]
+            assert running.node is not None
+            late = await RawClient.connect(running.node.port)
         except BaseException:
             await running.stop()
             raise
@@ -282,11 +303,8 @@ async def test_group_messages_in_one_read_are_batched_in_order_with_a_receipt_ea
     alice, a = await online(stack, "alice")
     bob, b = await online(stack, "bob")
     carol, c = await online(stack, "carol")
-    burst = b"".join(
-        encode_frame(Request(requestId=alice, reqMsg=f"g{i}", cmd=BaseCommand.MESSAGE, clientMsgId=i + 1).SerializeToString())
-        for i in range(5)
-    )
-    a.send_raw(burst)
+    sender = ClientConnection(alice, "alice")
+    a.send_raw(b"".join(sender.message(f"g{i}", client_msg_id=i + 1) for i in range(5)))
     for client, user_id in ((b, bob), (c, carol)):
         pushes = [await client.next() for _ in range(5)]
         assert [p.resMsg for p in pushes] == [f"g{i}" for i in range(5)]
@@ -304,6 +322,6 @@ async def test_a_push_queued_this_loop_turn_is_not_overtaken_by_a_broadcast(stac
     node = stack.node
     assert node is not None
     private, group = push_bodies(Sender.of(alice, "alice").prefix, [b"private first", b"group second"], 1, 1)
-    node.deliver_local(bob, [private])
-    node.on_delivery(Delivery(messages=[group], broadcast=True, excludeUserId=alice).SerializeToString())
+    node.deliveries.deliver_local(bob, [private])
+    node.deliveries.on_delivery(Delivery(messages=[group], broadcast=True, excludeUserId=alice).SerializeToString())
     assert [(await b.next()).resMsg for _ in range(2)] == ["private first", "group second"]

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import httpx
 
-from bench.services import CimProcess, free_port, wait_until
 from cim.client import Client, Message, register
+from cim.testing.services import CimProcess, free_port, wait_until
 from tests.conftest import eventually
 
 WORKERS = 3
-
 
 
 def test_workers_need_redis_and_zookeeper(tmp_path: Path) -> None:
@@ -38,7 +37,11 @@ async def test_workers_share_the_port_restart_and_drain(tmp_path: Path, redis_ur
     try:
         for i in range(WORKERS):
             supervisor.wait_http(http_base + i)
-        servers = lambda: httpx.get(f"{url}/health").json()["servers"]  # noqa: E731
+
+        def servers() -> list[str]:
+            listed: list[str] = httpx.get(f"{url}/health").json()["servers"]
+            return listed
+
         await eventually(lambda: len(servers()) == WORKERS)
 
         names = [f"user{i}" for i in range(9)]
@@ -63,16 +66,17 @@ async def test_workers_share_the_port_restart_and_drain(tmp_path: Path, redis_ur
         # Kill a worker that holds users: the supervisor starts a new one under the
         # same id, and its users log in again and chat.
         victim = next(i for i, n in worker_sessions().items() if n)
-        victim_pid = httpx.get(f"http://127.0.0.1:{http_base + victim}/metrics").json()["pid"]
+        victim_pid: int = httpx.get(f"http://127.0.0.1:{http_base + victim}/metrics").json()["pid"]
         os.kill(victim_pid, signal.SIGKILL)
 
         def replaced() -> bool:
-            pid = httpx.get(f"http://127.0.0.1:{http_base + victim}/metrics", timeout=1).json()["pid"]
+            pid: int = httpx.get(f"http://127.0.0.1:{http_base + victim}/metrics", timeout=1).json()["pid"]
             return pid != victim_pid
 
         await asyncio.to_thread(wait_until, replaced, 30, "replacement worker")
         await eventually(lambda: len(servers()) == WORKERS)
-        await eventually(lambda: all(c.connected for c in clients.values()) and sum(worker_sessions().values()) == len(names), timeout=30)
+        await eventually(lambda: all(c.connected for c in clients.values()) and sum(worker_sessions().values()) == len(names),
+                         timeout=30)
         assert sum(c.reconnects for c in clients.values()) >= 1
         await clients["user1"].send_group("after the restart")
         await eventually(lambda: all(any(m.text == "after the restart" for m in inbox[n]) for n in names if n != "user1"))

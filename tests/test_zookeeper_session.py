@@ -5,12 +5,16 @@ backends and so its own ZooKeeper session)."""
 from __future__ import annotations
 
 import asyncio
+
+import pytest
 from kazoo.client import KazooClient
 
 from cim.backends.zookeeper import ZooKeeperDiscovery
-from cim.run import Running, start
+from cim.client import ClientError, RouteClient
+from cim.run import start
+from cim.status import Status
 from tests.conftest import RawClient, eventually, stack_config
-from tests.test_server import post
+from tests.test_server import route_url
 
 
 async def expire_session(discovery: ZooKeeperDiscovery, hosts: str) -> None:
@@ -29,32 +33,32 @@ async def test_users_stay_reachable_when_the_servers_zookeeper_session_expires(r
     server = await start(server_config, {"server"})
     route = await start(route_config, {"route"})
     try:
-        node = server.node
-        assert node is not None and route.route is not None
-        await eventually(lambda: len(route.route.servers) == 1)  # type: ignore[union-attr]
-        ids = {}
-        for name in ("alice", "bob"):
-            ids[name] = int((await post(route, "/registerAccount", {"userName": name}))["dataBody"]["userId"])
-        login = await post(route, "/login", {"userId": ids["alice"], "userName": "alice"})
-        alice = await RawClient.connect(login["dataBody"]["cimServerPort"])
-        alice.login(ids["alice"], "alice")
-        assert (await alice.ping(ids["alice"])).resMsg == "pong"
+        node, route_service = server.node, route.route
+        assert node is not None and route_service is not None
+        await eventually(lambda: len(route_service.servers) == 1)
+        async with RouteClient(route_url(route)) as route_client:
+            ids = {name: await route_client.register(name) for name in ("alice", "bob")}
+            server_address = await route_client.login(ids["alice"], "alice")
+            alice = await RawClient.connect(server_address.port)
+            alice.login(ids["alice"], "alice")
+            assert (await alice.ping(ids["alice"])).resMsg == "pong"
 
-        discovery = node.backends.discovery
-        assert isinstance(discovery, ZooKeeperDiscovery)
-        await expire_session(discovery, zk_hosts)
-        # The route sees the server leave (and logs its users out), then come back;
-        # the server claims its users back twice, the second time a session timeout later.
-        await eventually(lambda: node.metrics["registrations_restored"] == 1, timeout=30)
+            discovery = node.backends.discovery
+            assert isinstance(discovery, ZooKeeperDiscovery)
+            await expire_session(discovery, zk_hosts)
+            # The route sees the server leave (and logs its users out), then come back;
+            # the server claims its users back twice, the second time a session timeout later.
+            await eventually(lambda: node.metrics["registrations_restored"] == 1, timeout=30)
 
-        online = (await post(route, "/onlineUser", {}))["dataBody"]
-        assert {"userId": ids["alice"], "userName": "alice"} in online
-        sent = await post(route, "/p2pRoute", {"userId": ids["bob"], "receiveUserId": ids["alice"], "msg": "still here?"})
-        assert sent["code"] == "9000"  # delivered, not stored offline
-        assert (await alice.next()).resMsg == "still here?"
-        # ...and she cannot be logged in a second time meanwhile.
-        assert (await post(route, "/login", {"userId": ids["alice"], "userName": "alice"}))["code"] == "5000"
-        alice.close()
+            assert (ids["alice"], "alice") in await route_client.online_users()
+            stored_offline = await route_client.p2p(ids["bob"], ids["alice"], "still here?")
+            assert not stored_offline  # delivered
+            assert (await alice.next()).resMsg == "still here?"
+            # ...and she cannot be logged in a second time meanwhile.
+            with pytest.raises(ClientError) as refused:
+                await route_client.login(ids["alice"], "alice")
+            assert refused.value.code == Status.REPEAT_LOGIN.code
+            alice.close()
     finally:
         await route.stop()
         await server.stop()

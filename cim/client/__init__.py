@@ -1,5 +1,6 @@
-"""The cim client: an asyncio SDK (``Client``) and the console built on it."""
+"""The cim client: an asyncio SDK (``Client``), the route's HTTP API (``RouteClient``) and the console built on them."""
 
-from cim.client.sdk import Client, ClientError, Message, Receipt, register
+from cim.client.route import ClientError, RouteClient, register
+from cim.client.sdk import Client, Message, Receipt
 
-__all__ = ["Client", "ClientError", "Message", "Receipt", "register"]
+__all__ = ["Client", "ClientError", "Message", "Receipt", "RouteClient", "register"]

@@ -8,8 +8,10 @@ import contextlib
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Any
 
-from cim.client.sdk import Client, ClientError, Message
+from cim.client.route import ClientError
+from cim.client.sdk import Client, Message
 
 PRIVATE_SEPARATOR = ";;"
 
@@ -27,6 +29,8 @@ def format_message(message: Message) -> str:
 
 
 class Console:
+    """What a typed line does: sends, or runs a ``:`` command; output goes to ``write``."""
+
     def __init__(self, client: Client, write: Callable[[str], None]) -> None:
         self.client = client
         self.write = write
@@ -48,8 +52,8 @@ class Console:
                 await self.client.send_group(line)
         except ClientError as err:
             self.write(f"send failed: {err}")
-        except (ConnectionError, asyncio.TimeoutError) as err:
-            self.write(f"send failed: {err or 'timed out'}")
+        except (ConnectionError, TimeoutError) as err:
+            self.write(f"send failed: {str(err) or 'timed out'}")
         return True
 
     async def _command(self, line: str) -> bool:
@@ -75,7 +79,10 @@ class Console:
         return True
 
 
-async def _lines_from_pipe() -> Callable[[], Awaitable[str | None]]:
+LineReader = Callable[[], Awaitable[str | None]]  # the next typed line; None at the end of input
+
+
+async def _lines_from_pipe() -> LineReader:
     """Non-interactive stdin (a pipe, a test): plain lines."""
     reader = asyncio.StreamReader()
     loop = asyncio.get_running_loop()
@@ -88,24 +95,34 @@ async def _lines_from_pipe() -> Callable[[], Awaitable[str | None]]:
     return read
 
 
+def _lines_from_prompt(prompt: str, terminal: contextlib.ExitStack) -> LineReader:
+    """An interactive terminal: a prompt, with output printed above it (until ``terminal`` closes),
+    so incoming messages don't garble typing."""
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.patch_stdout import patch_stdout
+
+    session: PromptSession[str] = PromptSession()
+    terminal.enter_context(patch_stdout(raw=True))
+
+    async def read() -> str | None:
+        with contextlib.suppress(EOFError, KeyboardInterrupt):
+            return await session.prompt_async(prompt)
+        return None
+
+    return read
+
+
 async def run_console(client: Client) -> int:
     """Drive ``client`` from stdin; returns the exit status."""
-    interactive = sys.stdin.isatty()
-    if interactive:
-        from prompt_toolkit import PromptSession
-        from prompt_toolkit.patch_stdout import patch_stdout
+    with contextlib.ExitStack() as terminal:
+        if sys.stdin.isatty():
+            read = _lines_from_prompt(f"{client.user_name}> ", terminal)
+        else:
+            read = await _lines_from_pipe()
+        return await _converse(client, read)
 
-        session: PromptSession[str] = PromptSession()
-        patch = patch_stdout(raw=True)
-        patch.__enter__()  # prints above the prompt, so incoming messages don't garble typing
 
-        async def read() -> str | None:
-            with contextlib.suppress(EOFError, KeyboardInterrupt):
-                return await session.prompt_async(f"{client.user_name}> ")
-            return None
-    else:
-        read = await _lines_from_pipe()
-
+async def _converse(client: Client, read: LineReader) -> int:
     def write(text: str) -> None:
         print(text, flush=True)
 
@@ -118,7 +135,8 @@ async def run_console(client: Client) -> int:
         write("type :all for commands")
         while True:
             line_task = asyncio.ensure_future(read())
-            await asyncio.wait({line_task, client.done}, return_when=asyncio.FIRST_COMPLETED)
+            waiting: set[asyncio.Future[Any]] = {line_task, client.done}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if client.done.done():
                 line_task.cancel()
                 error = client.done.exception()
@@ -135,6 +153,4 @@ async def run_console(client: Client) -> int:
     finally:
         if not client.done.done():
             await client.close()
-        if interactive:
-            patch.__exit__(None, None, None)
     return status

@@ -1,0 +1,224 @@
+"""The client side of one cim connection, sans-I/O: frames out, events in.
+
+Shaped like h11's ``Connection`` and websockets' ``ClientProtocol``: the builders
+(``login``, ``ping``, ``message``, ...) return the framed bytes to write, and
+``receive_data`` turns the bytes read into typed events. Nothing here touches a
+socket, a clock or an event loop, so the asyncio SDK, the load generators (asyncio,
+gevent) and plain-bytes tests (tests/test_client_connection.py) share it.
+
+The frames are CIM's client's, byte for byte: a login is ``Request{requestId=userId,
+reqMsg=userName}`` (no cmd: LOGIN_REQUEST is proto3's default), a ping
+``Request{requestId, reqMsg="ping", cmd=PING}``. A message has exactly the fields of
+the server's wire-level fast path (``cim.wire.scan_chat_run``): cmd, text, sender,
+``properties{receiveUserId}``, clientMsgId.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from cim.frame import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, FrameError, encode_frame
+from cim.proto import DELIVERY_ACK, ERROR, MESSAGE, OFFLINE, PING, SEND_RECEIPT, SYNC, Request, Response
+from cim.status import Status
+from cim.wire_fields import RECEIVE_USER_ID, SEND_USER_ID, SEND_USER_NAME
+
+# Receipt codes that mean the server took the message: delivered, or stored for an offline receiver.
+ACCEPTED_CODES = (Status.SUCCESS.code, Status.OFF_LINE.code)
+
+
+@dataclass(frozen=True, slots=True)
+class Pushed:
+    """A message pushed to this user, private or group (``receiver_id`` is this user
+    either way, as CIM sends it). ``seq`` and ``group_id`` are 0 and "" from servers
+    that do not set them."""
+
+    sender_id: int
+    sender_name: str
+    receiver_id: int
+    text: str
+    msg_id: int
+    seq: int
+    timestamp_ms: int
+    group_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The server's answer to one message this client sent (matched by ``client_msg_id``):
+    9000 delivered/accepted, 7000 stored for an offline receiver, anything else failed."""
+
+    code: int
+    message: str
+    msg_id: int
+    client_msg_id: int
+
+    @property
+    def accepted(self) -> bool:
+        return self.code in ACCEPTED_CODES
+
+    @property
+    def stored_offline(self) -> bool:
+        return self.code == Status.OFF_LINE.code
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """The answer to a ping. The server answers in order, so a pong also says that
+    everything sent before the ping was handled (a login, for one)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerError:
+    """The server could not serve a request (a refused login, an unsupported command)."""
+
+    code: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Offline:
+    """The server ends the session and closes the connection. Code 9000: for good
+    (logged out); any other code: the client may reconnect (shutdown, heartbeat timeout)."""
+
+    code: int
+    reason: str
+
+    @property
+    def reconnect(self) -> bool:
+        return self.code != Status.SUCCESS.code
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolError:
+    """The stream is unusable (bad framing, or a frame that is not a Response): the
+    connection is closed and yields no more events; the transport should be dropped."""
+
+    reason: str
+
+
+ClientEvent = Pushed | Receipt | Pong | ServerError | Offline | ProtocolError
+
+PONG = Pong()  # stateless: one instance serves every pong
+
+
+def parse_response(payload: bytes) -> ClientEvent | None:
+    """The event one unframed ``Response`` carries; None for a command this client
+    does not know (skipped, as CIM's client does, so newer servers stay compatible)."""
+    try:
+        return _event(Response.FromString(payload))
+    except (DecodeError, ValueError) as err:  # ValueError: a user id property that is not a number
+        return ProtocolError(f"malformed frame: not a cim Response ({err})")
+
+
+def _event(response: Response) -> ClientEvent | None:
+    cmd = response.cmd
+    if cmd == MESSAGE:
+        properties = response.properties
+        return Pushed(
+            # CIM's servers name the sender only in responseId.
+            sender_id=int(properties.get(SEND_USER_ID) or response.responseId),
+            sender_name=properties.get(SEND_USER_NAME, ""),
+            receiver_id=int(properties.get(RECEIVE_USER_ID) or 0),
+            text=response.resMsg,
+            msg_id=response.msgId,
+            seq=response.seq,
+            timestamp_ms=response.timestamp,
+            group_id=response.groupId,
+        )
+    if cmd == SEND_RECEIPT:
+        return Receipt(response.code, response.resMsg, response.msgId, response.clientMsgId)
+    if cmd == PING:
+        return PONG
+    if cmd == ERROR:
+        return ServerError(response.code, response.resMsg)
+    if cmd == OFFLINE:
+        return Offline(response.code, response.resMsg)
+    return None
+
+
+def _framed(request: Request) -> bytes:
+    return encode_frame(request.SerializeToString())
+
+
+class ClientConnection:
+    """One user's side of one TCP connection to a cim-server, with no I/O.
+
+    The builders return framed bytes for the caller to write; ``receive_data``
+    takes bytes as read (cut anywhere) and returns the events they complete, in
+    order. After a ``ProtocolError`` the connection is ``closed`` and returns no
+    more events. A new TCP connection needs a new ``ClientConnection``.
+    """
+
+    __slots__ = ("user_id", "user_name", "_decoder", "_ping", "_closed")
+
+    def __init__(self, user_id: int, user_name: str, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self.user_id = user_id
+        self.user_name = user_name
+        self._decoder = FrameDecoder(max_frame_size)
+        # The commonest frame by far, and the server recognises it byte for byte: built once.
+        self._ping = _framed(Request(requestId=user_id, reqMsg="ping", cmd=PING))
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """The stream is unusable (after a ``ProtocolError``)."""
+        return self._closed
+
+    # -- frames out ------------------------------------------------------------
+
+    def login(self, token: str = "", device_id: str = "") -> bytes:
+        """The first frame on a connection. Empty ``token`` and ``device_id`` are not
+        on the wire (proto3 defaults), so by default this is CIM's login exactly."""
+        return _framed(Request(requestId=self.user_id, reqMsg=self.user_name, token=token, deviceId=device_id))
+
+    def ping(self) -> bytes:
+        """A heartbeat; the server answers with a ``Pong``."""
+        return self._ping
+
+    def message(self, text: str, receiver_id: int | None = None, client_msg_id: int = 0, group_id: str = "") -> bytes:
+        """A chat message: private to ``receiver_id`` when given, else to the group.
+        The server answers with a ``Receipt`` carrying ``client_msg_id``."""
+        request = Request(requestId=self.user_id, reqMsg=text, cmd=MESSAGE, clientMsgId=client_msg_id, groupId=group_id)
+        if receiver_id is not None:
+            request.properties[RECEIVE_USER_ID] = str(receiver_id)
+        return _framed(request)
+
+    def ack(self, seq: int) -> bytes:
+        """Every pushed message up to ``seq`` has been received."""
+        return _framed(Request(requestId=self.user_id, cmd=DELIVERY_ACK, ackSeq=seq))
+
+    def sync(self, seq: int) -> bytes:
+        """Ask for everything pushed after ``seq`` again (resuming after a reconnect)."""
+        return _framed(Request(requestId=self.user_id, cmd=SYNC, ackSeq=seq))
+
+    def offline(self) -> bytes:
+        """Going away (CIM's OFFLINE command)."""
+        return _framed(Request(requestId=self.user_id, reqMsg="bye", cmd=OFFLINE))
+
+    # -- bytes in --------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> list[ClientEvent]:
+        """The events ``data`` completes, in order; a ``ProtocolError`` is the last one ever."""
+        if self._closed:
+            return []
+        failure: ProtocolError | None = None
+        try:
+            frames = self._decoder.feed(data)
+        except FrameError as err:
+            # The frames before the bad prefix still count; after it the stream is lost.
+            frames = err.frames
+            failure = ProtocolError(f"bad frame: {err}")
+        events: list[ClientEvent] = []
+        for frame in frames:
+            event = parse_response(frame)
+            if isinstance(event, ProtocolError):
+                failure = event
+                break
+            if event is not None:
+                events.append(event)
+        if failure is not None:
+            self._closed = True
+            events.append(failure)
+        return events
