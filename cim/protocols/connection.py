@@ -81,7 +81,7 @@ class ServerConnection:
     # touches fewer cache lines.
     __slots__ = (
         "state", "user_id", "user_name", "max_message_bytes", "_decoder", "_partial", "_out",
-        "_receipt_heads", "_ping_frame", "_ping",
+        "_receipt_heads", "_ping_frame", "_ping", "_to_user",
     )
 
     def __init__(self, max_frame_size: int, max_message_bytes: int) -> None:
@@ -96,6 +96,9 @@ class ServerConnection:
         # This user's ping exactly as CIM's client sends it, framed and not (set at login).
         self._ping_frame = b""
         self._ping = b""
+        # The destination of the last private run: a client usually writes to one user
+        # many times in a row, and building the tuple each time costs more than the check.
+        self._to_user = ToUser(0)
 
     # -- input ---------------------------------------------------------------
 
@@ -131,7 +134,13 @@ class ServerConnection:
             if self.state is State.OPEN:
                 end, receiver, texts, client_msg_ids = scan_chat_run(frames, index, self.max_message_bytes)
                 if end > index:
-                    events.append(ChatMessages(texts, ToUser(receiver) if receiver else EVERYONE, client_msg_ids))
+                    if not receiver:
+                        destination: Destination = EVERYONE
+                    else:  # inline, not a method: this runs for every run of messages
+                        destination = self._to_user
+                        if destination.user_id != receiver:
+                            destination = self._to_user = ToUser(receiver)
+                    events.append(ChatMessages(texts, destination, client_msg_ids))
                     index = end
                     continue
                 if frames[index] == self._ping:

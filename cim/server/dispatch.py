@@ -37,6 +37,10 @@ class Dispatcher:
         self.messenger = messenger
         self.metrics = metrics
         self.tasks = tasks
+        # Bound once: the hot path below runs for every read of chat messages.
+        self._by_user = sessions.by_user
+        self._session_of = sessions.by_peer.get
+        self._take_ids = messenger.ids.take
 
     def handle_now(self, peer: Peer, event: Event) -> bool:
         """Settle an event synchronously when no I/O is needed; False defers it to ``handle``."""
@@ -44,12 +48,12 @@ class Dispatcher:
             destination = event.destination
             if type(destination) is not ToUser:
                 return False
-            target = self.sessions.by_user.get(destination.user_id)
-            session = self.sessions.of(peer)
+            target = self._by_user.get(destination.user_id)
+            session = self._session_of(peer)
             if target is None or session is None:
                 return False
             texts = event.texts
-            first_id, now_ms = self.messenger.ids.take(len(texts))
+            first_id, now_ms = self._take_ids(len(texts))
             target.push(push_bodies(session.sender.prefix, texts, first_id, now_ms))
             peer.send_receipts(event.client_msg_ids, first_id)
             self.metrics["messages_in"] += len(texts)

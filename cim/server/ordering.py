@@ -20,17 +20,16 @@ from cim.server.peer import Peer
 class OrderedEvents:
     """One peer's event stream: settled at once or queued, never reordered."""
 
-    __slots__ = ("_peer", "_dispatcher", "_backlog", "_drainer")
+    __slots__ = ("idle", "_peer", "_dispatcher", "_backlog", "_drainer")
 
     def __init__(self, peer: Peer, dispatcher: Dispatcher) -> None:
         self._peer = peer
         self._dispatcher = dispatcher
         self._backlog: deque[Event] | None = None
         self._drainer: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
-
-    @property
-    def idle(self) -> bool:
-        return self._backlog is None
+        # Nothing received earlier is still being handled. An attribute, not a property:
+        # the transport reads it on every read.
+        self.idle = True
 
     def feed(self, events: list[Event]) -> None:
         dispatcher, peer = self._dispatcher, self._peer
@@ -39,6 +38,7 @@ class OrderedEvents:
                 if dispatcher.handle_now(peer, event):
                     continue
                 self._backlog = deque()
+                self.idle = False
                 self._drainer = asyncio.create_task(self._drain(self._backlog))
             self._backlog.append(event)
 
@@ -50,4 +50,5 @@ class OrderedEvents:
         finally:
             # Once the backlog is empty, events may be settled at once again.
             self._backlog = None
+            self.idle = True
             self._drainer = None

@@ -39,7 +39,7 @@ class SessionTable:
     def __init__(self) -> None:
         self.pending: set[Peer] = set()
         self.by_user: dict[int, Session] = {}
-        self._of_peer: dict[Peer, Session] = {}
+        self.by_peer: dict[Peer, Session] = {}
         # Users whose login is being checked: a second connection racing the first
         # across the store's await is refused like a duplicate.
         self._logging_in: set[int] = set()
@@ -49,15 +49,15 @@ class SessionTable:
 
     @property
     def connections(self) -> int:
-        return len(self.pending) + len(self._of_peer)
+        return len(self.pending) + len(self.by_peer)
 
     def peers(self) -> list[Peer]:
         """Every connection, logged in or not."""
-        return [*self.pending, *self._of_peer]
+        return [*self.pending, *self.by_peer]
 
     def of(self, peer: Peer) -> Session | None:
         """The peer's session, or None while (or if never) logged in."""
-        return self._of_peer.get(peer)
+        return self.by_peer.get(peer)
 
     def admit(self, peer: Peer) -> None:
         self.pending.add(peer)
@@ -82,13 +82,13 @@ class SessionTable:
             session = Session(user_id, Sender.of(user_id, user_name), receiver_entry(user_id))
             self.by_user[user_id] = session
         session.peers.append(peer)
-        self._of_peer[peer] = session
+        self.by_peer[peer] = session
         return session
 
     def remove(self, peer: Peer) -> Session | None:
         """Forget a closed connection; returns the session it ended (its last peer), if any."""
         self.pending.discard(peer)
-        session = self._of_peer.pop(peer, None)
+        session = self.by_peer.pop(peer, None)
         if session is None:
             return None
         session.peers.remove(peer)
