@@ -27,6 +27,9 @@ from cim.wire import encode_receipts, scan_chat_run
 from cim.wire_fields import RECEIVE_USER_ID
 
 PONG = encode_frame(Response(cmd=PING, resMsg="pong").SerializeToString())
+# The longest framed ping CIM's client sends (the largest userId): a longer read is no
+# ping, and its transport need not ask ``answer_ping``.
+MAX_PING_FRAME = len(encode_frame(Request(requestId=2**63 - 1, reqMsg="ping", cmd=PING).SerializeToString()))
 
 
 class State(enum.Enum):

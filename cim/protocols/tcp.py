@@ -11,7 +11,7 @@ import asyncio
 import logging
 from typing import cast
 
-from cim.protocols.connection import ServerConnection, State
+from cim.protocols.connection import MAX_PING_FRAME, ServerConnection, State
 from cim.server.peer import EventSink, PeerHost
 from cim.status import Status
 
@@ -56,7 +56,7 @@ class TcpPeer(asyncio.Protocol):
             return  # refused: closing
         self.last_seen = self.host.loop.time()
         self.host.metrics["bytes_in"] += len(data)
-        if events.idle and not self._queued:  # nothing earlier is unanswered or queued
+        if len(data) <= MAX_PING_FRAME and events.idle and not self._queued:  # nothing earlier waits
             pong = self.conn.answer_ping(data)
             if pong is not None:
                 self._write(pong)

@@ -29,7 +29,11 @@ class Session:
     def push(self, bodies: list[bytes], at_once: bool = False) -> None:
         """Framed once for this user, pushed to each of their peers (see ``Peer.push``)."""
         frame = frame_each(bodies, self.receiver_entry)
-        for peer in self.peers:
+        peers = self.peers
+        if len(peers) == 1:  # the common case, without a loop
+            peers[0].push(frame, at_once)
+            return
+        for peer in peers:
             peer.push(frame, at_once)
 
 
