@@ -29,7 +29,7 @@ def plans(target: system.Target, receivers: int, args: argparse.Namespace) -> li
         plan_users = [sender, *share] if index == 0 else share  # process 0: sender first, its last user is the probe
         out.append(Plan("fanout", target.host, target.port, plan_users, source_ips(args.source_ips), args.duration,
                         window=args.window, payload=args.payload, index=index,
-                        fanout_sender=sender[0] if index == 0 else None,
+                        fanout_sender=sender[0] if index == 0 else None, tokens=system.login_tokens(target, plan_users),
                         sample_every=max(1, receivers // 200)))
     return out
 
@@ -71,7 +71,8 @@ def main(args: argparse.Namespace) -> None:
     sweep = [int(g) for g in args.receivers.split(",")]
     rows = []
     notes: list[str] = []
-    with system.cim_target(workdir) as cim, system.ceiling_target(workdir, "fanout") as ceiling:
+    with (system.cim_target(workdir, auth=args.auth, limits=args.limits) as cim,
+          system.ceiling_target(workdir, "fanout") as ceiling):
         for receivers in sweep:
             runs: dict[str, list[system.Run]] = {"cim": [], "ceiling": []}
             for _ in range(args.repeat):
@@ -80,7 +81,8 @@ def main(args: argparse.Namespace) -> None:
             rows.append({"point": {"G": receivers}, "cim": system.median_figures([figures(r) for r in runs["cim"]]),
                          "ceiling": system.median_figures([figures(r) for r in runs["ceiling"]])})
             notes += [f"G={receivers}: {n}" for n in system.generator_note(runs)]
-    params = {k: getattr(args, k) for k in ("receivers", "window", "payload", "duration", "repeat", "processes")}
+    params = {k: getattr(args, k) for k in ("receivers", "window", "payload", "duration", "repeat", "processes", "auth",
+                                            "limits")}
     system.report("fanout", params, rows, args.json, {"deliveries": "deliveries_per_s"}, notes)
     if args.plot:
         plot(args.plot, rows)

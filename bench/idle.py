@@ -36,7 +36,8 @@ def figures(run: system.Run, connections: int) -> dict[str, float]:
 def plans(target: system.Target, args: argparse.Namespace) -> list[Plan]:
     users = system.accounts(target, args.connections, "idle")
     return [Plan("idle", target.host, target.port, share, source_ips(args.source_ips), args.duration,
-                 heartbeat=args.heartbeat, index=i) for i, share in enumerate(system.split(users, args.processes))]
+                 heartbeat=args.heartbeat, tokens=system.login_tokens(target, share), index=i)
+            for i, share in enumerate(system.split(users, args.processes))]
 
 
 def main(args: argparse.Namespace) -> None:
@@ -47,13 +48,14 @@ def main(args: argparse.Namespace) -> None:
     runs: dict[str, list[system.Run]] = {"cim": [], "ceiling": []}
     for _ in range(args.repeat):
         # One target at a time: 100k connections each are enough for one machine.
-        with system.cim_target(workdir, workers=workers, heartbeat=args.heartbeat) as cim:
+        with system.cim_target(workdir, workers=workers, heartbeat=args.heartbeat, auth=args.auth, limits=args.limits) as cim:
             runs["cim"].append(system.measure(cim, plans(cim, args), print))
         with system.ceiling_target(workdir, "fanout", workers=workers) as ceiling:
             runs["ceiling"].append(system.measure(ceiling, plans(ceiling, args), print))
     row = {"point": {}, "cim": system.median_figures([figures(r, args.connections) for r in runs["cim"]]),
            "ceiling": system.median_figures([figures(r, args.connections) for r in runs["ceiling"]])}
-    params = {k: getattr(args, k) for k in ("connections", "heartbeat", "duration", "repeat", "processes", "source_ips")}
+    params = {k: getattr(args, k)
+              for k in ("connections", "heartbeat", "duration", "repeat", "processes", "source_ips", "auth", "limits")}
     params["workers"] = workers
     system.report("idle", params, [row], args.json,
            {"heartbeat_cpu": "server_cpu_pct", "memory_per_conn": "rss_per_conn_bytes"}, system.generator_note(runs))

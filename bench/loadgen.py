@@ -17,6 +17,7 @@ import multiprocessing
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Barrier
 from typing import Any, cast
@@ -28,6 +29,7 @@ from cim.proto import Response
 from cim.protocols.client import ClientConnection, Pong, Receipt, parse_response
 
 STAMP = b"0" * 19  # placeholder for time.time_ns() in a pre-encoded message
+FLOOD_BATCH = 256  # flood: messages per write (a server reads them as one run)
 BARRIER_TIMEOUT = 1800.0
 
 
@@ -35,7 +37,7 @@ BARRIER_TIMEOUT = 1800.0
 class Plan:
     """One generator process's share of a scenario (picklable)."""
 
-    scenario: str  # "p2p" | "fanout" | "idle"
+    scenario: str  # "p2p" | "fanout" | "idle" | "flood" (p2p senders writing as fast as the target reads)
     host: str
     port: int
     users: list[tuple[int, str]]  # this process's users, in connect order
@@ -44,7 +46,9 @@ class Plan:
     window: int = 8  # p2p: messages in flight per sender; fanout: messages in flight
     payload: int = 64  # message text bytes
     heartbeat: float = 60.0  # idle: seconds between pings per connection
-    partner_of: dict[int, int] = field(default_factory=dict)  # p2p: sender -> receiver
+    partner_of: dict[int, int] = field(default_factory=dict)  # p2p, flood: sender -> receiver
+    rate: float = 0.0  # p2p: messages a second per sender, spread evenly; 0: a closed loop, window in flight
+    tokens: dict[int, str] = field(default_factory=dict)  # user -> login token (none: the target checks none)
     fanout_sender: int | None = None  # fanout: the sending user (in process 0)
     connect_concurrency: int = 256
     sample_every: int = 1  # latency: sample one delivery in this many
@@ -121,7 +125,7 @@ class Generator:
         self.stopping = False
         self.templates: dict[int, tuple[bytes, int]] = {}
         # Who receives in the run phase: p2p partners, everyone but the fanout sender.
-        if plan.scenario == "p2p":
+        if plan.scenario in ("p2p", "flood"):
             self.receivers = set(plan.partner_of.values())
         else:
             self.receivers = {u for u, _ in plan.users} - {plan.fanout_sender}
@@ -150,9 +154,10 @@ class Generator:
             text = Response.FromString(frames[-1]).resMsg
             stats.latencies_us.append((time.time_ns() - int(text[:19])) // 1000)
         if plan.scenario == "p2p":
-            self.send(self.sender_of[conn.user_id], len(frames))
-        elif conn.user_id == self.probe and plan.fanout_sender is not None:  # the probe is set with the sender
-            self.send(plan.fanout_sender, len(frames))
+            if not plan.rate:  # a closed loop: each delivery is answered with the next send
+                self.send(self.sender_of[conn.user_id], len(frames))
+        elif plan.scenario == "fanout" and conn.user_id == self.probe and plan.fanout_sender is not None:
+            self.send(plan.fanout_sender, len(frames))  # the probe, set with the sender, paces it
 
     # -- phases ------------------------------------------------------------------
 
@@ -169,7 +174,7 @@ class Generator:
                     lambda: GenProtocol(self, user_id, name), plan.host, plan.port, local_addr=(source, 0)
                 )
                 # The pong says the login before it was accepted.
-                proto.transport.write(proto.frames.login() + proto.frames.ping())
+                proto.transport.write(proto.frames.login(token=plan.tokens.get(user_id, "")) + proto.frames.ping())
                 await asyncio.wait_for(proto.login_done, 60)
                 self.conns[user_id] = proto
 
@@ -186,13 +191,18 @@ class Generator:
     async def run(self) -> None:
         plan = self.plan
         self.running = True
-        if plan.scenario == "p2p":
+        if plan.scenario in ("p2p", "flood"):
             self.sender_of = {receiver: sender for sender, receiver in plan.partner_of.items()}
             for sender, receiver in plan.partner_of.items():
                 self.templates[sender] = self._template(sender, receiver)
-            for sender in plan.partner_of:
-                self.send(sender, plan.window)
-            await asyncio.sleep(plan.duration)
+            if plan.scenario == "flood":
+                await self._flood()
+            elif plan.rate:
+                self.stats.sent = await self._spread(list(plan.partner_of), 1 / plan.rate, self.send, tick=0.005)
+            else:
+                for sender in plan.partner_of:
+                    self.send(sender, plan.window)
+                await asyncio.sleep(plan.duration)
         elif plan.scenario == "fanout":
             if plan.fanout_sender is not None:
                 self.probe = plan.users[-1][0]
@@ -202,25 +212,37 @@ class Generator:
                 self.probe = -1
             await asyncio.sleep(plan.duration)
         else:
-            await self._heartbeats()
+            self.stats.sent = await self._spread(list(self.conns), plan.heartbeat, self._ping, tick=0.05)
         self.running = False
 
-    async def _heartbeats(self) -> None:
-        """Every connection pings once per heartbeat interval, spread evenly."""
-        plan = self.plan
-        users = list(self.conns)
+    def _ping(self, user_id: int) -> None:
+        conn = self.conns[user_id]
+        conn.transport.write(conn.frames.ping())
+
+    async def _spread(self, users: list[int], interval: float, act: Callable[[int], object], tick: float) -> int:
+        """``act(user)`` once per ``interval`` for every user, spread evenly (checked every
+        ``tick`` seconds), for the run's duration; how many acts there were."""
         random.shuffle(users)
         start = time.monotonic()
-        step = plan.heartbeat / max(1, len(users))
-        sent = 0
-        while (now := time.monotonic()) - start < plan.duration:
+        step = interval / max(1, len(users))
+        done = 0
+        while (now := time.monotonic()) - start < self.plan.duration:
             due = int((now - start) / step) + 1
-            while sent < due:
-                conn = self.conns[users[sent % len(users)]]
-                conn.transport.write(conn.frames.ping())
-                sent += 1
-            await asyncio.sleep(0.05)
-        self.stats.sent = sent
+            while done < due:
+                act(users[done % len(users)])
+                done += 1
+            await asyncio.sleep(tick)
+        return done
+
+    async def _flood(self) -> None:
+        """Every sender writes ``FLOOD_BATCH`` messages whenever its socket has taken the
+        last ones: as fast as the target reads, for the run's duration."""
+        deadline = time.monotonic() + self.plan.duration
+        while time.monotonic() < deadline:
+            for sender in self.plan.partner_of:
+                if not self.conns[sender].transport.get_write_buffer_size():
+                    self.send(sender, FLOOD_BATCH)
+            await asyncio.sleep(0.001)
 
     async def close(self) -> None:
         self.stopping = True

@@ -26,7 +26,7 @@ def plans(target: system.Target, args: argparse.Namespace) -> list[Plan]:
         flat = [u for pair in share for u in pair]
         out.append(Plan("p2p", target.host, target.port, flat, source_ips(args.source_ips), args.duration,
                         window=args.window, payload=args.payload, index=index,
-                        partner_of={s[0]: r[0] for s, r in share}))
+                        partner_of={s[0]: r[0] for s, r in share}, tokens=system.login_tokens(target, flat)))
     return out
 
 
@@ -46,11 +46,12 @@ def figures(run: system.Run) -> dict[str, float]:
 def main(args: argparse.Namespace) -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-p2p-"))
     runs: dict[str, list[system.Run]] = {"cim": [], "ceiling": []}
-    with system.cim_target(workdir) as cim, system.ceiling_target(workdir, "p2p") as ceiling:
+    with (system.cim_target(workdir, auth=args.auth, limits=args.limits) as cim,
+          system.ceiling_target(workdir, "p2p") as ceiling):
         for _ in range(args.repeat):
             for target in (cim, ceiling):
                 runs[target.name].append(system.measure(target, plans(target, args), print))
     row = {"point": {}, "cim": system.median_figures([figures(r) for r in runs["cim"]]),
            "ceiling": system.median_figures([figures(r) for r in runs["ceiling"]])}
-    params = {k: getattr(args, k) for k in ("pairs", "window", "payload", "duration", "repeat", "processes")}
+    params = {k: getattr(args, k) for k in ("pairs", "window", "payload", "duration", "repeat", "processes", "auth", "limits")}
     system.report("p2p", params, [row], args.json, {"msgs_per_s": "msgs_per_s"}, system.generator_note(runs))

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import math
 import multiprocessing
+import secrets
 import statistics
 import subprocess
 import sys
@@ -23,8 +24,21 @@ from tqdm import tqdm
 
 from bench.loadgen import LoadGenerator, Plan
 from bench.report import machine, print_table, write_json
+from cim.auth import Tokens
 from cim.client import RouteClient
+from cim.config import AUTH_MODES
 from cim.testing.services import CimProcess, free_port, redis_server, wait_until, zookeeper_server
+
+# The bench's accounts' password: fresh accounts on a target started here.
+PASSWORD = "bench-password"
+LIMITS = ("off", "on")
+# --limits on: per-connection limits no generated connection reaches (p2p senders run at
+# thousands of messages a second), so a run measures what checking them costs, not refusals.
+UNREACHED_LIMITS = {"CIM_MAX_MESSAGES_PER_SECOND": str(10**9), "CIM_MAX_BYTES_PER_SECOND": str(10**12)}
+# Per-address limits are always off: every generated user comes from a handful of
+# loopback addresses, which those limits would rightly take for one abuser.
+NO_PER_ADDRESS_LIMITS = {"CIM_MAX_CONNECTIONS_PER_IP": "0", "CIM_MAX_LOGINS_PER_MINUTE": "0",
+                         "CIM_MAX_ROUTE_REQUESTS_PER_SECOND": "0"}
 
 
 @dataclass
@@ -34,6 +48,7 @@ class Target:
     port: int
     route_url: str | None  # None: the ceiling relay, which needs no accounts
     root_pids: list[int] = field(default_factory=list)
+    tokens: Tokens | None = None  # mints the users' login tokens; None: the target checks none
 
     def processes(self) -> list[psutil.Process]:
         procs = []
@@ -59,34 +74,52 @@ class Target:
         return total
 
 
+def target_env(auth: str, limits: str) -> tuple[dict[str, str], Tokens | None]:
+    """The environment a cim target runs with (its settings as ``CIM_*`` variables, which
+    every role reads and ignores where they do not apply), and what mints its tokens."""
+    env = {"CIM_AUTH": auth, **NO_PER_ADDRESS_LIMITS}
+    env.update(UNREACHED_LIMITS if limits == "on" else dict.fromkeys(UNREACHED_LIMITS, "0"))
+    if auth == "none":
+        return env, None
+    # The generator logs users in with tokens minted with the target's secret, as a
+    # deployment's own backend would: no route login (and claim) per connection.
+    env["CIM_SECRET"] = secrets.token_urlsafe(32)
+    return env, Tokens(env["CIM_SECRET"], ttl=24 * 3600.0)  # longer than any run
+
+
 @contextlib.contextmanager
-def cim_target(workdir: Path, workers: int = 1, heartbeat: float = 3600.0) -> Iterator[Target]:
+def cim_target(workdir: Path, workers: int = 1, heartbeat: float = 3600.0, auth: str = "token",
+               limits: str = "off", settings: dict[str, str] | None = None) -> Iterator[Target]:
     """cim as users run it: ``cim up`` (embedded), or route + ``cim-server --workers N`` on
-    real Redis and ZooKeeper started here."""
+    real Redis and ZooKeeper started here; ``auth`` and ``limits`` as the bench options say,
+    ``settings`` further ``CIM_*`` variables over those."""
     port, http_port, route_port = free_port(), free_port(), free_port()
     common = ["--heartbeat-interval", str(heartbeat), "--log-level", "warning"]
+    env, tokens = target_env(auth, limits)
+    env.update(settings or {})
     if workers == 1:
         up = CimProcess(workdir, "cim-up", ["up", "--host", "127.0.0.1", "--port", str(port), "--http-port",
-                                            str(http_port), "--route-port", str(route_port), *common])
+                                            str(http_port), "--route-port", str(route_port), *common], env)
         try:
             up.wait_http(route_port)
-            yield Target("cim", "127.0.0.1", port, f"http://127.0.0.1:{route_port}", [up.proc.pid])
+            yield Target("cim", "127.0.0.1", port, f"http://127.0.0.1:{route_port}", [up.proc.pid], tokens)
         finally:
             up.stop()
         return
     with redis_server(workdir) as redis_url, zookeeper_server(workdir) as zk:
         backend = ["--redis", redis_url, "--zk", zk]
-        route = CimProcess(workdir, "cim-route", ["route", "--host", "127.0.0.1", "--port", str(route_port), *backend])
+        route = CimProcess(workdir, "cim-route", ["route", "--host", "127.0.0.1", "--port", str(route_port), *backend], env)
         http_base = free_port()
         server = CimProcess(workdir, "cim-server", ["server", "--workers", str(workers), "--host", "127.0.0.1",
-                                                    "--port", str(port), "--http-port", str(http_base), *backend, *common])
+                                                    "--port", str(port), "--http-port", str(http_base), *backend, *common],
+                            env)
         try:
             route.wait_http(route_port)
             for i in range(workers):
                 server.wait_http(http_base + i)
             wait_until(lambda: len(httpx.get(f"http://127.0.0.1:{route_port}/health").json()["servers"]) == workers,
                        30, "route sees every worker")
-            yield Target("cim", "127.0.0.1", port, f"http://127.0.0.1:{route_port}", [server.proc.pid])
+            yield Target("cim", "127.0.0.1", port, f"http://127.0.0.1:{route_port}", [server.proc.pid], tokens)
         finally:
             server.stop()
             route.stop()
@@ -120,7 +153,7 @@ async def _register(route_url: str, names: list[str], concurrency: int = 64) -> 
                 attempt = 0
                 while True:
                     try:
-                        return await route.register(name)
+                        return await route.register(name, PASSWORD)
                     except httpx.TransportError:
                         attempt += 1
                         if attempt == 5:
@@ -148,6 +181,13 @@ def accounts(target: Target, count: int, tag: str) -> list[tuple[int, str]]:
     with ProcessPoolExecutor(max_workers=4, mp_context=multiprocessing.get_context("spawn")) as pool:
         ids = [i for chunk_ids in pool.map(_register_slice, [target.route_url] * len(chunks), chunks) for i in chunk_ids]
     return list(zip(ids, names, strict=True))
+
+
+def login_tokens(target: Target, users: list[tuple[int, str]]) -> dict[int, str]:
+    """Each user's token for its TCP login; none for a target that checks none."""
+    if target.tokens is None:
+        return {}
+    return {user_id: target.tokens.mint(user_id) for user_id, _ in users}
 
 
 @dataclass
@@ -201,6 +241,12 @@ def add_common_arguments(parser: argparse.ArgumentParser, duration: float) -> No
     parser.add_argument("--processes", type=int, default=1, help="load generator processes")
     parser.add_argument("--source-ips", type=int, default=4, help="loopback source addresses (127.0.0.2...)")
     parser.add_argument("--workdir", type=Path, default=None, help="where logs go (default: a temp dir)")
+    parser.add_argument("--auth", choices=AUTH_MODES, default="token",
+                        help="cim's auth mode: token (users register with a password, log in with a token) or none "
+                             "(CIM's; faster to set up: registering hashes each password)")
+    parser.add_argument("--limits", choices=LIMITS, default="off",
+                        help="cim's per-connection message and byte limits: off, or on at rates no connection reaches "
+                             "(their cost without refusals); per-address limits are off either way")
 
 
 def median_figures(runs: list[dict[str, float]]) -> dict[str, float]:

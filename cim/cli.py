@@ -10,20 +10,25 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
+import secrets
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-from cim.config import BALANCERS, Config
+from cim.auth.tokens import MISSING_SECRET
+from cim.config import AUTH_MODES, BALANCERS, MIN_SECRET_BYTES, Config
 
 _DEFAULTS = Config()
 
 
 def _option(
     parser: argparse.ArgumentParser, flag: str, kind: Callable[[str], Any], help: str, dest: str | None = None,
-    aliases: Sequence[str] = (), **kw: Any,
+    aliases: Sequence[str] = (), secret: bool = False, **kw: Any,
 ) -> None:
+    """``secret``: --help says whether a default is set, never what it is."""
     flags = [flag, *aliases]
     dest = dest or flag.lstrip("-").replace("-", "_")
     envs = ["CIM_" + f.lstrip("-").replace("-", "_").upper() for f in flags]
@@ -31,8 +36,9 @@ def _option(
     env = next((e for e in envs if e in os.environ), None)
     if env is not None:
         default = kind(os.environ[env])
+    shown = ("set" if default is not None else "none") if secret else default
     parser.add_argument(
-        *flags, dest=dest, type=kind, default=default, help=f"{help} [env {' or '.join(envs)}; default {default}]", **kw
+        *flags, dest=dest, type=kind, default=default, help=f"{help} [env {' or '.join(envs)}; default {shown}]", **kw
     )
 
 
@@ -61,6 +67,12 @@ def _server_options(p: argparse.ArgumentParser, port_flag: str = "--port", http_
     _option(p, "--backlog", int, "listen backlog (the kernel caps it at net.core.somaxconn)")
     _option(p, "--write-buffer-high", int, "bytes buffered for a client before it counts as a slow consumer")
     _option(p, "--slow-consumer-timeout", float, "seconds a slow consumer may stay over the high mark before it is cut off")
+    _option(p, "--max-messages-per-second", int, "chat messages per connection and second, bursts of twice that; "
+            "the rest get a 4029 receipt (0: off)")
+    _option(p, "--max-bytes-per-second", int, "bytes read per connection and second, bursts of twice that; over it "
+            "reading pauses (0: off)")
+    _option(p, "--max-connections-per-ip", int, "connections from one IP address (0: off)")
+    _option(p, "--abuse-limit", int, "limit hits within 10 s that close the connection (0: off)")
 
 
 def _route_options(p: argparse.ArgumentParser, host_flag: str = "--route-host", port_flag: str = "--route-port") -> None:
@@ -68,6 +80,25 @@ def _route_options(p: argparse.ArgumentParser, host_flag: str = "--route-host", 
     _option(p, port_flag, int, "route HTTP port", dest="route_port")
     _option(p, "--balance", str, "server choice", choices=BALANCERS)
     _option(p, "--login-claim-ttl", float, "seconds a route login holds the user before the client connects")
+    _option(p, "--max-route-requests-per-second", int, "route requests per IP address and second, bursts of twice "
+            "that; the rest get HTTP 429 (0: off)")
+
+
+def _login_limit_option(p: argparse.ArgumentParser) -> None:
+    # One flag for both roles (and for both at once under ``cim up``).
+    _option(p, "--max-logins-per-minute", int, "logins per IP address and minute, TCP logins on a cim-server and "
+            "/login on a route, each counted where it arrives (0: off)")
+
+
+def _auth_options(p: argparse.ArgumentParser, route: bool) -> None:
+    _option(p, "--auth", str, "token: passwords, and tokens for logins and calls acting for a user; none: "
+            "CIM's behaviour, anyone may log in or act as anyone (trusted networks only)", choices=AUTH_MODES)
+    _option(p, "--secret", str, "signs and checks tokens: the same on every route and cim-server, at least "
+            f"{MIN_SECRET_BYTES} bytes (cim up makes one per run if none is given)", secret=True)
+    if route:
+        _option(p, "--token-ttl", float, "seconds a token from /login is valid")
+        _option(p, "--admin-key", str, "the operator's bearer key: /offLine of any user, GET /servers "
+                f"(at least {MIN_SECRET_BYTES} bytes; none: no operator calls)", secret=True)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -75,7 +106,7 @@ def _config(args: argparse.Namespace) -> Config:
     return Config(**{k: v for k, v in vars(args).items() if k in fields})
 
 
-def _announce(config: Config) -> None:
+def _announce(config: Config, secret_made: bool = False) -> None:
     info = config.server_info
     route_host = "127.0.0.1" if config.route_host in ("0.0.0.0", "::") else config.route_host
     print(
@@ -84,13 +115,24 @@ def _announce(config: Config) -> None:
         f"connect a client:  cim-client --route http://{route_host}:{config.route_port} --register NAME",
         flush=True,
     )
+    if secret_made:
+        print(
+            "tokens are signed with a random secret made for this run: they stop working when it ends; "
+            "give --secret (or CIM_SECRET) to keep them, or to mint tokens in your own backend",
+            flush=True,
+        )
 
 
 def _client_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--route", default=os.environ.get("CIM_ROUTE", "http://127.0.0.1:8083"), help="route URL [env CIM_ROUTE]")
     p.add_argument("--user-id", type=int, default=None, help="log in as this user id")
     p.add_argument("--user-name", default=None, help="the account's user name")
-    p.add_argument("--register", metavar="NAME", default=None, help="create (or look up) the account NAME, then log in as it")
+    p.add_argument("--register", metavar="NAME", default=None,
+                   help="create the account NAME with the password (or look it up: a taken name needs its password), "
+                        "then log in as it")
+    p.add_argument("--password-file", metavar="FILE", type=Path, default=None,
+                   help="read the password from the first line of FILE; else $CIM_PASSWORD, else asked for on a "
+                        "terminal (a route under --auth none needs none)")
     p.add_argument("--heartbeat-interval", type=float, default=float(os.environ.get("CIM_HEARTBEAT_INTERVAL", 30)))
     p.add_argument("--reconnect-attempts", type=int, default=int(os.environ.get("CIM_RECONNECT_ATTEMPTS", 10)))
 
@@ -99,26 +141,29 @@ def _run_client(args: argparse.Namespace) -> int:
     import uvloop
 
     from cim.client import Client, ClientError, register
-    from cim.client.console import run_console
+    from cim.client.console import read_password, run_console
+
+    user_name = args.register or args.user_name
+    if user_name is None or (args.register is None and args.user_id is None):
+        print("give --register NAME, or --user-id ID --user-name NAME", file=sys.stderr)
+        return 2
+    try:
+        password = read_password(user_name, args.password_file)
+    except OSError as err:
+        print(f"cannot read the password file: {err}", file=sys.stderr)
+        return 2
 
     async def main() -> int:
-        user_name = args.register or args.user_name
         user_id = args.user_id
-        if user_name is None:
-            print("give --register NAME, or --user-id ID --user-name NAME", file=sys.stderr)
-            return 2
         try:
             if args.register:
-                user_id = await register(args.route, args.register)
+                user_id = await register(args.route, args.register, password)
                 print(f"* registered {user_name} as user {user_id}", flush=True)
         except (ClientError, OSError) as err:
             print(f"* registration failed: {err}", flush=True)
             return 1
-        if user_id is None:
-            print("--user-id is required without --register", file=sys.stderr)
-            return 2
         client = Client(
-            args.route, user_id, user_name,
+            args.route, user_id, user_name, password=password,
             heartbeat_interval=args.heartbeat_interval, reconnect_attempts=args.reconnect_attempts,
         )
         return await run_console(client)
@@ -132,13 +177,19 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="route + one cim-server in one process (embedded backends by default)")
     _server_options(up)
     _route_options(up)
+    _login_limit_option(up)
+    _auth_options(up, route=True)
     _backend_options(up)
     server = sub.add_parser("server", help="a cim-server node")
     _server_options(server)
     _option(server, "--workers", int, "worker processes sharing the client port (needs --redis and --zk)")
+    _login_limit_option(server)
+    _auth_options(server, route=False)
     _backend_options(server)
     route = sub.add_parser("route", help="the route service")
     _route_options(route, "--host", "--port")
+    _login_limit_option(route)
+    _auth_options(route, route=True)
     _backend_options(route)
     client = sub.add_parser("client", help="the console client")
     _client_parser(client)
@@ -149,7 +200,17 @@ def cim_main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "client":
         sys.exit(_run_client(args))
-    config = _config(args)
+    try:
+        config = _config(args)
+    except ValueError as err:
+        sys.exit(f"cim {args.command}: {err}")
+    secret_made = args.command == "up" and config.auth == "token" and config.secret is None
+    if secret_made:
+        # One process holds the route and the server: a secret of its own is shared by both.
+        config.secret = secrets.token_urlsafe(32)
+    elif config.auth == "token" and config.secret is None:
+        # Separate processes: a secret made here would match no other route or server.
+        sys.exit(f"cim {args.command}: {MISSING_SECRET}")
     if config.workers > 1:
         from cim.supervisors import Multiprocess
 
@@ -162,7 +223,7 @@ def cim_main(argv: Sequence[str] | None = None) -> None:
     from cim.run import run
 
     roles = {"up": {"server", "route"}, "server": {"server"}, "route": {"route"}}[args.command]
-    run(config, roles, _announce if args.command == "up" else None)
+    run(config, roles, functools.partial(_announce, secret_made=secret_made) if args.command == "up" else None)
 
 
 def server_main() -> None:

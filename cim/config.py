@@ -9,6 +9,8 @@ from cim.frame import DEFAULT_MAX_FRAME_SIZE
 from cim.server_info import ServerInfo
 
 BALANCERS = ("consistent-hash", "loop", "random")
+AUTH_MODES = ("token", "none")
+MIN_SECRET_BYTES = 32
 EMBEDDED = "memory://"
 
 
@@ -41,12 +43,26 @@ class Config:
     write_buffer_high: int = 256 * 1024
     slow_consumer_timeout: float = 10.0
 
+    # abuse limits (cim.server.quotas, route.limits); 0 turns each off
+    max_messages_per_second: int = 200  # per connection, bursts of twice that
+    max_bytes_per_second: int = 1024 * 1024  # per connection, bursts of twice that; over it reading pauses
+    max_logins_per_minute: int = 600  # per IP: TCP logins on a cim-server, /login on a route
+    max_connections_per_ip: int = 10_000  # per cim-server process
+    max_route_requests_per_second: int = 1000  # per IP and route, bursts of twice that
+    abuse_limit: int = 100  # limit hits within 10 s that close a connection
+
     # route
     route_host: str = "0.0.0.0"
     route_port: int = 8083
     balance: str = "consistent-hash"
     login_claim_ttl: float = 30.0
     server_check_timeout: float = 1.0
+
+    # auth (cim.auth): who may log in and act for a user
+    auth: str = "token"  # "none": CIM's behaviour, anyone can act as anyone
+    secret: str | None = None  # signs tokens: the same on every route and cim-server
+    token_ttl: float = 86400.0  # seconds a route's token is valid
+    admin_key: str | None = None  # the operator's bearer key (None: no operator calls)
 
     log_level: str = "info"
 
@@ -57,6 +73,23 @@ class Config:
             raise ValueError(f"balance must be one of {', '.join(BALANCERS)}, not {self.balance!r}")
         if self.heartbeat_interval <= 0 or self.login_timeout <= 0:
             raise ValueError("heartbeat interval and login timeout must be positive")
+        limits = ("max_messages_per_second", "max_bytes_per_second", "max_logins_per_minute",
+                  "max_connections_per_ip", "max_route_requests_per_second", "abuse_limit")
+        for name in limits:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.replace('_', '-')} must be 0 (off) or more, not {getattr(self, name)}")
+        if self.auth not in AUTH_MODES:
+            raise ValueError(f"auth must be one of {', '.join(AUTH_MODES)}, not {self.auth!r}")
+        if self.token_ttl <= 0:
+            raise ValueError("token ttl must be positive")
+        # RFC 7518 section 3.2: an HS256 key shorter than the hash is guessable offline
+        # from any token it signed; the admin key is a password that never expires.
+        for name, key in (("secret", self.secret), ("admin key", self.admin_key)):
+            if key is not None and len(key.encode()) < MIN_SECRET_BYTES:
+                raise ValueError(
+                    f"{name} must be at least {MIN_SECRET_BYTES} bytes; make one with "
+                    "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+                )
 
     @property
     def server_info(self) -> ServerInfo:

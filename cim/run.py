@@ -18,6 +18,7 @@ from cim.backends.registry import open_backends
 from cim.config import Config
 from cim.frame import IMPLEMENTATION
 from cim.http import HttpService, start_http
+from cim.metrics import metrics_route
 from cim.server.node import Node
 from route.app import create_app
 from route.service import RouteService
@@ -29,10 +30,11 @@ def node_http_app(node: Node) -> Starlette:
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "node": node.node_id})
 
-    async def metrics(request: Request) -> JSONResponse:
-        return JSONResponse(node.snapshot())
+    async def stats(request: Request) -> JSONResponse:
+        return JSONResponse(node.snapshot())  # this process's own figures, also under --workers
 
-    return Starlette(routes=[Route("/health", health), Route("/metrics", metrics)])
+    metrics = metrics_route(node.prometheus.registry, before_scrape=node.prometheus.sync)
+    return Starlette(routes=[Route("/health", health), Route("/stats", stats), metrics])
 
 
 class Running:
@@ -85,6 +87,12 @@ async def serve(config: Config, roles: set[str], announce: Callable[[Config], No
         loop.add_signal_handler(sig, stop.set)
     running = await start(config, roles)
     log.info("frame codec: %s", IMPLEMENTATION)
+    if config.auth == "none":
+        log.warning(
+            "--auth none: no password or token is checked; anyone who reaches this %s can log in as any user, "
+            "send as them and end their sessions (CIM's behaviour: for its Java client on a trusted network only)",
+            " and ".join(sorted(roles)),
+        )
     if announce is not None:
         announce(config)
     await stop.wait()

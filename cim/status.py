@@ -19,6 +19,10 @@ class Status(Enum):
     OFF_LINE = (7000, "You selected user is offline!, please try again later!")
     SERVER_NOT_AVAILABLE = (7100, "cim server is not available, please try again later!")
     ACCOUNT_NOT_MATCH = (9100, "The User information you have used is incorrect!")
+    # cim's own (CIM has no authentication): 4xxx, after HTTP's 401/403/429.
+    UNAUTHORIZED = (4001, "authentication required: missing, invalid or expired token")
+    FORBIDDEN = (4003, "not allowed with this token")
+    RATE_LIMITED = (4029, "rate limit exceeded: slow down")
 
     def __init__(self, code: int, message: str) -> None:
         self.code = code

@@ -7,7 +7,9 @@
 ``--host`` is the route. ``RouteUser`` registers, logs in through the route, reads
 /onlineUser and sends private (/p2pRoute) and group (/groupRoute) messages through
 it, and logs out (/offLine) when it stops. A CIM business error comes back as HTTP
-200 with a JSON code other than 9000, so every answer's code is checked.
+200 with a JSON code other than 9000, so every answer's code is checked. Users
+register with a password; under token auth the calls acting for a user carry the
+token its login returned, and so does the TCP login.
 
 ``TcpChatUser`` registers and logs in through the route, then speaks the wire
 protocol on a plain socket (cooperative under locust's gevent) through the SDK's
@@ -36,7 +38,7 @@ from locust.clients import HttpSession
 from locust.env import Environment
 from locust.exception import StopUser
 
-from cim.client.route import OFF_LINE, SUCCESS, ClientError, read_answer
+from cim.client.route import OFF_LINE, SUCCESS, ClientError, bearer, read_answer
 from cim.protocols.client import (
     ClientConnection,
     ClientEvent,
@@ -50,6 +52,7 @@ from cim.protocols.client import (
 
 HEARTBEAT_INTERVAL = 30.0  # seconds without a write before a PING (the server's default interval)
 LOGIN_TIMEOUT = 10.0
+PASSWORD = "locust-password"  # every account's: fresh accounts on a cluster under test
 
 # TcpChatUsers of this locust process that are logged in: whom to send to. (With
 # distributed locust each worker process has its own.)
@@ -72,31 +75,46 @@ def stamped_ns(text: str) -> int | None:
     return int(parts[1])
 
 
-def route_post(client: HttpSession, path: str, body: dict[str, Any], accept: tuple[int, ...] = (SUCCESS,)) -> Any:
-    """POST to the route through locust's session (its stats come from it), the answer
-    checked as the SDK's RouteClient checks it: a CIM code outside ``accept`` is a failure.
+def route_post(
+    client: HttpSession, path: str, body: dict[str, Any], accept: tuple[int, ...] = (SUCCESS,), token: str = ""
+) -> Any:
+    """POST to the route through locust's session (its stats come from it), with
+    ``token`` as the bearer, the answer checked as the SDK's RouteClient checks it: a
+    CIM code outside ``accept`` is a failure.
 
     Returns ``dataBody``, or None when the call failed (locust has recorded why).
     """
-    with client.post(path, json=body, catch_response=True) as response:
-        if response.status_code != 200:
-            return None  # locust has marked the HTTP or connection error failed
+    with client.post(path, json=body, headers=bearer(token), catch_response=True) as response:
+        ok = response.status_code == 200
         try:
-            return read_answer(response.json(), accept).data
-        except (ValueError, ClientError) as err:  # not JSON / not a route answer, or a refusal
+            # A refusal with an HTTP error status (401, 403, 429) carries CIM's envelope:
+            # it fails with its code, never as a success.
+            return read_answer(response.json(), accept if ok else ()).data
+        except ClientError as err:
             response.failure(str(err))
-            return None
+        except ValueError as err:  # not JSON, or not a route answer
+            if ok:  # else locust has marked the HTTP or connection error failed
+                response.failure(str(err))
+        return None
 
 
 def register(client: HttpSession, prefix: str) -> tuple[int, str] | None:
     name = f"{prefix}-{uuid.uuid4().hex[:12]}"
-    data = route_post(client, "/registerAccount", {"reqNo": uuid.uuid4().hex, "timeStamp": int(time.time()), "userName": name})
+    body = {"reqNo": uuid.uuid4().hex, "timeStamp": int(time.time()), "userName": name, "password": PASSWORD}
+    data = route_post(client, "/registerAccount", body)
     return None if data is None else (int(data["userId"]), name)
+
+
+def login(client: HttpSession, user_id: int, user_name: str) -> tuple[dict[str, Any], str] | None:
+    """The route's login answer (the server it picked) and the token in it ("" under ``--auth none``)."""
+    data = route_post(client, "/login", {"userId": user_id, "userName": user_name, "password": PASSWORD})
+    return None if data is None else (data, data.get("token") or "")
 
 
 class RouteUser(HttpUser):
     wait_time = between(0.5, 1.5)
     user_id = 0  # until registered
+    token = ""  # until logged in (and under --auth none)
 
     def on_start(self) -> None:
         account = register(self.client, "locust-http")
@@ -105,12 +123,15 @@ class RouteUser(HttpUser):
         self.user_id, name = account
         self.sent = itertools.count(1)
         # The route login claims a server for a client that never connects here:
-        # the claim lapses by itself (route --login-claim-ttl).
-        route_post(self.client, "/login", {"userId": self.user_id, "userName": name})
+        # the claim lapses by itself (route --login-claim-ttl). Its token is what counts.
+        answer = login(self.client, self.user_id, name)
+        if answer is None:
+            raise StopUser()
+        _, self.token = answer
 
     def on_stop(self) -> None:
         if self.user_id:
-            route_post(self.client, "/offLine", {"userId": self.user_id})
+            route_post(self.client, "/offLine", {"userId": self.user_id}, token=self.token)
 
     @task(3)
     def private(self) -> None:
@@ -118,11 +139,12 @@ class RouteUser(HttpUser):
         others = [int(u["userId"]) for u in users or () if int(u["userId"]) != self.user_id]
         if others:
             body = {"userId": self.user_id, "receiveUserId": random.choice(others), "msg": stamp(self.user_id, next(self.sent))}
-            route_post(self.client, "/p2pRoute", body, accept=(SUCCESS, OFF_LINE))  # 7000: stored for them
+            route_post(self.client, "/p2pRoute", body, accept=(SUCCESS, OFF_LINE), token=self.token)  # 7000: stored
 
     @task(1)
     def group(self) -> None:
-        route_post(self.client, "/groupRoute", {"userId": self.user_id, "msg": stamp(self.user_id, next(self.sent))})
+        body = {"userId": self.user_id, "msg": stamp(self.user_id, next(self.sent))}
+        route_post(self.client, "/groupRoute", body, token=self.token)
 
 
 class TcpChatUser(User):
@@ -137,6 +159,7 @@ class TcpChatUser(User):
         self.route.headers["Connection"] = "close"
         self.sock: socket.socket | None = None
         self.user_id = 0
+        self.token = ""  # the route login's (and "" under --auth none)
         self.connection: ClientConnection  # set by on_start, before any task runs
         # The heartbeat and the tasks write from different greenlets: one whole frame at a time.
         self.write_lock = Semaphore()
@@ -163,9 +186,10 @@ class TcpChatUser(User):
         if account is None:
             raise StopUser()
         self.user_id, name = account
-        server = route_post(self.route, "/login", {"userId": self.user_id, "userName": name})
-        if server is None:
+        answer = login(self.route, self.user_id, name)
+        if answer is None:
             raise StopUser()
+        server, self.token = answer
         started = time.perf_counter()
         self.connection = ClientConnection(self.user_id, name)
         try:
@@ -173,7 +197,7 @@ class TcpChatUser(User):
             self.sock.settimeout(None)
             self.greenlets.append(gevent.spawn(self.read_loop, self.sock))
             # The server answers a PING in order, so the pong says the login before it was accepted.
-            self.write(self.connection.login() + self.connection.ping())
+            self.write(self.connection.login(token=self.token) + self.connection.ping())
             self.login_answer.get(timeout=LOGIN_TIMEOUT)
         except (OSError, CimFailure, gevent.Timeout) as err:
             self.fire("login", started, exception=err)
@@ -186,7 +210,7 @@ class TcpChatUser(User):
         self.stopping = True
         ONLINE.discard(self.user_id)
         if self.user_id:
-            route_post(self.route, "/offLine", {"userId": self.user_id})
+            route_post(self.route, "/offLine", {"userId": self.user_id}, token=self.token)
         gevent.killall(self.greenlets)
         if self.sock is not None:
             self.sock.close()

@@ -3,8 +3,9 @@
     python -m loadtest.soak --route http://127.0.0.1:8083 --users 1000 --rate 200 --duration 300 --json soak.json
 
 Users are registered through the route, then logged in and connected with the SDK
-(``cim.client.Client``) by ``--processes`` worker processes, so each process stays
-well under the open-files limit. Every worker sends its share of ``--rate`` messages
+(``cim.client.Client``: under token auth, with a password, and the login's token for
+the TCP login) by ``--processes`` worker processes, so each process stays well
+under the open-files limit. Every worker sends its share of ``--rate`` messages
 per second from random senders among its users: private to a random other user of
 the run or, for ``--group-ratio`` of them, group. A text carries its kind, sender,
 per-sender sequence number and send time (``soak:p:1002:17:<ns>``), so receivers
@@ -53,6 +54,8 @@ from bench.report import percentiles
 from cim.client import Client, ClientError, Message, RouteClient
 
 PRIVATE, GROUP = "p", "g"
+# Every soak account's: the accounts are fresh each run, on a cluster under test.
+PASSWORD = "soak-password"
 
 # Totals every worker adds to in batches; the parent prints them as progress and
 # ends the drain as soon as "received" has caught up with "expected".
@@ -195,7 +198,7 @@ class Worker:
         async def connect(user_id: int, user_name: str) -> None:
             async with limit:
                 client = Client(
-                    self.options.route, user_id, user_name,
+                    self.options.route, user_id, user_name, password=PASSWORD,
                     on_message=functools.partial(self.on_message, user_id),
                     heartbeat_interval=self.options.heartbeat_interval,
                     reconnect_attempts=self.options.reconnect_attempts,
@@ -347,7 +350,7 @@ async def register_users(route: str, count: int, concurrency: int) -> list[tuple
 
         async def one(user_name: str) -> tuple[int, str]:
             async with limit:
-                return await route_client.register(user_name), user_name
+                return await route_client.register(user_name, PASSWORD), user_name
 
         return list(await asyncio.gather(*(one(f"soak-{run_id}-{n}") for n in range(count))))
 

@@ -2,7 +2,11 @@
 
 Every answer is ``{code, message, reqNo, dataBody}`` with ``code`` a string
 ("9000"). Business errors (5000, 7000, 9100, ...) come back with HTTP 200, as in
-CIM; bad JSON and bad fields get 3000 naming the field, never a 500.
+CIM; bad JSON and bad fields get 3000 naming the field, never a 500. Under
+``--auth token`` the calls in ACCESS need ``Authorization: Bearer``: a missing,
+invalid or expired token is HTTP 401 (code "4001"), one that may not act for the
+user named in the body HTTP 403 ("4003"), both in the same envelope. A client over
+its address's request or login rate (``route.limits``) gets HTTP 429 ("4029").
 """
 
 from __future__ import annotations
@@ -10,18 +14,26 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
+from cim.metrics import metrics_route
+from cim.server_info import ServerInfo
 from cim.status import CimError, Status
+from route.limits import RouteLimits
+from route.metrics import CODE_HEADER, MeasuredRequests, RouteMetrics
 from route.service import RouteService
 
 UserId = Field(gt=0, le=2**63 - 1)
+# Required under --auth token (the route says so, naming the field), ignored under none.
+Password = Field(default=None, min_length=1, max_length=1024)
 
 
 class _Body(BaseModel):
@@ -32,11 +44,13 @@ class _Body(BaseModel):
 
 class RegisterAccount(_Body):
     userName: str = Field(min_length=1, max_length=64)
+    password: str | None = Password
 
 
 class Login(_Body):
     userId: int = UserId
     userName: str = Field(min_length=1, max_length=64)
+    password: str | None = Password
 
 
 class P2PRoute(_Body):
@@ -58,17 +72,46 @@ class FetchOfflineMsgs(_Body):
     receiveUserId: int = UserId
 
 
+@dataclass(frozen=True)
+class Access:
+    """Who may call an endpoint under ``--auth token``: the user a body field names, with
+    their token, and the operator (the admin key) if ``operator``. Paths not in ACCESS are open."""
+
+    user_field: str | None  # the body field naming the user the call acts for; None: an operator call
+    operator: bool = False
+
+
+ACCESS = {
+    "/p2pRoute": Access("userId"),
+    "/groupRoute": Access("userId"),
+    "/offLine": Access("userId", operator=True),
+    "/fetchOfflineMsgs": Access("receiveUserId"),
+    "/servers": Access(None, operator=True),
+}
+
+# Refusals of the caller also carry HTTP's own status, which proxies and HTTP clients
+# understand; every other code comes back with HTTP 200, as in CIM.
+HTTP_STATUS = {Status.UNAUTHORIZED: 401, Status.FORBIDDEN: 403, Status.RATE_LIMITED: 429}
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="cim"'}  # RFC 6750: what a 401 asks for
+
+
 def answer(status: Status, data: Any = None, req_no: str | None = None, message: str | None = None) -> JSONResponse:
     return JSONResponse(
-        {"code": status.code_str, "message": message or status.message, "reqNo": req_no, "dataBody": data}
+        {"code": status.code_str, "message": message or status.message, "reqNo": req_no, "dataBody": data},
+        status_code=HTTP_STATUS.get(status, 200),
+        # The code as a header too: the metrics middleware (and any proxy) reads it without the body.
+        headers={CODE_HEADER: status.code_str, **(CHALLENGE if status is Status.UNAUTHORIZED else {})},
     )
 
 
 Handler = Callable[[RouteService, Any], Awaitable[JSONResponse]]
 
 
-def endpoint(model: type[_Body] | None, handler: Handler, summary: str) -> Callable[[Request], Awaitable[JSONResponse]]:
-    """Wrap a handler: parse and validate the JSON body into ``model``, map errors to CIM codes."""
+def endpoint(
+    model: type[_Body] | None, handler: Handler, summary: str, access: Access | None = None
+) -> Callable[[Request], Awaitable[JSONResponse]]:
+    """Wrap a handler: parse and validate the JSON body into ``model``, check the caller
+    against ``access`` (None: open), map errors to CIM codes."""
 
     async def view(request: Request) -> JSONResponse:
         service: RouteService = request.app.state.service
@@ -88,6 +131,10 @@ def endpoint(model: type[_Body] | None, handler: Handler, summary: str) -> Calla
                 )
                 return answer(Status.VALIDATION_FAIL, req_no=_req_no(raw), message=problems)
         try:
+            if access is not None and service.tokens is not None:
+                caller = service.authenticate(request.headers.get("authorization"))
+                acting_for = None if access.user_field is None else getattr(body, access.user_field)
+                service.authorize(caller, acting_for, access.operator)
             return await handler(service, body)
         except CimError as err:
             return answer(err.status, req_no=getattr(body, "reqNo", None), message=err.message)
@@ -102,13 +149,19 @@ def _req_no(raw: dict[str, Any]) -> str | None:
 
 
 async def _register(service: RouteService, body: RegisterAccount) -> JSONResponse:
-    user_id = await service.register(body.userName)
+    user_id = await service.register(body.userName, body.password)
     return answer(Status.SUCCESS, {"userId": user_id, "userName": body.userName}, body.reqNo)
 
 
+def _server(server: ServerInfo) -> dict[str, Any]:
+    return {"ip": server.host, "cimServerPort": server.tcp_port, "httpPort": server.http_port}
+
+
 async def _login(service: RouteService, body: Login) -> JSONResponse:
-    server = await service.login(body.userId, body.userName)
-    data = {"ip": server.host, "cimServerPort": server.tcp_port, "httpPort": server.http_port}
+    grant = await service.login(body.userId, body.userName, body.password)
+    data = _server(grant.server)
+    if grant.token is not None:  # --auth none answers exactly CIM's fields
+        data["token"] = grant.token
     return answer(Status.SUCCESS, data, body.reqNo)
 
 
@@ -137,19 +190,28 @@ async def _fetch_offline(service: RouteService, body: FetchOfflineMsgs) -> JSONR
     return answer(Status.SUCCESS, {"count": count}, body.reqNo)
 
 
+async def _servers(service: RouteService, _: None) -> JSONResponse:
+    return answer(Status.SUCCESS, [_server(s) for s in service.servers])
+
+
 ENDPOINTS: list[tuple[str, list[str], type[_Body] | None, Handler, str]] = [
-    ("/registerAccount", ["POST"], RegisterAccount, _register, "Register a user name; an existing name returns its id."),
-    ("/login", ["POST"], Login, _login, "Log in: picks a cim-server for the user (9100 mismatch, 5000 repeat, 7100 none)."),
+    ("/registerAccount", ["POST"], RegisterAccount, _register,
+     "Register a user name and password; a taken name returns its id only with its password."),
+    ("/login", ["POST"], Login, _login,
+     "Log in: picks a cim-server and hands out a token (9100 wrong password or mismatch, 5000 repeat, 7100 none)."),
     ("/p2pRoute", ["POST"], P2PRoute, _p2p, "Private message; 7000 when the receiver is offline (stored for later)."),
     ("/groupRoute", ["POST"], GroupRoute, _group, "Group message to every online user but the sender."),
     ("/onlineUser", ["GET", "POST"], None, _online, "Online users as [{userId, userName}]."),
     ("/offLine", ["POST"], OffLine, _offline, "Log a user out and close their connection."),
     ("/fetchOfflineMsgs", ["POST"], FetchOfflineMsgs, _fetch_offline,
      "Deliver stored messages to the online user, in order, once."),
+    ("/servers", ["GET"], None, _servers, "The live cim-servers as [{ip, cimServerPort, httpPort}] (operator call)."),
 ]
 
 
-def openapi() -> dict[str, Any]:
+def openapi(authenticated: bool = True) -> dict[str, Any]:
+    """The OpenAPI document; ``authenticated`` (``--auth token``) declares the bearer
+    checks of the ACCESS paths and their 401/403 answers."""
     envelope = {
         "type": "object",
         "properties": {
@@ -159,17 +221,31 @@ def openapi() -> dict[str, Any]:
             "dataBody": {},
         },
     }
+    content = {"application/json": {"schema": envelope}}
     paths: dict[str, Any] = {}
     for path, methods, model, _, summary in ENDPOINTS:
         for method in methods:
             op: dict[str, Any] = {
                 "summary": summary,
-                "responses": {"200": {"description": "CIM envelope", "content": {"application/json": {"schema": envelope}}}},
+                "responses": {
+                    "200": {"description": "CIM envelope", "content": content},
+                    "429": {"description": "4029: over the address's request or login rate (route.limits)",
+                            "content": content},
+                },
             }
             if model is not None:
                 op["requestBody"] = {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}
+            if authenticated and path in ACCESS:
+                op["security"] = [{"bearer": []}]
+                op["responses"]["401"] = {"description": "4001: missing, invalid or expired token", "content": content}
+                op["responses"]["403"] = {"description": "4003: a token that may not act for this user", "content": content}
             paths.setdefault(path, {})[method.lower()] = op
-    return {"openapi": "3.1.0", "info": {"title": "cim route", "version": "0.1.0"}, "paths": paths}
+    spec: dict[str, Any] = {"openapi": "3.1.0", "info": {"title": "cim route", "version": "0.1.0"}, "paths": paths}
+    if authenticated:
+        bearer = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                  "description": "the token from /login (or one minted with the secret); the admin key for operator calls"}
+        spec["components"] = {"securitySchemes": {"bearer": bearer}}
+    return spec
 
 
 DOCS_PAGE = """<!doctype html><html><head><title>cim route API</title>
@@ -191,12 +267,21 @@ async def _health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok", "servers": [s.id for s in service.servers], "time": int(time.time())})
 
 
+def _rate_limited(message: str) -> JSONResponse:
+    return answer(Status.RATE_LIMITED, message=message)
+
+
 def create_app(service: RouteService) -> Starlette:
     routes = [
-        Route(path, endpoint(model, handler, summary), methods=methods) for path, methods, model, handler, summary in ENDPOINTS
+        Route(path, endpoint(model, handler, summary, ACCESS.get(path)), methods=methods)
+        for path, methods, model, handler, summary in ENDPOINTS
     ]
     routes += [Route("/openapi.json", _openapi), Route("/docs", _docs), Route("/health", _health)]
-    app = Starlette(routes=routes)
+    metrics = RouteMetrics()
+    routes.append(metrics_route(metrics.registry))
+    measured = Middleware(MeasuredRequests, metrics=metrics, paths=[r.path for r in routes])  # outermost: counts 429s too
+    limits = Middleware(RouteLimits, config=service.config, refuse=_rate_limited)
+    app = Starlette(routes=routes, middleware=[measured, limits])
     app.state.service = service
-    app.state.openapi = openapi()
+    app.state.openapi = openapi(authenticated=service.tokens is not None)
     return app

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
+from dataclasses import dataclass
 
+from cim.auth import AuthError, Passwords, Tokens
 from cim.backends import Backends
 from cim.config import Config
 from cim.delivery import Messenger
@@ -16,6 +19,24 @@ from route.balance import make_balancer
 
 log = logging.getLogger("cim.route")
 
+BEARER = "bearer "
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who made a route call: a user (their token) or the operator (the admin key)."""
+
+    user_id: int = 0
+    operator: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LoginGrant:
+    """A route login: the server the user connects to, and their token (None under ``--auth none``)."""
+
+    server: ServerInfo
+    token: str | None
+
 
 class RouteService:
     """What each route endpoint does, on the backends (accounts, presence, discovery)."""
@@ -25,6 +46,8 @@ class RouteService:
         self.backends = backends
         self.accounts = backends.accounts
         self.presence = backends.presence
+        self.tokens = Tokens.from_config(config)  # None: --auth none, nothing is checked
+        self.passwords = Passwords()
         self.balancer = make_balancer(config.balance)
         self.servers: list[ServerInfo] = []
         self.messenger: Messenger | None = None
@@ -57,21 +80,79 @@ class RouteService:
         if users:
             log.warning("cim-server %s is gone: logged out %d users", server.id, len(users))
 
+    # -- who is calling ----------------------------------------------------------
+
+    def authenticate(self, authorization: str | None) -> Caller:
+        """The caller an ``Authorization`` header proves, or 4001. Token auth only:
+        under ``--auth none`` (``tokens`` None) nobody is asked."""
+        assert self.tokens is not None
+        if authorization is None or not authorization.lower().startswith(BEARER):
+            raise CimError(Status.UNAUTHORIZED, "missing header Authorization: Bearer <token from /login>")
+        credential = authorization[len(BEARER) :].strip()
+        admin_key = self.config.admin_key
+        # compare_digest: how long a wrong key took to refuse says nothing about the right one.
+        if admin_key is not None and hmac.compare_digest(credential.encode(), admin_key.encode()):
+            return Caller(operator=True)
+        try:
+            return Caller(user_id=self.tokens.verify(credential))
+        except AuthError as err:
+            raise CimError(Status.UNAUTHORIZED, err.reason) from None
+
+    @staticmethod
+    def authorize(caller: Caller, user_id: int | None, operator_allowed: bool) -> None:
+        """Refuse (4003) a call acting for ``user_id`` (None: for nobody, an operator
+        call) that ``caller`` may not make."""
+        if caller.operator:
+            if not operator_allowed:
+                raise CimError(Status.FORBIDDEN, "the admin key cannot act for a user here: use the user's token")
+        elif user_id is None:
+            raise CimError(Status.FORBIDDEN, "an operator call: needs the admin key")
+        elif caller.user_id != user_id:
+            raise CimError(Status.FORBIDDEN, f"the token of user {caller.user_id} cannot act for user {user_id}")
+
+    def _require_password(self, password: str | None) -> str:
+        if password is None:
+            raise CimError(Status.VALIDATION_FAIL, "password: required (this route runs with --auth token)")
+        return password
+
+    async def _password_matches(self, user_id: int, password: str) -> bool:
+        stored = await self.accounts.password_hash(user_id)
+        if stored is None:  # no such account, or one made under --auth none: no password opens it
+            return False
+        if not await self.passwords.verify(stored, password):
+            return False
+        if self.passwords.needs_rehash(stored):
+            await self.accounts.set_password_hash(user_id, await self.passwords.hash(password))
+        return True
+
     # -- endpoints ---------------------------------------------------------------
 
-    async def register(self, user_name: str) -> int:
-        return await self.accounts.register(user_name)
+    async def register(self, user_name: str, password: str | None) -> int:
+        """The new account's id, or a taken name's with its password (else 3000); under
+        ``--auth none`` CIM's behaviour: no password, a taken name answers its id."""
+        if self.tokens is None:
+            user_id, _ = await self.accounts.register(user_name, None)
+            return user_id
+        password = self._require_password(password)
+        user_id, created = await self.accounts.register(user_name, await self.passwords.hash(password))
+        if not created and not await self._password_matches(user_id, password):
+            raise CimError(Status.VALIDATION_FAIL, "userName is taken")
+        return user_id
 
-    async def login(self, user_id: int, user_name: str) -> ServerInfo:
-        # CIM's order: the account first (9100), then the one-login rule (5000).
+    async def login(self, user_id: int, user_name: str, password: str | None) -> LoginGrant:
+        # CIM's order: the account first (9100), then the one-login rule (5000). Only a
+        # caller with the password gets that far, so nobody else can claim (lock out) a user.
+        checked = None if self.tokens is None else self._require_password(password)
         if await self.accounts.user_name(user_id) != user_name:
+            raise CimError(Status.ACCOUNT_NOT_MATCH)
+        if checked is not None and not await self._password_matches(user_id, checked):
             raise CimError(Status.ACCOUNT_NOT_MATCH)
         if await self.presence.route(user_id) is not None:
             raise CimError(Status.REPEAT_LOGIN)
         server = await self._pick_reachable(user_id)
         if not await self.presence.reserve_login(user_id, server.id, self.config.login_claim_ttl):
             raise CimError(Status.REPEAT_LOGIN)
-        return server
+        return LoginGrant(server, None if self.tokens is None else self.tokens.mint(user_id))
 
     async def _pick_reachable(self, user_id: int) -> ServerInfo:
         candidates = list(self.servers)

@@ -1,10 +1,16 @@
-"""Shared fixtures: the codec twins and, for system tests, real services."""
+"""Shared fixtures: the codec twins and, for system tests, real services.
+
+``CIM_AUTH`` picks the auth mode of the whole suite: ``token`` (the default) or
+``none`` (``CIM_AUTH=none python -m pytest``); subprocesses inherit it. Test
+accounts always have a password, which a stack under ``none`` ignores.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import importlib
 import os
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import ModuleType
@@ -12,7 +18,9 @@ from typing import Any
 
 import pytest
 
+from cim.auth import Tokens
 from cim.backends.memory import MemoryHub
+from cim.client import LoginAnswer, RouteClient, register
 from cim.config import Config
 from cim.frame import FrameDecoder, encode_frame
 from cim.proto import Request, Response
@@ -66,11 +74,26 @@ async def eventually(check: Callable[[], object], timeout: float = 10.0) -> None
     assert check()
 
 
+PASSWORD = "correct horse battery staple"  # every test account's
+
+
+def auth_mode() -> str:
+    """The suite's auth mode, from ``CIM_AUTH``."""
+    return os.environ.get("CIM_AUTH", "token")
+
+
+def new_secret() -> str:
+    """A token secret of its own for one test's stack or cluster."""
+    return secrets.token_urlsafe(32)
+
+
 def stack_config(**overrides: Any) -> Config:
-    """A config on free loopback ports; ``overrides`` are further Config fields."""
+    """A config on free loopback ports, in the suite's auth mode with a secret of its
+    own; ``overrides`` are further Config fields (``secret=`` to share one)."""
     base: dict[str, Any] = {
         "host": "127.0.0.1", "port": free_port(), "http_port": free_port(), "route_host": "127.0.0.1", "route_port": free_port(),
         "key_prefix": f"t{uuid.uuid4().hex[:8]}", "zk_root": f"/t{uuid.uuid4().hex[:8]}", "log_level": "warning",
+        "auth": auth_mode(), "secret": new_secret(),
     }
     base.update(overrides)
     return Config(**base)
@@ -84,16 +107,51 @@ async def stack() -> AsyncIterator[Running]:
     await running.stop()
 
 
+def route_url(running: Running) -> str:
+    assert running.route_http is not None
+    return f"http://127.0.0.1:{running.route_http.port}"
+
+
+def mint_token(running: Running, user_id: int) -> str:
+    """A token for ``user_id`` signed with the stack's secret, as a deployment's own
+    backend would mint it without the route; "" from a stack under ``--auth none``."""
+    assert running.node is not None, "a stack with a cim-server, whose config has the secret"
+    tokens = Tokens.from_config(running.node.config)
+    return "" if tokens is None else tokens.mint(user_id)
+
+
+async def register_user(running: Running, name: str) -> int:
+    """Register ``name`` (with the test password) through the stack's route; its user id."""
+    return await register(route_url(running), name, PASSWORD)
+
+
+async def route_login(running: Running, user_id: int, name: str) -> LoginAnswer:
+    async with RouteClient(route_url(running)) as route:
+        return await route.login(user_id, name, PASSWORD)
+
+
+async def online(running: Running, name: str) -> tuple[int, RawClient]:
+    """Register, route-login and connect a raw client with the login's token; returns
+    (user id, client) once logged in."""
+    user_id = await register_user(running, name)
+    answer = await route_login(running, user_id, name)
+    client = await RawClient.connect(answer.server.port)
+    client.login(user_id, name, answer.token)
+    assert (await client.ping(user_id)).resMsg == "pong"  # answered after the login was handled
+    return user_id, client
+
+
 class RawClient:
     """A client for testing the server: raw ``Response`` objects out, so tests check
     every field; login and ping frames as the SDK sends them, anything else built
-    field by field with ``send``."""
+    field by field with ``send``. ``token`` is the one it logged in with."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
         self.decoder = FrameDecoder()
         self.inbox: list[Response] = []
+        self.token = ""
 
     @classmethod
     async def connect(cls, port: int) -> RawClient:
@@ -107,8 +165,9 @@ class RawClient:
         request.properties.update(properties or {})
         self.writer.write(encode_frame(request.SerializeToString()))
 
-    def login(self, user_id: int, user_name: str) -> None:
-        self.send_raw(ClientConnection(user_id, user_name).login())
+    def login(self, user_id: int, user_name: str, token: str = "") -> None:
+        self.token = token
+        self.send_raw(ClientConnection(user_id, user_name).login(token=token))
 
     def send_ping(self, user_id: int) -> None:
         self.send_raw(ClientConnection(user_id, user_name="").ping())  # a ping names only the user id

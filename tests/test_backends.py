@@ -59,14 +59,27 @@ async def bus_pair(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Bus, B
 
 
 async def test_accounts(accounts: Accounts) -> None:
-    alice = await accounts.register("alice")
-    assert await accounts.register("alice") == alice
-    bob = await accounts.register("bob")
-    assert bob != alice
+    alice, created = await accounts.register("alice", "hash-a")
+    assert created
+    assert await accounts.register("alice", "hash-b") == (alice, False)
+    bob, created = await accounts.register("bob", None)
+    assert created and bob != alice
     assert await accounts.user_name(alice) == "alice"
     assert await accounts.user_name(10**12) is None
     assert await accounts.user_names([bob, 10**12, alice]) == ["bob", None, "alice"]
     assert await accounts.user_names([]) == []
+
+
+async def test_a_taken_name_keeps_its_password_hash(accounts: Accounts) -> None:
+    alice, _ = await accounts.register("alice", "hash-a")
+    await accounts.register("alice", "hash-of-a-stranger")
+    assert await accounts.password_hash(alice) == "hash-a"
+    bob, _ = await accounts.register("bob", None)  # made under --auth none
+    assert await accounts.password_hash(bob) is None
+    assert await accounts.password_hash(10**12) is None
+    await accounts.set_password_hash(alice, "hash-a-rehashed")
+    assert await accounts.password_hash(alice) == "hash-a-rehashed"
+    assert await accounts.password_hash(bob) is None  # only alice's changed
 
 
 async def test_one_login_per_user(presence: Presence) -> None:
@@ -219,7 +232,7 @@ async def test_open_backends_on_redis_and_zookeeper(redis_url: str, zk_hosts: st
     backends = await open_backends(config)
     try:
         assert isinstance(backends.store, RedisStore) and isinstance(backends.discovery, ZooKeeperDiscovery)
-        alice = await backends.accounts.register("alice")
+        alice, _ = await backends.accounts.register("alice", None)
         assert await backends.presence.reserve_login(alice, "s1", ttl=30)
         assert await backends.presence.online_user_ids() == [alice]
     finally:

@@ -12,7 +12,7 @@ import pytest
 
 from cim.client import Client, ClientError, Message, register
 from cim.testing.services import CimProcess, free_port
-from tests.conftest import eventually
+from tests.conftest import PASSWORD, eventually, new_secret
 
 ZK_SESSION_TIMEOUT = 2.0
 
@@ -23,10 +23,11 @@ class Cluster:
         self.prefix = f"c{workdir.name[-6:].replace('-', '')}"
         self.backend = ["--redis", redis_url, "--zk", zk_hosts, "--zk-root", f"/{self.prefix}",
                         "--key-prefix", self.prefix, "--zk-session-timeout", str(ZK_SESSION_TIMEOUT)]
+        self.env = {"CIM_SECRET": new_secret()}  # the route's tokens are the servers' too
         self.servers: list[tuple[CimProcess, int]] = []
         self.route_port = free_port()
         self.route = CimProcess(workdir, "route", ["route", "--host", "127.0.0.1", "--port", str(self.route_port),
-                                                   "--balance", "loop", *self.backend])
+                                                   "--balance", "loop", *self.backend], self.env)
         self.route.wait_http(self.route_port)
         for i in range(2):
             self.add_server(f"server{i}")
@@ -34,7 +35,7 @@ class Cluster:
     def add_server(self, name: str) -> tuple[CimProcess, int]:
         port, http_port = free_port(), free_port()
         proc = CimProcess(self.workdir, name, ["server", "--host", "127.0.0.1", "--port", str(port),
-                                               "--http-port", str(http_port), *self.backend])
+                                               "--http-port", str(http_port), *self.backend], self.env)
         proc.wait_http(http_port)
         self.servers.append((proc, port))
         return proc, port
@@ -71,11 +72,11 @@ def cluster(tmp_path: Path, redis_url: str, zk_hosts: str) -> Iterator[Cluster]:
 async def test_cluster_flow(cluster: Cluster) -> None:
     await eventually(lambda: len(cluster.route_servers()) == 2)
     names = ["ann", "ben", "cat", "dan", "eve"]
-    ids = {n: await register(cluster.url, n) for n in names}
+    ids = {n: await register(cluster.url, n, PASSWORD) for n in names}
     inbox: dict[str, list[Message]] = {n: [] for n in names}
 
     def client(name: str) -> Client:
-        return Client(cluster.url, ids[name], name, on_message=inbox[name].append,
+        return Client(cluster.url, ids[name], name, password=PASSWORD, on_message=inbox[name].append,
                       heartbeat_interval=1.0, backoff_base=0.2, backoff_max=1.0, reconnect_attempts=40)
 
     clients = {n: client(n) for n in names[:4]}
@@ -106,7 +107,7 @@ async def test_cluster_flow(cluster: Cluster) -> None:
 
     # Duplicate login: 5000.
     with pytest.raises(ClientError) as dup:
-        await Client(cluster.url, ids[a], a).connect()
+        await Client(cluster.url, ids[a], a, password=PASSWORD).connect()
     assert dup.value.code == 5000
 
     # An offline receiver's messages arrive in order on next login.

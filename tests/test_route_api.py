@@ -1,4 +1,9 @@
-"""The route's JSON API: CIM's paths, fields and codes; every error code reached."""
+"""The route's JSON API: CIM's paths, fields and codes; every error code reached.
+
+These check CIM's behaviour exactly (no passwords, no tokens), so their stacks run
+under ``--auth none`` whatever the suite's mode (the SDK's reconnect test aside);
+tests/test_auth.py covers what token auth changes.
+"""
 
 from __future__ import annotations
 
@@ -13,16 +18,29 @@ import pytest
 
 from cim.backends.memory import MemoryHub
 from cim.client import Client, Message
+from cim.config import Config
 from cim.run import Running, start
 from cim.server_info import ServerInfo
 from cim.testing.services import free_port
-from tests.conftest import eventually, stack_config
+from tests.conftest import PASSWORD, eventually, register_user, route_url, stack_config
+
+
+def legacy_config() -> Config:
+    """A stack config under ``--auth none``: CIM's API as it is."""
+    return stack_config(auth="none")
 
 
 @pytest.fixture
-async def http(stack: Running) -> AsyncIterator[httpx.AsyncClient]:
-    assert stack.route_http is not None
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.route_http.port}") as client:
+async def legacy() -> AsyncIterator[Running]:
+    """route + cim-server in this process, under ``--auth none``."""
+    running = await start(legacy_config(), {"server", "route"}, MemoryHub())
+    yield running
+    await running.stop()
+
+
+@pytest.fixture
+async def http(legacy: Running) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=route_url(legacy)) as client:
         yield client
 
 
@@ -50,12 +68,12 @@ async def test_register_is_idempotent_and_ids_are_numbers(http: httpx.AsyncClien
     assert other["dataBody"]["userId"] != first["dataBody"]["userId"]
 
 
-async def test_login_answers_server_as_numbers(http: httpx.AsyncClient, stack: Running) -> None:
+async def test_login_answers_server_as_numbers(http: httpx.AsyncClient, legacy: Running) -> None:
     alice = (await call(http, "/registerAccount", {"userName": "alice"}))["dataBody"]["userId"]
     login = await call(http, "/login", {"userId": alice, "userName": "alice"})
     assert login["code"] == "9000"
-    assert stack.node is not None
-    assert login["dataBody"] == {"ip": "127.0.0.1", "cimServerPort": stack.node.port, "httpPort": stack.node.info.http_port}
+    assert legacy.node is not None
+    assert login["dataBody"] == {"ip": "127.0.0.1", "cimServerPort": legacy.node.port, "httpPort": legacy.node.info.http_port}
 
 
 async def test_9100_is_checked_before_5000(http: httpx.AsyncClient) -> None:
@@ -95,9 +113,8 @@ async def test_bad_json_is_3000(http: httpx.AsyncClient, raw: bytes) -> None:
     assert (await call(http, "/registerAccount", {"userName": "after"}))["code"] == "9000"
 
 
-async def test_p2p_offline_stores_7000_then_fetch_delivers_in_order_once(http: httpx.AsyncClient, stack: Running) -> None:
-    assert stack.route_http is not None
-    route = f"http://127.0.0.1:{stack.route_http.port}"
+async def test_p2p_offline_stores_7000_then_fetch_delivers_in_order_once(http: httpx.AsyncClient, legacy: Running) -> None:
+    route = route_url(legacy)
     alice = (await call(http, "/registerAccount", {"userName": "alice"}))["dataBody"]["userId"]
     bob = (await call(http, "/registerAccount", {"userName": "bob"}))["dataBody"]["userId"]
     for i in range(5):
@@ -126,9 +143,8 @@ async def test_p2p_and_group_unknown_users_are_3000(http: httpx.AsyncClient) -> 
     assert answer["code"] == "3000" and "6666" in answer["message"]
 
 
-async def test_group_route_offline_and_online_user(http: httpx.AsyncClient, stack: Running) -> None:
-    assert stack.route_http is not None
-    route = f"http://127.0.0.1:{stack.route_http.port}"
+async def test_group_route_offline_and_online_user(http: httpx.AsyncClient, legacy: Running) -> None:
+    route = route_url(legacy)
     ids = {n: (await call(http, "/registerAccount", {"userName": n}))["dataBody"]["userId"] for n in ("a", "b", "c")}
     inbox: dict[str, list[str]] = {n: [] for n in ids}
 
@@ -158,7 +174,7 @@ async def test_group_route_offline_and_online_user(http: httpx.AsyncClient, stac
 
 async def test_7100_without_servers_and_unreachable_servers_are_skipped() -> None:
     hub = MemoryHub()
-    route_only = await start(stack_config(), {"route"}, hub)
+    route_only = await start(legacy_config(), {"route"}, hub)
     try:
         assert route_only.route_http is not None
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{route_only.route_http.port}") as http:
@@ -170,7 +186,7 @@ async def test_7100_without_servers_and_unreachable_servers_are_skipped() -> Non
             # A live server beside two dead ones: every login lands on the live one.
             for _ in range(2):
                 await hub.discovery.register(ServerInfo("127.0.0.1", free_port(), free_port()))
-            server = await start(stack_config(), {"server"}, hub)
+            server = await start(legacy_config(), {"server"}, hub)
             try:
                 for i in range(6):
                     user_id = (await call(http, "/registerAccount", {"userName": f"u{i}"}))["dataBody"]["userId"]
@@ -195,12 +211,10 @@ async def test_client_reconnects_then_gives_up_with_a_clear_error() -> None:
     hub = MemoryHub()
     config = stack_config()
     running = await start(config, {"server", "route"}, hub)
-    assert running.route_http is not None
-    route = f"http://127.0.0.1:{running.route_http.port}"
+    alice = await register_user(running, "alice")
     statuses: list[str] = []
-    async with httpx.AsyncClient(base_url=route) as http:
-        alice = (await call(http, "/registerAccount", {"userName": "alice"}))["dataBody"]["userId"]
-    client = Client(route, alice, "alice", on_status=statuses.append, reconnect_attempts=2, backoff_base=0.05, backoff_max=0.1)
+    client = Client(route_url(running), alice, "alice", password=PASSWORD, on_status=statuses.append, reconnect_attempts=2,
+                    backoff_base=0.05, backoff_max=0.1)
     await client.connect()
     await running.stop()  # the server and the route go away for good
     with pytest.raises(ConnectionError, match="gave up after 2 reconnect attempts"):

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 
 from cim.backends.memory import MemoryHub
-from cim.client import RouteClient, register
+from cim.client import RouteClient
 from cim.messages import Sender
 from cim.proto import BaseCommand, Delivery
 from cim.protocols.client import ClientConnection
@@ -16,27 +16,16 @@ from cim.run import Running, start
 from cim.status import Status
 from cim.testing.services import redis_server
 from cim.wire import push_bodies
-from tests.conftest import RawClient, eventually, stack_config
-
-
-def route_url(running: Running) -> str:
-    assert running.route_http is not None
-    return f"http://127.0.0.1:{running.route_http.port}"
-
-
-async def user(running: Running, name: str) -> int:
-    return await register(route_url(running), name)
-
-
-async def online(running: Running, name: str) -> tuple[int, RawClient]:
-    """Register, route-login and connect a raw client; returns (user id, client) once logged in."""
-    user_id = await user(running, name)
-    async with RouteClient(route_url(running)) as route:
-        server = await route.login(user_id, name)
-    client = await RawClient.connect(server.port)
-    client.login(user_id, name)
-    assert (await client.ping(user_id)).resMsg == "pong"  # answered after the login was handled
-    return user_id, client
+from tests.conftest import (
+    PASSWORD,
+    RawClient,
+    eventually,
+    mint_token,
+    online,
+    register_user,
+    route_url,
+    stack_config,
+)
 
 
 async def test_login_ping_pong_and_cleanup_on_close(stack: Running) -> None:
@@ -52,13 +41,13 @@ async def test_login_ping_pong_and_cleanup_on_close(stack: Running) -> None:
             await asyncio.sleep(0.02)
         assert await route.online_users() == []
         assert stack.node is not None and stack.node.metrics["logouts"] == 1  # cleaned up exactly once
-        await route.login(alice, "alice")  # ...and the user can log in again at once (else ClientError)
+        await route.login(alice, "alice", PASSWORD)  # ...and the user can log in again at once (else ClientError)
 
 
 async def test_in_band_private_group_and_receipts(stack: Running) -> None:
     alice, a = await online(stack, "alice")
     bob, b = await online(stack, "bob")
-    carol = await user(stack, "carol")  # registered, never online
+    carol = await register_user(stack, "carol")  # registered, never online
     a.send(reqMsg="hi bob", cmd=BaseCommand.MESSAGE, clientMsgId=1, properties={"receiveUserId": str(bob)})
     push = await b.next()
     assert (push.cmd, push.resMsg, push.responseId) == (BaseCommand.MESSAGE, "hi bob", alice)
@@ -105,7 +94,7 @@ async def test_duplicate_tcp_login_is_refused_and_the_first_goes_on(stack: Runni
     assert stack.node is not None
     alice, first = await online(stack, "alice")
     second = await RawClient.connect(stack.node.port)
-    second.login(alice, "alice")
+    second.login(alice, "alice", first.token)
     [error] = await second.closed()
     assert (error.cmd, error.code, error.properties["receiveUserId"]) == (BaseCommand.ERROR, 5000, str(alice))
     assert (await first.ping(alice)).resMsg == "pong"
@@ -113,12 +102,12 @@ async def test_duplicate_tcp_login_is_refused_and_the_first_goes_on(stack: Runni
 
 async def test_tcp_login_with_wrong_name_or_unknown_user(stack: Running) -> None:
     assert stack.node is not None
-    alice = await user(stack, "alice")
+    alice = await register_user(stack, "alice")
     wrong = await RawClient.connect(stack.node.port)
-    wrong.login(alice, "mallory")
+    wrong.login(alice, "mallory", mint_token(stack, alice))
     assert [(e.code, e.cmd) for e in await wrong.closed()] == [(9100, BaseCommand.ERROR)]
     unknown = await RawClient.connect(stack.node.port)
-    unknown.login(424242, "ghost")
+    unknown.login(424242, "ghost", mint_token(stack, 424242))
     [error] = await unknown.closed()
     assert error.code == 3000 and "424242 is not a registered user" in error.resMsg
 
@@ -183,7 +172,7 @@ async def test_graceful_stop_tells_clients() -> None:
     assert frames[-1].code == Status.FAIL.code  # 4000: the client may reconnect elsewhere
 
 
-async def test_health_and_metrics(stack: Running) -> None:
+async def test_health_and_stats(stack: Running) -> None:
     alice, a = await online(stack, "alice")
     bob, b = await online(stack, "bob")
     a.send(reqMsg="hi", cmd=BaseCommand.MESSAGE, properties={"receiveUserId": str(bob)})
@@ -191,16 +180,17 @@ async def test_health_and_metrics(stack: Running) -> None:
     assert stack.node is not None and stack.node_http is not None
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.node_http.port}") as http:
         assert (await http.get("/health")).json() == {"status": "ok", "node": stack.node.node_id}
-        metrics = (await http.get("/metrics")).json()
-    assert (metrics["sessions"], metrics["logins"], metrics["messages_in"], metrics["messages_out"]) == (2, 2, 1, 1)
+        stats = (await http.get("/stats")).json()
+    assert (stats["sessions"], stats["logins"], stats["messages_in"], stats["messages_out"]) == (2, 2, 1, 1)
 
 
 async def test_racing_tcp_logins_for_one_user_admit_exactly_one(stack: Running) -> None:
     assert stack.node is not None
-    alice = await user(stack, "alice")
+    alice = await register_user(stack, "alice")
     clients = [await RawClient.connect(stack.node.port) for _ in range(5)]
+    token = mint_token(stack, alice)
     for client in clients:
-        client.login(alice, "alice")
+        client.login(alice, "alice", token)
         client.send_ping(alice)
     answers = [await client.next() for client in clients]
     assert sorted(a.cmd for a in answers) == [BaseCommand.PING] + [BaseCommand.ERROR] * 4
@@ -227,9 +217,11 @@ async def test_full_node_refuses_new_connections_cleanly() -> None:
 
 
 async def test_slow_consumer_is_cut_off_and_others_go_on() -> None:
-    running = await start(
-        stack_config(write_buffer_high=16 * 1024, slow_consumer_timeout=0.3), {"server", "route"}, MemoryHub()
-    )
+    # The sender floods on purpose (16 MB as fast as it can): the per-connection limits,
+    # which would stop it long before bob's buffer fills, are off here.
+    config = stack_config(write_buffer_high=16 * 1024, slow_consumer_timeout=0.3, max_messages_per_second=0,
+                          max_bytes_per_second=0)
+    running = await start(config, {"server", "route"}, MemoryHub())
     try:
         node = running.node
         assert node is not None
@@ -262,7 +254,7 @@ async def test_restarted_node_clears_logins_left_under_its_id() -> None:
     config = stack_config()
     first = await start(config, {"server"}, hub)
     assert first.node is not None
-    alice = await hub.store.accounts.register("alice")
+    alice, _ = await hub.store.accounts.register("alice", None)
     assert await hub.store.presence.confirm_login(alice, first.node.node_id)
     await first.stop()
     assert await hub.store.presence.route(alice) == first.node.node_id
@@ -278,8 +270,8 @@ async def test_backend_failure_is_answered_not_swallowed(tmp_path: Path) -> None
         running = await start(stack_config(redis=url, login_timeout=30), {"server", "route"}, MemoryHub())
         try:
             alice, a = await online(running, "alice")
-            carol = await user(running, "carol")  # registered, not online: a send to her needs Redis
-            dave = await user(running, "dave")
+            carol = await register_user(running, "carol")  # registered, not online: a send to her needs Redis
+            dave = await register_user(running, "dave")
             assert running.node is not None
             late = await RawClient.connect(running.node.port)
         except BaseException:
@@ -292,7 +284,7 @@ async def test_backend_failure_is_answered_not_swallowed(tmp_path: Path) -> None
         assert (receipt.cmd, receipt.clientMsgId, receipt.code) == (BaseCommand.SEND_RECEIPT, 9, Status.FAIL.code)
         assert "send failed" in receipt.resMsg
         assert (await a.ping(alice)).resMsg == "pong"  # the connection goes on
-        late.login(dave, "dave")
+        late.login(dave, "dave", mint_token(running, dave))
         [refusal] = await late.closed(timeout=40)
         assert (refusal.cmd, refusal.code) == (BaseCommand.ERROR, Status.FAIL.code) and "login failed" in refusal.resMsg
     finally:

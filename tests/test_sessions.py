@@ -16,6 +16,7 @@ class RecordingPeer:
 
     def __init__(self, user_id: int) -> None:
         self.user_id = user_id
+        self.ip = "127.0.0.1"
         self.connected_at = self.last_seen = 0.0
         self.paused_at: float | None = None
         self.closed = False
@@ -30,6 +31,10 @@ class RecordingPeer:
     def send_receipts(self, client_msg_ids: list[int], first_id: int, status: Status = Status.SUCCESS) -> None: ...
 
     def send_receipt(self, client_msg_id: int, status: Status, text: str) -> None: ...
+
+    def send_error(self, status: Status, reason: str) -> None: ...
+
+    def pause_reading(self, seconds: float) -> None: ...
 
     def refuse(self, status: Status, reason: str) -> None: ...
 

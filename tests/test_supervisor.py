@@ -11,13 +11,14 @@ import httpx
 
 from cim.client import Client, Message, register
 from cim.testing.services import CimProcess, free_port, wait_until
-from tests.conftest import eventually
+from tests.conftest import PASSWORD, eventually, new_secret
 
 WORKERS = 3
 
 
 def test_workers_need_redis_and_zookeeper(tmp_path: Path) -> None:
-    proc = CimProcess(tmp_path, "refused", ["server", "--workers", "2", "--port", str(free_port())])
+    proc = CimProcess(tmp_path, "refused", ["server", "--workers", "2", "--port", str(free_port())],
+                      {"CIM_SECRET": new_secret()})  # refused for the backends, not for a missing secret
     assert proc.proc.wait(20) == 1
     assert "--workers > 1 needs --redis and --zk" in proc.log()
 
@@ -29,10 +30,11 @@ async def test_workers_share_the_port_restart_and_drain(tmp_path: Path, redis_ur
     route_port, port, http_base = free_port(), free_port(), free_port()
     while any(p in (route_port, port) for p in range(http_base, http_base + WORKERS)):
         http_base = free_port()
-    route = CimProcess(tmp_path, "route", ["route", "--host", "127.0.0.1", "--port", str(route_port), *backend])
+    env = {"CIM_SECRET": new_secret()}  # the route's tokens are the workers' too
+    route = CimProcess(tmp_path, "route", ["route", "--host", "127.0.0.1", "--port", str(route_port), *backend], env)
     route.wait_http(route_port)
     supervisor = CimProcess(tmp_path, "workers", ["server", "--workers", str(WORKERS), "--host", "127.0.0.1",
-                                                  "--port", str(port), "--http-port", str(http_base), *backend])
+                                                  "--port", str(port), "--http-port", str(http_base), *backend], env)
     url = f"http://127.0.0.1:{route_port}"
     try:
         for i in range(WORKERS):
@@ -45,15 +47,15 @@ async def test_workers_share_the_port_restart_and_drain(tmp_path: Path, redis_ur
         await eventually(lambda: len(servers()) == WORKERS)
 
         names = [f"user{i}" for i in range(9)]
-        ids = {n: await register(url, n) for n in names}
+        ids = {n: await register(url, n, PASSWORD) for n in names}
         inbox: dict[str, list[Message]] = {n: [] for n in names}
-        clients = {n: Client(url, ids[n], n, on_message=inbox[n].append, heartbeat_interval=1.0,
+        clients = {n: Client(url, ids[n], n, password=PASSWORD, on_message=inbox[n].append, heartbeat_interval=1.0,
                              backoff_base=0.2, backoff_max=1.0, reconnect_attempts=40) for n in names}
         for c in clients.values():
             await c.connect()
 
         def worker_sessions() -> dict[int, int]:
-            return {i: httpx.get(f"http://127.0.0.1:{http_base + i}/metrics").json().get("sessions", 0) for i in range(WORKERS)}
+            return {i: httpx.get(f"http://127.0.0.1:{http_base + i}/stats").json().get("sessions", 0) for i in range(WORKERS)}
 
         assert sum(worker_sessions().values()) == len(names)
         await clients["user0"].send_group("hi all")
@@ -66,11 +68,11 @@ async def test_workers_share_the_port_restart_and_drain(tmp_path: Path, redis_ur
         # Kill a worker that holds users: the supervisor starts a new one under the
         # same id, and its users log in again and chat.
         victim = next(i for i, n in worker_sessions().items() if n)
-        victim_pid: int = httpx.get(f"http://127.0.0.1:{http_base + victim}/metrics").json()["pid"]
+        victim_pid: int = httpx.get(f"http://127.0.0.1:{http_base + victim}/stats").json()["pid"]
         os.kill(victim_pid, signal.SIGKILL)
 
         def replaced() -> bool:
-            pid: int = httpx.get(f"http://127.0.0.1:{http_base + victim}/metrics", timeout=1).json()["pid"]
+            pid: int = httpx.get(f"http://127.0.0.1:{http_base + victim}/stats", timeout=1).json()["pid"]
             return pid != victim_pid
 
         await asyncio.to_thread(wait_until, replaced, 30, "replacement worker")

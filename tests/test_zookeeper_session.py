@@ -13,8 +13,7 @@ from cim.backends.zookeeper import ZooKeeperDiscovery
 from cim.client import ClientError, RouteClient
 from cim.run import start
 from cim.status import Status
-from tests.conftest import RawClient, eventually, stack_config
-from tests.test_server import route_url
+from tests.conftest import PASSWORD, RawClient, eventually, mint_token, route_url, stack_config
 
 
 async def expire_session(discovery: ZooKeeperDiscovery, hosts: str) -> None:
@@ -28,8 +27,8 @@ async def expire_session(discovery: ZooKeeperDiscovery, hosts: str) -> None:
 
 async def test_users_stay_reachable_when_the_servers_zookeeper_session_expires(redis_url: str, zk_hosts: str) -> None:
     server_config = stack_config(redis=redis_url, zk=zk_hosts, zk_session_timeout=2.0)
-    route_config = stack_config(redis=redis_url, zk=zk_hosts, zk_session_timeout=2.0,
-                                key_prefix=server_config.key_prefix, zk_root=server_config.zk_root)
+    route_config = stack_config(redis=redis_url, zk=zk_hosts, zk_session_timeout=2.0, key_prefix=server_config.key_prefix,
+                                zk_root=server_config.zk_root, secret=server_config.secret)
     server = await start(server_config, {"server"})
     route = await start(route_config, {"route"})
     try:
@@ -37,10 +36,10 @@ async def test_users_stay_reachable_when_the_servers_zookeeper_session_expires(r
         assert node is not None and route_service is not None
         await eventually(lambda: len(route_service.servers) == 1)
         async with RouteClient(route_url(route)) as route_client:
-            ids = {name: await route_client.register(name) for name in ("alice", "bob")}
-            server_address = await route_client.login(ids["alice"], "alice")
-            alice = await RawClient.connect(server_address.port)
-            alice.login(ids["alice"], "alice")
+            ids = {name: await route_client.register(name, PASSWORD) for name in ("alice", "bob")}
+            login = await route_client.login(ids["alice"], "alice", PASSWORD)
+            alice = await RawClient.connect(login.server.port)
+            alice.login(ids["alice"], "alice", login.token)
             assert (await alice.ping(ids["alice"])).resMsg == "pong"
 
             discovery = node.backends.discovery
@@ -51,12 +50,12 @@ async def test_users_stay_reachable_when_the_servers_zookeeper_session_expires(r
             await eventually(lambda: node.metrics["registrations_restored"] == 1, timeout=30)
 
             assert (ids["alice"], "alice") in await route_client.online_users()
-            stored_offline = await route_client.p2p(ids["bob"], ids["alice"], "still here?")
+            stored_offline = await route_client.p2p(ids["bob"], ids["alice"], "still here?", token=mint_token(server, ids["bob"]))
             assert not stored_offline  # delivered
             assert (await alice.next()).resMsg == "still here?"
             # ...and she cannot be logged in a second time meanwhile.
             with pytest.raises(ClientError) as refused:
-                await route_client.login(ids["alice"], "alice")
+                await route_client.login(ids["alice"], "alice", PASSWORD)
             assert refused.value.code == Status.REPEAT_LOGIN.code
             alice.close()
     finally:

@@ -27,11 +27,23 @@ from cim.server_info import ServerInfo
 
 
 class Accounts(ABC):
-    """User accounts: a name per id, shared by every route and server."""
+    """User accounts: a name and a password hash per id, shared by every route and server."""
 
     @abstractmethod
-    async def register(self, user_name: str) -> int:
-        """The id of ``user_name``, creating the account if the name is new."""
+    async def register(self, user_name: str, password_hash: str | None) -> tuple[int, bool]:
+        """The id of ``user_name`` and whether this call created the account.
+
+        A new account keeps ``password_hash`` (None: none, as under ``--auth none``);
+        a taken name keeps its own, so registering it again changes nothing.
+        """
+
+    @abstractmethod
+    async def password_hash(self, user_id: int) -> str | None:
+        """The account's password hash, or None (no password, or an unknown id)."""
+
+    @abstractmethod
+    async def set_password_hash(self, user_id: int, password_hash: str) -> None:
+        """Replace the hash of an existing account (the same password, hashed anew)."""
 
     @abstractmethod
     async def user_name(self, user_id: int) -> str | None:

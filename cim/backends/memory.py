@@ -31,20 +31,30 @@ if TYPE_CHECKING:
 
 
 class MemoryAccounts(Accounts):
-    """Accounts in two dicts; ids count up from 1, as Redis's INCR does."""
+    """Accounts in dicts; ids count up from 1, as Redis's INCR does."""
 
     def __init__(self) -> None:
         self._ids = itertools.count(1)
         self._names: dict[int, str] = {}
         self._ids_by_name: dict[str, int] = {}
+        self._password_hashes: dict[int, str] = {}
 
-    async def register(self, user_name: str) -> int:
+    async def register(self, user_name: str, password_hash: str | None) -> tuple[int, bool]:
         user_id = self._ids_by_name.get(user_name)
-        if user_id is None:
-            user_id = next(self._ids)
-            self._ids_by_name[user_name] = user_id
-            self._names[user_id] = user_name
-        return user_id
+        if user_id is not None:
+            return user_id, False
+        user_id = next(self._ids)
+        self._ids_by_name[user_name] = user_id
+        self._names[user_id] = user_name
+        if password_hash is not None:
+            self._password_hashes[user_id] = password_hash
+        return user_id, True
+
+    async def password_hash(self, user_id: int) -> str | None:
+        return self._password_hashes.get(user_id)
+
+    async def set_password_hash(self, user_id: int, password_hash: str) -> None:
+        self._password_hashes[user_id] = password_hash
 
     async def user_name(self, user_id: int) -> str | None:
         return self._names.get(user_id)

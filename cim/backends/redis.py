@@ -4,6 +4,7 @@ Keys (prefix configurable, default ``cim``):
     {p}-account-id                 INCR counter: user ids unique across routes
     {p}-account:{userId}           userName
     {p}-account-name:{userName}    userId
+    {p}-account-password:{userId}  argon2 hash of the password (none under --auth none)
     {p}-route:{userId}             server id; with a TTL while only claimed by the route
     {p}-node-users:{serverId}      SET of users confirmed on that server (cleanup on death)
     {p}-offline:{userId}           LIST of serialized pushes, oldest first
@@ -103,20 +104,31 @@ class _RedisKeys:
 
 
 class RedisAccounts(_RedisKeys, Accounts):
-    """``account-name:{name}`` -> id and ``account:{id}`` -> name, ids from ``account-id``."""
+    """``account-name:{name}`` -> id, ``account:{id}`` -> name and ``account-password:{id}``
+    -> hash, ids from ``account-id``."""
 
-    async def register(self, user_name: str) -> int:
+    async def register(self, user_name: str, password_hash: str | None) -> tuple[int, bool]:
         name_key = self._key("account-name", user_name)
         existing = await self._r.get(name_key)
         if existing is not None:
-            return int(existing)
+            return int(existing), False
         user_id = int(await self._r.incr(self._key("account-id")))
         # Two routes registering one name at once: the first SET NX wins, the other
         # answers with the winner's id (the spare id is simply never used).
         if not await self._r.set(name_key, user_id, nx=True):
-            return await self.register(user_name)  # reads the winner's id
-        await self._r.set(self._key("account", user_id), user_name)
-        return user_id
+            return await self.register(user_name, password_hash)  # reads the winner's id
+        async with self._r.pipeline(transaction=True) as account:  # name and hash land together
+            account.set(self._key("account", user_id), user_name)
+            if password_hash is not None:
+                account.set(self._key("account-password", user_id), password_hash)
+            await account.execute()
+        return user_id, True
+
+    async def password_hash(self, user_id: int) -> str | None:
+        return _text(await self._r.get(self._key("account-password", user_id)))
+
+    async def set_password_hash(self, user_id: int, password_hash: str) -> None:
+        await self._r.set(self._key("account-password", user_id), password_hash)
 
     async def user_name(self, user_id: int) -> str | None:
         return _text(await self._r.get(self._key("account", user_id)))

@@ -1,6 +1,6 @@
 """The cim client: an asyncio SDK (``Client``), the route's HTTP API (``RouteClient``) and the console built on them."""
 
-from cim.client.route import ClientError, RouteClient, register
+from cim.client.route import ClientError, LoginAnswer, RouteClient, RouteSession, register
 from cim.client.sdk import Client, Message, Receipt
 
-__all__ = ["Client", "ClientError", "Message", "Receipt", "RouteClient", "register"]
+__all__ = ["Client", "ClientError", "LoginAnswer", "Message", "Receipt", "RouteClient", "RouteSession", "register"]

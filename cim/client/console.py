@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from cim.client.route import ClientError
@@ -21,6 +24,23 @@ COMMANDS = {
     ":info": "show user, server and connection state",
     ":all": "list commands",
 }
+
+
+PASSWORD_ENV = "CIM_PASSWORD"
+
+
+def read_password(user_name: str, password_file: Path | None) -> str:
+    """The account's password: the first line of ``password_file`` if given, else
+    ``$CIM_PASSWORD``, else asked for (not echoed) when stdin is a terminal; "" when
+    there is none to be had (a route under ``--auth none`` needs none). OSError if
+    the file cannot be read."""
+    if password_file is not None:
+        return next(iter(password_file.read_text().splitlines()), "")
+    if PASSWORD_ENV in os.environ:
+        return os.environ[PASSWORD_ENV]
+    if sys.stdin.isatty():
+        return getpass.getpass(f"password for {user_name}: ")
+    return ""
 
 
 def format_message(message: Message) -> str:

@@ -1,20 +1,29 @@
 """The route's HTTP API from the client side: one place that knows its paths, bodies and answers.
 
     async with RouteClient("http://127.0.0.1:8083") as route:
-        user_id = await route.register("alice")
-        server = await route.login(user_id, "alice")
+        user_id = await route.register("alice", password)
+        answer = await route.login(user_id, "alice", password)   # answer.server, answer.token
+        await route.p2p(user_id, 1002, "hi", token=answer.token)
 
 Every answer is CIM's envelope ``{code, message, reqNo, dataBody}``; ``read_answer``
 checks it (also for callers that send with another HTTP client, such as locust's
-session) and a code the call does not accept raises ``ClientError``.
+session) and a code the call does not accept raises ``ClientError``. The route's
+401/403/429 answers carry the envelope too: they raise ``ClientError`` with its code
+(4001, 4003, 4029) like any other refusal.
+
+The calls that act for a user take its ``token`` (``LoginAnswer.token``) and send it
+as ``Authorization: Bearer``; an empty token sends no header (under ``--auth none``
+a login hands out no token, ``LoginAnswer.token`` is "", and nothing is checked).
+An operator's admin key goes in the same place (``offline`` of another user).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import httpx
 
@@ -22,7 +31,10 @@ from cim.status import Status
 
 SUCCESS = Status.SUCCESS.code
 OFF_LINE = Status.OFF_LINE.code
+UNAUTHORIZED = Status.UNAUTHORIZED.code
 KEEPALIVE_EXPIRY = 4.0  # seconds an idle pooled connection is kept
+
+T = TypeVar("T")
 
 
 class ClientError(Exception):
@@ -43,6 +55,15 @@ class ServerAddress:
     http_port: int
 
 
+@dataclass(frozen=True)
+class LoginAnswer:
+    """A route login: the server to connect to, and the token for its TCP login and
+    the route calls acting for the user ("" from a route under ``--auth none``)."""
+
+    server: ServerAddress
+    token: str
+
+
 class RouteAnswer(NamedTuple):
     """A route answer whose code the call accepted."""
 
@@ -59,6 +80,11 @@ def read_answer(payload: Any, accept: Collection[int] = (SUCCESS,)) -> RouteAnsw
     if code not in accept:
         raise ClientError(code, payload.get("message") or "")
     return RouteAnswer(code, payload.get("dataBody"))
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The Authorization header for ``token``; none for an empty one."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def req_no() -> str:
@@ -91,46 +117,102 @@ class RouteClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def call(self, path: str, body: dict[str, Any] | None = None, accept: Collection[int] = (SUCCESS,)) -> RouteAnswer:
-        """POST ``body`` to ``path``. Business errors come back with HTTP 200; any other
-        status raises httpx.HTTPStatusError."""
-        response = await self._http.post(path, json=body or {})
-        response.raise_for_status()
+    async def call(
+        self, path: str, body: dict[str, Any] | None = None, accept: Collection[int] = (SUCCESS,), token: str = ""
+    ) -> RouteAnswer:
+        """POST ``body`` to ``path``, with ``token`` as the bearer. Business errors come
+        back with HTTP 200, refused credentials and rate limits with 401/403/429 and the
+        envelope (``ClientError`` either way); any other status raises httpx.HTTPStatusError."""
+        response = await self._http.post(path, json=body or {}, headers=bearer(token))
+        if not response.is_success:
+            # A refusal answered with an HTTP error status still carries CIM's envelope
+            # and code: raise that, rather than a bare HTTP status error.
+            with contextlib.suppress(ValueError):
+                read_answer(response.json(), accept=())
+            response.raise_for_status()
         return read_answer(response.json(), accept)
 
-    async def register(self, user_name: str) -> int:
-        """Create (or look up: a taken name returns its id) the account; returns its user id."""
-        body = {"reqNo": req_no(), "timeStamp": int(time.time()), "userName": user_name}
+    async def register(self, user_name: str, password: str) -> int:
+        """Create the account; returns its user id. A taken name returns its id only with
+        its password (else 3000 "userName is taken"). ``--auth none`` ignores the password."""
+        body = {"reqNo": req_no(), "timeStamp": int(time.time()), "userName": user_name, **_password_field(password)}
         return int((await self.call("/registerAccount", body)).data["userId"])
 
-    async def login(self, user_id: int, user_name: str) -> ServerAddress:
-        """Claim a cim-server for the user: 9100 id/name mismatch, 5000 already logged in, 7100 no server."""
-        data = (await self.call("/login", {"reqNo": req_no(), "userId": user_id, "userName": user_name})).data
-        return ServerAddress(data["ip"], int(data["cimServerPort"]), int(data["httpPort"]))
+    async def login(self, user_id: int, user_name: str, password: str) -> LoginAnswer:
+        """Claim a cim-server for the user: 9100 wrong password or id/name mismatch,
+        5000 already logged in, 7100 no server, 4029 too many logins from this address."""
+        body = {"reqNo": req_no(), "userId": user_id, "userName": user_name, **_password_field(password)}
+        data = (await self.call("/login", body)).data
+        server = ServerAddress(data["ip"], int(data["cimServerPort"]), int(data["httpPort"]))
+        return LoginAnswer(server, data.get("token") or "")
 
-    async def p2p(self, user_id: int, receiver_id: int, text: str) -> bool:
+    async def p2p(self, user_id: int, receiver_id: int, text: str, *, token: str = "") -> bool:
         """A private message through the route; True when the receiver is offline and it was stored (7000)."""
         body = {"userId": user_id, "receiveUserId": receiver_id, "msg": text}
-        return (await self.call("/p2pRoute", body, accept=(SUCCESS, OFF_LINE))).code == OFF_LINE
+        return (await self.call("/p2pRoute", body, accept=(SUCCESS, OFF_LINE), token=token)).code == OFF_LINE
 
-    async def group(self, user_id: int, text: str) -> None:
+    async def group(self, user_id: int, text: str, *, token: str = "") -> None:
         """A message to every online user but the sender."""
-        await self.call("/groupRoute", {"userId": user_id, "msg": text})
+        await self.call("/groupRoute", {"userId": user_id, "msg": text}, token=token)
 
     async def online_users(self) -> list[tuple[int, str]]:
         """``[(user_id, user_name), ...]``"""
         return [(int(u["userId"]), u["userName"]) for u in (await self.call("/onlineUser")).data]
 
-    async def offline(self, user_id: int) -> None:
-        """Log the user out; the route also closes their connection."""
-        await self.call("/offLine", {"userId": user_id})
+    async def offline(self, user_id: int, *, token: str = "") -> None:
+        """Log the user out; the route also closes their connection. ``token`` is the
+        user's own, or the operator's admin key to end anyone's session."""
+        await self.call("/offLine", {"userId": user_id}, token=token)
 
-    async def fetch_offline(self, receiver_id: int) -> int:
+    async def fetch_offline(self, receiver_id: int, *, token: str = "") -> int:
         """Have the messages stored for an online user pushed to them, in order; returns how many."""
-        return int((await self.call("/fetchOfflineMsgs", {"receiveUserId": receiver_id})).data["count"])
+        body = {"receiveUserId": receiver_id}
+        return int((await self.call("/fetchOfflineMsgs", body, token=token)).data["count"])
 
 
-async def register(route_url: str, user_name: str) -> int:
-    """Create (or look up) the account for ``user_name``; returns its user id."""
+class RouteSession:
+    """One user's standing with the route: logs in with the password, keeps the token
+    the login hands out (``token``; "" under ``--auth none``) and makes the calls
+    acting for the user with it. A call refused as unauthorized (4001: the token
+    expired, 24 h by default) logs in again for a new token and is made once more;
+    that login's own refusal (5000 while the user's session is held, say) is raised."""
+
+    def __init__(self, route: RouteClient, user_id: int, user_name: str, password: str) -> None:
+        self.route = route
+        self.user_id = user_id
+        self.user_name = user_name
+        self._password = password
+        self.token = ""
+
+    async def login(self) -> ServerAddress:
+        """Log in through the route, keeping the token; returns the server it picked."""
+        answer = await self.route.login(self.user_id, self.user_name, self._password)
+        self.token = answer.token
+        return answer.server
+
+    async def fetch_offline(self) -> int:
+        return await self._as_user(lambda token: self.route.fetch_offline(self.user_id, token=token))
+
+    async def offline(self) -> None:
+        await self._as_user(lambda token: self.route.offline(self.user_id, token=token))
+
+    async def _as_user(self, call: Callable[[str], Awaitable[T]]) -> T:
+        try:
+            return await call(self.token)
+        except ClientError as err:
+            if err.code != UNAUTHORIZED:
+                raise
+        await self.login()
+        return await call(self.token)
+
+
+def _password_field(password: str) -> dict[str, str]:
+    """The body's password; none for "": CIM's body exactly, and under token auth the
+    route's 3000 naming the missing field rather than an empty password."""
+    return {"password": password} if password else {}
+
+
+async def register(route_url: str, user_name: str, password: str) -> int:
+    """Create (or, with its password, look up) the account for ``user_name``; returns its user id."""
     async with RouteClient(route_url) as route:
-        return await route.register(user_name)
+        return await route.register(user_name, password)

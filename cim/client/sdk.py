@@ -1,11 +1,14 @@
 """The asyncio client SDK: what the console client and any other UI are built on.
 
-    async with Client("http://127.0.0.1:8083", user_id, "alice", on_message=print) as client:
+    async with Client("http://127.0.0.1:8083", user_id, "alice", password=password, on_message=print) as client:
         await client.send_group("hello all")
         await client.send_private(1002, "hello bob")
 
-``connect`` logs in through the route, opens the TCP connection to the server the
-route picked and sends the login frame. A PING goes out whenever nothing was
+``connect`` logs in through the route (with the password; the answer carries a
+token), opens the TCP connection to the server the route picked and sends the
+login frame with the token. The route calls made for the user send the token as
+their bearer; one refused as unauthorized (4001: the token expired) logs in again
+for a new token and is made once more. A PING goes out whenever nothing was
 written for a heartbeat interval; a connection silent for 3 intervals counts as
 lost. A lost connection is re-established (route login again, jittered
 exponential backoff, capped) up to ``reconnect_attempts`` times.
@@ -28,7 +31,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from cim.client.route import ClientError, RouteClient, ServerAddress, register
+from cim.client.route import ClientError, RouteClient, RouteSession, ServerAddress, register
 from cim.protocols.client import (
     ClientConnection,
     ClientEvent,
@@ -49,8 +52,9 @@ log = logging.getLogger("cim.client")
 Message = Pushed
 
 # Codes a reconnect waits out rather than gives up on: the old session may not be
-# cleared yet (5000), or no server is up yet (7100).
-RETRYABLE = {Status.REPEAT_LOGIN.code, Status.SERVER_NOT_AVAILABLE.code}
+# cleared yet (5000), no server is up yet (7100), or many clients behind one address
+# reconnect at once and the route's per-address login limit holds some back (4029).
+RETRYABLE = {Status.REPEAT_LOGIN.code, Status.SERVER_NOT_AVAILABLE.code, Status.RATE_LIMITED.code}
 
 MessageCallback = Callable[[Message], Any]
 StatusCallback = Callable[[str], Any]
@@ -72,6 +76,9 @@ class Client:
     """One user's session with cim, kept up: route login, the TCP connection to the
     server the route picked, heartbeats and reconnects.
 
+    ``password`` logs the user in through the route (a route under ``--auth none``
+    ignores it); the route calls for the user are a ``RouteSession``'s (the token kept).
+
     Sends return the server's ``Receipt``; pushed messages go to ``on_message`` and
     connection events (as text) to ``on_status``. ``done`` resolves when the client
     stops: closed, ended by the server, refused, or out of reconnect attempts. Pass a
@@ -84,6 +91,7 @@ class Client:
         user_id: int,
         user_name: str,
         *,
+        password: str = "",
         on_message: MessageCallback | None = None,
         on_status: StatusCallback | None = None,
         heartbeat_interval: float = 30.0,
@@ -109,6 +117,7 @@ class Client:
         self.reconnects = 0
         self._owns_route = route is None
         self.route = route or RouteClient(route_url)
+        self.session = RouteSession(self.route, user_id, user_name, password)
         self._connection = ClientConnection(user_id, user_name)  # a fresh one per TCP connection
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -137,14 +146,14 @@ class Client:
 
     async def connect(self) -> None:
         """Route login, TCP connect, login frame; raises ClientError if refused."""
-        self.server = await self.route.login(self.user_id, self.user_name)
+        self.server = await self.session.login()
         reader, self._writer = await asyncio.open_connection(self.server.host, self.server.port)
         connection = self._connection = ClientConnection(self.user_id, self.user_name)
         self._ended_by_server = False
         # The server answers a ping in order with what came before it, so the pong
         # after the login frame says the login was accepted (a refusal is an error frame).
         self._login_answer = asyncio.get_running_loop().create_future()
-        self._write(connection.login() + connection.ping())
+        self._write(connection.login(token=self.session.token) + connection.ping())
         self._last_read = time.monotonic()
         self.connected = True
         self._tasks = [
@@ -160,7 +169,7 @@ class Client:
             raise
         self._status(f"connected to {self.server.host}:{self.server.port} as {self.user_name}({self.user_id})")
         if self.fetch_offline:
-            await self.route.fetch_offline(self.user_id)
+            await self.session.fetch_offline()
 
     def _write(self, frames: bytes) -> None:
         assert self._writer is not None
@@ -271,7 +280,7 @@ class Client:
                 self._write(self._connection.offline())
                 await self._writer.drain()
             with contextlib.suppress(httpx.HTTPError, ClientError):
-                await self.route.offline(self.user_id)
+                await self.session.offline()
         if self._writer is not None:
             self._writer.close()
             with contextlib.suppress(ConnectionError):

@@ -111,9 +111,11 @@ class ServerConnection:
         try:
             frames = self._decoder.feed(data)
         except FrameError as err:
-            # Frames before the bad prefix are still served; then the stream is lost.
+            # Frames before the bad prefix are still served; then the stream is lost. One
+            # of them may have closed it already: then that was the one violation.
             events = self._handle_frames(err.frames)
-            events.append(self._violation(Status.VALIDATION_FAIL, f"bad frame: {err}"))
+            if not (events and isinstance(events[-1], ProtocolViolation)):
+                events.append(self._violation(Status.VALIDATION_FAIL, f"bad frame: {err}"))
             return events
         self._partial = self._decoder.buffered > 0
         return self._handle_frames(frames)
@@ -252,7 +254,10 @@ class ServerConnection:
 
     def send_receipt(self, client_msg_id: int, status: Status, text: str) -> None:
         """A message that was not sent, and why."""
-        self._out.append(encode_receipts(self._receipt_head(status, text), [client_msg_id], 0))
+        if text == status.message:  # in the status's own words (every message over a rate): its cached head
+            self.send_receipts([client_msg_id], 0, status)
+        else:
+            self._out.append(encode_receipts(self._receipt_head(status, text), [client_msg_id], 0))
 
     def send_push(self, frame: bytes) -> None:
         """A complete, already framed push (see ``cim.messages``)."""

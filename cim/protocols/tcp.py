@@ -22,19 +22,24 @@ class TcpPeer(asyncio.Protocol):
     """One client's TCP connection: bytes in to the sans-I/O connection, frames out."""
 
     # Slots: one of these per connection (100k per node).
-    __slots__ = ("host", "conn", "events", "transport", "connected_at", "last_seen", "paused_at", "closed", "_queued")
+    __slots__ = (
+        "host", "conn", "events", "transport", "ip", "connected_at", "last_seen", "paused_at", "closed", "_queued",
+        "_resume_reading",
+    )
 
     def __init__(self, host: PeerHost) -> None:
         settings = host.settings
         self.host = host
         self.conn = ServerConnection(settings.max_frame_size, settings.max_message_bytes)
         self.events: EventSink | None = None  # set once admitted
-        self.transport: asyncio.WriteTransport | None = None
+        self.transport: asyncio.Transport | None = None
+        self.ip = ""
         self.connected_at = 0.0
         self.last_seen = 0.0
         self.paused_at: float | None = None  # when the write buffer went over the high mark
         self.closed = False
         self._queued = False  # has pushes waiting for the end-of-turn flush
+        self._resume_reading: asyncio.TimerHandle | None = None  # reading paused over the bytes rate
 
     @property
     def user_id(self) -> int:
@@ -44,7 +49,9 @@ class TcpPeer(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio's interface without subclassing it.
-        self.transport = transport = cast(asyncio.WriteTransport, transport)
+        self.transport = transport = cast(asyncio.Transport, transport)
+        peername = transport.get_extra_info("peername")
+        self.ip = peername[0] if isinstance(peername, tuple) else ""  # a Unix socket has no address
         self.connected_at = self.last_seen = self.host.loop.time()
         high = self.host.settings.write_buffer_high
         transport.set_write_buffer_limits(high=high, low=high // 4)
@@ -54,14 +61,14 @@ class TcpPeer(asyncio.Protocol):
         events = self.events
         if events is None:
             return  # refused: closing
-        self.last_seen = self.host.loop.time()
+        self.last_seen = now = self.host.loop.time()
         self.host.metrics["bytes_in"] += len(data)
         if len(data) <= MAX_PING_FRAME and events.idle and not self._queued:  # nothing earlier waits
             pong = self.conn.answer_ping(data)
             if pong is not None:
                 self._write(pong)
                 return
-        events.feed(self.conn.receive_data(data))
+        events.feed(self.conn.receive_data(data), now, len(data))
         self.flush()
 
     def pause_writing(self) -> None:
@@ -75,6 +82,8 @@ class TcpPeer(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.transport = None
+        if self._resume_reading is not None:
+            self._resume_reading.cancel()
         self.host.lost(self)
 
     # -- Peer ------------------------------------------------------------------------
@@ -96,6 +105,20 @@ class TcpPeer(asyncio.Protocol):
 
     def send_receipt(self, client_msg_id: int, status: Status, text: str) -> None:
         self.conn.send_receipt(client_msg_id, status, text)
+
+    def send_error(self, status: Status, reason: str) -> None:
+        self.conn.send_error(status, reason)
+
+    def pause_reading(self, seconds: float) -> None:
+        if self.transport is None or self.closed or self._resume_reading is not None:
+            return
+        self.transport.pause_reading()
+        self._resume_reading = self.host.loop.call_later(seconds, self._resume)
+
+    def _resume(self) -> None:
+        self._resume_reading = None
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
 
     def refuse(self, status: Status, reason: str) -> None:
         self.conn.refuse(status, reason)

@@ -5,10 +5,12 @@
 * ``sessions``: who is connected and who is logged in, the one source of truth;
 * ``ordering``: a peer's events handed on in arrival order;
 * ``dispatch``: acting on events (login, send, ping, offline);
+* ``quotas``: the abuse limits, per connection and per IP address;
 * ``intake``: deliveries from the bus and to local users;
 * ``sweeper``: login and heartbeat timeouts, slow consumers;
 * ``registration``: the registry entry and reclaiming users after a registry outage;
-* ``tasks``: background work whose failures are counted and logged.
+* ``tasks``: background work whose failures are counted and logged;
+* ``metrics``: the node's counts and latencies for Prometheus, off the hot path.
 
 Transports live in ``cim.protocols`` (``tcp``) and reach the node only through ``peer``.
 """

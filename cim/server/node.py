@@ -2,8 +2,8 @@
 
 ``Node`` builds the parts (see ``cim.server``), starts and stops them, and is the
 ``PeerHost`` its transports talk to: it admits connections (or refuses them when
-the open-files budget is used up), hears when they go, and flushes the pushes
-queued during a loop turn together at its end.
+the open-files budget is used up, or their IP address has too many), hears when
+they go, and flushes the pushes queued during a loop turn together at its end.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 import time
 from collections import Counter
 
+from cim.auth import Tokens
 from cim.backends import Backends
 from cim.config import Config
 from cim.delivery import Messenger
@@ -22,8 +23,10 @@ from cim.messages import MessageIds
 from cim.protocols.tcp import TcpPeer
 from cim.server.dispatch import Dispatcher
 from cim.server.intake import Deliveries
+from cim.server.metrics import NodeMetrics
 from cim.server.ordering import OrderedEvents
 from cim.server.peer import Peer, PeerSettings
+from cim.server.quotas import Quotas
 from cim.server.registration import Registration
 from cim.server.sessions import SessionTable
 from cim.server.sweeper import Sweeper
@@ -47,14 +50,21 @@ class Node:
         self.started_at = time.time()
         self.max_connections = 0
         self.sessions = SessionTable()
+        self.quotas = Quotas(config, self.metrics, self.loop.time)
         self.tasks = BackgroundTasks(self.metrics)
         self.sweeper = Sweeper(config, self.sessions, self.metrics)
+        self.prometheus = NodeMetrics(self.metrics, self.sessions, self.sweeper.slow)
         self.registration = Registration(config, backends, self.sessions, self.metrics, self.tasks)
-        self.deliveries = Deliveries(self.node_id, self.sessions, backends, self.metrics, self.tasks)
+        self.deliveries = Deliveries(
+            self.node_id, self.sessions, backends, self.metrics, self.tasks, self.prometheus.latencies
+        )
         # The node number comes from the store at start; ids are taken only after.
         self.ids = MessageIds(0)
         messenger = Messenger(backends, self.ids, local=self.deliveries)
-        self.dispatcher = Dispatcher(self.node_id, self.sessions, backends, messenger, self.metrics, self.tasks)
+        self.dispatcher = Dispatcher(
+            self.node_id, self.sessions, backends, messenger, self.metrics, self.tasks, Tokens.from_config(config),
+            self.prometheus.latencies,
+        )
         self._turn: list[Peer] = []  # peers with pushes queued this loop turn
         self._server: asyncio.Server | None = None
         self._sweeping: asyncio.Task[None] | None = None
@@ -79,6 +89,7 @@ class Node:
             backlog=self.config.backlog,
         )
         self._sweeping = asyncio.create_task(self.sweeper.run(), name="cim-sweeper")
+        self.prometheus.start()
         await self.registration.register()
         log.info("cim-server %s listening on %s:%d", self.node_id, self.config.host, self.config.port)
 
@@ -102,19 +113,28 @@ class Node:
             await asyncio.sleep(0.02)
         if self._server is not None:
             await self._server.wait_closed()
+        self.prometheus.stop()
 
     # -- PeerHost ----------------------------------------------------------------
 
     def admit(self, peer: Peer) -> OrderedEvents | None:
         self.metrics["connections_total"] += 1
+        ip_allowed = self.quotas.connect(peer.ip)  # counted until lost(), even if refused here
         if self.sessions.connections >= self.max_connections:
             self.metrics["refused_full"] += 1
             peer.refuse(Status.FAIL, f"server full: {self.max_connections} connections")
             return None
+        if not ip_allowed:
+            self.metrics["limit_hits_connections"] += 1
+            peer.refuse(
+                Status.RATE_LIMITED, f"too many connections from {peer.ip}: {self.config.max_connections_per_ip} at most"
+            )
+            return None
         self.sessions.admit(peer)
-        return OrderedEvents(peer, self.dispatcher)
+        return OrderedEvents(peer, self.dispatcher, self.quotas.for_peer(peer))
 
     def lost(self, peer: Peer) -> None:
+        self.quotas.disconnect(peer.ip)
         self.sweeper.slow.discard(peer)
         self.dispatcher.lost(peer)
 

@@ -26,6 +26,10 @@ class Peer(Protocol):
         """The user the login frame named (0 before it)."""
 
     @property
+    def ip(self) -> str:
+        """The client's IP address, as the per-IP limits count it ("" when unknown)."""
+
+    @property
     def connected_at(self) -> float:
         """Loop time the connection was made."""
 
@@ -54,6 +58,12 @@ class Peer(Protocol):
     def send_receipt(self, client_msg_id: int, status: Status, text: str) -> None:
         """The fate of one message that was not sent, and why."""
 
+    def send_error(self, status: Status, reason: str) -> None:
+        """An error frame; the connection goes on (a limit was hit)."""
+
+    def pause_reading(self, seconds: float) -> None:
+        """Read nothing more for ``seconds`` (over a bytes rate); what was read is served."""
+
     def refuse(self, status: Status, reason: str) -> None:
         """An error frame, then close (a refused login, a full server)."""
 
@@ -74,7 +84,9 @@ class EventSink(Protocol):
     def idle(self) -> bool:
         """Nothing received earlier is still being handled."""
 
-    def feed(self, events: list[Event]) -> None: ...
+    def feed(self, events: list[Event], now: float, size: int) -> None:
+        """The events of one read of ``size`` bytes at loop time ``now`` (what the
+        connection's quota is charged; a read that was exactly a ping is not)."""
 
 
 @dataclass(frozen=True, slots=True)

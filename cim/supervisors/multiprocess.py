@@ -25,6 +25,7 @@ from types import FrameType
 
 from cim.backends.registry import in_process
 from cim.config import Config
+from cim.metrics import SharedMetrics
 
 log = logging.getLogger("cim.supervisor")
 
@@ -93,6 +94,8 @@ class Multiprocess:
         previous_wakeup = signal.set_wakeup_fd(wakeup_write)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._signal)
+        metrics = SharedMetrics()  # every worker's /metrics serves all of them
+        log.info("workers' metrics in %s", metrics.directory)
         try:
             self.workers = [self._start(i) for i in range(self.config.workers)]
             while not self._should_exit:
@@ -102,6 +105,8 @@ class Multiprocess:
                 for index, process in enumerate(self.workers):
                     if not process.is_alive() and not self._should_exit:
                         log.warning("worker %d (pid %s) exited with %s; restarting", index, process.pid, process.exitcode)
+                        if process.pid is not None:
+                            metrics.worker_died(process.pid)
                         time.sleep(self.restart_delay)
                         self.workers[index] = self._start(index)
                         self.restarts += 1
@@ -110,6 +115,7 @@ class Multiprocess:
             signal.set_wakeup_fd(previous_wakeup)
             os.close(wakeup_read)
             os.close(wakeup_write)
+            metrics.close()
 
     def _drain(self) -> None:
         log.info("stopping %d workers", len(self.workers))
