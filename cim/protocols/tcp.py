@@ -24,13 +24,16 @@ class TcpPeer(asyncio.Protocol):
     # Slots: one of these per connection (100k per node).
     __slots__ = (
         "host", "conn", "events", "transport", "ip", "connected_at", "last_seen", "paused_at", "closed", "_queued",
-        "_resume_reading",
+        "_resume_reading", "send_receipts",
     )
 
     def __init__(self, host: PeerHost) -> None:
         settings = host.settings
         self.host = host
         self.conn = ServerConnection(settings.max_frame_size, settings.max_message_bytes)
+        # Peer.send_receipts is the connection's own: bound once, no wrapper call on the
+        # hot path (every read of messages answers with receipts).
+        self.send_receipts = self.conn.send_receipts
         self.events: EventSink | None = None  # set once admitted
         self.transport: asyncio.Transport | None = None
         self.ip = ""
@@ -61,14 +64,16 @@ class TcpPeer(asyncio.Protocol):
         events = self.events
         if events is None:
             return  # refused: closing
-        self.last_seen = now = self.host.loop.time()
-        self.host.metrics["bytes_in"] += len(data)
-        if len(data) <= MAX_PING_FRAME and events.idle and not self._queued:  # nothing earlier waits
+        host = self.host
+        size = len(data)
+        self.last_seen = now = host.loop.time()
+        host.metrics["bytes_in"] += size
+        if size <= MAX_PING_FRAME and events.idle and not self._queued:  # nothing earlier waits
             pong = self.conn.answer_ping(data)
             if pong is not None:
                 self._write(pong)
                 return
-        events.feed(self.conn.receive_data(data), now, len(data))
+        events.feed(self.conn.receive_data(data), now, size)
         self.flush()
 
     def pause_writing(self) -> None:
@@ -99,9 +104,6 @@ class TcpPeer(asyncio.Protocol):
 
     def send_pong(self) -> None:
         self.conn.send_pong()
-
-    def send_receipts(self, client_msg_ids: list[int], first_id: int, status: Status = Status.SUCCESS) -> None:
-        self.conn.send_receipts(client_msg_ids, first_id, status)
 
     def send_receipt(self, client_msg_id: int, status: Status, text: str) -> None:
         self.conn.send_receipt(client_msg_id, status, text)
@@ -137,14 +139,18 @@ class TcpPeer(asyncio.Protocol):
 
     def flush(self) -> None:
         self._queued = False
-        if self.transport is None or self.closed:
+        transport = self.transport
+        if transport is None or self.closed:
             return
-        data = self.conn.data_to_send()
+        conn = self.conn
+        data = conn.data_to_send()
         if data:
-            self._write(data)
-        if self.conn.state is State.CLOSED and not self.closed:
+            transport.write(data)  # as _write does, without the second call: once per read
+            if self.paused_at is not None:
+                self._cut_if_swamped(transport)
+        if conn.state is State.CLOSED:
             self.closed = True
-            self.transport.close()
+            transport.close()
 
     def _write(self, data: bytes) -> None:
         """Write now: uvloop writes at once, so this is one syscall. Only called with
@@ -153,6 +159,11 @@ class TcpPeer(asyncio.Protocol):
         if transport is None or self.closed:
             return
         transport.write(data)
+        if self.paused_at is not None:
+            self._cut_if_swamped(transport)
+
+    def _cut_if_swamped(self, transport: asyncio.Transport) -> None:
+        """A paused writer (a slow reader) whose buffer still grows far past the mark is cut off."""
         limit = 4 * self.host.settings.write_buffer_high
-        if self.paused_at is not None and transport.get_write_buffer_size() > limit:
+        if transport.get_write_buffer_size() > limit:
             self.abort(f"slow consumer: write buffer over {limit} bytes")
