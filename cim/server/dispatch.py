@@ -61,7 +61,7 @@ class Dispatcher:
 
     def handle_now(self, peer: Peer, event: Screened) -> bool:
         """Settle an event synchronously when no I/O is needed; False defers it to ``handle``."""
-        if isinstance(event, ChatMessages):  # the hot path first: messages to a user on this node
+        if type(event) is ChatMessages:  # the hot path first: messages to a user on this node
             destination = event.destination
             if type(destination) is not ToUser:
                 return False
@@ -70,11 +70,13 @@ class Dispatcher:
             if target is None or session is None:
                 return False
             texts = event.texts
-            first_id, now_ms = self._take_ids(len(texts))
+            count = len(texts)
+            first_id, now_ms = self._take_ids(count)
             target.push(push_bodies(session.sender.prefix, texts, first_id, now_ms))
             peer.send_receipts(event.client_msg_ids, first_id)
-            self.metrics["messages_in"] += len(texts)
-            self.metrics["messages_out"] += len(texts)
+            metrics = self.metrics
+            metrics["messages_in"] += count
+            metrics["messages_out"] += count
             return True
         if isinstance(event, Ping):
             peer.send_pong()
