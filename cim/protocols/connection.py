@@ -95,7 +95,8 @@ class ServerConnection:
         self._decoder = FrameDecoder(max_frame_size)
         self._partial = False  # the decoder holds part of a frame
         self._out: list[bytes] = []
-        self._receipt_heads: dict[Status, bytes] = {}
+        # By code, not by Status: an Enum member hashes in Python, an int in C (every read pays it).
+        self._receipt_heads: dict[int, bytes] = {}
         # This user's ping exactly as CIM's client sends it, framed and not (set at login).
         self._ping_frame = b""
         self._ping = b""
@@ -247,9 +248,9 @@ class ServerConnection:
     def send_receipts(self, client_msg_ids: list[int], first_id: int, status: Status = Status.SUCCESS) -> None:
         """The fate of messages this client sent (always answered, success or not):
         the k-th got message id ``first_id + k``."""
-        head = self._receipt_heads.get(status)
+        head = self._receipt_heads.get(status.code)
         if head is None:
-            head = self._receipt_heads[status] = self._receipt_head(status, status.message)
+            head = self._receipt_heads[status.code] = self._receipt_head(status, status.message)
         self._out.append(encode_receipts(head, client_msg_ids, first_id))
 
     def send_receipt(self, client_msg_id: int, status: Status, text: str) -> None:
