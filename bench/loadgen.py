@@ -170,13 +170,13 @@ class Generator:
         async def one(i: int, user_id: int, name: str) -> None:
             async with semaphore:
                 source = plan.source_ips[i % len(plan.source_ips)]
-                _, proto = await loop.create_connection(
+                _, conn = await loop.create_connection(
                     lambda: GenProtocol(self, user_id, name), plan.host, plan.port, local_addr=(source, 0)
                 )
                 # The pong says the login before it was accepted.
-                proto.transport.write(proto.frames.login(token=plan.tokens.get(user_id, "")) + proto.frames.ping())
-                await asyncio.wait_for(proto.login_done, 60)
-                self.conns[user_id] = proto
+                conn.transport.write(conn.frames.login(token=plan.tokens.get(user_id, "")) + conn.frames.ping())
+                await asyncio.wait_for(conn.login_done, 60)
+                self.conns[user_id] = conn
 
         # In order when order matters (fanout: the probe must be the last receiver the
         # server iterates); concurrently otherwise.

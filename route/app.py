@@ -180,8 +180,8 @@ async def _online(service: RouteService, _: None) -> JSONResponse:
     return answer(Status.SUCCESS, [{"userId": u, "userName": n} for u, n in users])
 
 
-async def _offline(service: RouteService, body: OffLine) -> JSONResponse:
-    await service.offline(body.userId)
+async def _log_out_and_kick(service: RouteService, body: OffLine) -> JSONResponse:
+    await service.log_out_and_kick(body.userId)
     return answer(Status.SUCCESS, None, body.reqNo)
 
 
@@ -202,7 +202,7 @@ ENDPOINTS: list[tuple[str, list[str], type[_Body] | None, Handler, str]] = [
     ("/p2pRoute", ["POST"], P2PRoute, _p2p, "Private message; 7000 when the receiver is offline (stored for later)."),
     ("/groupRoute", ["POST"], GroupRoute, _group, "Group message to every online user but the sender."),
     ("/onlineUser", ["GET", "POST"], None, _online, "Online users as [{userId, userName}]."),
-    ("/offLine", ["POST"], OffLine, _offline, "Log a user out and close their connection."),
+    ("/offLine", ["POST"], OffLine, _log_out_and_kick, "Log a user out and close their connection."),
     ("/fetchOfflineMsgs", ["POST"], FetchOfflineMsgs, _fetch_offline,
      "Deliver stored messages to the online user, in order, once."),
     ("/servers", ["GET"], None, _servers, "The live cim-servers as [{ip, cimServerPort, httpPort}] (operator call)."),

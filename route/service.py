@@ -194,7 +194,7 @@ class RouteService:
         names = await self.accounts.user_names(user_ids)
         return sorted((u, n or "") for u, n in zip(user_ids, names, strict=True))
 
-    async def offline(self, user_id: int) -> None:
+    async def log_out_and_kick(self, user_id: int) -> None:
         """Log the user out and close their connection, wherever it is."""
         assert self.messenger is not None
         server = await self.presence.logout(user_id)

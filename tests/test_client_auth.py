@@ -82,7 +82,7 @@ async def test_route_session_renews_a_refused_token_and_makes_the_call_again(tok
     async with RouteClient(route_url(token_stack)) as route:
         session = RouteSession(route, alice, "alice", PASSWORD)
         session.token = Tokens(new_secret(), ttl=60).mint(alice)  # another secret (rotated since): refused, 4001
-        await session.offline()  # refused, logged in again for a new token, made again: 9000
+        await session.log_out()  # refused, logged in again for a new token, made again: 9000
         assert token_stack.node is not None
         tokens = Tokens.from_config(token_stack.node.config)
         assert tokens is not None and tokens.verify(session.token) == alice
@@ -91,5 +91,5 @@ async def test_route_session_renews_a_refused_token_and_makes_the_call_again(tok
 
         session.token = "not a token"
         with pytest.raises(ClientError) as held:  # renewing needs a login, refused while alice is logged in
-            await session.offline()
+            await session.log_out()
         assert held.value.code == Status.REPEAT_LOGIN.code

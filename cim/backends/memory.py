@@ -122,16 +122,16 @@ class MemoryInbox(Inbox):
     """A deque per user: appends at the back, restores at the front."""
 
     def __init__(self) -> None:
-        self._offline: defaultdict[int, deque[bytes]] = defaultdict(deque)
+        self._stored: defaultdict[int, deque[bytes]] = defaultdict(deque)
 
     async def append(self, user_id: int, payloads: list[bytes]) -> None:
-        self._offline[user_id].extend(payloads)
+        self._stored[user_id].extend(payloads)
 
     async def restore(self, user_id: int, payloads: list[bytes]) -> None:
-        self._offline[user_id].extendleft(reversed(payloads))
+        self._stored[user_id].extendleft(reversed(payloads))
 
     async def take(self, user_id: int) -> list[bytes]:
-        queue = self._offline.pop(user_id, None)
+        queue = self._stored.pop(user_id, None)
         return list(queue) if queue else []
 
 

@@ -159,7 +159,7 @@ class RouteClient:
         """``[(user_id, user_name), ...]``"""
         return [(int(u["userId"]), u["userName"]) for u in (await self.call("/onlineUser")).data]
 
-    async def offline(self, user_id: int, *, token: str = "") -> None:
+    async def log_out(self, user_id: int, *, token: str = "") -> None:
         """Log the user out; the route also closes their connection. ``token`` is the
         user's own, or the operator's admin key to end anyone's session."""
         await self.call("/offLine", {"userId": user_id}, token=token)
@@ -193,8 +193,8 @@ class RouteSession:
     async def fetch_offline(self) -> int:
         return await self._as_user(lambda token: self.route.fetch_offline(self.user_id, token=token))
 
-    async def offline(self) -> None:
-        await self._as_user(lambda token: self.route.offline(self.user_id, token=token))
+    async def log_out(self) -> None:
+        await self._as_user(lambda token: self.route.log_out(self.user_id, token=token))
 
     async def _as_user(self, call: Callable[[str], Awaitable[T]]) -> T:
         try:

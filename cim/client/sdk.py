@@ -280,7 +280,7 @@ class Client:
                 self._write(self._connection.offline())
                 await self._writer.drain()
             with contextlib.suppress(httpx.HTTPError, ClientError):
-                await self.session.offline()
+                await self.session.log_out()
         if self._writer is not None:
             self._writer.close()
             with contextlib.suppress(ConnectionError):
