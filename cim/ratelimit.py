@@ -149,3 +149,21 @@ class HitWindow:
         times = self._times
         times.append(now)
         return len(times) == self.limit and now - times[0] <= self.window
+
+
+BURST_SECONDS = 2  # a per-second limit's bucket holds this many seconds' worth (bursts of twice the rate)
+
+
+def per_second(rate: float, now: float) -> TokenBucket | None:
+    """A full bucket for ``rate`` a second with bursts of ``BURST_SECONDS`` worth; None for 0 (off)."""
+    return TokenBucket(rate, BURST_SECONDS * rate, now) if rate else None
+
+
+def per_key_per_second(rate: float) -> KeyedBuckets | None:
+    """``per_second`` for each key (an IP address); None for 0 (off)."""
+    return KeyedBuckets(rate, BURST_SECONDS * rate) if rate else None
+
+
+def per_key_per_minute(count: int) -> KeyedBuckets | None:
+    """``count`` a minute for each key, all of them at once at most; None for 0 (off)."""
+    return KeyedBuckets(count / 60, count) if count else None

@@ -16,14 +16,14 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cim.config import Config
-from cim.ratelimit import KeyedBuckets
+from cim.ratelimit import KeyedBuckets, per_key_per_minute, per_key_per_second
 
-BURST = 2  # requests: the bucket holds this many seconds' worth
-LOGIN_PATH = "/login"
+# The calls that check a password: each costs an argon2 hash, and each is a guess.
+PASSWORD_PATHS = frozenset({"/login", "/registerAccount"})
 
 
 class RouteLimits:
-    """ASGI middleware: requests per IP and second (bursts of ``BURST`` times that), and
+    """ASGI middleware: requests per IP and second (bursts of twice that), and
     ``/login`` per IP and minute; ``refuse(message)`` makes the 429 answer."""
 
     def __init__(
@@ -34,8 +34,8 @@ class RouteLimits:
         self.refuse = refuse
         self.clock = clock
         per_second, per_minute = config.max_route_requests_per_second, config.max_logins_per_minute
-        self.requests = KeyedBuckets(per_second, BURST * per_second) if per_second else None
-        self.logins = KeyedBuckets(per_minute / 60, per_minute) if per_minute else None
+        self.requests = per_key_per_second(per_second)
+        self.logins = per_key_per_minute(per_minute)
         self.per_second = per_second
         self.per_minute = per_minute
 
@@ -53,8 +53,9 @@ class RouteLimits:
         now = self.clock()
         if self.requests is not None and not self.requests.take(ip, now):
             return self._refusal(f"rate limit exceeded: over {self.per_second} requests/s from {ip}", self.requests, ip)
-        if self.logins is not None and scope["path"] == LOGIN_PATH and not self.logins.take(ip, now):
-            return self._refusal(f"rate limit exceeded: over {self.per_minute} logins a minute from {ip}", self.logins, ip)
+        if self.logins is not None and scope["path"] in PASSWORD_PATHS and not self.logins.take(ip, now):
+            message = f"rate limit exceeded: over {self.per_minute} logins or registrations a minute from {ip}"
+            return self._refusal(message, self.logins, ip)
         return None
 
     def _refusal(self, message: str, buckets: KeyedBuckets, ip: str) -> Response:

@@ -134,8 +134,16 @@ class RouteService:
             user_id, _ = await self.accounts.register(user_name, None)
             return user_id
         password = self._require_password(password)
-        user_id, created = await self.accounts.register(user_name, await self.passwords.hash(password))
-        if not created and not await self._password_matches(user_id, password):
+        # A taken name is checked against its password without hashing a new one first:
+        # hashing is the costly part, and a stranger should not get it for free.
+        taken = await self.accounts.user_id(user_name)
+        if taken is None:
+            user_id, created = await self.accounts.register(user_name, await self.passwords.hash(password))
+            if created:
+                return user_id
+        else:
+            user_id = taken
+        if not await self._password_matches(user_id, password):
             raise CimError(Status.VALIDATION_FAIL, "userName is taken")
         return user_id
 

@@ -66,6 +66,7 @@ async def test_accounts(accounts: Accounts) -> None:
     assert created and bob != alice
     assert await accounts.user_name(alice) == "alice"
     assert await accounts.user_name(10**12) is None
+    assert (await accounts.user_id("alice"), await accounts.user_id("bob"), await accounts.user_id("carol")) == (alice, bob, None)
     assert await accounts.user_names([bob, 10**12, alice]) == ["bob", None, "alice"]
     assert await accounts.user_names([]) == []
 

@@ -19,8 +19,8 @@ from cim.cli import _config, build_parser
 from cim.config import Config
 from cim.proto import BaseCommand, Response
 from cim.protocols.client import ClientConnection
+from cim.ratelimit import BURST_SECONDS
 from cim.run import Running, start
-from cim.server.quotas import BURST
 from cim.status import Status
 from tests.conftest import PASSWORD, RawClient, eventually, online, route_url, stack_config
 
@@ -64,7 +64,7 @@ async def test_a_burst_gets_through_the_rest_is_refused_and_the_connection_goes_
         assert [(r.cmd, r.clientMsgId) for r in receipts] == [(BaseCommand.SEND_RECEIPT, n) for n in range(1, 2001)]
         accepted = [r.clientMsgId for r in receipts if r.code == Status.SUCCESS.code]
         refused = [r for r in receipts if r.code != Status.SUCCESS.code]
-        burst = BURST * node.config.max_messages_per_second
+        burst = BURST_SECONDS * node.config.max_messages_per_second
         assert accepted[:burst] == list(range(1, burst + 1)) and refused
         assert {(r.code, r.resMsg, r.msgId, r.properties["receiveUserId"]) for r in refused} == {
             (Status.RATE_LIMITED.code, Status.RATE_LIMITED.message, 0, str(alice))
@@ -199,7 +199,14 @@ async def test_route_requests_past_the_per_ip_rate_get_429_in_the_envelope() -> 
             logins = [await http.post("/login", json=body) for _ in range(3)]
             assert [r.status_code for r in logins[:2]] == [200, 200]  # answered (9100: no such user)
             assert logins[2].status_code == 429 and logins[2].json()["code"] == "4029"
-            assert "over 2 logins a minute" in logins[2].json()["message"]
+            assert "over 2 logins or registrations a minute" in logins[2].json()["message"]
+        third = httpx.AsyncHTTPTransport(local_address="127.0.0.3")
+        async with httpx.AsyncClient(base_url=url, transport=third) as http:
+            # Registering checks a password too (a taken name's): it counts with the logins.
+            body = {"userName": "someone", "password": PASSWORD}
+            registrations = [await http.post("/registerAccount", json=body) for _ in range(3)]
+            assert [r.status_code for r in registrations] == [200, 200, 429]
+            assert registrations[2].json()["code"] == "4029"
 
 
 def test_the_flags_reach_the_config_and_fall_back_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

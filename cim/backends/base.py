@@ -38,6 +38,10 @@ class Accounts(ABC):
         """
 
     @abstractmethod
+    async def user_id(self, user_name: str) -> int | None:
+        """The id of the account named ``user_name``, or None if there is none."""
+
+    @abstractmethod
     async def password_hash(self, user_id: int) -> str | None:
         """The account's password hash, or None (no password, or an unknown id)."""
 

@@ -50,6 +50,9 @@ class MemoryAccounts(Accounts):
             self._password_hashes[user_id] = password_hash
         return user_id, True
 
+    async def user_id(self, user_name: str) -> int | None:
+        return self._ids_by_name.get(user_name)
+
     async def password_hash(self, user_id: int) -> str | None:
         return self._password_hashes.get(user_id)
 

@@ -108,10 +108,10 @@ class RedisAccounts(_RedisKeys, Accounts):
     -> hash, ids from ``account-id``."""
 
     async def register(self, user_name: str, password_hash: str | None) -> tuple[int, bool]:
-        name_key = self._key("account-name", user_name)
-        existing = await self._r.get(name_key)
+        existing = await self.user_id(user_name)
         if existing is not None:
-            return int(existing), False
+            return existing, False
+        name_key = self._key("account-name", user_name)
         user_id = int(await self._r.incr(self._key("account-id")))
         # Two routes registering one name at once: the first SET NX wins, the other
         # answers with the winner's id (the spare id is simply never used).
@@ -123,6 +123,10 @@ class RedisAccounts(_RedisKeys, Accounts):
                 account.set(self._key("account-password", user_id), password_hash)
             await account.execute()
         return user_id, True
+
+    async def user_id(self, user_name: str) -> int | None:
+        user_id = await self._r.get(self._key("account-name", user_name))
+        return None if user_id is None else int(user_id)
 
     async def password_hash(self, user_id: int) -> str | None:
         return _text(await self._r.get(self._key("account-password", user_id)))

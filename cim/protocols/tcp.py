@@ -132,7 +132,6 @@ class TcpPeer(asyncio.Protocol):
 
     def abort(self, reason: str) -> None:
         log.warning("disconnecting user %s: %s", self.user_id, reason)
-        self.host.metrics["slow_consumer_cuts"] += 1
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
@@ -166,4 +165,5 @@ class TcpPeer(asyncio.Protocol):
         """A paused writer (a slow reader) whose buffer still grows far past the mark is cut off."""
         limit = 4 * self.host.settings.write_buffer_high
         if transport.get_write_buffer_size() > limit:
+            self.host.metrics["slow_consumer_cuts"] += 1
             self.abort(f"slow consumer: write buffer over {limit} bytes")

@@ -17,12 +17,11 @@ from dataclasses import dataclass
 
 from cim.config import Config
 from cim.protocols.connection import ChatMessages, Event, Login
-from cim.ratelimit import HitWindow, KeyedBuckets, TokenBucket
+from cim.ratelimit import HitWindow, per_key_per_minute, per_second
 from cim.server.peer import Peer
 from cim.status import Status
 
 ABUSE_WINDOW = 10.0  # seconds in which --abuse-limit hits close a connection
-BURST = 2  # buckets hold this many seconds' worth
 
 
 @dataclass(slots=True)  # not frozen: frozen dataclasses cost more per event
@@ -47,7 +46,7 @@ class Quotas:
         self.max_connections_per_ip = config.max_connections_per_ip
         self._connections: Counter[str] = Counter()  # live connections per IP, refused ones included
         per_minute = config.max_logins_per_minute
-        self.logins = KeyedBuckets(per_minute / 60, per_minute) if per_minute else None
+        self.logins = per_key_per_minute(per_minute)
 
     def connect(self, ip: str) -> bool:
         """Count a new connection from ``ip`` until ``disconnect``: False when it is one
@@ -82,8 +81,8 @@ class PeerQuota:
         self.quotas = quotas
         self.peer = peer
         rate, byte_rate = config.max_messages_per_second, config.max_bytes_per_second
-        self._messages = TokenBucket(rate, BURST * rate, now) if rate else None
-        self._bytes = TokenBucket(byte_rate, BURST * byte_rate, now) if byte_rate else None
+        self._messages = per_second(rate, now)
+        self._bytes = per_second(byte_rate, now)
         self._hits: HitWindow | None = None  # made at the first hit: most connections never hit a limit
 
     def screen(self, events: list[Event], now: float, size: int) -> Sequence[Screened]:

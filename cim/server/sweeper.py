@@ -44,7 +44,9 @@ class Sweeper:
     def _refuse_late_logins(self, now: float) -> None:
         timeout = self.config.login_timeout
         for peer in [p for p in self.sessions.pending if now - p.connected_at > timeout]:
-            peer.refuse(Status.VALIDATION_FAIL, "login timeout: no login frame received")
+            # A login frame may have come and still be checked (a slow store): say which.
+            what = "login not confirmed in time" if peer.user_id else "no login frame received"
+            peer.refuse(Status.VALIDATION_FAIL, f"login timeout: {what}")
             self.metrics["login_timeouts"] += 1
 
     def _end_silent_sessions(self, now: float) -> None:
@@ -57,4 +59,5 @@ class Sweeper:
     def _cut_slow_consumers(self, now: float) -> None:
         timeout = self.config.slow_consumer_timeout
         for peer in [p for p in self.slow if p.paused_at is not None and now - p.paused_at > timeout]:
+            self.metrics["slow_consumer_cuts"] += 1
             peer.abort(f"slow consumer: write buffer over {self.config.write_buffer_high} bytes for {timeout:g} s")
