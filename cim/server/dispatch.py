@@ -39,6 +39,24 @@ def _token_refusal(tokens: Tokens | None, login: Login) -> str | None:
     return None
 
 
+def _take_event(backlog: deque[Screened]) -> Screened:
+    """The event at the head of ``backlog``, taken off; a run of messages to everyone
+    is taken whole, as one event (one broadcast, one pass over each node's users)."""
+    event = backlog.popleft()
+    if isinstance(event, ChatMessages) and type(event.destination) is ToEveryone:
+        event = ChatMessages(list(event.texts), event.destination, list(event.client_msg_ids))
+        while (
+            backlog
+            and isinstance(head := backlog[0], ChatMessages)
+            and type(head.destination) is ToEveryone
+            and len(event.texts) + len(head.texts) <= MessageIds.MAX_BLOCK
+        ):
+            backlog.popleft()
+            event.texts += head.texts
+            event.client_msg_ids += head.client_msg_ids
+    return event
+
+
 class Dispatcher:
     """What the node does with each event a peer's connection produces."""
 
@@ -99,18 +117,7 @@ class Dispatcher:
         """Handle the event at the head of ``backlog``, taking it off; a run of messages
         to everyone is taken and sent together (one broadcast, one pass over each node's users).
         ``read_at``: when the event was read (``time.monotonic()``)."""
-        event = backlog.popleft()
-        if isinstance(event, ChatMessages) and type(event.destination) is ToEveryone:
-            event = ChatMessages(list(event.texts), event.destination, list(event.client_msg_ids))
-            while (
-                backlog
-                and isinstance(head := backlog[0], ChatMessages)
-                and type(head.destination) is ToEveryone
-                and len(event.texts) + len(head.texts) <= MessageIds.MAX_BLOCK
-            ):
-                backlog.popleft()
-                event.texts += head.texts
-                event.client_msg_ids += head.client_msg_ids
+        event = _take_event(backlog)
         try:
             if isinstance(event, Login):
                 await self._login(peer, event)
