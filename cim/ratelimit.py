@@ -1,5 +1,9 @@
 """Rate limiting, sans-I/O: token buckets, the same per key, and a window of limit hits.
 
+``TokenBucket`` and ``settle_read`` (one read against a connection's two buckets) are
+compiled (``cim/_ratelimit.pyx``, twin ``cim/_ratelimit_py.py``), chosen with the frame
+codec as ``cim.wire`` is: they run on every read of every connection.
+
 Nothing here reads a clock: every call takes ``now`` (seconds, any monotonic origin),
 so the server passes its loop time, the route ``time.monotonic()``, and the tests
 explicit times. A ``now`` earlier than one already seen counts as that time (clocks
@@ -10,79 +14,20 @@ from __future__ import annotations
 
 from collections import deque
 
+from cim._ratelimit_py import check_positive
+from cim.frame import IMPLEMENTATION
 
-def _check_positive(rate: float, burst: float) -> None:
-    if rate <= 0 or burst <= 0:
-        raise ValueError(f"rate and burst must be positive, not {rate} and {burst}")
+if IMPLEMENTATION == "python":
+    from cim._ratelimit_py import TokenBucket, settle_read
+else:
+    # Another class than the pure twin's to mypy, which types the names as that one's:
+    # the two share one interface, and tests/test_ratelimit.py holds both to it.
+    from cim._ratelimit import TokenBucket, settle_read  # type: ignore[assignment]
 
-
-class TokenBucket:
-    """``rate`` tokens a second up to ``burst`` (starting full): over any span of ``t``
-    seconds at most ``burst + rate * t`` tokens are taken."""
-
-    # Slots: two of these per connection.
-    __slots__ = ("rate", "burst", "tokens", "updated")
-
-    def __init__(self, rate: float, burst: float, now: float = 0.0) -> None:
-        _check_positive(rate, burst)
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.updated = now
-
-    def _refill(self, now: float) -> float:
-        # No min() or max() here or below: builtin calls cost more than the arithmetic.
-        # take_up_to and charge, which run for every read, have this inlined.
-        tokens = self.tokens
-        if now > self.updated:
-            tokens += (now - self.updated) * self.rate
-            if tokens > self.burst:
-                tokens = self.burst
-            self.tokens = tokens
-            self.updated = now
-        return tokens
-
-    def take(self, now: float, cost: float = 1.0) -> bool:
-        """Take ``cost`` tokens if there are that many; False (nothing taken) otherwise."""
-        if self._refill(now) >= cost:
-            self.tokens -= cost
-            return True
-        return False
-
-    def take_up_to(self, now: float, count: int) -> int:
-        """Take one token for each of the first of ``count`` items that fit: how many did."""
-        tokens = self.tokens
-        if now > self.updated:  # _refill, inlined
-            tokens += (now - self.updated) * self.rate
-            if tokens > self.burst:
-                tokens = self.burst
-            self.updated = now
-        allowed = count if tokens >= count else int(tokens) if tokens > 0 else 0
-        self.tokens = tokens - allowed
-        return allowed
-
-    def charge(self, now: float, cost: float) -> float:
-        """Take ``cost`` tokens whatever is left, going into debt for what has already
-        happened (bytes already read): the seconds until the debt is paid off, 0.0 if none.
-        A caller that waits that long before the next charge keeps the bucket's bound,
-        give or take one charge."""
-        tokens = self.tokens
-        if now > self.updated:  # _refill, inlined
-            tokens += (now - self.updated) * self.rate
-            if tokens > self.burst:
-                tokens = self.burst
-            self.updated = now
-        self.tokens = tokens = tokens - cost
-        return -tokens / self.rate if tokens < 0 else 0.0
-
-    def wait(self, now: float, cost: float = 1.0) -> float:
-        """Seconds until ``cost`` tokens are there (0.0: now)."""
-        missing = cost - self._refill(now)
-        return missing / self.rate if missing > 0 else 0.0
-
-    def full(self, now: float) -> bool:
-        """Refilled to ``burst``: no different from a new bucket."""
-        return self._refill(now) >= self.burst
+__all__ = [
+    "BURST_SECONDS", "IMPLEMENTATION", "HitWindow", "KeyedBuckets", "TokenBucket",
+    "per_key_per_minute", "per_key_per_second", "per_second", "settle_read",
+]
 
 
 class KeyedBuckets:
@@ -96,7 +41,7 @@ class KeyedBuckets:
     """
 
     def __init__(self, rate: float, burst: float, max_keys: int = 100_000) -> None:
-        _check_positive(rate, burst)  # now, not at the first key
+        check_positive(rate, burst)  # now, not at the first key
         self.rate = rate
         self.burst = burst
         self.max_keys = max_keys

@@ -50,6 +50,12 @@ def wire(request: pytest.FixtureRequest) -> ModuleType:
     return _import_twin(request.param)
 
 
+@pytest.fixture(scope="session", params=["cim._ratelimit_py", "cim._ratelimit"], ids=["python", "cython"])
+def ratelimit(request: pytest.FixtureRequest) -> ModuleType:
+    """Each token bucket implementation in turn: one suite, both twins."""
+    return _import_twin(request.param)
+
+
 # -- real services and in-process stacks --------------------------------------------
 
 

@@ -6,7 +6,8 @@ admission and consulted by ``OrderedEvents`` as each read arrives: its bytes are
 (over the rate the client is told why and the transport stops reading until the bucket
 has refilled) and its events screened (messages over the rate are refused with 4029,
 each with its receipt, in order with the rest). The checks cost one bucket per read and
-one per run of messages, whatever their size. Every flag at 0 turns its limit off.
+one per run of messages, whatever their size; a read within both rates is settled in one
+compiled call (``cim.ratelimit.settle_read``). Every flag at 0 turns its limit off.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 from cim.config import Config
 from cim.protocols.connection import ChatMessages, Event, Login
-from cim.ratelimit import HitWindow, per_key_per_minute, per_second
+from cim.ratelimit import HitWindow, per_key_per_minute, per_second, settle_read
 from cim.server.peer import Peer
 from cim.status import Status
 
@@ -91,12 +92,21 @@ class PeerQuota:
         (what was read is still served). Messages past the rate are cut from their run (in
         place) and followed by an ``OverRate`` for them; a login past its IP's rate is
         refused. Returns ``events`` itself when nothing is cut (the usual case)."""
+        # The usual case (within both rates, no login) in one compiled call: checking
+        # the limits costs a read tens of nanoseconds, not hundreds. Anything else is
+        # decided below, from the same state (settle_read takes nothing then).
+        if settle_read(self._messages, self._bytes, events, now, size):
+            return events
+        return self._screen(events, now, size)
+
+    def _screen(self, events: list[Event], now: float, size: int) -> Sequence[Screened]:
+        """``screen``'s slow path: charge, take and cut one step at a time."""
         if self._bytes is not None:
             pause = self._bytes.charge(now, size)
             if pause > 0 and self._over_bytes(now, pause):
                 return ()  # closed: the rest goes nowhere
         messages = self._messages
-        for event in events:  # the usual case: nothing is cut, nothing is copied
+        for event in events:  # nothing is copied until something is cut
             if type(event) is ChatMessages:
                 if messages is not None:
                     count = len(event.texts)

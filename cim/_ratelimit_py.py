@@ -1,0 +1,145 @@
+"""Pure-Python twin of ``cim/_ratelimit.pyx``: the token bucket, and the check of one
+read against a connection's two buckets.
+
+Every read of every client connection is charged to two buckets (bytes and messages a
+second, ``cim.server.quotas``). In Python that costs a few hundred nanoseconds a read:
+float arithmetic allocates, and every step is a method call. The compiled twin keeps
+the bucket in C doubles and settles the usual read (within both rates) in one call,
+``settle_read``; this twin has the same names and behaviour, for builds without the
+extensions, and one test suite runs against both (tests/test_ratelimit.py).
+
+Nothing here reads a clock: every call takes ``now`` (seconds, any monotonic origin).
+A ``now`` earlier than one already seen counts as that time.
+"""
+
+from __future__ import annotations
+
+from cim.protocols.connection import ChatMessages, Event, Login
+
+__all__ = ["TokenBucket", "check_positive", "settle_read"]
+
+
+def check_positive(rate: float, burst: float) -> None:
+    """Refuse a bucket that could never hold or gain a token."""
+    if rate <= 0 or burst <= 0:
+        raise ValueError(f"rate and burst must be positive, not {rate} and {burst}")
+
+
+class TokenBucket:
+    """``rate`` tokens a second up to ``burst`` (starting full): over any span of ``t``
+    seconds at most ``burst + rate * t`` tokens are taken.
+
+    The numbers are floats (as the compiled twin's C doubles), whatever was passed."""
+
+    # Slots: two of these per connection.
+    __slots__ = ("rate", "burst", "tokens", "updated")
+
+    def __init__(self, rate: float, burst: float, now: float = 0.0) -> None:
+        check_positive(rate, burst)
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.updated = float(now)
+
+    def _refill(self, now: float) -> float:
+        # No min() or max() here or below: builtin calls cost more than the arithmetic.
+        # take_up_to, charge and settle_read have this inlined.
+        tokens = self.tokens
+        if now > self.updated:
+            tokens += (now - self.updated) * self.rate
+            if tokens > self.burst:
+                tokens = self.burst
+            self.tokens = tokens
+            self.updated = now
+        return tokens
+
+    def take(self, now: float, cost: float = 1.0) -> bool:
+        """Take ``cost`` tokens if there are that many; False (nothing taken) otherwise."""
+        if self._refill(now) >= cost:
+            self.tokens -= cost
+            return True
+        return False
+
+    def take_up_to(self, now: float, count: int) -> int:
+        """Take one token for each of the first of ``count`` items that fit: how many did."""
+        tokens = self.tokens
+        if now > self.updated:  # _refill, inlined
+            tokens += (now - self.updated) * self.rate
+            if tokens > self.burst:
+                tokens = self.burst
+            self.updated = now
+        allowed = count if tokens >= count else int(tokens) if tokens > 0 else 0
+        self.tokens = tokens - allowed
+        return allowed
+
+    def charge(self, now: float, cost: float) -> float:
+        """Take ``cost`` tokens whatever is left, going into debt for what has already
+        happened (bytes already read): the seconds until the debt is paid off, 0.0 if none.
+        A caller that waits that long before the next charge keeps the bucket's bound,
+        give or take one charge."""
+        tokens = self.tokens
+        if now > self.updated:  # _refill, inlined
+            tokens += (now - self.updated) * self.rate
+            if tokens > self.burst:
+                tokens = self.burst
+            self.updated = now
+        self.tokens = tokens = tokens - cost
+        return -tokens / self.rate if tokens < 0 else 0.0
+
+    def wait(self, now: float, cost: float = 1.0) -> float:
+        """Seconds until ``cost`` tokens are there (0.0: now)."""
+        missing = cost - self._refill(now)
+        return missing / self.rate if missing > 0 else 0.0
+
+    def full(self, now: float) -> bool:
+        """Refilled to ``burst``: no different from a new bucket."""
+        return self._refill(now) >= self.burst
+
+
+def settle_read(messages: TokenBucket | None, bytes_: TokenBucket | None, events: list[Event], now: float, size: int) -> bool:
+    """The usual case of ``PeerQuota.screen``, all or nothing: when the read's ``size``
+    bytes fit ``bytes_`` with no debt, every ``ChatMessages`` of ``events`` fits
+    ``messages`` whole and none is a ``Login``, take it all and return True, leaving both
+    buckets exactly as ``charge`` and ``take_up_to``, one run at a time, would have (the
+    messages bucket untouched by a read with no messages). Otherwise take nothing, not
+    even a refill, and return False: the caller's slow path decides, from the same state.
+    A bucket that is None is a limit that is off."""
+    # _refill inlined, without storing until all is taken: a method call costs more
+    # than the arithmetic. (The compiled twin's is one C function.)
+    byte_tokens = 0.0
+    if bytes_ is not None:
+        byte_tokens = bytes_.tokens
+        if now > bytes_.updated:
+            byte_tokens += (now - bytes_.updated) * bytes_.rate
+            if byte_tokens > bytes_.burst:
+                byte_tokens = bytes_.burst
+        byte_tokens -= size
+        if byte_tokens < 0:
+            return False
+    tokens = 0.0
+    runs = False
+    for event in events:
+        if type(event) is ChatMessages:
+            if messages is not None:
+                if not runs:
+                    runs = True
+                    tokens = messages.tokens
+                    if now > messages.updated:
+                        tokens += (now - messages.updated) * messages.rate
+                        if tokens > messages.burst:
+                            tokens = messages.burst
+                count = len(event.texts)
+                if not tokens >= count:  # take_up_to's test, so that a NaN decides alike
+                    return False
+                tokens -= count
+        elif type(event) is Login:
+            return False
+    if bytes_ is not None:
+        bytes_.tokens = byte_tokens
+        if now > bytes_.updated:
+            bytes_.updated = now
+    if runs and messages is not None:  # runs are counted only with a messages bucket
+        messages.tokens = tokens
+        if now > messages.updated:
+            messages.updated = now
+    return True
