@@ -165,6 +165,10 @@ async def _login(service: RouteService, body: Login) -> JSONResponse:
     return answer(Status.SUCCESS, data, body.reqNo)
 
 
+async def _renew_token(service: RouteService, body: Login) -> JSONResponse:
+    return answer(Status.SUCCESS, {"token": await service.renew_token(body.userId, body.userName, body.password)}, body.reqNo)
+
+
 async def _p2p(service: RouteService, body: P2PRoute) -> JSONResponse:
     status = await service.send_private(body.userId, body.receiveUserId, body.msg)
     return answer(status, None, body.reqNo)
@@ -199,6 +203,8 @@ ENDPOINTS: list[tuple[str, list[str], type[_Body] | None, Handler, str]] = [
      "Register a user name and password; a taken name returns its id only with its password."),
     ("/login", ["POST"], Login, _login,
      "Log in: picks a cim-server and hands out a token (9100 wrong password or mismatch, 5000 repeat, 7100 none)."),
+    ("/token", ["POST"], Login, _renew_token,
+     "A new token for the user, with no login claim (for a connected client whose token expires; 9100 as /login)."),
     ("/p2pRoute", ["POST"], P2PRoute, _p2p, "Private message; 7000 when the receiver is offline (stored for later)."),
     ("/groupRoute", ["POST"], GroupRoute, _group, "Group message to every online user but the sender."),
     ("/onlineUser", ["GET", "POST"], None, _online, "Online users as [{userId, userName}]."),

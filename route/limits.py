@@ -19,7 +19,7 @@ from cim.config import Config
 from cim.ratelimit import KeyedBuckets, per_key_per_minute, per_key_per_second
 
 # The calls that check a password: each costs an argon2 hash, and each is a guess.
-PASSWORD_PATHS = frozenset({"/login", "/registerAccount"})
+PASSWORD_PATHS = frozenset({"/login", "/registerAccount", "/token"})
 
 
 class RouteLimits:

@@ -150,17 +150,29 @@ class RouteService:
     async def login(self, user_id: int, user_name: str, password: str | None) -> LoginGrant:
         # CIM's order: the account first (9100), then the one-login rule (5000). Only a
         # caller with the password gets that far, so nobody else can claim (lock out) a user.
-        checked = None if self.tokens is None else self._require_password(password)
-        if await self.accounts.user_name(user_id) != user_name:
-            raise CimError(Status.ACCOUNT_NOT_MATCH)
-        if checked is not None and not await self._password_matches(user_id, checked):
-            raise CimError(Status.ACCOUNT_NOT_MATCH)
+        await self._check_account(user_id, user_name, password)
         if await self.presence.route(user_id) is not None:
             raise CimError(Status.REPEAT_LOGIN)
         server = await self._pick_reachable(user_id)
         if not await self.presence.reserve_login(user_id, server.id, self.config.login_claim_ttl):
             raise CimError(Status.REPEAT_LOGIN)
         return LoginGrant(server, None if self.tokens is None else self.tokens.mint(user_id))
+
+    async def renew_token(self, user_id: int, user_name: str, password: str | None) -> str:
+        """A new token for a user who proves who they are, with no claim: a client that is
+        connected (a login would be 5000) gets one when its token expires."""
+        if self.tokens is None:
+            raise CimError(Status.VALIDATION_FAIL, "no tokens under --auth none")
+        await self._check_account(user_id, user_name, password)
+        return self.tokens.mint(user_id)
+
+    async def _check_account(self, user_id: int, user_name: str, password: str | None) -> None:
+        """9100 unless the id, name and (under token auth) password belong together."""
+        checked = None if self.tokens is None else self._require_password(password)
+        if await self.accounts.user_name(user_id) != user_name:
+            raise CimError(Status.ACCOUNT_NOT_MATCH)
+        if checked is not None and not await self._password_matches(user_id, checked):
+            raise CimError(Status.ACCOUNT_NOT_MATCH)
 
     async def _pick_reachable(self, user_id: int) -> ServerInfo:
         candidates = list(self.servers)

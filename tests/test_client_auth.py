@@ -82,14 +82,15 @@ async def test_route_session_renews_a_refused_token_and_makes_the_call_again(tok
     async with RouteClient(route_url(token_stack)) as route:
         session = RouteSession(route, alice, "alice", PASSWORD)
         session.token = Tokens(new_secret(), ttl=60).mint(alice)  # another secret (rotated since): refused, 4001
-        await session.log_out()  # refused, logged in again for a new token, made again: 9000
+        await session.log_out()  # refused, a new token got from /token, made again: 9000
         assert token_stack.node is not None
         tokens = Tokens.from_config(token_stack.node.config)
         assert tokens is not None and tokens.verify(session.token) == alice
-        # That login's claim was ended by the offline made with the new token: alice can log in at once.
-        assert (await route.login(alice, "alice", PASSWORD)).token
+        assert (await route.login(alice, "alice", PASSWORD)).token  # renewing claimed nothing
 
         session.token = "not a token"
-        with pytest.raises(ClientError) as held:  # renewing needs a login, refused while alice is logged in
-            await session.log_out()
-        assert held.value.code == Status.REPEAT_LOGIN.code
+        await session.fetch_offline()  # renewed while alice is logged in (a login would be 5000)
+        assert tokens.verify(session.token) == alice
+        with pytest.raises(ClientError) as held:  # /token checks the password as /login does
+            await route.renew_token(alice, "alice", "wrong password")
+        assert held.value.code == Status.ACCOUNT_NOT_MATCH.code

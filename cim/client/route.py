@@ -146,6 +146,11 @@ class RouteClient:
         server = ServerAddress(data["ip"], int(data["cimServerPort"]), int(data["httpPort"]))
         return LoginAnswer(server, data.get("token") or "")
 
+    async def renew_token(self, user_id: int, user_name: str, password: str) -> str:
+        """A new token, with no login claim (so also while the user is connected): 9100 as ``login``."""
+        body = {"reqNo": req_no(), "userId": user_id, "userName": user_name, **_password_field(password)}
+        return str((await self.call("/token", body)).data["token"])
+
     async def p2p(self, user_id: int, receiver_id: int, text: str, *, token: str = "") -> bool:
         """A private message through the route; True when the receiver is offline and it was stored (7000)."""
         body = {"userId": user_id, "receiveUserId": receiver_id, "msg": text}
@@ -202,7 +207,8 @@ class RouteSession:
         except ClientError as err:
             if err.code != UNAUTHORIZED:
                 raise
-        await self.login()
+        # Not a login: that would claim a server, and is refused (5000) while connected.
+        self.token = await self.route.renew_token(self.user_id, self.user_name, self._password)
         return await call(self.token)
 
 
