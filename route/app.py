@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
@@ -277,6 +278,15 @@ def _rate_limited(message: str) -> JSONResponse:
     return answer(Status.RATE_LIMITED, message=message)
 
 
+async def _unroutable(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own 404 and 405, in CIM's envelope like every other answer (3000)."""
+    status_code = exc.status_code if isinstance(exc, HTTPException) else 404
+    what = "no such path" if status_code == 404 else f"method {request.method} not allowed on"
+    response = answer(Status.VALIDATION_FAIL, message=f"{what} {request.url.path}")
+    response.status_code = status_code
+    return response
+
+
 def create_app(service: RouteService) -> Starlette:
     routes = [
         Route(path, endpoint(model, handler, summary, ACCESS.get(path)), methods=methods)
@@ -287,7 +297,7 @@ def create_app(service: RouteService) -> Starlette:
     routes.append(metrics_route(metrics.registry))
     measured = Middleware(MeasuredRequests, metrics=metrics, paths=[r.path for r in routes])  # outermost: counts 429s too
     limits = Middleware(RouteLimits, config=service.config, refuse=_rate_limited)
-    app = Starlette(routes=routes, middleware=[measured, limits])
+    app = Starlette(routes=routes, middleware=[measured, limits], exception_handlers={404: _unroutable, 405: _unroutable})
     app.state.service = service
     app.state.openapi = openapi(authenticated=service.tokens is not None)
     return app

@@ -113,6 +113,15 @@ async def test_bad_json_is_3000(http: httpx.AsyncClient, raw: bytes) -> None:
     assert (await call(http, "/registerAccount", {"userName": "after"}))["code"] == "9000"
 
 
+async def test_unknown_paths_and_methods_answer_in_the_envelope(http: httpx.AsyncClient) -> None:
+    missing = await http.post("/noSuchPath", json={})
+    assert missing.status_code == 404
+    assert missing.json() == {"code": "3000", "message": "no such path /noSuchPath", "reqNo": None, "dataBody": None}
+    wrong = await http.get("/login")
+    assert wrong.status_code == 405
+    assert wrong.json()["code"] == "3000" and wrong.json()["message"] == "method GET not allowed on /login"
+
+
 async def test_p2p_offline_stores_7000_then_fetch_delivers_in_order_once(http: httpx.AsyncClient, legacy: Running) -> None:
     route = route_url(legacy)
     alice = (await call(http, "/registerAccount", {"userName": "alice"}))["dataBody"]["userId"]
