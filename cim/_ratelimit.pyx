@@ -30,16 +30,6 @@ cdef class TokenBucket:
         self.tokens = burst
         self.updated = now
 
-    cdef inline double _refill(self, double now) noexcept:
-        cdef double tokens = self.tokens
-        if now > self.updated:
-            tokens += (now - self.updated) * self.rate
-            if tokens > self.burst:
-                tokens = self.burst
-            self.tokens = tokens
-            self.updated = now
-        return tokens
-
     cdef inline double _level(self, double now) noexcept:
         # The tokens _refill would find, nothing stored: settle_read may yet take
         # nothing, and a refill split in two rounds may round differently from one.
@@ -55,6 +45,11 @@ cdef class TokenBucket:
         self.tokens = tokens
         if now > self.updated:
             self.updated = now
+
+    cdef inline double _refill(self, double now) noexcept:
+        cdef double tokens = self._level(now)
+        self._settle(tokens, now)
+        return tokens
 
     def take(self, double now, double cost=1.0):
         """Take ``cost`` tokens if there are that many; False (nothing taken) otherwise."""

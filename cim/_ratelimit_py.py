@@ -41,16 +41,25 @@ class TokenBucket:
         self.tokens = float(burst)
         self.updated = float(now)
 
-    def _refill(self, now: float) -> float:
-        # No min() or max() here or below: builtin calls cost more than the arithmetic.
-        # take_up_to, charge and settle_read have this inlined.
+    def _level(self, now: float) -> float:
+        """The tokens there are at ``now``, nothing stored: ``settle_read`` may yet take
+        nothing, and a refill split in two rounds may round differently from one."""
         tokens = self.tokens
-        if now > self.updated:
+        if now > self.updated:  # no min(): the same operations as the compiled twin's
             tokens += (now - self.updated) * self.rate
             if tokens > self.burst:
                 tokens = self.burst
-            self.tokens = tokens
+        return tokens
+
+    def _settle(self, tokens: float, now: float) -> None:
+        """Store what ``_level`` found at ``now``, less what was taken."""
+        self.tokens = tokens
+        if now > self.updated:
             self.updated = now
+
+    def _refill(self, now: float) -> float:
+        tokens = self._level(now)
+        self._settle(tokens, now)
         return tokens
 
     def take(self, now: float, cost: float = 1.0) -> bool:
@@ -62,12 +71,7 @@ class TokenBucket:
 
     def take_up_to(self, now: float, count: int) -> int:
         """Take one token for each of the first of ``count`` items that fit: how many did."""
-        tokens = self.tokens
-        if now > self.updated:  # _refill, inlined
-            tokens += (now - self.updated) * self.rate
-            if tokens > self.burst:
-                tokens = self.burst
-            self.updated = now
+        tokens = self._refill(now)
         allowed = count if tokens >= count else int(tokens) if tokens > 0 else 0
         self.tokens = tokens - allowed
         return allowed
@@ -77,13 +81,7 @@ class TokenBucket:
         happened (bytes already read): the seconds until the debt is paid off, 0.0 if none.
         A caller that waits that long before the next charge keeps the bucket's bound,
         give or take one charge."""
-        tokens = self.tokens
-        if now > self.updated:  # _refill, inlined
-            tokens += (now - self.updated) * self.rate
-            if tokens > self.burst:
-                tokens = self.burst
-            self.updated = now
-        self.tokens = tokens = tokens - cost
+        self.tokens = tokens = self._refill(now) - cost
         return -tokens / self.rate if tokens < 0 else 0.0
 
     def wait(self, now: float, cost: float = 1.0) -> float:
@@ -104,16 +102,9 @@ def settle_read(messages: TokenBucket | None, bytes_: TokenBucket | None, events
     messages bucket untouched by a read with no messages). Otherwise take nothing, not
     even a refill, and return False: the caller's slow path decides, from the same state.
     A bucket that is None is a limit that is off."""
-    # _refill inlined, without storing until all is taken: a method call costs more
-    # than the arithmetic. (The compiled twin's is one C function.)
     byte_tokens = 0.0
     if bytes_ is not None:
-        byte_tokens = bytes_.tokens
-        if now > bytes_.updated:
-            byte_tokens += (now - bytes_.updated) * bytes_.rate
-            if byte_tokens > bytes_.burst:
-                byte_tokens = bytes_.burst
-        byte_tokens -= size
+        byte_tokens = bytes_._level(now) - size
         if byte_tokens < 0:
             return False
     tokens = 0.0
@@ -123,11 +114,7 @@ def settle_read(messages: TokenBucket | None, bytes_: TokenBucket | None, events
             if messages is not None:
                 if not runs:
                     runs = True
-                    tokens = messages.tokens
-                    if now > messages.updated:
-                        tokens += (now - messages.updated) * messages.rate
-                        if tokens > messages.burst:
-                            tokens = messages.burst
+                    tokens = messages._level(now)
                 count = len(event.texts)
                 if not tokens >= count:  # take_up_to's test, so that a NaN decides alike
                     return False
@@ -135,11 +122,7 @@ def settle_read(messages: TokenBucket | None, bytes_: TokenBucket | None, events
         elif type(event) is Login:
             return False
     if bytes_ is not None:
-        bytes_.tokens = byte_tokens
-        if now > bytes_.updated:
-            bytes_.updated = now
+        bytes_._settle(byte_tokens, now)
     if runs and messages is not None:  # runs are counted only with a messages bucket
-        messages.tokens = tokens
-        if now > messages.updated:
-            messages.updated = now
+        messages._settle(tokens, now)
     return True
