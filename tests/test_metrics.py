@@ -18,7 +18,7 @@ from cim.client import Client, RouteClient, register
 from cim.messages import Sender
 from cim.proto import BaseCommand, Delivery, Response
 from cim.run import Running, start
-from cim.testing.services import CimProcess, free_port
+from cim.testing.services import CimProcess, free_port, free_ports_in_a_row
 from cim.wire import push_bodies
 from tests.conftest import PASSWORD, RawClient, eventually, new_secret, online, register_user, route_url, stack_config
 
@@ -161,9 +161,7 @@ async def test_route_series_by_path_status_and_code(stack: Running) -> None:
 async def test_workers_serve_the_sum_of_all_workers(tmp_path: Path, redis_url: str, zk_hosts: str) -> None:
     prefix = "m" + tmp_path.name[-6:].replace("-", "")
     backend = ["--redis", redis_url, "--zk", zk_hosts, "--zk-root", f"/{prefix}", "--key-prefix", prefix]
-    route_port, port, http_base = free_port(), free_port(), free_port()
-    while {route_port, port} & {http_base, http_base + 1}:
-        http_base = free_port()
+    route_port, port, http_base = free_port(), free_port(), free_ports_in_a_row(2)
     env = {"CIM_SECRET": new_secret()}
     route = CimProcess(tmp_path, "route", ["route", "--host", "127.0.0.1", "--port", str(route_port), *backend], env)
     supervisor = CimProcess(tmp_path, "workers", ["server", "--workers", "2", "--host", "127.0.0.1", "--port", str(port),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from cim.testing.services import ServiceError, ServiceProcess, redis_server, zookeeper_server
+from cim.testing.services import ServiceError, ServiceProcess, free_ports_in_a_row, redis_server, zookeeper_server
 
 
 def test_redis_keeps_an_append_only_file_fsynced_every_second(redis_url: str) -> None:
@@ -48,3 +49,16 @@ def test_a_missing_server_is_an_error_with_the_install_command(
     monkeypatch.setenv("PATH", str(tmp_path))  # neither redis-server nor java on it
     with pytest.raises(ServiceError, match="apt-get install -y redis-server zookeeper"), starter(tmp_path):
         pass
+
+
+def test_free_ports_in_a_row_are_free_and_outside_the_ephemeral_range() -> None:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    base = free_ports_in_a_row(3)
+    assert base > 0 and base + 3 <= low
+    held = []
+    for port in range(base, base + 3):  # each of them binds
+        sock = socket.socket()
+        held.append(sock)
+        sock.bind(("127.0.0.1", port))
+    for sock in held:
+        sock.close()

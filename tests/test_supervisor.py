@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from cim.client import Client, Message, register
-from cim.testing.services import CimProcess, free_port, wait_until
+from cim.testing.services import CimProcess, free_port, free_ports_in_a_row, wait_until
 from tests.conftest import PASSWORD, eventually, new_secret
 
 WORKERS = 3
@@ -27,9 +27,7 @@ async def test_workers_share_the_port_restart_and_drain(tmp_path: Path, redis_ur
     prefix = "w" + tmp_path.name[-6:].replace("-", "")
     backend = ["--redis", redis_url, "--zk", zk_hosts, "--zk-root", f"/{prefix}", "--key-prefix", prefix,
                "--zk-session-timeout", "2"]
-    route_port, port, http_base = free_port(), free_port(), free_port()
-    while any(p in (route_port, port) for p in range(http_base, http_base + WORKERS)):
-        http_base = free_port()
+    route_port, port, http_base = free_port(), free_port(), free_ports_in_a_row(WORKERS)
     env = {"CIM_SECRET": new_secret()}  # the route's tokens are the workers' too
     route = CimProcess(tmp_path, "route", ["route", "--host", "127.0.0.1", "--port", str(route_port), *backend], env)
     route.wait_http(route_port)
