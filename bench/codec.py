@@ -64,7 +64,8 @@ def measure(codec: ModuleType, wire: ModuleType, args: argparse.Namespace) -> di
         return len(payloads) / (time.perf_counter() - start)
 
     # The server's message path, in runs of 8 as a client with 8 in flight sends them:
-    # read the runs from the request frames, then write each run's pushes and receipts.
+    # read the runs from the request frames, then write each run's pushes (with their
+    # inbox seqs) and receipts.
     message = Request(requestId=7, reqMsg="x" * args.payload, cmd=MESSAGE, clientMsgId=1)
     message.properties[RECEIVE_USER_ID] = "1002"
     runs = [[message.SerializeToString()] * 8 for _ in range(args.frames // 8)]
@@ -80,10 +81,10 @@ def measure(codec: ModuleType, wire: ModuleType, args: argparse.Namespace) -> di
     texts, client_msg_ids = wire.scan_chat_run(runs[0], 0, 4096)[2:]
 
     def push_and_receipt() -> float:
-        push_bodies, frame_each, encode_receipts = wire.push_bodies, wire.frame_each, wire.encode_receipts
+        push_bodies, frame_sequenced, encode_receipts = wire.push_bodies, wire.frame_sequenced, wire.encode_receipts
         start = time.perf_counter()
         for k in range(len(runs)):
-            frame_each(push_bodies(prefix, texts, k << 22, 1_700_000_000_000), entry)
+            frame_sequenced(push_bodies(prefix, texts, k << 22, 1_700_000_000_000), 8 * k + 1, entry)
             encode_receipts(head, client_msg_ids, k << 22)
         return 8 * len(runs) / (time.perf_counter() - start)
 

@@ -27,6 +27,7 @@ from cim.wire_fields import (
     TAG_RESPONSE_CLIENT_MSG_ID,
     TAG_RESPONSE_MSG_ID,
     TAG_RESPONSE_RES_MSG,
+    TAG_RESPONSE_SEQ,
     TAG_RESPONSE_TIMESTAMP,
 )
 
@@ -49,6 +50,7 @@ cdef unsigned char _TAG_REQUEST_REQUEST_ID = TAG_REQUEST_REQUEST_ID
 cdef unsigned char _TAG_RESPONSE_RES_MSG = TAG_RESPONSE_RES_MSG
 cdef unsigned int _TAG_RESPONSE_CLIENT_MSG_ID = TAG_RESPONSE_CLIENT_MSG_ID
 cdef unsigned int _TAG_RESPONSE_MSG_ID = TAG_RESPONSE_MSG_ID
+cdef unsigned int _TAG_RESPONSE_SEQ = TAG_RESPONSE_SEQ
 cdef unsigned int _TAG_RESPONSE_TIMESTAMP = TAG_RESPONSE_TIMESTAMP
 
 
@@ -227,20 +229,27 @@ def push_bodies(bytes prefix, list texts, unsigned long long first_id, long long
     return bodies
 
 
-def frame_each(list bodies, bytes suffix):
-    cdef Py_ssize_t suffix_len = PyBytes_GET_SIZE(suffix), total = 0, pos = 0, n
+def frame_sequenced(list bodies, unsigned long long first_seq, bytes suffix):
+    cdef Py_ssize_t suffix_len = PyBytes_GET_SIZE(suffix), total = 0, pos = 0, k = 0, n
+    cdef unsigned long long seq
     cdef bytes body
     for body in bodies:
-        n = PyBytes_GET_SIZE(body) + suffix_len
+        n = PyBytes_GET_SIZE(body) + _field_size(_TAG_RESPONSE_SEQ, first_seq + k) + suffix_len
         total += varint_size(n) + n
+        k += 1
     cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
     cdef char* dst = PyBytes_AS_STRING(out)
+    k = 0
     for body in bodies:
+        seq = first_seq + k
+        k += 1
         n = PyBytes_GET_SIZE(body)
-        pos += write_varint(dst + pos, n + suffix_len)
+        pos += write_varint(dst + pos, n + _field_size(_TAG_RESPONSE_SEQ, seq) + suffix_len)
         memcpy(dst + pos, PyBytes_AS_STRING(body), n)
-        memcpy(dst + pos + n, PyBytes_AS_STRING(suffix), suffix_len)
-        pos += n + suffix_len
+        pos += n
+        pos += _write_field(dst + pos, _TAG_RESPONSE_SEQ, seq)
+        memcpy(dst + pos, PyBytes_AS_STRING(suffix), suffix_len)
+        pos += suffix_len
     return out
 
 

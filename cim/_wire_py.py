@@ -9,9 +9,10 @@ of Python per message; here a message is read and written as raw protobuf bytes:
   (pings, other commands, unknown fields, odd receivers, bad UTF-8, an empty or
   oversized text) is not plain: the caller parses that frame with protobuf and
   handles it the general way, so the fast path never decides anything differently.
-* ``push_bodies``, ``frame_each`` and ``encode_receipts`` write pushes and receipts
-  byte-identical to what protobuf serializes for the same fields. (This twin lets
-  protobuf serialize the id fields: shorter, and no slower than varints in Python.)
+* ``push_bodies``, ``frame_sequenced`` and ``encode_receipts`` write pushes and
+  receipts byte-identical to what protobuf serializes for the same fields. (This twin
+  lets protobuf serialize the id and seq fields: shorter, and no slower than varints
+  in Python.)
 
 Field numbers, tags and bounds come from ``cim.wire_fields``, shared with the
 compiled twin, which has the same names and behaviour; one test suite runs
@@ -36,7 +37,7 @@ from cim.wire_fields import (
     TAG_RESPONSE_RES_MSG,
 )
 
-__all__ = ["MAX_RUN", "encode_receipts", "frame_each", "push_bodies", "scan_chat_run"]
+__all__ = ["MAX_RUN", "encode_receipts", "frame_sequenced", "push_bodies", "scan_chat_run"]
 
 _RECEIVE_USER_ID = RECEIVE_USER_ID.encode()
 _RES_MSG_TAG = bytes((TAG_RESPONSE_RES_MSG,))
@@ -172,9 +173,17 @@ def push_bodies(prefix: bytes, texts: list[bytes], first_id: int, timestamp_ms: 
     ]
 
 
-def frame_each(bodies: list[bytes], suffix: bytes) -> bytes:
-    """Every ``body + suffix`` as a frame, all in one buffer (one write)."""
-    return b"".join([_length(len(body) + len(suffix)) + body + suffix for body in bodies])
+def frame_sequenced(bodies: list[bytes], first_seq: int, suffix: bytes) -> bytes:
+    """Every ``body`` + seq ``first_seq + k`` + ``suffix`` as a frame, all in one buffer (one write).
+
+    The pushes to one receiver: ``suffix`` is its ``receiveUserId`` entry
+    (``cim.messages.receiver_entry``), the k-th body gets the k-th seq of its inbox.
+    """
+    frames = []
+    for k, body in enumerate(bodies):
+        payload = body + Response(seq=first_seq + k).SerializeToString() + suffix
+        frames.append(_length(len(payload)) + payload)
+    return b"".join(frames)
 
 
 def encode_receipts(head: bytes, client_msg_ids: list[int], first_id: int) -> bytes:

@@ -10,18 +10,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cim.frame import FrameDecoder, encode_frame, encode_frames
-from cim.proto import DELIVERY_ACK, ERROR, MESSAGE, OFFLINE, PING, SEND_RECEIPT, SYNC, Request, Response
+from cim.messages import Sender, receiver_entry
+from cim.proto import DELIVERY_ACK, ERROR, LOGIN_ANSWER, MESSAGE, OFFLINE, PING, SEND_RECEIPT, SYNC, Request, Response
 from cim.protocols.client import (
     PONG,
     ClientConnection,
     ClientEvent,
+    LoginAnswer,
     Offline,
     Pong,
     ProtocolError,
     Pushed,
     Receipt,
     ServerError,
+    SyncDone,
 )
+from cim.protocols.connection import ServerConnection
+from cim.status import Status
+from cim.wire import frame_sequenced, push_bodies
 
 # CIM's client's frames for user 1001 "zhangsan", byte for byte (see tests/test_wire.py).
 CIM_LOGIN = b"\x0a\x08zhangsan" + b"\x10\xe9\x07"
@@ -103,6 +109,37 @@ def test_a_cim_push_names_the_sender_only_in_response_id() -> None:
     assert alice().receive_data(push) == [Pushed(1002, "", 1001, "hi", 0, 0, 0, "")]
 
 
+def test_a_servers_push_carries_its_seq() -> None:
+    bodies = push_bodies(Sender.of(8, "bob").prefix, [b"one", b"two"], 500, 1_700_000_000_000)
+    pushed = alice().receive_data(frame_sequenced(bodies, 2**32 + 1, receiver_entry(7)))
+    assert pushed == [
+        Pushed(8, "bob", 7, "one", 500, 2**32 + 1, 1_700_000_000_000, ""),
+        Pushed(8, "bob", 7, "two", 501, 2**32 + 2, 1_700_000_000_000, ""),
+    ]
+
+
+def test_login_answer_and_sync_done() -> None:
+    frames = [
+        response(cmd=LOGIN_ANSWER, code=9000, seq=41, heartbeatSeconds=2, properties={"receiveUserId": "7"}),
+        response(cmd=SYNC, code=9000, seq=2**63, truncated=True, properties={"receiveUserId": "7"}),
+        response(cmd=SYNC, code=9000),  # nothing in the inbox: seq 0
+    ]
+    assert alice().receive_data(b"".join(frames)) == [LoginAnswer(41, 2), SyncDone(2**63, True), SyncDone(0, False)]
+
+
+def test_what_a_server_connection_writes_is_read_back() -> None:
+    server = ServerConnection(1024, 100)
+    server.receive_data(alice().login())
+    server.send_login_answer(latest_seq=12, heartbeat_seconds=30, acked_seq=9)
+    server.send_sync_done(latest_seq=12, truncated=False)
+    server.send_receipts([0, 3], first_id=700)  # the first was sent without a clientMsgId: no receipt
+    server.send_receipt(4, Status.SUCCESS, Status.SUCCESS.message, msg_id=650)  # a resend: the original msgId
+    assert alice().receive_data(server.data_to_send()) == [
+        LoginAnswer(12, 30, 9), SyncDone(12, False),
+        Receipt(9000, Status.SUCCESS.message, 701, 3), Receipt(9000, Status.SUCCESS.message, 650, 4),
+    ]
+
+
 def test_receipts_pongs_errors_and_offline() -> None:
     frames = [
         response(cmd=SEND_RECEIPT, code=9000, resMsg="Success", msgId=99, clientMsgId=3),
@@ -133,9 +170,11 @@ def test_a_command_this_client_does_not_know_is_skipped() -> None:
 
 
 STREAM = [
+    response(cmd=LOGIN_ANSWER, code=9000, seq=300, heartbeatSeconds=30),
     response(cmd=PING, resMsg="pong"),
     response(cmd=MESSAGE, resMsg="x" * 300, responseId=8, properties={"receiveUserId": "7"}),  # a 2-byte prefix
     response(cmd=SEND_RECEIPT, code=9000, clientMsgId=1),
+    response(cmd=SYNC, code=9000, seq=2**40, truncated=True),
     response(cmd=OFFLINE, code=9000, resMsg="bye"),
 ]
 

@@ -7,8 +7,18 @@ from typing import Any
 
 from cim.destinations import EVERYONE, ToGroup, ToUser
 from cim.frame import FrameDecoder, encode_frame, encode_frames
-from cim.proto import PING, BaseCommand, Request, Response
-from cim.protocols.connection import ChatMessages, Login, Offline, Ping, ProtocolViolation, ServerConnection, State
+from cim.proto import DELIVERY_ACK, LOGIN_ANSWER, MESSAGE, PING, SYNC, BaseCommand, Request, Response
+from cim.protocols.connection import (
+    ChatMessages,
+    DeliveryAck,
+    Login,
+    Offline,
+    Ping,
+    ProtocolViolation,
+    ServerConnection,
+    State,
+    Sync,
+)
 from cim.status import Status
 
 
@@ -108,6 +118,89 @@ def test_receipts_carry_each_message_its_id() -> None:
         (BaseCommand.SEND_RECEIPT, 13, 502, 7000),
     ]
     assert all(r.properties["receiveUserId"] == "7" for r in receipts)
+
+
+def test_accepted_messages_sent_without_a_client_msg_id_get_no_receipt() -> None:
+    conn = logged_in()
+    # CIM's client: no clientMsgId, one message per read.
+    cim_style = b"".join(frame(requestId=7, reqMsg=f"m{k}", cmd=MESSAGE, properties={"receiveUserId": "8"}) for k in range(3))
+    [event] = conn.receive_data(cim_style)
+    assert event == ChatMessages([b"m0", b"m1", b"m2"], ToUser(8), [0, 0, 0])
+    conn.send_receipts(event.client_msg_ids, first_id=500)
+    conn.send_receipts([0], first_id=503, status=Status.OFF_LINE)
+    conn.send_receipt(0, Status.SUCCESS, "a resend", msg_id=42)
+    conn.send_receipt(0, Status.OFF_LINE, Status.OFF_LINE.message, msg_id=42)
+    assert conn.data_to_send() == b""
+
+
+def test_failures_are_answered_with_or_without_a_client_msg_id() -> None:
+    conn = logged_in()
+    conn.send_receipts([0, 0], first_id=0, status=Status.FAIL)
+    conn.send_receipt(0, Status.RATE_LIMITED, Status.RATE_LIMITED.message)
+    conn.send_receipt(0, Status.VALIDATION_FAIL, "empty message")
+    receipts = sent(conn)
+    assert [(r.cmd, r.code, r.clientMsgId, r.resMsg) for r in receipts] == [
+        (BaseCommand.SEND_RECEIPT, 4000, 0, Status.FAIL.message), (BaseCommand.SEND_RECEIPT, 4000, 0, Status.FAIL.message),
+        (BaseCommand.SEND_RECEIPT, 4029, 0, Status.RATE_LIMITED.message), (BaseCommand.SEND_RECEIPT, 3000, 0, "empty message"),
+    ]
+    assert all(r.properties["receiveUserId"] == "7" for r in receipts)
+
+
+def test_a_mixed_run_answers_only_the_messages_with_an_id_each_with_its_msg_id() -> None:
+    conn = logged_in()
+    conn.send_receipts([0, 11, 0, 0, 12, 13], first_id=500)
+    conn.send_receipts([14, 0], first_id=600, status=Status.OFF_LINE)
+    receipts = sent(conn)
+    assert [(r.code, r.clientMsgId, r.msgId) for r in receipts] == [
+        (9000, 11, 501), (9000, 12, 504), (9000, 13, 505), (7000, 14, 600),
+    ]
+    assert all(r.cmd == BaseCommand.SEND_RECEIPT and r.properties["receiveUserId"] == "7" for r in receipts)
+
+
+def test_a_resend_is_answered_with_the_original_msg_id() -> None:
+    conn = logged_in()
+    conn.send_receipt(11, Status.SUCCESS, Status.SUCCESS.message, msg_id=2**63 + 5)
+    conn.send_receipt(12, Status.SUCCESS, "duplicate", msg_id=77)
+    receipts = sent(conn)
+    assert [(r.code, r.clientMsgId, r.msgId, r.resMsg) for r in receipts] == [
+        (9000, 11, 2**63 + 5, Status.SUCCESS.message), (9000, 12, 77, "duplicate"),
+    ]
+    assert all(r.properties["receiveUserId"] == "7" for r in receipts)
+
+
+def test_sync_and_delivery_acks_are_events() -> None:
+    conn = logged_in()
+    events = conn.receive_data(
+        frame(requestId=7, cmd=SYNC, ackSeq=40)
+        + frame(requestId=7, cmd=MESSAGE, reqMsg="between", clientMsgId=1)
+        + frame(requestId=7, cmd=DELIVERY_ACK, ackSeq=41)
+        + frame(requestId=7, cmd=SYNC)  # from the start: ackSeq 0 is not on the wire
+        + frame(requestId=7, cmd=DELIVERY_ACK, ackSeq=2**64 - 1)
+    )
+    assert events == [Sync(40), ChatMessages([b"between"], EVERYONE, [1]), DeliveryAck(41), Sync(0), DeliveryAck(2**64 - 1)]
+    assert conn.data_to_send() == b"" and conn.state is State.OPEN  # an ack has no answer; a sync is the node's
+
+
+def test_sync_or_ack_before_login_is_refused() -> None:
+    for cmd in (SYNC, DELIVERY_ACK):
+        conn = ServerConnection(1024, 100)
+        [event] = conn.receive_data(frame(requestId=7, cmd=cmd, ackSeq=3))
+        assert isinstance(event, ProtocolViolation) and conn.state is State.CLOSED
+        [error] = sent(conn)
+        assert (error.cmd, error.code, error.properties["receiveUserId"]) == (BaseCommand.ERROR, 3000, "7")
+
+
+def test_login_answer_and_sync_done_frames() -> None:
+    conn = logged_in()
+    conn.send_login_answer(latest_seq=2**40, heartbeat_seconds=30, acked_seq=2**40 - 1)
+    conn.send_sync_done(latest_seq=2**40 + 3, truncated=True)
+    conn.send_sync_done(latest_seq=0, truncated=False)
+    answer, done, empty = sent(conn)
+    assert (answer.cmd, answer.code, answer.seq, answer.heartbeatSeconds, answer.ackedSeq) == (
+        LOGIN_ANSWER, 9000, 2**40, 30, 2**40 - 1)
+    assert (done.cmd, done.code, done.seq, done.truncated) == (SYNC, 9000, 2**40 + 3, True)
+    assert (empty.cmd, empty.code, empty.seq, empty.truncated) == (SYNC, 9000, 0, False)
+    assert all(r.properties["receiveUserId"] == "7" for r in (answer, done, empty))
 
 
 def test_bad_messages_get_failed_receipts_and_the_connection_goes_on() -> None:

@@ -3,10 +3,12 @@
 Each machine drives two connections in lockstep: ``whole`` reads every chunk in one
 piece, ``split`` reads the same chunk cut at random points, as TCP may deliver it. The
 rules feed random bytes, truncated and mutated valid frames, oversized or overlong length
-prefixes and valid frames, and answer as the application would; the invariants hold after
-every step: nothing raises, events are the declared types in a legal order, the decoder
-never holds more than one frame, every byte written is well framed, nothing comes out of a
-closed connection, and both connections saw the same events and wrote the same frames.
+prefixes and valid frames (messages, pings, syncs, delivery acks), and answer as the
+application would (receipts, pushes with seqs, login and sync answers); the invariants
+hold after every step: nothing raises, events are the declared types in a legal order,
+the decoder never holds more than one frame, every byte written is well framed, nothing
+comes out of a closed connection, and both connections saw the same events and wrote the
+same frames.
 
 Bounded for CI: each machine runs a few seconds (``settings`` at the bottom of each).
 """
@@ -26,21 +28,47 @@ from cim._frame_py import MAX_VARINT_BYTES
 from cim.destinations import ToEveryone, ToGroup, ToUser
 from cim.frame import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame, encode_varint
 from cim.messages import Sender, receiver_entry
-from cim.proto import ERROR, MESSAGE, OFFLINE, PING, SEND_RECEIPT, BaseCommand, Request, Response
-from cim.protocols.client import ClientConnection, ClientEvent, Offline, Pong, ProtocolError, Pushed, Receipt, ServerError
+from cim.proto import (
+    DELIVERY_ACK,
+    ERROR,
+    LOGIN_ANSWER,
+    MESSAGE,
+    OFFLINE,
+    PING,
+    SEND_RECEIPT,
+    SYNC,
+    BaseCommand,
+    Request,
+    Response,
+)
+from cim.protocols import ACCEPTED_CODES
+from cim.protocols.client import (
+    ClientConnection,
+    ClientEvent,
+    LoginAnswer,
+    Offline,
+    Pong,
+    ProtocolError,
+    Pushed,
+    Receipt,
+    ServerError,
+    SyncDone,
+)
 from cim.protocols.connection import (
     PONG,
     ChatMessages,
+    DeliveryAck,
     Event,
     Login,
     Ping,
     ProtocolViolation,
     ServerConnection,
     State,
+    Sync,
 )
 from cim.protocols.connection import Offline as ClientOffline  # the client's OFFLINE, read by the server
 from cim.status import Status
-from cim.wire import frame_each, push_bodies
+from cim.wire import frame_sequenced, push_bodies
 from cim.wire_fields import RECEIVE_USER_ID, SEND_USER_ID, SEND_USER_NAME
 
 # Small limits, so that oversized frames and messages are common draws (yet every frame
@@ -54,7 +82,10 @@ USER_IDS = st.integers(-3, 5) | st.sampled_from([2**31, 2**63 - 1, -(2**63)])
 NAMES = st.text(max_size=12)
 TEXTS = st.text(max_size=MAX_MESSAGE + 16)  # some over the message limit, in chars or in UTF-8 bytes
 UINT64 = st.integers(0, 2**64 - 1)
+UINT32 = st.integers(0, 2**32 - 1)
 MSG_IDS = st.integers(0, 2**60)  # room for a few more ids after the first
+SEQS = st.integers(0, 2**63)  # inbox seqs, likewise
+CLIENT_MSG_IDS = st.just(0) | UINT64  # 0: none, as CIM's client sends (no receipt unless it fails)
 INT64 = st.integers(-(2**63), 2**63 - 1)
 # The named commands and numbers no BaseCommand names (proto3 enums are open: protobuf keeps them).
 COMMANDS = st.integers(0, 21).map(lambda number: cast(BaseCommand, number))
@@ -108,8 +139,8 @@ def client_frame(draw: st.DrawFn, user_id: int) -> bytes:
     builders: list[Callable[[], bytes]] = [
         lambda: client.login(token=draw(st.just("") | NAMES)),
         client.ping,
-        lambda: client.message(draw(TEXTS), receiver, draw(UINT64)),
-        lambda: client.message(draw(TEXTS), receiver, draw(UINT64), draw(NAMES)),
+        lambda: client.message(draw(TEXTS), receiver, draw(CLIENT_MSG_IDS)),
+        lambda: client.message(draw(TEXTS), receiver, draw(CLIENT_MSG_IDS), draw(NAMES)),
         lambda: client.ack(draw(UINT64)),
         lambda: client.sync(draw(UINT64)),
         client.offline,
@@ -122,7 +153,7 @@ def burst(draw: st.DrawFn, user_id: int) -> list[bytes]:
     """Messages in a row to one destination, as a chatty client writes them."""
     client = ClientConnection(user_id, "")
     receiver = draw(st.none() | EVERYDAY_RECEIVERS)
-    messages = draw(st.lists(st.tuples(TEXTS, UINT64), max_size=8))
+    messages = draw(st.lists(st.tuples(TEXTS, CLIENT_MSG_IDS), max_size=8))
     return [client.message(text, receiver, client_msg_id) for text, client_msg_id in messages]
 
 
@@ -132,28 +163,33 @@ def any_response(draw: st.DrawFn) -> bytes:
     response = Response(
         resMsg=draw(TEXTS), responseId=draw(USER_IDS), cmd=draw(COMMANDS), msgId=draw(UINT64), seq=draw(UINT64),
         timestamp=draw(INT64), code=draw(CODES), clientMsgId=draw(UINT64), groupId=draw(st.just("") | NAMES),
+        heartbeatSeconds=draw(UINT32), truncated=draw(st.booleans()),
     )
     response.properties.update(draw(st.dictionaries(PROPERTY_KEYS, PROPERTY_VALUES, max_size=3)))
     return encode_frame(response.SerializeToString())
 
 
-def push_frames(sender_id: int, sender_name: str, texts: list[str], first_id: int, receiver_id: int) -> bytes:
-    """Pushes to ``receiver_id`` exactly as a node frames them (cim.messages, cim.wire)."""
+def push_frames(sender_id: int, sender_name: str, texts: list[str], first_id: int, first_seq: int,
+                receiver_id: int) -> bytes:
+    """Pushes to ``receiver_id`` (its inbox's seqs from ``first_seq``) exactly as a node
+    frames them (cim.messages, cim.wire)."""
     bodies = push_bodies(Sender.of(sender_id, sender_name).prefix, [text.encode() for text in texts], first_id, 1_700_000_000_000)
-    return frame_each(bodies, receiver_entry(receiver_id))
+    return frame_sequenced(bodies, first_seq, receiver_entry(receiver_id))
 
 
 @st.composite
 def server_frames(draw: st.DrawFn, user_id: int) -> bytes:
     """What a real ServerConnection logged in as ``user_id`` writes when the application
-    answers: receipts, pushes, pongs, errors, an OFFLINE or a refusal."""
+    answers: login and sync answers, receipts, pushes, pongs, errors, an OFFLINE or a refusal."""
     server = ServerConnection(DEFAULT_MAX_FRAME_SIZE, MAX_MESSAGE)
     server.receive_data(ClientConnection(user_id, "me").login())
     answers: list[Callable[[], None]] = [
-        lambda: server.send_receipts(draw(st.lists(UINT64, min_size=1, max_size=3)), draw(MSG_IDS), draw(STATUSES)),
-        lambda: server.send_receipt(draw(UINT64), draw(STATUSES), draw(REASONS)),
+        lambda: server.send_login_answer(draw(UINT64), draw(UINT32), draw(UINT64)),
+        lambda: server.send_sync_done(draw(UINT64), draw(st.booleans())),
+        lambda: server.send_receipts(draw(st.lists(CLIENT_MSG_IDS, min_size=1, max_size=3)), draw(MSG_IDS), draw(STATUSES)),
+        lambda: server.send_receipt(draw(CLIENT_MSG_IDS), draw(STATUSES), draw(REASONS), draw(MSG_IDS)),
         lambda: server.send_push(push_frames(draw(USER_IDS), draw(NAMES), draw(st.lists(TEXTS, min_size=1, max_size=3)),
-                                             draw(MSG_IDS), user_id)),
+                                             draw(MSG_IDS), draw(SEQS), user_id)),
         server.send_pong,
         lambda: server.send_error(draw(STATUSES), draw(REASONS)),
         lambda: server.close(draw(REASONS), draw(st.booleans())),
@@ -161,7 +197,8 @@ def server_frames(draw: st.DrawFn, user_id: int) -> bytes:
     ]
     for answer in draw(st.lists(st.sampled_from(answers), min_size=1, max_size=3)):
         answer()
-    return server.data_to_send()
+    # Accepted receipts for clientMsgId 0 write nothing: then a pong, so there is a frame.
+    return server.data_to_send() or PONG
 
 
 def truncated(frames: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
@@ -244,7 +281,7 @@ class ServerConnectionMachine(RuleBasedStateMachine):
     def check(self, events: list[Event]) -> None:
         """Each event is a declared type, in an order the protocol allows."""
         for index, event in enumerate(events):
-            assert isinstance(event, Login | ChatMessages | Ping | ClientOffline | ProtocolViolation)
+            assert isinstance(event, Login | ChatMessages | Ping | Sync | DeliveryAck | ClientOffline | ProtocolViolation)
             if isinstance(event, Login):
                 assert self.events_seen == 0, "a login after the first event"
                 assert event.user_id > 0 and event.user_id == self.whole.user_id
@@ -259,6 +296,8 @@ class ServerConnectionMachine(RuleBasedStateMachine):
             elif isinstance(event, Ping):
                 assert self.events_seen > 0, "a ping before the login"
                 self.pings += 1
+            elif isinstance(event, Sync | DeliveryAck):
+                assert self.events_seen > 0, "a sync or an ack before the login"
             else:
                 assert self.events_seen > 0, "an OFFLINE before the login"
             self.events_seen += 1
@@ -301,6 +340,16 @@ class ServerConnectionMachine(RuleBasedStateMachine):
         frames = st.one_of(client_frame(self.whole.user_id), any_request())
         self.feed(data, data.draw(chunks(frames), label="chunk"))
 
+    @precondition(lambda self: self.whole.state is State.OPEN and self.whole._decoder.buffered == 0)
+    @rule(data=st.data(), frames=st.lists(st.tuples(st.booleans(), UINT64), min_size=1, max_size=4))
+    def sync_and_ack(self, data: st.DataObject, frames: list[tuple[bool, int]]) -> None:
+        """SYNC and DELIVERY_ACK frames as the SDK builds them: one event each, in order,
+        and no answer of the protocol's own."""
+        client = ClientConnection(self.whole.user_id, "")
+        events = self.feed(data, b"".join(client.sync(seq) if sync else client.ack(seq) for sync, seq in frames))
+        assert events == [Sync(seq) if sync else DeliveryAck(seq) for sync, seq in frames]
+        assert self.written() == []
+
     @rule(data=st.data())
     def ping_fast_path(self, data: st.DataObject) -> None:
         """The transport's shortcut for an exact ping must mean what the general path means."""
@@ -323,20 +372,43 @@ class ServerConnectionMachine(RuleBasedStateMachine):
         for conn in (self.whole, self.split):
             conn.send_receipts(self.unanswered, first_id, status)
         receipts = self.written()
+        # Receipts only when asked: an accepted message sent with clientMsgId 0 gets none.
+        asked = status.code not in ACCEPTED_CODES
         assert [(r.cmd, r.code, r.clientMsgId, r.msgId) for r in receipts] == [
-            (SEND_RECEIPT, status.code, client_msg_id, first_id + k) for k, client_msg_id in enumerate(self.unanswered)
+            (SEND_RECEIPT, status.code, client_msg_id, first_id + k)
+            for k, client_msg_id in enumerate(self.unanswered) if client_msg_id or asked
         ]
         self.unanswered.clear()
 
     @precondition(lambda self: self.unanswered and self.whole.state is State.OPEN)
-    @rule(status=STATUSES, reason=REASONS)
-    def reject_message(self, status: Status, reason: str) -> None:
+    @rule(status=STATUSES, reason=REASONS, msg_id=MSG_IDS)
+    def answer_one_message(self, status: Status, reason: str, msg_id: int) -> None:
+        """A failure in words of its own, or a resend's receipt with the original msgId."""
         client_msg_id = self.unanswered.pop(0)
         for conn in (self.whole, self.split):
-            conn.send_receipt(client_msg_id, status, reason)
-        [receipt] = self.written()
-        expected = (SEND_RECEIPT, status.code, client_msg_id, reason)
-        assert (receipt.cmd, receipt.code, receipt.clientMsgId, receipt.resMsg) == expected
+            conn.send_receipt(client_msg_id, status, reason, msg_id)
+        receipts = [(r.cmd, r.code, r.clientMsgId, r.resMsg, r.msgId) for r in self.written()]
+        if client_msg_id or status.code not in ACCEPTED_CODES:
+            assert receipts == [(SEND_RECEIPT, status.code, client_msg_id, reason, msg_id)]
+        else:
+            assert receipts == []
+
+    @precondition(lambda self: self.whole.state is State.OPEN)
+    @rule(latest_seq=UINT64, heartbeat_seconds=UINT32, acked_seq=UINT64)
+    def answer_login(self, latest_seq: int, heartbeat_seconds: int, acked_seq: int) -> None:
+        for conn in (self.whole, self.split):
+            conn.send_login_answer(latest_seq, heartbeat_seconds, acked_seq)
+        [answer] = self.written()
+        expected = (LOGIN_ANSWER, 9000, latest_seq, heartbeat_seconds, acked_seq)
+        assert (answer.cmd, answer.code, answer.seq, answer.heartbeatSeconds, answer.ackedSeq) == expected
+
+    @precondition(lambda self: self.whole.state is State.OPEN)
+    @rule(latest_seq=UINT64, truncated=st.booleans())
+    def answer_sync(self, latest_seq: int, truncated: bool) -> None:
+        for conn in (self.whole, self.split):
+            conn.send_sync_done(latest_seq, truncated)
+        [done] = self.written()
+        assert (done.cmd, done.code, done.seq, done.truncated) == (SYNC, 9000, latest_seq, truncated)
 
     @precondition(lambda self: self.pings and self.whole.state is State.OPEN)
     @rule()
@@ -348,13 +420,14 @@ class ServerConnectionMachine(RuleBasedStateMachine):
         self.pings = 0
 
     @precondition(lambda self: self.whole.state is State.OPEN)
-    @rule(sender=st.integers(1, 2**63 - 1), name=NAMES, texts=st.lists(TEXTS, min_size=1, max_size=4), first_id=MSG_IDS)
-    def push(self, sender: int, name: str, texts: list[str], first_id: int) -> None:
+    @rule(sender=st.integers(1, 2**63 - 1), name=NAMES, texts=st.lists(TEXTS, min_size=1, max_size=4), first_id=MSG_IDS,
+          first_seq=SEQS)
+    def push(self, sender: int, name: str, texts: list[str], first_id: int, first_seq: int) -> None:
         for conn in (self.whole, self.split):
-            conn.send_push(push_frames(sender, name, texts, first_id, conn.user_id))
+            conn.send_push(push_frames(sender, name, texts, first_id, first_seq, conn.user_id))
         pushes = self.written()
-        assert [(p.cmd, p.resMsg, p.properties[SEND_USER_ID], p.properties[SEND_USER_NAME]) for p in pushes] == [
-            (MESSAGE, text, str(sender), name) for text in texts
+        assert [(p.cmd, p.resMsg, p.msgId, p.seq, p.properties[SEND_USER_ID], p.properties[SEND_USER_NAME]) for p in pushes] == [
+            (MESSAGE, text, first_id + k, first_seq + k, str(sender), name) for k, text in enumerate(texts)
         ]
 
     @precondition(lambda self: self.whole.state is State.OPEN)
@@ -441,7 +514,7 @@ class ClientConnectionMachine(RuleBasedStateMachine):
         if closed_before:
             assert events == []
         for index, event in enumerate(events):
-            assert isinstance(event, Pushed | Receipt | Pong | ServerError | Offline | ProtocolError)
+            assert isinstance(event, Pushed | Receipt | LoginAnswer | SyncDone | Pong | ServerError | Offline | ProtocolError)
             if isinstance(event, ProtocolError):
                 assert index == len(events) - 1 and self.whole.closed and event.reason
         return events
@@ -469,7 +542,7 @@ class ClientConnectionMachine(RuleBasedStateMachine):
         text, receiver = data.draw(TEXTS), data.draw(st.none() | USER_IDS)
         frame = data.draw(st.sampled_from([
             self.whole.login(token=data.draw(NAMES)), self.whole.ping(),
-            self.whole.message(text, receiver, data.draw(UINT64), data.draw(st.just("") | NAMES)),
+            self.whole.message(text, receiver, data.draw(CLIENT_MSG_IDS), data.draw(st.just("") | NAMES)),
             self.whole.ack(data.draw(UINT64)), self.whole.sync(data.draw(UINT64)), self.whole.offline(),
         ]), label="frame")
         [payload] = frames_of(frame)
@@ -482,6 +555,10 @@ class ClientConnectionMachine(RuleBasedStateMachine):
         assert self.server.state is State.OPEN, f"the server closed on a frame the SDK built: {request}"
         if request.cmd == PING:
             assert events == [Ping()]
+        elif request.cmd == SYNC:
+            assert events == [Sync(request.ackSeq)]
+        elif request.cmd == DELIVERY_ACK:
+            assert events == [DeliveryAck(request.ackSeq)]
         self.server.data_to_send()  # the server's answers (receipts, errors) are not this machine's concern
 
     @invariant()

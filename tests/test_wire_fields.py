@@ -23,6 +23,7 @@ FIELDS: list[tuple[int, int | None, str]] = [
     (wire_fields.RESPONSE_RES_MSG, wire_fields.TAG_RESPONSE_RES_MSG, "Response.resMsg"),
     (wire_fields.RESPONSE_PROPERTIES, wire_fields.TAG_RESPONSE_PROPERTIES, "Response.properties"),
     (wire_fields.RESPONSE_MSG_ID, wire_fields.TAG_RESPONSE_MSG_ID, "Response.msgId"),
+    (wire_fields.RESPONSE_SEQ, wire_fields.TAG_RESPONSE_SEQ, "Response.seq"),
     (wire_fields.RESPONSE_TIMESTAMP, wire_fields.TAG_RESPONSE_TIMESTAMP, "Response.timestamp"),
     (wire_fields.RESPONSE_CLIENT_MSG_ID, wire_fields.TAG_RESPONSE_CLIENT_MSG_ID, "Response.clientMsgId"),
     (wire_fields.ENTRY_KEY, wire_fields.TAG_ENTRY_KEY, "Request.properties.key"),

@@ -15,13 +15,16 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from cim import _wire_py
-from cim.frame import encode_frame, encode_frames
+from cim.frame import FrameDecoder, encode_frame, encode_frames
+from cim.messages import Sender, receiver_entry
 from cim.proto import MESSAGE, PING, Request, Response
-from cim.wire_fields import MAX_RECEIVER_DIGITS
+from cim.wire_fields import MAX_RECEIVER_DIGITS, RECEIVE_USER_ID, SEND_USER_ID
 
 MAX_TEXT = 4096
 UINT64 = st.integers(0, 2**64 - 1)
 INT64 = st.integers(-(2**63), 2**63 - 1)
+# Inbox seqs: from 1 (0 is "none": protobuf leaves it out), past 32 bits, up to 2**63.
+SEQS = st.integers(0, 2**63) | st.sampled_from([1, 127, 128, 2**32 - 1, 2**32, 2**63 - 1, 2**63])
 
 
 def chat(text: str, receiver: str | None = None, client_msg_id: int = 0, **extra: Any) -> bytes:
@@ -148,7 +151,6 @@ def test_pushes_are_what_protobuf_serializes(
         prefix + Response(resMsg=text.decode(), msgId=first_id + k, timestamp=stamp).SerializeToString()
         for k, text in enumerate(texts)
     ]
-    assert wire.frame_each(bodies, b"\x22\x01x") == encode_frames([body + b"\x22\x01x" for body in bodies])
 
 
 @settings(max_examples=200, deadline=None)
@@ -159,3 +161,32 @@ def test_receipts_are_what_protobuf_serializes(wire: ModuleType, client_msg_ids:
         encode_frame(head + Response(msgId=first_id + k, clientMsgId=c).SerializeToString())
         for k, c in enumerate(client_msg_ids)
     )
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=300), max_size=5), SEQS, st.binary(max_size=30))
+def test_sequenced_frames_are_what_protobuf_serializes(wire: ModuleType, bodies: list[bytes], first_seq: int,
+                                                       suffix: bytes) -> None:
+    framed = wire.frame_sequenced(bodies, first_seq, suffix)
+    assert framed == _wire_py.frame_sequenced(bodies, first_seq, suffix)  # the twins agree
+    assert framed == encode_frames(
+        [body + Response(seq=first_seq + k).SerializeToString() + suffix for k, body in enumerate(bodies)]
+    )
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(max_size=200), min_size=1, max_size=5), UINT64, SEQS, st.integers(1, 10**MAX_RECEIVER_DIGITS - 1))
+def test_sequenced_pushes_parse_as_the_receivers_pushes(
+    wire: ModuleType, texts: list[str], first_id: int, first_seq: int, receiver: int
+) -> None:
+    assume(first_id + len(texts) < 2**64)
+    bodies = wire.push_bodies(Sender.of(1002, "lisi").prefix, [text.encode() for text in texts], first_id, 1_700_000_000_000)
+    pushes = [Response.FromString(payload) for payload in
+              FrameDecoder().feed(wire.frame_sequenced(bodies, first_seq, receiver_entry(receiver)))]
+    assert [(p.cmd, p.resMsg, p.msgId, p.seq, p.properties[RECEIVE_USER_ID], p.properties[SEND_USER_ID]) for p in pushes] == [
+        (MESSAGE, text, first_id + k, first_seq + k, str(receiver), "1002") for k, text in enumerate(texts)
+    ]
+
+
+def test_no_pushes_frame_to_nothing(wire: ModuleType) -> None:
+    assert wire.frame_sequenced([], 2**63, receiver_entry(7)) == b""

@@ -7,6 +7,7 @@ Regenerate after editing cim.proto (protoc must match the pinned protobuf runtim
 from cim.proto.cim_pb2 import (
     DELIVERY_ACK,
     ERROR,
+    LOGIN_ANSWER,
     LOGIN_REQUEST,
     MESSAGE,
     OFFLINE,
@@ -24,4 +25,5 @@ from cim.proto.cim_pb2 import (
 __all__ = [
     "BaseCommand", "Delivery", "Request", "Response",
     "LOGIN_REQUEST", "MESSAGE", "PING", "OFFLINE", "SEND_RECEIPT", "ERROR", "DELIVERY_ACK", "SYNC",
+    "LOGIN_ANSWER",
 ]

@@ -17,6 +17,7 @@ class BaseCommand(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR: _ClassVar[BaseCommand]
     DELIVERY_ACK: _ClassVar[BaseCommand]
     SYNC: _ClassVar[BaseCommand]
+    LOGIN_ANSWER: _ClassVar[BaseCommand]
 LOGIN_REQUEST: BaseCommand
 MESSAGE: BaseCommand
 PING: BaseCommand
@@ -25,6 +26,7 @@ SEND_RECEIPT: BaseCommand
 ERROR: BaseCommand
 DELIVERY_ACK: BaseCommand
 SYNC: BaseCommand
+LOGIN_ANSWER: BaseCommand
 
 class Request(_message.Message):
     __slots__ = ("reqMsg", "requestId", "cmd", "properties", "batchReqMsg", "clientMsgId", "ackSeq", "groupId", "token", "deviceId")
@@ -58,7 +60,7 @@ class Request(_message.Message):
     def __init__(self, reqMsg: _Optional[str] = ..., requestId: _Optional[int] = ..., cmd: _Optional[_Union[BaseCommand, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., batchReqMsg: _Optional[_Iterable[str]] = ..., clientMsgId: _Optional[int] = ..., ackSeq: _Optional[int] = ..., groupId: _Optional[str] = ..., token: _Optional[str] = ..., deviceId: _Optional[str] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("resMsg", "responseId", "cmd", "properties", "batchResMsg", "msgId", "seq", "timestamp", "code", "clientMsgId", "groupId")
+    __slots__ = ("resMsg", "responseId", "cmd", "properties", "batchResMsg", "msgId", "seq", "timestamp", "code", "clientMsgId", "groupId", "heartbeatSeconds", "truncated", "ackedSeq")
     class PropertiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +79,9 @@ class Response(_message.Message):
     CODE_FIELD_NUMBER: _ClassVar[int]
     CLIENTMSGID_FIELD_NUMBER: _ClassVar[int]
     GROUPID_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEATSECONDS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    ACKEDSEQ_FIELD_NUMBER: _ClassVar[int]
     resMsg: str
     responseId: int
     cmd: BaseCommand
@@ -88,22 +93,21 @@ class Response(_message.Message):
     code: int
     clientMsgId: int
     groupId: str
-    def __init__(self, resMsg: _Optional[str] = ..., responseId: _Optional[int] = ..., cmd: _Optional[_Union[BaseCommand, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., batchResMsg: _Optional[_Iterable[str]] = ..., msgId: _Optional[int] = ..., seq: _Optional[int] = ..., timestamp: _Optional[int] = ..., code: _Optional[int] = ..., clientMsgId: _Optional[int] = ..., groupId: _Optional[str] = ...) -> None: ...
+    heartbeatSeconds: int
+    truncated: bool
+    ackedSeq: int
+    def __init__(self, resMsg: _Optional[str] = ..., responseId: _Optional[int] = ..., cmd: _Optional[_Union[BaseCommand, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., batchResMsg: _Optional[_Iterable[str]] = ..., msgId: _Optional[int] = ..., seq: _Optional[int] = ..., timestamp: _Optional[int] = ..., code: _Optional[int] = ..., clientMsgId: _Optional[int] = ..., groupId: _Optional[str] = ..., heartbeatSeconds: _Optional[int] = ..., truncated: _Optional[bool] = ..., ackedSeq: _Optional[int] = ...) -> None: ...
 
 class Delivery(_message.Message):
-    __slots__ = ("messages", "receiverIds", "broadcast", "excludeUserId", "storeIfAbsent", "restore", "kick")
+    __slots__ = ("messages", "receiverIds", "kick", "firstSeqs", "replay")
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     RECEIVERIDS_FIELD_NUMBER: _ClassVar[int]
-    BROADCAST_FIELD_NUMBER: _ClassVar[int]
-    EXCLUDEUSERID_FIELD_NUMBER: _ClassVar[int]
-    STOREIFABSENT_FIELD_NUMBER: _ClassVar[int]
-    RESTORE_FIELD_NUMBER: _ClassVar[int]
     KICK_FIELD_NUMBER: _ClassVar[int]
+    FIRSTSEQS_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedScalarFieldContainer[bytes]
     receiverIds: _containers.RepeatedScalarFieldContainer[int]
-    broadcast: bool
-    excludeUserId: int
-    storeIfAbsent: bool
-    restore: bool
     kick: bool
-    def __init__(self, messages: _Optional[_Iterable[bytes]] = ..., receiverIds: _Optional[_Iterable[int]] = ..., broadcast: _Optional[bool] = ..., excludeUserId: _Optional[int] = ..., storeIfAbsent: _Optional[bool] = ..., restore: _Optional[bool] = ..., kick: _Optional[bool] = ...) -> None: ...
+    firstSeqs: _containers.RepeatedScalarFieldContainer[int]
+    replay: bool
+    def __init__(self, messages: _Optional[_Iterable[bytes]] = ..., receiverIds: _Optional[_Iterable[int]] = ..., kick: _Optional[bool] = ..., firstSeqs: _Optional[_Iterable[int]] = ..., replay: _Optional[bool] = ...) -> None: ...

@@ -20,12 +20,10 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from cim.frame import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, FrameError, encode_frame
-from cim.proto import DELIVERY_ACK, ERROR, MESSAGE, OFFLINE, PING, SEND_RECEIPT, SYNC, Request, Response
+from cim.proto import DELIVERY_ACK, ERROR, LOGIN_ANSWER, MESSAGE, OFFLINE, PING, SEND_RECEIPT, SYNC, Request, Response
+from cim.protocols import ACCEPTED_CODES
 from cim.status import Status
 from cim.wire_fields import RECEIVE_USER_ID, SEND_USER_ID, SEND_USER_NAME
-
-# Receipt codes that mean the server took the message: delivered, or stored for an offline receiver.
-ACCEPTED_CODES = (Status.SUCCESS.code, Status.OFF_LINE.code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +45,9 @@ class Pushed:
 @dataclass(frozen=True, slots=True)
 class Receipt:
     """The server's answer to one message this client sent (matched by ``client_msg_id``):
-    9000 delivered/accepted, 7000 stored for an offline receiver, anything else failed."""
+    9000 in the online receiver's inbox (a resend: the original's ``msg_id``), 7000
+    stored for an offline receiver, anything else failed. A message sent with
+    clientMsgId 0 gets a receipt only when it failed."""
 
     code: int
     message: str
@@ -61,6 +61,26 @@ class Receipt:
     @property
     def stored_offline(self) -> bool:
         return self.code == Status.OFF_LINE.code
+
+
+@dataclass(frozen=True, slots=True)
+class LoginAnswer:
+    """The server accepted the login: the user's inbox is at ``latest_seq``, this device
+    acknowledged up to ``acked_seq``, and the server cuts a connection that does not
+    ping at least every ``heartbeat_seconds``."""
+
+    latest_seq: int
+    heartbeat_seconds: int
+    acked_seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SyncDone:
+    """A sync is complete: every inbox message up to ``latest_seq`` came before this.
+    ``truncated``: some after the seq asked for had been dropped by retention."""
+
+    latest_seq: int
+    truncated: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +118,7 @@ class ProtocolError:
     reason: str
 
 
-ClientEvent = Pushed | Receipt | Pong | ServerError | Offline | ProtocolError
+ClientEvent = Pushed | Receipt | LoginAnswer | SyncDone | Pong | ServerError | Offline | ProtocolError
 
 PONG = Pong()  # stateless: one instance serves every pong
 
@@ -131,6 +151,10 @@ def _event(response: Response) -> ClientEvent | None:
         return Receipt(response.code, response.resMsg, response.msgId, response.clientMsgId)
     if cmd == PING:
         return PONG
+    if cmd == LOGIN_ANSWER:
+        return LoginAnswer(response.seq, response.heartbeatSeconds, response.ackedSeq)
+    if cmd == SYNC:
+        return SyncDone(response.seq, response.truncated)
     if cmd == ERROR:
         return ServerError(response.code, response.resMsg)
     if cmd == OFFLINE:
@@ -186,11 +210,12 @@ class ClientConnection:
         return _framed(request)
 
     def ack(self, seq: int) -> bytes:
-        """Every pushed message up to ``seq`` has been received."""
+        """Every pushed message up to ``seq`` has been received (cumulative; no answer)."""
         return _framed(Request(requestId=self.user_id, cmd=DELIVERY_ACK, ackSeq=seq))
 
     def sync(self, seq: int) -> bytes:
-        """Ask for everything pushed after ``seq`` again (resuming after a reconnect)."""
+        """Ask for every inbox message after ``seq`` (resuming after a reconnect); the
+        server pushes them, then answers ``SyncDone``."""
         return _framed(Request(requestId=self.user_id, cmd=SYNC, ackSeq=seq))
 
     def offline(self) -> bytes:

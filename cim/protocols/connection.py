@@ -1,10 +1,10 @@
 """The cim-server side of one client connection, sans-I/O.
 
 Fed bytes with ``receive_data``, it returns events for the application (login,
-messages, offline) and queues the frames the protocol answers by itself
-(pong, errors) for ``data_to_send``. Chat messages are read at the wire level
-(``cim.wire``) in runs to one destination; anything unusual is parsed by
-protobuf. The application answers events through the ``send_*`` methods.
+messages, syncs, delivery acks, offline) and queues the frames the protocol
+answers by itself (pong, errors) for ``data_to_send``. Chat messages are read at
+the wire level (``cim.wire``) in runs to one destination; anything unusual is
+parsed by protobuf. The application answers events through the ``send_*`` methods.
 Nothing here touches a socket, a clock or a backend, so it is tested with plain
 bytes (tests/test_connection.py).
 
@@ -21,7 +21,20 @@ from google.protobuf.message import DecodeError
 
 from cim.destinations import EVERYONE, Destination, ToGroup, ToUser
 from cim.frame import FrameDecoder, FrameError, encode_frame
-from cim.proto import ERROR, LOGIN_REQUEST, MESSAGE, OFFLINE, PING, SEND_RECEIPT, BaseCommand, Request, Response
+from cim.proto import (
+    DELIVERY_ACK,
+    ERROR,
+    LOGIN_ANSWER,
+    LOGIN_REQUEST,
+    MESSAGE,
+    OFFLINE,
+    PING,
+    SEND_RECEIPT,
+    SYNC,
+    Request,
+    Response,
+)
+from cim.protocols import ACCEPTED_CODES
 from cim.status import Status
 from cim.wire import encode_receipts, scan_chat_run
 from cim.wire_fields import RECEIVE_USER_ID
@@ -62,6 +75,20 @@ class Ping:
 
 
 @dataclass(slots=True)  # not frozen: frozen dataclasses cost more per event
+class Sync:
+    """The client asks for every message of its inbox after ``after_seq`` (its last one)."""
+
+    after_seq: int
+
+
+@dataclass(slots=True)  # not frozen: frozen dataclasses cost more per event
+class DeliveryAck:
+    """The client has every message of its inbox up to ``seq`` (cumulative)."""
+
+    seq: int
+
+
+@dataclass(slots=True)  # not frozen: frozen dataclasses cost more per event
 class Offline:
     """The client says it is going away (CIM's OFFLINE command)."""
 
@@ -74,7 +101,7 @@ class ProtocolViolation:
     reason: str
 
 
-Event = Login | ChatMessages | Ping | Offline | ProtocolViolation
+Event = Login | ChatMessages | Ping | Sync | DeliveryAck | Offline | ProtocolViolation
 
 PING_EVENT = Ping()  # stateless: one instance serves every ping
 
@@ -188,6 +215,10 @@ class ServerConnection:
             return PING_EVENT
         if cmd == MESSAGE:
             return self._chat_message(request)
+        if cmd == DELIVERY_ACK:
+            return DeliveryAck(request.ackSeq)
+        if cmd == SYNC:
+            return Sync(request.ackSeq)
         if cmd == OFFLINE:
             return Offline()
         if cmd == LOGIN_REQUEST:
@@ -222,7 +253,7 @@ class ServerConnection:
         return ChatMessages([text.encode()], destination, [request.clientMsgId])
 
     def _violation(self, status: Status, reason: str, receiver: int = 0) -> ProtocolViolation:
-        self._out.append(self._frame(ERROR, status.code, reason, receiver or self.user_id))
+        self._out.append(self._frame(Response(cmd=ERROR, code=status.code, resMsg=reason), receiver))
         self.state = State.CLOSED
         return ProtocolViolation(status, reason)
 
@@ -234,31 +265,53 @@ class ServerConnection:
         head.properties[RECEIVE_USER_ID] = str(self.user_id)
         return head.SerializeToString()
 
-    def _frame(self, cmd: BaseCommand, code: int, text: str, receiver: int) -> bytes:
-        response = Response(cmd=cmd, code=code, resMsg=text)
-        response.properties[RECEIVE_USER_ID] = str(receiver)
+    def _frame(self, response: Response, receiver: int = 0) -> bytes:
+        """``response`` framed, to ``receiver`` (default: this user)."""
+        response.properties[RECEIVE_USER_ID] = str(receiver or self.user_id)
         return encode_frame(response.SerializeToString())
 
     def send_pong(self) -> None:
         self._out.append(PONG)
 
     def send_error(self, status: Status, reason: str) -> None:
-        self._out.append(self._frame(ERROR, status.code, reason, self.user_id))
+        self._out.append(self._frame(Response(cmd=ERROR, code=status.code, resMsg=reason)))
+
+    def send_login_answer(self, latest_seq: int, heartbeat_seconds: int, acked_seq: int) -> None:
+        """The login is accepted: the user's latest inbox seq, the ping interval the server
+        expects and the last seq the login's device acknowledged."""
+        answer = Response(cmd=LOGIN_ANSWER, code=Status.SUCCESS.code, seq=latest_seq, heartbeatSeconds=heartbeat_seconds,
+                          ackedSeq=acked_seq)
+        self._out.append(self._frame(answer))
+
+    def send_sync_done(self, latest_seq: int, truncated: bool) -> None:
+        """A sync is complete: every message up to ``latest_seq`` was sent before this;
+        ``truncated``: some after the client's seq were dropped by retention."""
+        self._out.append(self._frame(Response(cmd=SYNC, code=Status.SUCCESS.code, seq=latest_seq, truncated=truncated)))
 
     def send_receipts(self, client_msg_ids: list[int], first_id: int, status: Status = Status.SUCCESS) -> None:
-        """The fate of messages this client sent (always answered, success or not):
-        the k-th got message id ``first_id + k``."""
-        head = self._receipt_heads.get(status.code)
+        """The fate of messages this client sent: the k-th got message id ``first_id + k``.
+
+        Receipts only when asked: a message sent with clientMsgId 0 (CIM's client, which
+        stops reading at a frame it does not know) gets a receipt only if it failed.
+        """
+        code = status.code
+        head = self._receipt_heads.get(code)
         if head is None:
-            head = self._receipt_heads[status.code] = self._receipt_head(status, status.message)
+            head = self._receipt_heads[code] = self._receipt_head(status, status.message)
+        # all() and any() run in C: a run all asked for, or none (CIM's), costs no Python per message.
+        if code in ACCEPTED_CODES and not all(client_msg_ids):
+            if any(client_msg_ids):  # mixed: only the asked ones, each with its own msgId
+                self._out += [encode_receipts(head, [c], first_id + k) for k, c in enumerate(client_msg_ids) if c]
+            return
         self._out.append(encode_receipts(head, client_msg_ids, first_id))
 
-    def send_receipt(self, client_msg_id: int, status: Status, text: str) -> None:
-        """A message that was not sent, and why."""
+    def send_receipt(self, client_msg_id: int, status: Status, text: str, msg_id: int = 0) -> None:
+        """One message's fate in words of its own: why it failed, or ``msg_id`` (a
+        duplicate's original id). Accepted and not asked for (clientMsgId 0): nothing."""
         if text == status.message:  # in the status's own words (every message over a rate): its cached head
-            self.send_receipts([client_msg_id], 0, status)
-        else:
-            self._out.append(encode_receipts(self._receipt_head(status, text), [client_msg_id], 0))
+            self.send_receipts([client_msg_id], msg_id, status)
+        elif client_msg_id or status.code not in ACCEPTED_CODES:
+            self._out.append(encode_receipts(self._receipt_head(status, text), [client_msg_id], msg_id))
 
     def send_push(self, frame: bytes) -> None:
         """A complete, already framed push (see ``cim.messages``)."""
@@ -274,7 +327,7 @@ class ServerConnection:
         reconnect (server shutting down, heartbeat timeout)."""
         if self.state is not State.CLOSED:
             status = Status.FAIL if reconnect else Status.SUCCESS
-            self._out.append(self._frame(OFFLINE, status.code, reason, self.user_id))
+            self._out.append(self._frame(Response(cmd=OFFLINE, code=status.code, resMsg=reason)))
             self.state = State.CLOSED
 
     def data_to_send(self) -> bytes:
