@@ -1,5 +1,5 @@
 """The backend contracts, run against the embedded implementations and real Redis / ZooKeeper,
-and the registry that picks them by URL."""
+and the registry that picks them by URL (the Inbox has a suite of its own: test_inbox.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from cim.backends.base import Accounts, Bus, Inbox, Presence, Store
+from cim.backends.base import Accounts, Bus, Presence, Store
 from cim.backends.memory import MemoryBus, MemoryDiscovery, MemoryHub, MemoryStore
 from cim.backends.redis import RedisBus, RedisStore, connect
 from cim.backends.registry import DISCOVERIES, STORES, in_process, open_backends
@@ -37,11 +37,6 @@ def accounts(store: Store) -> Accounts:
 @pytest.fixture
 def presence(store: Store) -> Presence:
     return store.presence
-
-
-@pytest.fixture
-def inbox(store: Store) -> Inbox:
-    return store.inbox
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -148,19 +143,6 @@ async def test_clear_server_spares_users_who_moved(presence: Presence) -> None:
 async def test_node_numbers_are_distinct(presence: Presence) -> None:
     numbers = [await presence.allocate_node_number() for _ in range(5)]
     assert len(set(numbers)) == 5
-
-
-async def test_offline_messages_in_order_once(inbox: Inbox) -> None:
-    await inbox.append(1, [b"1", b"2"])
-    await inbox.append(1, [b"3"])
-    await inbox.append(1, [])
-    taken = await inbox.take(1)
-    assert taken == [b"1", b"2", b"3"]
-    assert await inbox.take(1) == []
-    await inbox.append(1, [b"4"])
-    await inbox.restore(1, taken)  # a failed delivery goes back in front
-    assert await inbox.take(1) == [b"1", b"2", b"3", b"4"]
-    assert await inbox.take(2) == []  # each user's own
 
 
 async def test_bus_node_channel_order_and_broadcast(bus_pair: tuple[Bus, Bus]) -> None:

@@ -8,6 +8,6 @@ themselves (with redis and kazoo) load only with the registry.
 
 from __future__ import annotations
 
-from cim.backends.base import Accounts, Backends, Bus, Discovery, Inbox, Presence, Store
+from cim.backends.base import Accounts, Backends, Bus, Discovery, Inbox, Page, Presence, Store, Stored
 
-__all__ = ["Accounts", "Backends", "Bus", "Discovery", "Inbox", "Presence", "Store"]
+__all__ = ["Accounts", "Backends", "Bus", "Discovery", "Inbox", "Page", "Presence", "Store", "Stored"]

@@ -3,7 +3,10 @@
 * ``Accounts``: user names and ids (durable).
 * ``Presence``: who is logged in where: login claims, user -> server routes, the users
   of each server, node numbers (ephemeral: lost state only logs users out).
-* ``Inbox``: messages kept for users who are not connected (durable).
+* ``Inbox``: every message for a user, numbered by a per-user seq, for every device
+  to sync from; with dedup of resent clientMsgIds, retention and per-device cursors
+  (durable, except the embedded in-memory one). ``Stored`` and ``Page`` are what its
+  appends and reads answer.
 * ``Bus``: delivery between cim-server nodes (one channel per node + a broadcast).
 * ``Discovery``: the live list of cim-servers, with a watch.
 
@@ -104,20 +107,107 @@ class Presence(ABC):
         """A number unique among live nodes, for cluster-unique message ids."""
 
 
+@dataclass(slots=True)
+class Stored:
+    """What an append kept for one receiver."""
+
+    first_seq: int  # seq of bodies[0]; the j-th stored body has first_seq + j (0 when nothing stored)
+    bodies: list[bytes]  # the bodies stored, in order: the input minus duplicates (the same list object when none)
+    duplicates: dict[int, int] = field(default_factory=dict)  # input index -> the msgId that pair got first
+
+
+@dataclass(slots=True)
+class Page:
+    """Messages read from one inbox."""
+
+    entries: list[tuple[int, bytes]]  # (seq, body), ascending, contiguous
+    latest: int  # the inbox's latest seq (0: never written)
+    truncated: bool  # messages after the read's ``after_seq`` were dropped by retention (count or age)
+
+
 class Inbox(ABC):
-    """Messages for users who are not connected, delivered on their next fetch."""
+    """Every message for a user, numbered by seq, kept for every device to sync from.
+
+    * Seq is per user, gap-free from 1 and never reused, even after retention dropped
+      old messages.
+    * Dedup: a (sender, clientMsgId) pair already stored for the receiver is not
+      stored again; the append reports it with the msgId the pair got first. A
+      receiver's last ``Config.dedup_window`` pairs are always remembered; older
+      ones may be, up to about twice the window (they are forgotten in batches).
+      clientMsgId 0 means none and is never deduplicated.
+    * Retention: the last ``Config.inbox_max_messages`` messages younger than
+      ``Config.inbox_max_age`` seconds are kept (an expired one may linger a moment:
+      the memory inbox drops it within 2 s, or 1/32 of the max age if that is less).
+      A read from before what is kept gets what is kept, flagged ``truncated``.
+    * Cursors: per user and device, the last seq the device acknowledged.
+    """
+
+    # True: the inbox lives in this process and the *_now methods work (no await on the hot path).
+    in_process: ClassVar[bool] = False
+
+    def append_now(self, receiver_id: int, sender_id: int, bodies: list[bytes], first_msg_id: int,
+                   client_msg_ids: list[int]) -> Stored:
+        """``append`` without an await; in-process inboxes only."""
+        raise NotImplementedError(f"{type(self).__name__} is not in this process: await append()")
+
+    def append_each_now(self, receiver_ids: list[int], sender_id: int, bodies: list[bytes], first_msg_id: int,
+                        client_msg_ids: list[int]) -> list[Stored]:
+        """``append_each`` without an await; in-process inboxes only."""
+        raise NotImplementedError(f"{type(self).__name__} is not in this process: await append_each()")
 
     @abstractmethod
-    async def append(self, user_id: int, payloads: list[bytes]) -> None:
-        """Append messages for a user who is not connected, in order."""
+    async def append(self, receiver_id: int, sender_id: int, bodies: list[bytes], first_msg_id: int,
+                     client_msg_ids: list[int]) -> Stored:
+        """Store ``bodies`` for the receiver, in order, each with the receiver's next seq.
+
+        Body k has msgId ``first_msg_id + k`` and the sender's clientMsgId
+        ``client_msg_ids[k]``; a pair already stored is left out (``Stored.duplicates``).
+        """
 
     @abstractmethod
-    async def restore(self, user_id: int, payloads: list[bytes]) -> None:
-        """Put taken messages back in front of any stored since, keeping their order."""
+    async def append_each(self, receiver_ids: list[int], sender_id: int, bodies: list[bytes], first_msg_id: int,
+                          client_msg_ids: list[int]) -> list[Stored]:
+        """``append`` for many receivers (a group send): one Stored per receiver, in order."""
 
     @abstractmethod
-    async def take(self, user_id: int) -> list[bytes]:
-        """Remove and return a user's stored messages, oldest first, atomically."""
+    async def read(self, user_id: int, after_seq: int, limit: int) -> Page:
+        """Up to ``limit`` kept messages with seq > ``after_seq``, oldest first."""
+
+    @abstractmethod
+    async def latest(self, user_ids: list[int]) -> list[int]:
+        """Each inbox's latest seq (0: never written), in one round trip."""
+
+    @abstractmethod
+    async def set_cursors(self, cursors: list[tuple[int, str, int]]) -> None:
+        """Keep (user, device id, seq) cursors; a cursor never moves back (max of old and new)."""
+
+    @abstractmethod
+    async def cursor(self, user_id: int, device_id: str) -> int:
+        """The device's cursor, 0 when never set."""
+
+
+class InProcessInbox(Inbox):
+    """An inbox in this process: the appends are synchronous, their async forms call them."""
+
+    in_process: ClassVar[bool] = True
+
+    @abstractmethod
+    def append_now(self, receiver_id: int, sender_id: int, bodies: list[bytes], first_msg_id: int,
+                   client_msg_ids: list[int]) -> Stored:
+        """As ``append``, on the caller's stack."""
+
+    @abstractmethod
+    def append_each_now(self, receiver_ids: list[int], sender_id: int, bodies: list[bytes], first_msg_id: int,
+                        client_msg_ids: list[int]) -> list[Stored]:
+        """As ``append_each``, on the caller's stack."""
+
+    async def append(self, receiver_id: int, sender_id: int, bodies: list[bytes], first_msg_id: int,
+                     client_msg_ids: list[int]) -> Stored:
+        return self.append_now(receiver_id, sender_id, bodies, first_msg_id, client_msg_ids)
+
+    async def append_each(self, receiver_ids: list[int], sender_id: int, bodies: list[bytes], first_msg_id: int,
+                          client_msg_ids: list[int]) -> list[Stored]:
+        return self.append_each_now(receiver_ids, sender_id, bodies, first_msg_id, client_msg_ids)
 
 
 DeliveryHandler = Callable[[bytes], None]
