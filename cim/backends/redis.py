@@ -7,26 +7,53 @@ Keys (prefix configurable, default ``cim``):
     {p}-account-password:{userId}  argon2 hash of the password (none under --auth none)
     {p}-route:{userId}             server id; with a TTL while only claimed by the route
     {p}-node-users:{serverId}      SET of users confirmed on that server (cleanup on death)
-    {p}-offline:{userId}           LIST of serialized pushes, oldest first
     {p}-node-number                INCR counter for message-id node numbers
-Online users are found with SCAN over ``{p}-route:*``, never KEYS.
+Online users are found with SCAN over ``{p}-route:*``, never KEYS. A user's inbox keys
+start with the hash tag ``{p:u:userId}`` (literal braces, e.g. ``{cim:u:42}:inbox``):
+    {p:u:userId}:inbox             LIST of the user's kept messages, oldest first: store time + body
+    {p:u:userId}:seq               the user's latest seq (INCRBY; never goes back)
+    {p:u:userId}:dedup             HASH senderId:clientMsgId -> firstMsgId:k: the latest dedup pairs
+    {p:u:userId}:dedup-old         HASH: the generation of pairs before those
+    {p:u:userId}:cursors           HASH deviceId -> the last seq the device acknowledged
+
+Inbox: a list and a counter rather than a Stream. A seq must be gap-free per user, which
+Stream ids are not (they are time-based, or else ours to number anyway); a list read
+from seq s is one LRANGE at offset s - (counter - LLEN + 1), and appends and retention
+are RPUSH / LTRIM, the cheapest writes Redis has (LTRIM in batches: reads never look
+past the count cap, so the list may hold up to 1/16 more for a while). Each append,
+read or cursor move on a user is one Lua script over that user's keys (EVALSHA: one
+round trip, atomic; EVAL once after a restart emptied Redis's script cache), and
+the keys share the hash tag ``{p:u:ID}``, so every script touches one Redis Cluster
+slot. A group send is one pipeline of such calls. Age retention uses the 8-byte store
+time in front of each entry (Redis's clock: all nodes agree): appends and reads drop
+what is older than the max age. Dedup pairs go in generations, as in the memory
+inbox: once ``:dedup`` holds a window of pairs it becomes ``:dedup-old`` (the older
+one dropped whole, UNLINK: freed off Redis's main thread), so the last window of
+pairs is always remembered and no pair is forgotten one by one. Needs Redis 6+.
 
 Bus: each node subscribes to ``{p}-node:{serverId}`` and ``{p}-broadcast``; a
 private message is one PUBLISH to the receiver's node, a group message one PUBLISH
 to the broadcast channel. Only this class knows that, so sharded pub/sub or
 Streams can replace it behind the same interface.
+
+Connections: the hot calls (every inbox call, presence, account lookups, publishes)
+go through one auto-pipelined connection per store (``cim.backends.redis_batch``):
+what all of a node's senders issue in one event-loop turn is one write, each caller
+awaiting its own reply; a reply still means Redis did it. Registration (a MULTI)
+keeps redis-py's pool; the bus subscriber has a connection of its own.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
+import struct
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
+from redis.typing import EncodableT
 
-from cim.backends.base import Accounts, Bus, DeliveryHandler, Inbox, Presence, Store
+from cim.backends.base import Accounts, Bus, DeliveryHandler, Inbox, Page, Presence, Store, Stored
+from cim.backends.redis_batch import Batcher, Script, Subscriber, results
 
 if TYPE_CHECKING:
     from cim.backends.memory import MemoryHub
@@ -70,12 +97,144 @@ end
 return gone
 """
 
-# KEYS[1] offline list: LRANGE + DEL in one step, so two fetches never both get a message.
-_TAKE = """
-local items = redis.call('LRANGE', KEYS[1], 0, -1)
-redis.call('DEL', KEYS[1])
-return items
+# Inbox scripts (RedisInbox). An entry of an inbox list is an 8-byte big-endian store
+# time in ms (Redis's clock, so every node agrees) and the body. The list holds the user's
+# latest messages, the seq counter numbers them: the list's head has seq counter - LLEN + 1.
+_INBOX_LIB = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return t[1] * 1000 + math.floor(t[2] / 1000)
+end
+local function stamp(entry)
+  return (struct.unpack('>I8', entry))
+end
+-- Lua's unpack has a stack limit: long argument lists go in chunks.
+local function call_chunked(command, key, items)
+  local reply
+  for i = 1, #items, 4000 do
+    reply = redis.call(command, key, unpack(items, i, math.min(i + 3999, #items)))
+  end
+  return reply
+end
+-- Drop the entries stored before cutoff (ms): the oldest come first, so a binary search finds them.
+local function expire(key, cutoff)
+  local head = redis.call('LINDEX', key, 0)
+  if not head or stamp(head) >= cutoff then return end
+  local hi = redis.call('LLEN', key) - 1
+  if stamp(redis.call('LINDEX', key, hi)) < cutoff then
+    redis.call('DEL', key)
+    return
+  end
+  local lo = 0  -- lo is expired, hi is kept
+  while hi - lo > 1 do
+    local mid = math.floor((lo + hi) / 2)
+    if stamp(redis.call('LINDEX', key, mid)) < cutoff then lo = mid else hi = mid end
+  end
+  redis.call('LTRIM', key, hi, -1)
+end
 """
+
+# KEYS[1] inbox, KEYS[2] seq, KEYS[3] dedup hash (the latest pairs), KEYS[4] the generation
+# before. ARGV[1] sender, ARGV[2] max messages, ARGV[3] max age ms, ARGV[4] dedup window,
+# ARGV[5] the first msgId, ARGV[6] the clientMsgIds (8 bytes each, big-endian), ARGV[7..]
+# the bodies. A dedup field is "sender:" + the 8 clientMsgId bytes, its value "firstMsgId:k"
+# (the k-th of that append: Lua's numbers are doubles, so msgIds are never added up here).
+# Returns {seq of the first body stored (0: none), then input index and value of each duplicate}.
+_APPEND = _INBOX_LIB + """
+local n = #ARGV - 6
+local none = string.rep('\\0', 8)
+local now = now_ms()
+local fields, wanted = {}, {}
+for k = 1, n do
+  local id = string.sub(ARGV[6], 8 * k - 7, 8 * k)
+  if id ~= none then
+    local field = ARGV[1] .. ':' .. id
+    fields[k] = field
+    wanted[#wanted + 1] = field
+  end
+end
+local known = {}
+-- The pairs of this generation, then the misses in the one before.
+for _, key in ipairs({KEYS[3], KEYS[4]}) do
+  local missing = {}
+  for i = 1, #wanted, 4000 do
+    local last = math.min(i + 3999, #wanted)
+    local found = redis.call('HMGET', key, unpack(wanted, i, last))
+    for j = i, last do
+      local value = found[j - i + 1]
+      if value then known[wanted[j]] = value else missing[#missing + 1] = wanted[j] end
+    end
+  end
+  wanted = missing
+  if #wanted == 0 then break end
+end
+local reply, kept, pairs = {0}, {}, {}
+local prefix = struct.pack('>I8', now)
+for k = 1, n do
+  local field = fields[k]
+  if field and known[field] then
+    reply[#reply + 1] = k - 1
+    reply[#reply + 1] = known[field]
+  else
+    if field then
+      local value = ARGV[5] .. ':' .. (k - 1)
+      known[field] = value  -- a pair twice in this call is a duplicate too
+      pairs[#pairs + 1] = field
+      pairs[#pairs + 1] = value
+    end
+    kept[#kept + 1] = prefix .. ARGV[6 + k]
+  end
+end
+if #pairs > 0 then
+  call_chunked('HSET', KEYS[3], pairs)
+  if redis.call('HLEN', KEYS[3]) >= tonumber(ARGV[4]) then
+    redis.call('UNLINK', KEYS[4])
+    redis.call('RENAME', KEYS[3], KEYS[4])
+  end
+end
+if #kept > 0 then
+  local length = call_chunked('RPUSH', KEYS[1], kept)
+  reply[1] = redis.call('INCRBY', KEYS[2], #kept) - #kept + 1
+  local max = tonumber(ARGV[2])
+  if length > max + math.max(16, math.floor(max / 16)) then
+    redis.call('LTRIM', KEYS[1], -max, -1)
+  end
+end
+expire(KEYS[1], now - tonumber(ARGV[3]))
+return reply
+"""
+
+# KEYS[1] inbox, KEYS[2] seq. ARGV[1] after seq, ARGV[2] limit, ARGV[3] max messages,
+# ARGV[4] max age ms. Returns {latest, truncated (0/1), seq of the first entry, entries}.
+_READ = _INBOX_LIB + """
+expire(KEYS[1], now_ms() - tonumber(ARGV[4]))
+local latest = tonumber(redis.call('GET', KEYS[2]) or '0')
+local head = latest - redis.call('LLEN', KEYS[1]) + 1
+local first = math.max(head, latest - tonumber(ARGV[3]) + 1)
+local after, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local start = math.max(after + 1, first)
+local entries = {}
+if start <= latest and limit > 0 then
+  entries = redis.call('LRANGE', KEYS[1], start - head, start - head + limit - 1)
+end
+return {latest, first > after + 1 and 1 or 0, start, entries}
+"""
+
+# KEYS[1] cursors hash; ARGV[1] device id, ARGV[2] seq: a cursor only moves forward.
+_RAISE_CURSOR = """
+local seq = tonumber(ARGV[2])
+if seq > tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+"""
+
+STAMP_BYTES = 8  # the store time in front of every inbox entry
+
+
+def _msg_id(value: bytes) -> int:
+    """The msgId a dedup value ``firstMsgId:k`` names."""
+    first, _, k = value.partition(b":")
+    return int(first) + int(k)
 
 
 def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
@@ -93,11 +252,15 @@ def _text(reply: bytes | str | None) -> str | None:
 
 
 class _RedisKeys:
-    """A client and the key prefix every part of the store names its keys with."""
+    """A client, its auto-pipelined connection and the key prefix every part of the
+    store names its keys with. ``batcher``: shared with the store's other parts (one
+    pipeline for all), else one of its own on ``client``."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "cim") -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str = "cim", batcher: Batcher | None = None) -> None:
         self._r = client
         self._p = prefix
+        self._b = batcher if batcher is not None else Batcher(client)
+        self._owns_batcher = batcher is None
 
     def _key(self, kind: str, value: object = None) -> str:
         return f"{self._p}-{kind}" if value is None else f"{self._p}-{kind}:{value}"
@@ -125,155 +288,209 @@ class RedisAccounts(_RedisKeys, Accounts):
         return user_id, True
 
     async def user_id(self, user_name: str) -> int | None:
-        user_id = await self._r.get(self._key("account-name", user_name))
+        user_id = await self._b.call("GET", self._key("account-name", user_name))
         return None if user_id is None else int(user_id)
 
     async def password_hash(self, user_id: int) -> str | None:
-        return _text(await self._r.get(self._key("account-password", user_id)))
+        return _text(await self._b.call("GET", self._key("account-password", user_id)))
 
     async def set_password_hash(self, user_id: int, password_hash: str) -> None:
-        await self._r.set(self._key("account-password", user_id), password_hash)
+        await self._b.call("SET", self._key("account-password", user_id), password_hash)
 
     async def user_name(self, user_id: int) -> str | None:
-        return _text(await self._r.get(self._key("account", user_id)))
+        return _text(await self._b.call("GET", self._key("account", user_id)))
 
     async def user_names(self, user_ids: list[int]) -> list[str | None]:
-        if not user_ids:
-            return []
-        names = await self._r.mget([self._key("account", u) for u in user_ids])
-        return [_text(n) for n in names]
+        # One GET each in one pipeline, not MGET: the keys are in different Cluster slots.
+        call = self._b.call
+        futures = [call("GET", self._key("account", u)) for u in user_ids]
+        return [_text(name) for name in await results(futures)]
 
 
 class RedisPresence(_RedisKeys, Presence):
     """``route:{id}`` per user (with a TTL while only claimed), ``node-users:{server}`` per server."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "cim") -> None:
-        super().__init__(client, prefix)
-        self._confirm = client.register_script(_CONFIRM)
-        self._logout = client.register_script(_LOGOUT)
-        self._clear_batch = client.register_script(_CLEAR_SERVER_BATCH)
+    _confirm = Script(_CONFIRM)
+    _logout = Script(_LOGOUT)
+    _clear_batch = Script(_CLEAR_SERVER_BATCH)
 
     async def reserve_login(self, user_id: int, server_id: str, ttl: float) -> bool:
-        return bool(await self._r.set(self._key("route", user_id), server_id, nx=True, px=max(1, int(ttl * 1000))))
+        px = max(1, int(ttl * 1000))
+        return await self._b.call("SET", self._key("route", user_id), server_id, "NX", "PX", px) is not None
 
     async def confirm_login(self, user_id: int, server_id: str) -> bool:
         keys = [self._key("route", user_id), self._key("node-users", server_id)]
-        return bool(await self._confirm(keys=keys, args=[server_id, user_id]))
+        return bool(await self._b.script(self._confirm, keys, [server_id, user_id]))
 
     async def logout(self, user_id: int, server_id: str | None = None) -> str | None:
-        was = await self._logout(
-            keys=[self._key("route", user_id)], args=[user_id, server_id or "", self._key("node-users") + ":"]
+        was = await self._b.script(
+            self._logout, [self._key("route", user_id)], [user_id, server_id or "", self._key("node-users") + ":"]
         )
         return _text(was)
 
     async def route(self, user_id: int) -> str | None:
-        return _text(await self._r.get(self._key("route", user_id)))
+        return _text(await self._b.call("GET", self._key("route", user_id)))
 
     async def online_user_ids(self) -> list[int]:
         prefix = self._key("route") + ":"
-        return [int(key[len(prefix) :]) async for key in self._r.scan_iter(match=prefix + "*", count=1000)]
+        users: list[int] = []
+        cursor: bytes | int = 0
+        while True:
+            cursor, keys = await self._b.call("SCAN", cursor, "MATCH", prefix + "*", "COUNT", 1000)
+            users += [int(key[len(prefix) :]) for key in keys]
+            if cursor in (b"0", 0):
+                return users
 
     async def clear_server(self, server_id: str) -> list[int]:
         gone: list[int] = []
         key = self._key("node-users", server_id)
         while True:
-            batch = await self._clear_batch(keys=[key], args=[server_id, self._key("route") + ":"])
+            batch = await self._b.script(self._clear_batch, [key], [server_id, self._key("route") + ":"])
             gone += [int(u) for u in batch]
-            if not await self._r.exists(key):
+            if not await self._b.call("EXISTS", key):
                 return gone
 
     async def allocate_node_number(self) -> int:
-        return int(await self._r.incr(self._key("node-number"))) - 1
+        return int(await self._b.call("INCR", self._key("node-number"))) - 1
 
 
 class RedisInbox(_RedisKeys, Inbox):
-    """``offline:{id}``: a LIST per user, oldest first."""
+    """``{p:u:ID}:inbox`` LIST, ``:seq`` counter, ``:dedup`` + ``:dedup-old`` HASHes,
+    ``:cursors`` HASH per user; every call on one user is one script (one round trip)."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "cim") -> None:
-        super().__init__(client, prefix)
-        self._take = client.register_script(_TAKE)
+    _append = Script(_APPEND)
+    _read = Script(_READ)
+    _raise_cursor = Script(_RAISE_CURSOR)
 
-    async def append(self, user_id: int, payloads: list[bytes]) -> None:
-        if payloads:
-            await self._r.rpush(self._key("offline", user_id), *payloads)
+    def __init__(self, client: aioredis.Redis, config: Config, batcher: Batcher | None = None) -> None:
+        super().__init__(client, config.key_prefix, batcher)
+        self._max_messages = config.inbox_max_messages
+        self._max_age_ms = max(1, round(config.inbox_max_age * 1000))
+        self._window = config.dedup_window
 
-    async def restore(self, user_id: int, payloads: list[bytes]) -> None:
-        if payloads:
-            # LPUSH pushes one by one to the head: reversed keeps the batch's order.
-            await self._r.lpush(self._key("offline", user_id), *reversed(payloads))
+    def _user_key(self, user_id: int, kind: str) -> str:
+        """One user's key: the hash tag ``{p:u:ID}`` keeps all of them in one Cluster slot."""
+        return f"{{{self._p}:u:{user_id}}}:{kind}"
 
-    async def take(self, user_id: int) -> list[bytes]:
-        return list(await self._take(keys=[self._key("offline", user_id)]))
+    def _append_call(self, receiver_id: int, sender_id: int, bodies: list[bytes], first_msg_id: int,
+                     client_msg_ids: list[int]) -> tuple[list[str], list[EncodableT]]:
+        """The keys and arguments of the append script for one receiver."""
+        keys = [self._user_key(receiver_id, kind) for kind in ("inbox", "seq", "dedup", "dedup-old")]
+        # The clientMsgIds packed in one argument: every argument costs the script a Lua string.
+        ids = struct.pack(f">{len(client_msg_ids)}Q", *client_msg_ids)
+        args: list[EncodableT] = [sender_id, self._max_messages, self._max_age_ms, self._window, first_msg_id, ids, *bodies]
+        return keys, args
+
+    @staticmethod
+    def _stored(bodies: list[bytes], reply: list[Any]) -> Stored:
+        """The Stored an append script's reply describes."""
+        duplicates = {int(reply[i]): _msg_id(reply[i + 1]) for i in range(1, len(reply), 2)}
+        if not duplicates:
+            return Stored(int(reply[0]), bodies)
+        return Stored(int(reply[0]), [b for k, b in enumerate(bodies) if k not in duplicates], duplicates)
+
+    async def append(self, receiver_id: int, sender_id: int, bodies: list[bytes], first_msg_id: int,
+                     client_msg_ids: list[int]) -> Stored:
+        if not bodies:
+            return Stored(0, bodies)
+        keys, args = self._append_call(receiver_id, sender_id, bodies, first_msg_id, client_msg_ids)
+        return self._stored(bodies, await self._b.script(self._append, keys, args))
+
+    async def append_each(self, receiver_ids: list[int], sender_id: int, bodies: list[bytes], first_msg_id: int,
+                          client_msg_ids: list[int]) -> list[Stored]:
+        if not bodies or not receiver_ids:
+            return [Stored(0, bodies) for _ in receiver_ids]
+        # One EVALSHA per receiver, all in one pipeline; a Redis that lost its script
+        # cache (a restart) answers NOSCRIPT to those it did not run, which go again as EVAL.
+        calls = [self._append_call(r, sender_id, bodies, first_msg_id, client_msg_ids) for r in receiver_ids]
+        replies = await self._b.scripts(self._append, calls)
+        return [self._stored(bodies, reply) for reply in replies]
+
+    async def read(self, user_id: int, after_seq: int, limit: int) -> Page:
+        keys = [self._user_key(user_id, "inbox"), self._user_key(user_id, "seq")]
+        after_seq = max(0, after_seq)
+        latest, truncated, start, entries = await self._b.script(
+            self._read, keys, [after_seq, limit, self._max_messages, self._max_age_ms]
+        )
+        return Page([(start + k, entry[STAMP_BYTES:]) for k, entry in enumerate(entries)], int(latest), bool(truncated))
+
+    async def latest(self, user_ids: list[int]) -> list[int]:
+        if not user_ids:
+            return []
+        # A pipeline, not MGET: the keys are in different Cluster slots.
+        call = self._b.call
+        futures = [call("GET", self._user_key(user_id, "seq")) for user_id in user_ids]
+        return [int(seq or 0) for seq in await results(futures)]
+
+    async def set_cursors(self, cursors: list[tuple[int, str, int]]) -> None:
+        calls: list[tuple[list[str], list[EncodableT]]] = [
+            ([self._user_key(user_id, "cursors")], [device_id, seq]) for user_id, device_id, seq in cursors
+        ]
+        if calls:
+            await self._b.scripts(self._raise_cursor, calls)
+
+    async def cursor(self, user_id: int, device_id: str) -> int:
+        return int(await self._b.call("HGET", self._user_key(user_id, "cursors"), device_id) or 0)
 
 
 class RedisBus(_RedisKeys, Bus):
-    """Pub/sub on ``node:{server}`` and ``broadcast``; owns its client (closed with it)."""
+    """Pub/sub on ``node:{server}`` and ``broadcast``; owns ``client`` (closed with it).
+    Publishes go through ``batcher`` (the store's: one pipeline with the appends before
+    them), else a connection of its own; the subscriber has a connection of its own."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "cim") -> None:
-        super().__init__(client, prefix)
-        self._pubsub: Any = None
-        self._reader: asyncio.Task[None] | None = None
+    def __init__(self, client: aioredis.Redis, prefix: str = "cim", batcher: Batcher | None = None) -> None:
+        super().__init__(client, prefix, batcher)
+        self._subscriber: Subscriber | None = None
 
     async def subscribe(self, node_id: str, handler: DeliveryHandler) -> None:
-        self._pubsub = self._r.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.subscribe(self._key("node", node_id), self._key("broadcast"))
-        self._reader = asyncio.create_task(self._read(handler), name=f"cim-bus-{node_id}")
-
-    async def _read(self, handler: DeliveryHandler) -> None:
-        while True:
-            try:
-                message = await self._pubsub.get_message(timeout=None)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # redis-py re-subscribes on reconnect; keep reading after a blip.
-                log.exception("bus connection failed; retrying")
-                await asyncio.sleep(0.5)
-                continue
-            if message is not None and message["type"] == "message":
-                try:
-                    handler(message["data"])
-                except Exception:
-                    log.exception("bus handler failed")
+        channels = [self._key("node", node_id), self._key("broadcast")]
+        self._subscriber = Subscriber(self._r, channels, handler, name=f"cim-bus-{node_id}")
+        await self._subscriber.start()
 
     async def publish(self, node_id: str, payload: bytes) -> None:
-        await self._r.publish(self._key("node", node_id), payload)
+        await self._b.call("PUBLISH", self._key("node", node_id), payload)
 
     async def broadcast(self, payload: bytes) -> None:
-        await self._r.publish(self._key("broadcast"), payload)
+        await self._b.call("PUBLISH", self._key("broadcast"), payload)
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        if self._pubsub is not None:
-            await self._pubsub.aclose()
+        if self._subscriber is not None:
+            await self._subscriber.close()
+        if self._owns_batcher:
+            await self._b.close()
         await self._r.aclose(close_connection_pool=True)
 
 
 class RedisStore(Store):
     """``redis://``, ``rediss://``, ``unix://`` (any URL redis-py takes): the four parts
-    on one Redis. Accounts, presence and inbox share one pool, which the store owns."""
+    on one Redis. The four share one auto-pipelined connection (``Batcher``), and
+    registration one redis-py pool; the store owns and closes both."""
 
-    def __init__(self, client: aioredis.Redis, bus_client: aioredis.Redis, prefix: str = "cim") -> None:
+    def __init__(self, client: aioredis.Redis, bus_client: aioredis.Redis, config: Config,
+                 batcher: Batcher | None = None) -> None:
+        prefix = config.key_prefix
+        batcher = batcher if batcher is not None else Batcher(client)  # one pipeline for all four parts
         super().__init__(
-            RedisAccounts(client, prefix), RedisPresence(client, prefix), RedisInbox(client, prefix),
-            RedisBus(bus_client, prefix),
+            RedisAccounts(client, prefix, batcher), RedisPresence(client, prefix, batcher),
+            RedisInbox(client, config, batcher), RedisBus(bus_client, prefix, batcher),
         )
         self._client = client
+        self._batcher = batcher
 
     @classmethod
     async def open(cls, url: str, config: Config, hub: MemoryHub) -> RedisStore:
         client = connect(url)
+        batcher = Batcher(client)
         try:
-            await client.ping()  # an unreachable Redis fails the start, not the first login
+            await batcher.call("PING")  # an unreachable Redis fails the start, not the first login
         except BaseException:
+            await batcher.close()
             await client.aclose(close_connection_pool=True)
             raise
-        # The bus has a pool of its own: its subscriber holds a connection for good.
-        return cls(client, connect(url), config.key_prefix)
+        # The bus's subscriber has a connection (and settings) of its own.
+        return cls(client, connect(url), config, batcher)
 
     async def close(self) -> None:
         await super().close()
+        await self._batcher.close()
         await self._client.aclose(close_connection_pool=True)
