@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cim.auth.tokens import MISSING_SECRET
-from cim.config import AUTH_MODES, BALANCERS, MIN_SECRET_BYTES, Config
+from cim.config import AUTH_MODES, BALANCERS, EMBEDDED, MIN_SECRET_BYTES, Config
 
 _DEFAULTS = Config()
 
@@ -50,6 +50,14 @@ def _backend_options(p: argparse.ArgumentParser) -> None:
     _option(p, "--zk-root", str, "ZooKeeper path cim-servers register under")
     _option(p, "--zk-session-timeout", float, "ZooKeeper session timeout, seconds")
     _option(p, "--key-prefix", str, "prefix of every Redis key and channel")
+    _option(p, "--data-dir", str, "embedded store only: keep accounts and inboxes in DIR (SQLite) so they survive "
+            "a restart (default: in memory, lost on restart)", metavar="DIR")
+    _option(p, "--inbox-max-messages", int, "messages kept per user's inbox; older ones are dropped")
+    _option(p, "--inbox-max-age", float, "seconds a message is kept in an inbox")
+    _option(p, "--dedup-window", int, "(sender, clientMsgId) pairs remembered per receiver: a resend among them "
+            "gets its first receipt and is not delivered again")
+    _option(p, "--inbox-check-interval", float, "seconds between a node's checks of its users' inboxes for "
+            "messages whose doorbell was lost (a shared store only)")
     _option(p, "--log-level", str, "log level")
 
 
@@ -115,6 +123,13 @@ def _announce(config: Config, secret_made: bool = False) -> None:
         f"connect a client:  cim-client --route http://{route_host}:{config.route_port} --register NAME",
         flush=True,
     )
+    if config.store == EMBEDDED:
+        print(
+            f"accounts and messages are kept in {config.data_dir} (SQLite): they survive a restart"
+            if config.data_dir
+            else "accounts and messages are kept in memory: a restart loses them (give --data-dir DIR to keep them)",
+            flush=True,
+        )
     if secret_made:
         print(
             "tokens are signed with a random secret made for this run: they stop working when it ends; "

@@ -26,6 +26,13 @@ class Config:
     zk_root: str = "/cim"
     zk_session_timeout: float = 10.0
     key_prefix: str = "cim"
+    data_dir: str | None = None  # embedded (memory://): keep accounts and inboxes on disk here
+
+    # inboxes (cim.backends: every message for a user, numbered by seq)
+    inbox_max_messages: int = 10_000  # kept per user; older ones are dropped
+    inbox_max_age: float = 30 * 86400.0  # seconds a message is kept
+    dedup_window: int = 10_000  # (sender, clientMsgId) pairs remembered per receiver
+    inbox_check_interval: float = 5.0  # seconds between a node's checks of its users' inboxes (lost doorbells)
 
     # cim-server
     host: str = "0.0.0.0"
@@ -80,6 +87,9 @@ class Config:
                 raise ValueError(f"{name.replace('_', '-')} must be 0 (off) or more, not {getattr(self, name)}")
         if self.auth not in AUTH_MODES:
             raise ValueError(f"auth must be one of {', '.join(AUTH_MODES)}, not {self.auth!r}")
+        for name in ("inbox_max_messages", "inbox_max_age", "dedup_window", "inbox_check_interval"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
         if self.token_ttl <= 0:
             raise ValueError("token ttl must be positive")
         # RFC 7518 section 3.2: an HS256 key shorter than the hash is guessable offline

@@ -5,7 +5,8 @@ the sender's serialized ``prefix`` + the text and ids); each receiver's frame
 appends that one map entry as raw protobuf bytes (computed once per session, at
 login). Protobuf parsers merge repeated occurrences of a map field, so
 ``body + entry`` parses as the push with ``properties[receiveUserId]`` set: group
-fan-out costs a copy per receiver (``cim.wire.frame_each``), not a serialization.
+fan-out costs a copy per receiver (``cim.wire.frame_sequenced``, which puts each
+receiver's inbox ``seq`` before the entry), not a serialization.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from route.balance import make_balancer
 log = logging.getLogger("cim.route")
 
 BEARER = "bearer "
+SERVER_GONE_GRACE = 2.0  # seconds between a server leaving the registry and its users being logged out
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +75,12 @@ class RouteService:
             task.add_done_callback(self._cleanups.discard)
 
     async def _clear(self, server: ServerInfo) -> None:
+        # A moment first: a worker restarted by its supervisor comes back under the same id,
+        # clears its predecessor's logins itself, and may already hold users who
+        # reconnected to it; clearing those would log them out while connected.
+        await asyncio.sleep(SERVER_GONE_GRACE)
         if server in self.servers:
-            return  # back already (a new ZooKeeper session): its users are still connected
+            return  # back already (a new ZooKeeper session, a restarted worker): its users are its own
         users = await self.presence.clear_server(server.id)
         if users:
             log.warning("cim-server %s is gone: logged out %d users", server.id, len(users))
@@ -202,12 +207,12 @@ class RouteService:
 
     async def send_private(self, user_id: int, receiver_id: int, text: str) -> Status:
         assert self.messenger is not None
-        status, _ = await self.messenger.send_private(await self._sender(user_id), receiver_id, [text.encode()])
-        return status
+        sent = await self.messenger.send_private(await self._sender(user_id), receiver_id, [text.encode()], [0])
+        return sent.status
 
     async def send_group(self, user_id: int, text: str) -> None:
         assert self.messenger is not None
-        await self.messenger.send_group(await self._sender(user_id), [text.encode()])
+        await self.messenger.send_group(await self._sender(user_id), [text.encode()], [0])
 
     async def online_users(self) -> list[tuple[int, str]]:
         user_ids = await self.presence.online_user_ids()

@@ -23,7 +23,7 @@ from cim.backends.memory import MemoryHub
 from cim.client import LoginAnswer, RouteClient, register
 from cim.config import Config
 from cim.frame import FrameDecoder, encode_frame
-from cim.proto import Request, Response
+from cim.proto import LOGIN_ANSWER, Request, Response
 from cim.protocols.client import ClientConnection
 from cim.run import Running, start
 from cim.testing.services import free_port, redis_server, zookeeper_server
@@ -150,7 +150,8 @@ async def online(running: Running, name: str) -> tuple[int, RawClient]:
 class RawClient:
     """A client for testing the server: raw ``Response`` objects out, so tests check
     every field; login and ping frames as the SDK sends them, anything else built
-    field by field with ``send``. ``token`` is the one it logged in with."""
+    field by field with ``send``. ``token`` is the one it logged in with. The login's
+    answer (LOGIN_ANSWER) is set aside as ``login_answer``, not returned by ``next``."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
@@ -158,6 +159,7 @@ class RawClient:
         self.decoder = FrameDecoder()
         self.inbox: list[Response] = []
         self.token = ""
+        self.login_answer: Response | None = None
 
     @classmethod
     async def connect(cls, port: int) -> RawClient:
@@ -183,8 +185,16 @@ class RawClient:
             data = await asyncio.wait_for(self.reader.read(65536), timeout)
             if not data:
                 raise ConnectionError("closed by the server")
-            self.inbox += [Response.FromString(f) for f in self.decoder.feed(data)]
+            self._received(data)
         return self.inbox.pop(0)
+
+    def _received(self, data: bytes) -> None:
+        for frame in self.decoder.feed(data):
+            response = Response.FromString(frame)
+            if response.cmd == LOGIN_ANSWER and self.login_answer is None:
+                self.login_answer = response
+            else:
+                self.inbox.append(response)
 
     async def closed(self, timeout: float = 5.0) -> list[Response]:
         """Read until the server closes; returns what came before."""
@@ -194,7 +204,9 @@ class RawClient:
             data = await asyncio.wait_for(self.reader.read(65536), timeout)
             if not data:
                 return frames
-            frames += [Response.FromString(f) for f in self.decoder.feed(data)]
+            self._received(data)
+            frames += self.inbox
+            self.inbox.clear()
 
     async def ping(self, user_id: int) -> Response:
         self.send_ping(user_id)

@@ -18,8 +18,9 @@ ZK_SESSION_TIMEOUT = 2.0
 
 
 class Cluster:
-    def __init__(self, workdir: Path, redis_url: str, zk_hosts: str) -> None:
+    def __init__(self, workdir: Path, redis_url: str, zk_hosts: str, server_args: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
+        self.server_args = list(server_args)
         self.prefix = f"c{workdir.name[-6:].replace('-', '')}"
         self.backend = ["--redis", redis_url, "--zk", zk_hosts, "--zk-root", f"/{self.prefix}",
                         "--key-prefix", self.prefix, "--zk-session-timeout", str(ZK_SESSION_TIMEOUT)]
@@ -35,7 +36,8 @@ class Cluster:
     def add_server(self, name: str) -> tuple[CimProcess, int]:
         port, http_port = free_port(), free_port()
         proc = CimProcess(self.workdir, name, ["server", "--host", "127.0.0.1", "--port", str(port),
-                                               "--http-port", str(http_port), *self.backend], self.env)
+                                               "--http-port", str(http_port), *self.backend, *self.server_args],
+                          self.env)
         proc.wait_http(http_port)
         self.servers.append((proc, port))
         return proc, port

@@ -64,7 +64,7 @@ async def test_server_series_count_what_was_done(stack: Running) -> None:
     alice, a = await online(stack, "alice")
     bob, b = await online(stack, "bob")
     carol = await register_user(stack, "carol")  # never online: a message to her is stored (7000)
-    codes = [(await send(a, f"hi {i}", i, to=bob)).code for i in range(3)]  # local: the hot path
+    codes = [(await send(a, f"hi {i}", i + 1, to=bob)).code for i in range(3)]  # local: the hot path
     codes += [(await send(a, f"all {i}", 10 + i)).code for i in range(2)]  # to everyone: over the bus
     codes += [(await send(a, "stored", 20, to=carol)).code, (await send(a, "lost", 21, to=999_999)).code]
     assert codes == [9000] * 5 + [7000, 3000]
@@ -106,8 +106,10 @@ async def test_delivery_time_is_of_fresh_pushes_only(stack: Running) -> None:
     now_ms, prefix = int(time.time() * 1000), Sender.of(alice, "alice").prefix
     stored = push_bodies(prefix, [b"stored an hour ago"], 1, now_ms - 3_600_000)
     fresh = push_bodies(prefix, [b"fresh"], 2, now_ms)
-    for bodies, restore in ((stored, True), (fresh, False)):
-        delivery = Delivery(messages=bodies, receiverIds=[bob], storeIfAbsent=True, restore=restore)
+    session = stack.node.sessions.by_user[bob]
+    session.streams[0].login_seq = 1  # it was there before bob logged in: /fetchOfflineMsgs hands it back
+    for delivery in (Delivery(messages=stored, receiverIds=[bob], firstSeqs=[1], replay=True),
+                     Delivery(messages=fresh, receiverIds=[bob], firstSeqs=[1])):
         stack.node.deliveries.on_delivery(delivery.SerializeToString())
     assert [(await b.next()).resMsg for _ in range(2)] == ["stored an hour ago", "fresh"]
     samples = await scrape(node_port(stack))

@@ -22,7 +22,7 @@ from cim.config import Config
 from cim.run import Running, start
 from cim.server_info import ServerInfo
 from cim.testing.services import free_port
-from tests.conftest import PASSWORD, eventually, register_user, route_url, stack_config
+from tests.conftest import PASSWORD, RawClient, eventually, register_user, route_url, stack_config
 
 
 def legacy_config() -> Config:
@@ -123,7 +123,6 @@ async def test_unknown_paths_and_methods_answer_in_the_envelope(http: httpx.Asyn
 
 
 async def test_p2p_offline_stores_7000_then_fetch_delivers_in_order_once(http: httpx.AsyncClient, legacy: Running) -> None:
-    route = route_url(legacy)
     alice = (await call(http, "/registerAccount", {"userName": "alice"}))["dataBody"]["userId"]
     bob = (await call(http, "/registerAccount", {"userName": "bob"}))["dataBody"]["userId"]
     for i in range(5):
@@ -131,17 +130,21 @@ async def test_p2p_offline_stores_7000_then_fetch_delivers_in_order_once(http: h
         assert answer["code"] == "7000"
     assert (await call(http, "/fetchOfflineMsgs", {"receiveUserId": bob}))["code"] == "7000"  # not online: kept
 
-    got: list[Message] = []
-    async with Client(route, bob, "bob", on_message=got.append, fetch_offline=False):
-        assert (await call(http, "/fetchOfflineMsgs", {"receiveUserId": bob}))["dataBody"] == {"count": 5}
-        await eventually(lambda: len(got) == 5, 2)
-        assert [m.text for m in got] == [f"m{i}" for i in range(5)]
-        assert {(m.sender_id, m.sender_name, m.receiver_id) for m in got} == {(alice, "alice", bob)}
-        assert (await call(http, "/fetchOfflineMsgs", {"receiveUserId": bob}))["dataBody"] == {"count": 0}
-        answer = await call(http, "/p2pRoute", {"userId": alice, "receiveUserId": bob, "msg": "live"})
-        assert answer["code"] == "9000"
-        await eventually(lambda: len(got) == 6, 2)
-        assert got[-1].text == "live" and len(got) == 6  # nothing delivered twice
+    # CIM's client: logs in, never syncs, asks the route for what came while it was away.
+    login = await call(http, "/login", {"userId": bob, "userName": "bob"})
+    client = await RawClient.connect(login["dataBody"]["cimServerPort"])
+    client.login(bob, "bob")
+    assert (await client.ping(bob)).resMsg == "pong"
+    assert (await call(http, "/fetchOfflineMsgs", {"receiveUserId": bob}))["dataBody"] == {"count": 5}
+    got = [await client.next() for _ in range(5)]
+    assert [m.resMsg for m in got] == [f"m{i}" for i in range(5)]
+    assert {(m.responseId, m.properties["sendUserName"], m.properties["receiveUserId"]) for m in got} == {
+        (alice, "alice", str(bob))}
+    assert (await call(http, "/fetchOfflineMsgs", {"receiveUserId": bob}))["dataBody"] == {"count": 0}
+    answer = await call(http, "/p2pRoute", {"userId": alice, "receiveUserId": bob, "msg": "live"})
+    assert answer["code"] == "9000"
+    assert (await client.next()).resMsg == "live"  # nothing delivered twice before it
+    client.close()
 
 
 async def test_p2p_and_group_unknown_users_are_3000(http: httpx.AsyncClient) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 
+from cim.backends import Stored
 from cim.backends.memory import MemoryHub
 from cim.client import RouteClient
 from cim.messages import Sender
@@ -314,6 +315,6 @@ async def test_a_push_queued_this_loop_turn_is_not_overtaken_by_a_broadcast(stac
     node = stack.node
     assert node is not None
     private, group = push_bodies(Sender.of(alice, "alice").prefix, [b"private first", b"group second"], 1, 1)
-    node.deliveries.deliver_local(bob, [private])
-    node.deliveries.on_delivery(Delivery(messages=[group], broadcast=True, excludeUserId=alice).SerializeToString())
+    node.deliveries.deliver_local(bob, Stored(1, [private]))
+    node.deliveries.on_delivery(Delivery(messages=[group], receiverIds=[bob], firstSeqs=[2]).SerializeToString())
     assert [(await b.next()).resMsg for _ in range(2)] == ["private first", "group second"]

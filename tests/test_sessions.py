@@ -1,14 +1,18 @@
-"""The session table and the ordering of a peer's events, with no sockets.
+"""The session table and each connection's place in its inbox (the live/stored
+seam), with no sockets.
 
 ``RecordingPeer`` implements the ``Peer`` interface by recording what it is asked
-to send: the table and the ordering component only ever talk to that interface.
+to send: the table and the streams only ever talk to that interface.
 """
 
 from __future__ import annotations
 
-from cim.server.sessions import SessionTable
+from cim.frame import FrameDecoder
+from cim.proto import Response
+from cim.server.sessions import Session, SessionTable
+from cim.server.streams import Stream
 from cim.status import Status
-from cim.wire import frame_each
+from cim.wire import frame_sequenced
 
 
 class RecordingPeer:
@@ -30,7 +34,11 @@ class RecordingPeer:
 
     def send_receipts(self, client_msg_ids: list[int], first_id: int, status: Status = Status.SUCCESS) -> None: ...
 
-    def send_receipt(self, client_msg_id: int, status: Status, text: str) -> None: ...
+    def send_receipt(self, client_msg_id: int, status: Status, text: str, msg_id: int = 0) -> None: ...
+
+    def send_login_answer(self, latest_seq: int, heartbeat_seconds: int, acked_seq: int) -> None: ...
+
+    def send_sync_done(self, latest_seq: int, truncated: bool) -> None: ...
 
     def send_error(self, status: Status, reason: str) -> None: ...
 
@@ -46,52 +54,101 @@ class RecordingPeer:
     def flush(self) -> None: ...
 
 
+def body(text: str) -> bytes:
+    return Response(resMsg=text).SerializeToString()
+
+
+def seqs(peer: RecordingPeer) -> list[int]:
+    """The seqs of every push the peer was sent, in order."""
+    return [Response.FromString(f).seq for frame, _ in peer.pushed for f in FrameDecoder().feed(frame)]
+
+
+def live(gaps: list[Stream] | None = None) -> tuple[SessionTable, Session, Stream, RecordingPeer]:
+    """A table with one logged-in user whose stream has seqs up to 3 and is live."""
+    table = SessionTable(gap=(gaps if gaps is not None else []).append)
+    peer = RecordingPeer(7)
+    table.admit(peer)
+    stream = table.bind(peer, 7, "alice", "")
+    stream.sent, stream.catching_up = 3, False
+    return table, table.by_user[7], stream, peer
+
+
 def test_a_peer_is_pending_until_bound_then_in_its_users_session() -> None:
-    table = SessionTable()
+    table = SessionTable(gap=lambda stream: None)
     peer = RecordingPeer(7)
     table.admit(peer)
     assert (table.connections, len(table), table.of(peer)) == (1, 0, None)
-    session = table.bind(peer, 7, "alice")
-    assert (table.connections, len(table), table.of(peer), table.by_user[7]) == (1, 1, session, session)
+    stream = table.bind(peer, 7, "alice", "phone")
+    session = table.by_user[7]
+    assert (table.connections, len(table), table.of(peer)) == (1, 1, session)
     assert session.sender.id == 7 and session.sender.name == "alice" and session.peers == [peer]
+    assert session.stream(peer) is stream and stream.device_id == "phone" and stream.catching_up
     assert table.pending == set()
 
 
 def test_removing_the_last_peer_ends_the_session_once() -> None:
-    table = SessionTable()
+    table = SessionTable(gap=lambda stream: None)
     first, second = RecordingPeer(7), RecordingPeer(7)
     for peer in (first, second):
         table.admit(peer)
-        table.bind(peer, 7, "alice")
+        table.bind(peer, 7, "alice", "")
     assert table.by_user[7].peers == [first, second]
-    assert table.remove(first) is None  # the user still has a peer
-    ended = table.remove(second)
-    assert ended is not None and ended.user_id == 7 and 7 not in table.by_user
+    removed = table.remove(first)
+    assert removed is not None and removed[2] is False  # the user still has a peer
+    removed = table.remove(second)
+    assert removed is not None and removed[0].user_id == 7 and removed[2] is True and 7 not in table.by_user
     assert table.remove(second) is None and table.connections == 0  # twice: cleaned once
 
 
 def test_removing_a_pending_peer_ends_no_session() -> None:
-    table = SessionTable()
+    table = SessionTable(gap=lambda stream: None)
     peer = RecordingPeer(0)
     table.admit(peer)
     assert table.remove(peer) is None and table.connections == 0
 
 
-def test_a_session_frames_a_push_once_for_every_peer() -> None:
-    table = SessionTable()
+def test_a_session_frames_a_push_once_for_every_live_peer() -> None:
+    table = SessionTable(gap=lambda stream: None)
     peers = [RecordingPeer(7), RecordingPeer(7)]
     for peer in peers:
-        table.bind(peer, 7, "alice")
+        stream = table.bind(peer, 7, "alice", "")
+        stream.catching_up = False
     session = table.by_user[7]
-    session.push([b"body"], at_once=True)
-    expected = frame_each([b"body"], session.receiver_entry)
+    session.push([body("body")], 1, at_once=True)
+    expected = frame_sequenced([body("body")], 1, session.receiver_entry)
     assert [p.pushed for p in peers] == [[(expected, True)], [(expected, True)]]
+    assert [s.sent for s in session.streams] == [1, 1]
+
+
+def test_live_pushes_are_written_once_and_in_order() -> None:
+    _, session, stream, peer = live()
+    session.push([body("a"), body("b")], 4)
+    session.push([body("b")], 5)  # written already (a catch-up got there first): skipped
+    session.push([body("c"), body("d"), body("e")], 5)  # overlaps: only what is new
+    assert seqs(peer) == [4, 5, 6, 7] and stream.sent == 7
+
+
+def test_a_gap_starts_a_catch_up_instead_of_a_write() -> None:
+    gaps: list[Stream] = []
+    _, session, stream, peer = live(gaps)
+    session.push([body("x")], 6)  # 4 and 5 have not come: their doorbell was lost or is late
+    assert gaps == [stream] and peer.pushed == [] and stream.catching_up and stream.missed == 6
+    session.push([body("y")], 7)  # while catching up: remembered, not written, no second catch-up
+    assert gaps == [stream] and peer.pushed == [] and stream.missed == 7
+
+
+def test_a_stream_catching_up_remembers_what_it_was_not_sent() -> None:
+    table = SessionTable(gap=lambda stream: None)
+    peer = RecordingPeer(7)
+    stream = table.bind(peer, 7, "alice", "")  # catching up until the login read the inbox
+    table.by_user[7].push([body("early")], 1)
+    assert peer.pushed == [] and stream.missed == 1
 
 
 def test_busy_while_logging_in_and_while_logged_in() -> None:
-    table = SessionTable()
+    table = SessionTable(gap=lambda stream: None)
     with table.logging_in(7):
         assert table.busy(7) and not table.busy(8)
     assert not table.busy(7)
-    table.bind(RecordingPeer(7), 7, "alice")
+    table.bind(RecordingPeer(7), 7, "alice", "")
     assert table.busy(7)

@@ -90,6 +90,8 @@ async def test_workers_share_the_port_restart_and_drain(tmp_path: Path, redis_ur
         assert httpx.get(f"{url}/onlineUser").json()["dataBody"] == []
         for c in clients.values():
             await c.close()
+            # with no attempts left, the lost connection ended the client: it says so
+            assert not c.done.done() or isinstance(c.done.exception(), ConnectionError)
     finally:
         supervisor.stop(signal.SIGKILL)
         route.stop()

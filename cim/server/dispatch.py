@@ -1,8 +1,9 @@
-"""Role: act on a peer's events: login, send, ping, offline.
+"""Role: act on a peer's events: login, send, sync, ack, ping, offline.
 
 ``handle_now`` settles what needs no I/O (the hot path: messages to a user on this
-node, pings); ``handle`` does the rest, one event (or one batchable run) at a time,
-in the order ``cim.server.ordering`` keeps.
+node with an in-process inbox, pings, acks); ``handle`` does the rest, one event (or
+one batchable run) at a time, in the order ``cim.server.ordering`` keeps. A message
+is answered only once it is in its receiver's inbox (``cim.delivery``).
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import logging
 from collections import Counter, deque
 
-from cim.auth import AuthError, Tokens
 from cim.backends import Backends
-from cim.delivery import Messenger
+from cim.delivery import Messenger, Sent
 from cim.destinations import ToEveryone, ToUser
 from cim.messages import MessageIds
-from cim.protocols.connection import ChatMessages, Login, Offline, Ping, ProtocolViolation
+from cim.protocols.connection import ChatMessages, DeliveryAck, Login, Offline, Ping, ProtocolViolation, Sync
+from cim.server.catchup import Catchup
+from cim.server.cursors import Cursors
+from cim.server.logins import Logins
 from cim.server.metrics import Latencies
 from cim.server.peer import Peer
 from cim.server.quotas import OverRate, Screened
@@ -25,18 +28,6 @@ from cim.status import CimError, Status
 from cim.wire import push_bodies
 
 log = logging.getLogger("cim.server")
-
-
-def _token_refusal(tokens: Tokens | None, login: Login) -> str | None:
-    """Why the login's token does not prove the user it names; None when it does, or
-    when nothing is checked (``--auth none``)."""
-    if tokens is None:
-        return None
-    try:
-        tokens.verify_for(login.request.token, login.user_id)
-    except AuthError as err:
-        return f"login refused: {err.reason}"
-    return None
 
 
 def _take_event(backlog: deque[Screened]) -> Screened:
@@ -61,14 +52,16 @@ class Dispatcher:
     """What the node does with each event a peer's connection produces."""
 
     def __init__(
-        self, node_id: str, sessions: SessionTable, backends: Backends, messenger: Messenger,
-        metrics: Counter[str], tasks: BackgroundTasks, tokens: Tokens | None, latencies: Latencies,
+        self, node_id: str, sessions: SessionTable, backends: Backends, messenger: Messenger, catchup: Catchup,
+        cursors: Cursors, metrics: Counter[str], tasks: BackgroundTasks, logins: Logins, latencies: Latencies,
     ) -> None:
         self.node_id = node_id
-        self.tokens = tokens  # None: --auth none, a login names its user unchecked (CIM)
+        self.logins = logins
+        self.cursors = cursors
         self.sessions = sessions
         self.backends = backends
         self.messenger = messenger
+        self.catchup = catchup
         self.metrics = metrics
         self.tasks = tasks
         self.latencies = latencies
@@ -76,6 +69,8 @@ class Dispatcher:
         self._by_user = sessions.by_user
         self._session_of = sessions.by_peer.get
         self._take_ids = messenger.ids.take
+        inbox = backends.inbox
+        self._append_now = inbox.append_now if inbox.in_process else None
 
     def handle_now(self, peer: Peer, event: Screened) -> bool:
         """Settle an event synchronously when no I/O is needed; False defers it to ``handle``."""
@@ -85,19 +80,35 @@ class Dispatcher:
                 return False
             target = self._by_user.get(destination.user_id)
             session = self._session_of(peer)
-            if target is None or session is None:
+            append_now = self._append_now
+            if target is None or session is None or append_now is None:
                 return False
             texts = event.texts
             count = len(texts)
             first_id, now_ms = self._take_ids(count)
-            target.push(push_bodies(session.sender.prefix, texts, first_id, now_ms))
-            peer.send_receipts(event.client_msg_ids, first_id)
+            client_msg_ids = event.client_msg_ids
+            bodies = push_bodies(session.sender.prefix, texts, first_id, now_ms)
+            try:
+                stored = append_now(target.user_id, session.user_id, bodies, first_id, client_msg_ids)
+            except Exception:  # the inbox failed (a disk error): ``handle`` tries again and answers
+                return False
+            if stored.duplicates:
+                self._duplicates(peer, client_msg_ids, Sent(Status.SUCCESS, first_id, stored.duplicates))
+            else:
+                peer.send_receipts(client_msg_ids, first_id)
+            if stored.bodies:
+                target.push(stored.bodies, stored.first_seq)
+            if stored.duplicates:
+                target.ring()
             metrics = self.metrics
             metrics["messages_in"] += count
-            metrics["messages_out"] += count
+            metrics["messages_out"] += len(stored.bodies)
             return True
         if isinstance(event, Ping):
             peer.send_pong()
+            return True
+        if isinstance(event, DeliveryAck):
+            self.cursors.ack(peer, event.seq)
             return True
         if isinstance(event, ProtocolViolation):
             self.metrics["protocol_errors"] += 1
@@ -120,9 +131,11 @@ class Dispatcher:
         event = _take_event(backlog)
         try:
             if isinstance(event, Login):
-                await self._login(peer, event)
+                await self.logins.log_in(peer, event)
             elif isinstance(event, ChatMessages):
                 await self._send(peer, event, read_at)
+            elif isinstance(event, Sync):
+                await self.catchup.sync(peer, event.after_seq)
             elif not self.handle_now(peer, event):
                 raise AssertionError(f"unhandled event {event!r}")
         except Exception as err:
@@ -136,38 +149,8 @@ class Dispatcher:
                 for client_msg_id in event.client_msg_ids:
                     peer.send_receipt(client_msg_id, Status.FAIL, f"send failed: {type(err).__name__}; try again")
                 self._answered(event, Status.FAIL, read_at)
-
-    async def _login(self, peer: Peer, login: Login) -> None:
-        # The token first: a connection without one for the user it names learns
-        # nothing (not even whether they are connected) and claims nothing.
-        if (denied := _token_refusal(self.tokens, login)) is not None:
-            self.metrics["logins_unauthorized"] += 1
-            peer.refuse(Status.UNAUTHORIZED, denied)
-            return
-        if self.sessions.busy(login.user_id):
-            peer.refuse(Status.REPEAT_LOGIN, "user already connected")
-            return
-        with self.sessions.logging_in(login.user_id):
-            refusal = await self._check_login(peer, login)
-        if refusal is not None:
-            peer.refuse(*refusal)
-
-    async def _check_login(self, peer: Peer, login: Login) -> tuple[Status, str] | None:
-        """Accept the login (None) or say why not."""
-        name = await self.backends.accounts.user_name(login.user_id)
-        if name is None:
-            return Status.VALIDATION_FAIL, f"userId {login.user_id} is not a registered user"
-        if name != login.user_name:
-            return Status.ACCOUNT_NOT_MATCH, Status.ACCOUNT_NOT_MATCH.message
-        presence = self.backends.presence
-        if not await presence.confirm_login(login.user_id, self.node_id):
-            return Status.REPEAT_LOGIN, "user is logged in on another server"
-        if peer.closed:  # the client left while we asked the store
-            await presence.logout(login.user_id, self.node_id)
-            return None
-        self.sessions.bind(peer, login.user_id, login.user_name)
-        self.metrics["logins"] += 1
-        return None
+            elif isinstance(event, Sync):
+                peer.send_error(Status.FAIL, f"sync failed: {type(err).__name__}; send SYNC again")
 
     async def _send(self, peer: Peer, messages: ChatMessages, read_at: float) -> None:
         """Messages that need the backends: to everyone, or to a user not on this node."""
@@ -177,15 +160,26 @@ class Dispatcher:
         self.metrics["messages_in"] += len(messages.texts)
         # The rest of messages_in took the hot path, answered 9000 (see cim.server.metrics).
         self.metrics["messages_backend"] += len(messages.texts)
+        client_msg_ids = messages.client_msg_ids
         try:
-            status, first_id = await self.messenger.send(session.sender, messages.destination, messages.texts)
+            sent = await self.messenger.send(session.sender, messages.destination, messages.texts, client_msg_ids)
         except CimError as err:
-            for client_msg_id in messages.client_msg_ids:
+            for client_msg_id in client_msg_ids:
                 peer.send_receipt(client_msg_id, err.status, err.message)
             self._answered(messages, err.status, read_at)
         else:
-            peer.send_receipts(messages.client_msg_ids, first_id, status)
-            self._answered(messages, status, read_at)
+            if sent.duplicates:
+                self._duplicates(peer, client_msg_ids, sent)
+            else:
+                peer.send_receipts(client_msg_ids, sent.first_id, sent.status)
+            self._answered(messages, sent.status, read_at)
+
+    def _duplicates(self, peer: Peer, client_msg_ids: list[int], sent: Sent) -> None:
+        """Receipts for a run with resends of messages stored before: not stored again,
+        answered with the id they got the first time."""
+        self.metrics["duplicates"] += len(sent.duplicates)
+        for k, client_msg_id in enumerate(client_msg_ids):
+            peer.send_receipt(client_msg_id, sent.status, sent.status.message, sent.duplicates.get(k, sent.first_id + k))
 
     def _answered(self, messages: ChatMessages, status: Status, read_at: float) -> None:
         """Count and time the receipts of messages that went through the backends."""
@@ -194,7 +188,11 @@ class Dispatcher:
 
     def lost(self, peer: Peer) -> None:
         """Clean up after a closed connection exactly once, whatever closed it."""
-        session = self.sessions.remove(peer)
-        if session is not None:
+        removed = self.sessions.remove(peer)
+        if removed is None:
+            return
+        session, stream, last = removed
+        self.cursors.left(session.user_id, stream)
+        if last:
             self.metrics["logouts"] += 1
             self.tasks.spawn(self.backends.presence.logout(session.user_id, self.node_id))

@@ -1,44 +1,70 @@
 """Role: deliveries to this node's users, from the bus and from this node's own sends.
 
-A Delivery names its receivers (private messages, stored messages being handed
-back, a kick) or is a broadcast (CIM's group chat: every local user but the
-sender). A receiver who is no longer here gets the messages stored, so nothing is
-lost between a route lookup and the write.
+Every message is in its receivers' inboxes before a Delivery rings for it
+(``cim.delivery``). A Delivery names its receivers with the seq each one's inbox
+gave the first message (pushes), or without pushes (read the inboxes: a catch-up),
+or replays stored messages (``/fetchOfflineMsgs``), or kicks. A receiver who is not
+here any more loses nothing: the messages stay in the inbox for their next sync.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
-from cim.backends import Backends
+from cim.backends import Stored
 from cim.proto import Delivery
 from cim.server.metrics import Latencies
-from cim.server.sessions import SessionTable
-from cim.server.tasks import BackgroundTasks
+from cim.server.sessions import Session, SessionTable
+from cim.wire import frame_sequenced
 
 
 class Deliveries:
-    """Pushes messages to local sessions; the Messenger's way around the bus."""
+    """Pushes stored messages to local sessions; the Messenger's way around the bus."""
 
     def __init__(
-        self, node_id: str, sessions: SessionTable, backends: Backends, metrics: Counter[str], tasks: BackgroundTasks,
-        latencies: Latencies,
+        self, node_id: str, sessions: SessionTable, metrics: Counter[str], latencies: Latencies,
     ) -> None:
         self.node_id = node_id
         self.sessions = sessions
-        self.backends = backends
         self.metrics = metrics
-        self.tasks = tasks
         self.latencies = latencies
 
-    def deliver_local(self, user_id: int, bodies: list[bytes]) -> bool:
-        """Push to the user if they are here; False if not (the caller decides what then)."""
+    def local_user_ids(self) -> list[int]:
+        return list(self.sessions.by_user)
+
+    def is_here(self, user_id: int) -> bool:
+        return user_id in self.sessions.by_user
+
+    def deliver_local(self, user_id: int, stored: Stored) -> bool:
+        """Push what was stored to the user if they are here; False if not."""
         session = self.sessions.by_user.get(user_id)
         if session is None:
             return False
-        session.push(bodies)
-        self.metrics["messages_out"] += len(bodies)
+        if stored.bodies:
+            session.push(stored.bodies, stored.first_seq)
+            self.metrics["messages_out"] += len(stored.bodies)
+        if stored.duplicates:
+            session.ring()  # their first push may never have been written (the sender's node died)
         return True
+
+    def deliver_each(self, user_ids: list[int], stored: list[Stored]) -> None:
+        # at_once: one push per connection per turn is the common case, and uvloop
+        # writes on transport.write, so waiting for the end of the turn buys nothing.
+        by_user = self.sessions.by_user
+        pushed: list[bytes] = []
+        count = 0
+        for user_id, each in zip(user_ids, stored, strict=True):
+            session = by_user.get(user_id)
+            if session is None:
+                continue
+            if pushed := each.bodies:
+                session.push(pushed, each.first_seq, at_once=True)
+                count += len(pushed)
+            if each.duplicates:
+                session.ring()
+        self.metrics["messages_out"] += count
+        if count:
+            self.latencies.delivered(pushed)
 
     def on_delivery(self, payload: bytes) -> None:
         """A Delivery from the bus (runs on the loop)."""
@@ -48,33 +74,38 @@ class Deliveries:
             for user_id in delivery.receiverIds:
                 session = by_user.get(user_id)
                 if session is not None:
-                    for peer in list(session.peers):
+                    for peer in session.peers:
                         peer.end("logged out", reconnect=False)
             return
         bodies = list(delivery.messages)  # once: the repeated field copies on every access
-        if delivery.broadcast:
-            if self._broadcast(bodies, delivery.excludeUserId) and bodies:
-                self.latencies.delivered(bodies)
+        if delivery.replay:
+            for user_id in delivery.receiverIds:
+                if (session := by_user.get(user_id)) is not None:
+                    replay(session, bodies, delivery.firstSeqs[0])
             return
-        delivered = False
-        for user_id in delivery.receiverIds:
-            if self.deliver_local(user_id, bodies):
-                delivered = True
-            elif delivery.storeIfAbsent:
-                inbox = self.backends.inbox
-                self.tasks.spawn((inbox.restore if delivery.restore else inbox.append)(user_id, bodies))
-        # Stored messages handed back are old by design: only fresh ones time the way here.
-        if delivered and bodies and not delivery.restore:
-            self.latencies.delivered(bodies)
-
-    def _broadcast(self, bodies: list[bytes], exclude: int) -> int:
-        """Push to every local user but ``exclude``; returns how many got it."""
-        # at_once: one push per connection per turn is the common case, and uvloop
-        # writes on transport.write, so waiting for the end of the turn buys nothing.
+        if not bodies:  # ring only: the messages are in the inboxes
+            for user_id in delivery.receiverIds:
+                if (session := by_user.get(user_id)) is not None:
+                    session.ring()
+            return
         pushed = 0
-        for user_id, session in list(self.sessions.by_user.items()):
-            if user_id != exclude:
-                session.push(bodies, at_once=True)
+        for user_id, first_seq in zip(delivery.receiverIds, delivery.firstSeqs, strict=True):
+            session = by_user.get(user_id)
+            if session is not None:
+                session.push(bodies, first_seq, at_once=True)
                 pushed += 1
         self.metrics["messages_out"] += pushed * len(bodies)
-        return pushed
+        if pushed:
+            self.latencies.delivered(bodies)
+
+
+def replay(session: Session, bodies: list[bytes], first_seq: int) -> None:
+    """``/fetchOfflineMsgs``: stored messages for the session's streams that never sync,
+    those before their login they have not had (later ones came live)."""
+    for stream in session.streams:
+        low = max(stream.replayed + 1, first_seq)
+        high = min(stream.login_seq, first_seq + len(bodies) - 1)
+        if stream.syncs or low > high:
+            continue
+        stream.peer.push(frame_sequenced(bodies[low - first_seq : high - first_seq + 1], low, session.receiver_entry))
+        stream.replayed = high

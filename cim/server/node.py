@@ -21,14 +21,18 @@ from cim.delivery import Messenger
 from cim.limits import connection_capacity, kernel_warnings, raise_nofile_limit
 from cim.messages import MessageIds
 from cim.protocols.tcp import TcpPeer
+from cim.server.catchup import Catchup
+from cim.server.cursors import Cursors
 from cim.server.dispatch import Dispatcher
 from cim.server.intake import Deliveries
+from cim.server.logins import Logins
 from cim.server.metrics import NodeMetrics
 from cim.server.ordering import OrderedEvents
 from cim.server.peer import Peer, PeerSettings
 from cim.server.quotas import Quotas
 from cim.server.registration import Registration
 from cim.server.sessions import SessionTable
+from cim.server.streams import Stream
 from cim.server.sweeper import Sweeper
 from cim.server.tasks import BackgroundTasks
 from cim.status import Status
@@ -49,25 +53,27 @@ class Node:
         self.metrics: Counter[str] = Counter()
         self.started_at = time.time()
         self.max_connections = 0
-        self.sessions = SessionTable()
+        self.sessions = SessionTable(gap=self._gap)
+        self.catchup = Catchup(config, self.sessions, backends.inbox, self.metrics)
+        self.cursors = Cursors(self.sessions, backends.inbox, self.metrics)
         self.quotas = Quotas(config, self.metrics, self.loop.time)
         self.tasks = BackgroundTasks(self.metrics)
         self.sweeper = Sweeper(config, self.sessions, self.metrics)
         self.prometheus = NodeMetrics(self.metrics, self.sessions, self.sweeper.slow)
         self.registration = Registration(config, backends, self.sessions, self.metrics, self.tasks)
-        self.deliveries = Deliveries(
-            self.node_id, self.sessions, backends, self.metrics, self.tasks, self.prometheus.latencies
-        )
+        self.deliveries = Deliveries(self.node_id, self.sessions, self.metrics, self.prometheus.latencies)
         # The node number comes from the store at start; ids are taken only after.
         self.ids = MessageIds(0)
         messenger = Messenger(backends, self.ids, local=self.deliveries)
         self.dispatcher = Dispatcher(
-            self.node_id, self.sessions, backends, messenger, self.metrics, self.tasks, Tokens.from_config(config),
+            self.node_id, self.sessions, backends, messenger, self.catchup, self.cursors, self.metrics, self.tasks,
+            Logins(self.node_id, self.sessions, backends, self.catchup, self.metrics, Tokens.from_config(config)),
             self.prometheus.latencies,
         )
         self._turn: list[Peer] = []  # peers with pushes queued this loop turn
         self._server: asyncio.Server | None = None
         self._sweeping: asyncio.Task[None] | None = None
+        self._upkeep: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         soft, hard = raise_nofile_limit()
@@ -89,6 +95,9 @@ class Node:
             backlog=self.config.backlog,
         )
         self._sweeping = asyncio.create_task(self.sweeper.run(), name="cim-sweeper")
+        self._upkeep = [asyncio.create_task(self.cursors.run(), name="cim-cursors")]
+        if not self.backends.inbox.in_process:  # an in-process store rings every doorbell it stores
+            self._upkeep.append(asyncio.create_task(self.catchup.run(), name="cim-inbox-check"))
         self.prometheus.start()
         await self.registration.register()
         log.info("cim-server %s listening on %s:%d", self.node_id, self.config.host, self.config.port)
@@ -113,7 +122,16 @@ class Node:
             await asyncio.sleep(0.02)
         if self._server is not None:
             await self._server.wait_closed()
+        for task in self._upkeep:
+            task.cancel()
+        try:  # the cursors of the connections just closed
+            await asyncio.wait_for(self.cursors.flush(), self.config.shutdown_timeout)
+        except Exception as err:
+            log.warning("could not write device cursors: %r", err)
         self.prometheus.stop()
+
+    def _gap(self, stream: Stream) -> None:
+        self.catchup.gap(stream)
 
     # -- PeerHost ----------------------------------------------------------------
 

@@ -55,8 +55,14 @@ class Peer(Protocol):
     def send_receipts(self, client_msg_ids: list[int], first_id: int, status: Status = Status.SUCCESS) -> None:
         """Receipts for messages sent in a row: the k-th got message id ``first_id + k``."""
 
-    def send_receipt(self, client_msg_id: int, status: Status, text: str) -> None:
-        """The fate of one message that was not sent, and why."""
+    def send_receipt(self, client_msg_id: int, status: Status, text: str, msg_id: int = 0) -> None:
+        """The fate of one message: not sent, and why; or a resend, with its first id."""
+
+    def send_login_answer(self, latest_seq: int, heartbeat_seconds: int, acked_seq: int) -> None:
+        """The login was accepted: where the user's inbox and the device stand, how often to ping."""
+
+    def send_sync_done(self, latest_seq: int, truncated: bool) -> None:
+        """A SYNC was served: everything up to ``latest_seq`` was written before this."""
 
     def send_error(self, status: Status, reason: str) -> None:
         """An error frame; the connection goes on (a limit was hit)."""

@@ -1,8 +1,9 @@
 """Role: the session table, the one source of truth for who is logged in where.
 
-user -> ``Session`` -> its peers (connections; several devices later). A connection
-that has not logged in yet is *pending*. The protocol's own state says what was
-received (a login frame); only this table says what was accepted.
+user -> ``Session`` -> its streams, one per peer (connection; several devices
+later), each with its place in the user's inbox (``cim.server.streams``). A
+connection that has not logged in yet is *pending*. The protocol's own state says
+what was received (a login frame); only this table says what was accepted.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from dataclasses import dataclass, field
 
 from cim.messages import Sender, receiver_entry
 from cim.server.peer import Peer
-from cim.wire import frame_each
+from cim.server.streams import GapHandler, Stream, offer
+from cim.wire import frame_sequenced
 
 
 @dataclass(slots=True, eq=False)
@@ -24,23 +26,46 @@ class Session:
     user_id: int
     sender: Sender  # this user as a sender
     receiver_entry: bytes  # the receiveUserId entry each push to this user ends with
-    peers: list[Peer] = field(default_factory=list)
+    gap: GapHandler  # a stream that a push found behind its inbox: catch it up
+    streams: list[Stream] = field(default_factory=list)
 
-    def push(self, bodies: list[bytes], at_once: bool = False) -> None:
-        """Framed once for this user, pushed to each of their peers (see ``Peer.push``)."""
-        frame = frame_each(bodies, self.receiver_entry)
-        peers = self.peers
-        if len(peers) == 1:  # the common case, without a loop
-            peers[0].push(frame, at_once)
-            return
-        for peer in peers:
-            peer.push(frame, at_once)
+    @property
+    def peers(self) -> list[Peer]:
+        return [stream.peer for stream in self.streams]
+
+    def stream(self, peer: Peer) -> Stream | None:
+        for stream in self.streams:
+            if stream.peer is peer:
+                return stream
+        return None
+
+    def ring(self) -> None:
+        """The inbox may hold messages no push brought (a resend of one stored before,
+        a doorbell without pushes): every live stream catches up."""
+        for stream in self.streams:
+            if not stream.catching_up:
+                stream.catching_up = True
+                self.gap(stream)
+
+    def push(self, bodies: list[bytes], first_seq: int, at_once: bool = False) -> None:
+        """Live messages, stored in this user's inbox from ``first_seq`` on: framed once,
+        written to each stream that is up to date (see ``Peer.push``), offered to the rest."""
+        frame = None
+        for stream in self.streams:
+            if not stream.catching_up and stream.sent + 1 == first_seq:  # the common case, inline
+                if frame is None:
+                    frame = frame_sequenced(bodies, first_seq, self.receiver_entry)
+                stream.peer.push(frame, at_once)
+                stream.sent = first_seq + len(bodies) - 1
+            else:
+                offer(stream, bodies, first_seq, self.receiver_entry, at_once, self.gap)
 
 
 class SessionTable:
     """Pending connections, sessions by user, and the session of each peer."""
 
-    def __init__(self) -> None:
+    def __init__(self, gap: GapHandler) -> None:
+        self.gap = gap  # see Session.gap
         self.pending: set[Peer] = set()
         self.by_user: dict[int, Session] = {}
         self.by_peer: dict[Peer, Session] = {}
@@ -78,26 +103,31 @@ class SessionTable:
         finally:
             self._logging_in.discard(user_id)
 
-    def bind(self, peer: Peer, user_id: int, user_name: str) -> Session:
-        """The login was accepted: the peer leaves pending and joins the user's session."""
+    def bind(self, peer: Peer, user_id: int, user_name: str, device_id: str) -> Stream:
+        """The login was accepted: the peer leaves pending and joins the user's session.
+        Its stream is catching up until the login has read where the inbox stands."""
         self.pending.discard(peer)
         session = self.by_user.get(user_id)
         if session is None:
-            session = Session(user_id, Sender.of(user_id, user_name), receiver_entry(user_id))
+            session = Session(user_id, Sender.of(user_id, user_name), receiver_entry(user_id), self.gap)
             self.by_user[user_id] = session
-        session.peers.append(peer)
+        stream = Stream(peer, device_id)
+        session.streams.append(stream)
         self.by_peer[peer] = session
-        return session
+        return stream
 
-    def remove(self, peer: Peer) -> Session | None:
-        """Forget a closed connection; returns the session it ended (its last peer), if any."""
+    def remove(self, peer: Peer) -> tuple[Session, Stream, bool] | None:
+        """Forget a closed connection; returns its session, its stream and whether it was
+        the session's last (the session is gone then); None for a peer never logged in."""
         self.pending.discard(peer)
         session = self.by_peer.pop(peer, None)
         if session is None:
             return None
-        session.peers.remove(peer)
-        if session.peers:
-            return None
+        stream = session.stream(peer)
+        assert stream is not None
+        session.streams.remove(stream)
+        if session.streams:
+            return session, stream, False
         if self.by_user.get(session.user_id) is session:
             del self.by_user[session.user_id]
-        return session
+        return session, stream, True

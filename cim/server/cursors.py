@@ -1,0 +1,81 @@
+"""Role: each device's cursor in its user's inbox: what it has.
+
+Cursors come from DELIVERY_ACK (cumulative) and are written to the store in
+batches, once a second, and when a connection closes; a client that never acks
+(CIM's) has what was written to it, kept when it leaves, so ``/fetchOfflineMsgs``
+later pushes only what it missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+
+from cim.backends import Inbox
+from cim.server.peer import Peer
+from cim.server.sessions import SessionTable
+from cim.server.streams import Stream
+
+log = logging.getLogger("cim.server")
+
+FLUSH_SECONDS = 1.0
+
+
+class Cursors:
+    """Acks of this node's streams, and their batched writes."""
+
+    def __init__(self, sessions: SessionTable, inbox: Inbox, metrics: Counter[str]) -> None:
+        self.sessions = sessions
+        self.inbox = inbox
+        self.metrics = metrics
+        self._moved: set[tuple[int, Stream]] = set()  # (user, stream) with a cursor the store has not
+        self._flushing: asyncio.Future[None] | None = None  # a flush for streams that left
+
+    def ack(self, peer: Peer, seq: int) -> None:
+        """DELIVERY_ACK: the client has everything up to ``seq`` (of what it was sent)."""
+        session = self.sessions.of(peer)
+        stream = session.stream(peer) if session is not None else None
+        if stream is None:
+            return
+        seq = min(seq, max(stream.sent, stream.login_seq))
+        if seq > stream.acked:
+            stream.acked = seq
+            self._moved.add((peer.user_id, stream))
+
+    def left(self, user_id: int, stream: Stream) -> None:
+        """A stream's connection closed: its cursor is written now (in the next loop turns,
+        with any others that moved), so a login of the device right after finds it."""
+        if stream.cursor > stream.cursor_written:
+            self._moved.add((user_id, stream))
+            if self._flushing is None:
+                self._flushing = asyncio.ensure_future(self._flush_now())
+
+    async def _flush_now(self) -> None:
+        try:
+            await self.flush()
+        except Exception as err:  # the store is away: the periodic flush writes them
+            self.metrics["errors"] += 1
+            log.warning("writing device cursors failed: %r", err)
+        finally:
+            self._flushing = None
+
+    async def flush(self) -> None:
+        """Write the cursors that moved, in one call."""
+        moved = [(user_id, stream) for user_id, stream in self._moved if stream.cursor > stream.cursor_written]
+        self._moved.clear()
+        if not moved:
+            return
+        try:
+            await self.inbox.set_cursors([(user_id, stream.device_id, stream.cursor) for user_id, stream in moved])
+        except BaseException:
+            self._moved.update(moved)  # written with the next batch
+            raise
+        for _, stream in moved:
+            stream.cursor_written = stream.cursor
+
+    async def run(self) -> None:
+        """Flush every ``FLUSH_SECONDS`` until cancelled."""
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            await self._flush_now()

@@ -1,0 +1,68 @@
+"""Role: what each connection has been sent of its user's inbox.
+
+Every message for a user is in their inbox, numbered by ``seq``, before any push of
+it leaves (``cim.backends.base.Inbox``). A connection's ``Stream`` remembers the
+last seq written to it (``sent``), so a live push is written once and in order: one
+that was written already (a sync got there first) is skipped, one that leaves a gap
+(a lost or overtaken doorbell) starts a catch-up from the inbox instead
+(``cim.server.catchup``). While a catch-up runs, live pushes are not written but
+remembered (``missed``): the catch-up reads until it has passed them, so the seam
+between stored and live messages has no gap and no duplicate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cim.server.peer import Peer
+from cim.wire import frame_sequenced
+
+
+@dataclass(slots=True, eq=False)
+class Stream:
+    """One connection's place in its user's inbox."""
+
+    peer: Peer
+    device_id: str
+    sent: int = 0  # every seq up to this was written (or, before a sync, is the client's to ask for)
+    catching_up: bool = True  # until the login has read the inbox's latest: pushes wait, as in a catch-up
+    missed: int = 0  # the highest seq a live push brought while catching up
+    acked: int = 0  # the client's DELIVERY_ACK: it has everything up to here
+    cursor_written: int = 0  # the device cursor the store has (acked, or sent for a client that never acks)
+    syncs: bool = False  # the client sent SYNC: it numbers messages itself (CIM's client does not)
+    login_seq: int = 0  # the inbox's latest at login: CIM's client gets older ones by /fetchOfflineMsgs
+    replayed: int = 0  # the highest of those it got (by /fetchOfflineMsgs)
+
+    @property
+    def cursor(self) -> int:
+        """What the device has: its acks, or, for a client that never acks (CIM's), what was written to it."""
+        return self.acked if self.acked or self.syncs else self.sent
+
+
+GapHandler = Callable[["Stream"], None]
+
+
+def offer(stream: Stream, bodies: list[bytes], first_seq: int, receiver_entry: bytes, at_once: bool,
+          gap: GapHandler) -> bytes | None:
+    """Write a live push of ``bodies`` (seqs ``first_seq``...) to the stream's peer, minus
+    what it has; returns the frame written when it was all of them (for the user's other
+    peers to reuse), else None. A gap is handed to ``gap`` and nothing is written."""
+    last = first_seq + len(bodies) - 1
+    if stream.catching_up:
+        if last > stream.missed:
+            stream.missed = last
+        return None
+    sent = stream.sent
+    if last <= sent:
+        return None  # written already, by a catch-up that read it from the inbox
+    if first_seq > sent + 1:
+        stream.catching_up = True
+        stream.missed = last
+        gap(stream)
+        return None
+    skip = sent + 1 - first_seq  # > 0 only when a catch-up wrote the first ones
+    frame = frame_sequenced(bodies[skip:] if skip else bodies, sent + 1, receiver_entry)
+    stream.peer.push(frame, at_once)
+    stream.sent = last
+    return None if skip else frame
