@@ -1,5 +1,7 @@
 """The console client: a plain line is a group message, ``userId;;text`` a private one,
-``:`` starts a command. Incoming messages print above the line being typed."""
+``:`` starts a command. Incoming messages print above the line being typed, each once
+and in order, across reconnects too: they are the SDK's ``on_message`` (it drops
+what a sync after a reconnect brings again)."""
 
 from __future__ import annotations
 
@@ -89,7 +91,8 @@ class Console:
             c = self.client
             server = f"{c.server.host}:{c.server.port}" if c.server else "-"
             state = "connected" if c.connected else "disconnected"
-            self.write(f"user {c.user_name}({c.user_id}) on {server}: {state}, {c.reconnects} reconnects")
+            self.write(f"user {c.user_name}({c.user_id}) on {server}: {state}, {c.reconnects} reconnects, "
+                       f"last seq {c.delivery.last_seq}")
         elif command == ":all":
             for name, help_text in COMMANDS.items():
                 self.write(f"  {name:<6} {help_text}")

@@ -1,6 +1,7 @@
 """The asyncio client SDK: what the console client and any other UI are built on.
 
-    async with Client("http://127.0.0.1:8083", user_id, "alice", password=password, on_message=print) as client:
+    async with Client("http://127.0.0.1:8083", user_id, "alice", password=password, on_message=print,
+                      state_file="alice.seq") as client:
         await client.send_group("hello all")
         await client.send_private(1002, "hello bob")
 
@@ -8,43 +9,73 @@
 token), opens the TCP connection to the server the route picked and sends the
 login frame with the token. The route calls made for the user send the token as
 their bearer; one refused as unauthorized (4001: the token expired) logs in again
-for a new token and is made once more. A PING goes out whenever nothing was
-written for a heartbeat interval; a connection silent for 3 intervals counts as
-lost. A lost connection is re-established (route login again, jittered
-exponential backoff, capped) up to ``reconnect_attempts`` times.
+for a new token and is made once more. A lost connection is re-established (route
+login again, jittered exponential backoff, capped) up to ``reconnect_attempts`` times.
 
-The frames and what the server's frames mean are ``cim.protocols.client``'s
-(``ClientConnection``); the route calls are ``cim.client.route``'s. This module
-moves bytes and keeps the session up.
+Delivery (``cim.client.delivery``, sans-I/O, does the bookkeeping; this module moves
+its bytes and runs its timer):
+
+* **Receiving.** After every login the client asks the server for every inbox
+  message after ``last_seq`` (SYNC). ``on_message`` gets each message exactly once
+  and in seq order, across reconnects: duplicates are dropped and a gap is refilled
+  by another sync. ``last_seq`` (the highest seq handed to ``on_message``, none
+  missing below it) is acked to the server every 100 ms or 64 messages and on
+  ``close``; each time it is also handed to ``on_seq`` and written to ``state_file``
+  (atomically: a temporary file, then ``os.replace``), so a restarted client passing
+  it back (``last_seq=`` or the same ``state_file``) resumes where it was: at most the
+  messages of the last 100 ms before a crash come again. A client with no seq of its
+  own (``last_seq=None``, no state file) resumes from the seq its device last acked,
+  which the server keeps and tells at login (``LOGIN_ANSWER.ackedSeq``): what came
+  while it was away, as CIM's offline messages; ``last_seq=0`` gets every message the
+  server's inbox still keeps (by default up to 10,000 per user, 30 days). A server whose inbox is behind ``last_seq`` (an
+  embedded one restarted without ``--data-dir``) makes the client start again from 0,
+  and a sync that retention truncated skips what was dropped (both said in ``on_status``).
+  ``/fetchOfflineMsgs`` (CIM's way to get stored messages) is no longer called: the
+  sync gets them, and the server would push them again (``client.session.fetch_offline()``
+  still makes the call for an app that wants it; the SDK drops the repeats by seq).
+* **Sending.** ``send_private`` / ``send_group`` give each message a clientMsgId
+  unique across restarts (microseconds since the epoch, increasing) and keep it
+  until its receipt. If the connection drops, the unanswered messages are written
+  again after the reconnect, with the same clientMsgIds and in their original order,
+  before any newer one; the server's dedup window makes a message that had arrived
+  get its original receipt (same ``msg_id``) and not arrive twice. Sends made while
+  reconnecting wait for the connection. What the caller can rely on: the await
+  returns the ``Receipt`` when the server stored the message (9000, or 7000: the
+  receiver is offline) and raises ``ClientError`` with the code when it refused it;
+  ``SendTimeout`` (a ``TimeoutError``) when no receipt came within ``send_timeout``
+  seconds of the call (reconnecting included), and ``Stopped`` (a ``ConnectionError``)
+  when the client stopped first (closed, ended by the server, out of reconnect
+  attempts). After either of those two the message may or may
+  not have been stored and is not resent; to find out, send it again with the
+  error's ``client_msg_id`` (``send_private(..., client_msg_id=err.client_msg_id)``):
+  within the dedup window the receipt is the original's and the receiver gets it
+  at most once. A caller that stops awaiting (cancels) does not withdraw the message.
+  A send before ``connect`` or after ``close`` raises ``ConnectionError`` at once.
+* **Heartbeat.** A PING goes out whenever nothing was written for a heartbeat
+  interval; a connection silent for 3 intervals counts as lost. The interval is
+  ``heartbeat_interval`` until the server's login answer names its own; then half
+  of that, if it is shorter, so a server with a short interval does not cut the client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
+import os
 import random
-import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 
+from cim.client.delivery import Delivery, Step
 from cim.client.route import ClientError, RouteClient, RouteSession, ServerAddress, register
-from cim.protocols.client import (
-    ClientConnection,
-    ClientEvent,
-    Offline,
-    Pong,
-    ProtocolError,
-    Pushed,
-    Receipt,
-    ServerError,
-)
+from cim.protocols.client import ClientConnection, ClientEvent, LoginAnswer, Offline, ProtocolError, Pushed, Receipt, ServerError
 from cim.status import Status
 
-__all__ = ["Client", "ClientError", "Message", "Receipt", "ServerAddress", "register"]
+__all__ = ["Client", "ClientError", "Message", "Receipt", "SendTimeout", "ServerAddress", "Stopped", "register"]
 
 log = logging.getLogger("cim.client")
 
@@ -52,14 +83,35 @@ log = logging.getLogger("cim.client")
 Message = Pushed
 
 # Codes a reconnect waits out rather than gives up on: the old session may not be
-# cleared yet (5000), no server is up yet (7100), or many clients behind one address
-# reconnect at once and the route's per-address login limit holds some back (4029).
-RETRYABLE = {Status.REPEAT_LOGIN.code, Status.SERVER_NOT_AVAILABLE.code, Status.RATE_LIMITED.code}
+# cleared yet (5000), no server is up yet (7100), many clients behind one address
+# reconnect at once and the route's per-address login limit holds some back (4029),
+# or the server could not reach its store for a moment (4000: a Redis restart).
+RETRYABLE = {Status.REPEAT_LOGIN.code, Status.SERVER_NOT_AVAILABLE.code, Status.RATE_LIMITED.code, Status.FAIL.code}
 
 MessageCallback = Callable[[Message], Any]
 StatusCallback = Callable[[str], Any]
+SeqCallback = Callable[[int], Any]
 
 T = TypeVar("T")
+
+
+class SendTimeout(TimeoutError):
+    """No receipt came within the send timeout: the message may or may not have been
+    stored, and is no longer resent. Sending it again with ``client_msg_id`` is safe
+    (within the server's dedup window it is recognised, not delivered twice)."""
+
+    def __init__(self, client_msg_id: int) -> None:
+        super().__init__(f"no receipt within the send timeout (clientMsgId {client_msg_id})")
+        self.client_msg_id = client_msg_id
+
+
+class Stopped(ConnectionError):
+    """The client stopped before the server answered a send: as ``SendTimeout``, the
+    message may or may not have been stored (retry with ``client_msg_id``)."""
+
+    def __init__(self, client_msg_id: int, why: str) -> None:
+        super().__init__(f"{why} before the server answered (clientMsgId {client_msg_id})")
+        self.client_msg_id = client_msg_id
 
 
 def settle(future: asyncio.Future[T] | None, result: T, error: BaseException | None = None) -> None:
@@ -72,17 +124,109 @@ def settle(future: asyncio.Future[T] | None, result: T, error: BaseException | N
         future.set_exception(error)
 
 
+def call_app(callback: Callable[[T], Any] | None, value: T) -> None:
+    """Call one of the app's callbacks with ``value``; one that raises is logged and delivery goes on (the
+    core counts the value as handed over either way: a failing callback must not stall the connection)."""
+    if callback is None:
+        return
+    try:
+        callback(value)
+    except Exception:
+        log.exception("the app's %s failed on %r", getattr(callback, "__name__", "callback"), value)
+
+
+class Waiters:
+    """The app's awaits on its sends, by clientMsgId."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._futures: dict[int, asyncio.Future[Receipt]] = {}
+
+    def wait(self, client_msg_id: int) -> asyncio.Future[Receipt]:
+        future = self._futures[client_msg_id] = self._loop.create_future()
+        return future
+
+    def answer(self, step: Step) -> None:
+        """Resolve the sends ``step`` answered; fail those that timed out."""
+        for receipt in step.answered:
+            settle(self._futures.pop(receipt.client_msg_id, None), receipt)
+        for client_msg_id in step.expired:
+            self._fail(client_msg_id, SendTimeout(client_msg_id))
+
+    def stopped(self, client_msg_ids: list[int], why: str) -> None:
+        """Fail these sends: the client stopped (``why``) before their receipts."""
+        for client_msg_id in client_msg_ids:
+            self._fail(client_msg_id, Stopped(client_msg_id, why))
+
+    def _fail(self, client_msg_id: int, error: BaseException) -> None:
+        future = self._futures.pop(client_msg_id, None)
+        if future is not None and not future.done():
+            future.set_exception(error)
+
+
+class SeqStore:
+    """Where the last seq is kept for a restart: handed to ``on_seq`` and/or written to ``state_file``."""
+
+    def __init__(self, on_seq: SeqCallback | None, state_file: str | os.PathLike[str] | None) -> None:
+        self.on_seq = on_seq
+        self.state_file = None if state_file is None else Path(state_file)
+
+    def load(self, default: int | None) -> int | None:
+        """The seq the state file keeps; ``default`` when there is none (ValueError for a file that holds no seq)."""
+        if self.state_file is None or not self.state_file.exists():
+            return default
+        return int(self.state_file.read_text())
+
+    def save(self, seq: int) -> None:
+        """Hand ``seq`` over and replace the file's atomically (a reader sees the old seq or the new one, never
+        half); failures are logged: delivery goes on (a restart then resumes from an older seq: repeats, no loss)."""
+        call_app(self.on_seq, seq)
+        if self.state_file is not None:
+            temporary = self.state_file.with_name(self.state_file.name + ".tmp")
+            try:
+                temporary.write_text(f"{seq}\n")
+                os.replace(temporary, self.state_file)
+            except OSError:
+                log.exception("cannot write the state file %s", self.state_file)
+
+
+class Alarm:
+    """One loop timer, kept at the earliest deadline asked for; ``callback`` gets the deadline it was set for."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[float], None]) -> None:
+        self._loop = loop
+        self._callback = callback
+        self._timer: asyncio.TimerHandle | None = None
+
+    def set(self, deadline: float | None) -> None:
+        """Ring at ``deadline`` (None: not at all) unless already set to ring earlier."""
+        if self._timer is not None:
+            if deadline is not None and self._timer.when() <= deadline:
+                return
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None:
+            self._timer = self._loop.call_at(deadline, self._ring, deadline)
+
+    def cancel(self) -> None:
+        self.set(None)
+
+    def _ring(self, deadline: float) -> None:
+        self._timer = None
+        self._callback(deadline)
+
+
 class Client:
-    """One user's session with cim, kept up: route login, the TCP connection to the
-    server the route picked, heartbeats and reconnects.
+    """One user's session with cim, kept up (route login with ``password``, the TCP
+    connection, heartbeats, reconnects), with acknowledged delivery: see the module.
 
-    ``password`` logs the user in through the route (a route under ``--auth none``
-    ignores it); the route calls for the user are a ``RouteSession``'s (the token kept).
-
-    Sends return the server's ``Receipt``; pushed messages go to ``on_message`` and
-    connection events (as text) to ``on_status``. ``done`` resolves when the client
-    stops: closed, ended by the server, refused, or out of reconnect attempts. Pass a
-    shared ``route`` to serve many users from one process; it is not closed here.
+    Messages go to ``on_message``, connection events (as text) to ``on_status``, each
+    acked ``last_seq`` to ``on_seq`` and ``state_file``; the client resumes from
+    ``state_file`` if it exists, else from ``last_seq``. ``delivery`` is the sans-I/O
+    state (``delivery.last_seq``, ``delivery.heartbeat_interval`` in effect: read only).
+    ``device_id`` names the device to the server (it keeps an acked seq per device).
+    ``done`` resolves when the client stops: closed, ended by the server, refused, or
+    out of reconnect attempts. A shared ``route`` (many users in one process) is not closed here.
     """
 
     def __init__(
@@ -98,37 +242,40 @@ class Client:
         reconnect_attempts: int = 10,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
-        fetch_offline: bool = True,
         send_timeout: float = 10.0,
         route: RouteClient | None = None,
+        last_seq: int | None = None,
+        on_seq: SeqCallback | None = None,
+        state_file: str | os.PathLike[str] | None = None,
+        device_id: str = "",
     ) -> None:
         self.user_id = user_id
         self.user_name = user_name
         self.on_message = on_message
         self.on_status = on_status
-        self.heartbeat_interval = heartbeat_interval
         self.reconnect_attempts = reconnect_attempts
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
-        self.fetch_offline = fetch_offline
         self.send_timeout = send_timeout
+        self.store = SeqStore(on_seq, state_file)
         self.server: ServerAddress | None = None
         self.connected = False
         self.reconnects = 0
         self._owns_route = route is None
         self.route = route or RouteClient(route_url)
         self.session = RouteSession(self.route, user_id, user_name, password)
-        self._connection = ClientConnection(user_id, user_name)  # a fresh one per TCP connection
+        self.delivery = Delivery(user_id, user_name, last_seq=self.store.load(last_seq),
+                                  heartbeat_interval=heartbeat_interval, send_timeout=send_timeout, device_id=device_id)
+        self._loop = asyncio.get_running_loop()
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._receipts: dict[int, asyncio.Future[Receipt]] = {}
+        self._waiters = Waiters(self._loop)
         self._login_answer: asyncio.Future[None] | None = None
-        self._msg_ids = itertools.count(1)
-        self._last_write = 0.0
-        self._last_read = 0.0
+        self._alarm = Alarm(self._loop, self._on_alarm)  # the core's next deadline: acks, send timeouts, heartbeat
+        self._started = False  # connected once: from then on sends wait out reconnects
         self._closing = False
         self._ended_by_server = False  # an OFFLINE frame with 9000: do not reconnect
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.done: asyncio.Future[None] = self._loop.create_future()
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -145,21 +292,15 @@ class Client:
     # -- connection ------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Route login, TCP connect, login frame; raises ClientError if refused."""
+        """Route login, TCP connect, login frame; returns once the server accepted the login; ClientError if refused."""
         self.server = await self.session.login()
         reader, self._writer = await asyncio.open_connection(self.server.host, self.server.port)
-        connection = self._connection = ClientConnection(self.user_id, self.user_name)
         self._ended_by_server = False
-        # The server answers a ping in order with what came before it, so the pong
-        # after the login frame says the login was accepted (a refusal is an error frame).
-        self._login_answer = asyncio.get_running_loop().create_future()
-        self._write(connection.login(token=self.session.token) + connection.ping())
-        self._last_read = time.monotonic()
+        self._login_answer = self._loop.create_future()
+        self._writer.write(self.delivery.connect(self.session.token, self._loop.time()))
         self.connected = True
-        self._tasks = [
-            asyncio.create_task(self._read_loop(reader, connection), name="cim-client-read"),
-            asyncio.create_task(self._heartbeat(), name="cim-client-heartbeat"),
-        ]
+        self._tasks = [asyncio.create_task(self._read_loop(reader, self.delivery.connection), name="cim-client-read")]
+        self._alarm.set(self.delivery.deadline())
         try:
             await asyncio.wait_for(asyncio.shield(self._login_answer), self.send_timeout)
         except BaseException:
@@ -167,36 +308,43 @@ class Client:
             self._teardown()
             self._closing = False
             raise
+        self._started = True
         self._status(f"connected to {self.server.host}:{self.server.port} as {self.user_name}({self.user_id})")
-        if self.fetch_offline:
-            await self.session.fetch_offline()
 
-    def _write(self, frames: bytes) -> None:
-        assert self._writer is not None
-        self._writer.write(frames)
-        self._last_write = time.monotonic()
-
-    async def _read_loop(self, reader: asyncio.StreamReader, connection: ClientConnection) -> None:
+    async def _read_loop(self, reader: asyncio.StreamReader, connection: ClientConnection | None) -> None:
         try:
-            while not connection.closed and (data := await reader.read(65536)):
-                self._last_read = time.monotonic()
-                for event in connection.receive_data(data):
-                    self._on_event(event)
+            while connection is not None and not connection.closed and (data := await reader.read(65536)):
+                self._apply(self.delivery.receive(data, self._loop.time()))
         except ConnectionError as err:
             self._status(f"connection error: {err}")
         finally:
             settle(self._login_answer, None, ConnectionError("the server closed the connection during login"))
             if not self._closing:
-                asyncio.get_running_loop().call_soon(self._connection_lost)
+                self._loop.call_soon(self._connection_lost)
+
+    def _apply(self, step: Step) -> None:
+        """Carry out what the delivery core asked for, in its order."""
+        for notice in step.notices:
+            self._status(notice)
+        for message in step.messages:
+            call_app(self.on_message, message)
+        if step.data and self._writer is not None:
+            self._writer.write(bytes(step.data))
+        self._waiters.answer(step)
+        if step.persist is not None:
+            self.store.save(step.persist)
+        for event in step.events:
+            self._on_event(event)
+        if step.lost is not None:
+            self._status(step.lost)
+            self.delivery.disconnected()  # the read loop ends on the close, and the reconnect follows
+            if self._writer is not None:
+                self._writer.close()
+        self._alarm.set(self.delivery.deadline())
 
     def _on_event(self, event: ClientEvent) -> None:
         match event:
-            case Pushed():
-                if self.on_message is not None:
-                    self.on_message(event)
-            case Receipt():
-                settle(self._receipts.pop(event.client_msg_id, None), event)
-            case Pong():
+            case LoginAnswer():
                 settle(self._login_answer, None)
             case ServerError(code=code, message=message):
                 self._status(f"server error {code}: {message}")
@@ -207,43 +355,36 @@ class Client:
             case ProtocolError():
                 self._status(f"connection error: {event.reason}")
 
-    async def _heartbeat(self) -> None:
-        """Sleep until the next ping is due (nothing written for an interval) or the
-        server counts as gone (nothing read for 3 intervals): no periodic wake-ups."""
-        interval = self.heartbeat_interval
-        while True:
-            now = time.monotonic()
-            if now - self._last_read > 3 * interval:
-                self._status("no answer from the server for 3 heartbeat intervals")
-                assert self._writer is not None
-                self._writer.close()
-                return
-            if now - self._last_write >= interval:
-                self._write(self._connection.ping())
-            next_ping = self._last_write + interval
-            deadline = self._last_read + 3 * interval
-            await asyncio.sleep(max(0.0, min(next_ping, deadline) - time.monotonic()) + 0.001)
+    def _on_alarm(self, deadline: float) -> None:
+        # The loop may run a timer up to its clock resolution early: it counts as on time.
+        self._apply(self.delivery.tick(max(self._loop.time(), deadline)))
 
-    def _teardown(self) -> None:
-        """Drop the current connection and fail what waited on it."""
-        self.connected = False
+    def _cancel_tasks(self) -> None:
         current = asyncio.current_task()
         for task in self._tasks:
             if task is not current:
                 task.cancel()
+
+    def _teardown(self) -> None:
+        """Drop the current connection; the unanswered sends stay, to be written again."""
+        self.connected = False
+        self._cancel_tasks()
         if self._writer is not None:
             self._writer.close()
-        for future in self._receipts.values():
-            if not future.done():
-                future.set_exception(ConnectionError("connection lost before the server answered"))
-        self._receipts.clear()
+        self.delivery.disconnected()
+        self._alarm.set(self.delivery.deadline())
+
+    def _stop(self, error: BaseException | None, why: str) -> None:
+        """The client is done: every unanswered send fails, ``done`` resolves."""
+        self._waiters.stopped(self.delivery.outbox.drain(), why)
+        settle(self.done, None, error)
 
     def _connection_lost(self) -> None:
         if self._closing or not self.connected:
             return
         self._teardown()
         if self._ended_by_server:
-            settle(self.done, None)
+            self._stop(None, "the server ended the session")
             return
         self._status("connection lost; reconnecting")
         self._tasks = [asyncio.create_task(self._reconnect(), name="cim-client-reconnect")]
@@ -256,7 +397,7 @@ class Client:
                 await self.connect()
             except ClientError as err:
                 if err.code not in RETRYABLE:
-                    settle(self.done, None, err)
+                    self._stop(err, f"the reconnect was refused ({err})")
                     return
                 self._status(f"reconnect attempt {attempt + 1} refused ({err}); retrying")
             except (OSError, httpx.HTTPError) as err:
@@ -264,20 +405,23 @@ class Client:
             else:
                 self.reconnects += 1
                 return
-        settle(self.done, None, ConnectionError(f"gave up after {self.reconnect_attempts} reconnect attempts"))
+        self._stop(ConnectionError(f"gave up after {self.reconnect_attempts} reconnect attempts"), "gave up reconnecting")
 
     async def close(self) -> None:
-        """Quit cleanly: log out through the route and close the connection."""
+        """Quit cleanly: ack what was received, log out through the route and close the
+        connection; sends still unanswered fail with ``Stopped``."""
         self._closing = True
-        current = asyncio.current_task()
-        for task in self._tasks:
-            if task is not current:
-                task.cancel()
+        self._cancel_tasks()
+        self._alarm.cancel()
+        step = self.delivery.close(self._loop.time())
+        if step.persist is not None:
+            self.store.save(step.persist)
+        self._waiters.stopped(step.expired, "the client closed")
         # Only a session this client holds is logged out: a client whose login was
         # refused must not log out the user's real session.
         if self._writer is not None and self.connected:
             with contextlib.suppress(ConnectionError):
-                self._write(self._connection.offline())
+                self._writer.write(bytes(step.data))
                 await self._writer.drain()
             with contextlib.suppress(httpx.HTTPError, ClientError):
                 await self.session.log_out()
@@ -292,25 +436,24 @@ class Client:
 
     # -- API -------------------------------------------------------------------
 
-    async def _send(self, text: str, receiver_id: int | None) -> Receipt:
-        if not self.connected:
+    async def _send(self, text: str, receiver_id: int | None, client_msg_id: int | None) -> Receipt:
+        if not self._started or self._closing or self.done.done():
             raise ConnectionError("not connected")
-        client_msg_id = next(self._msg_ids)
-        future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
-        self._receipts[client_msg_id] = future
-        self._write(self._connection.message(text, receiver_id, client_msg_id))
-        receipt = await asyncio.wait_for(future, self.send_timeout)
+        client_msg_id, step = self.delivery.send(text, receiver_id, "", self._loop.time(), client_msg_id)
+        future = self._waiters.wait(client_msg_id)
+        self._apply(step)
+        receipt = await future
         if not receipt.accepted:
             raise ClientError(receipt.code, receipt.message)
         return receipt
 
-    async def send_private(self, receiver_id: int, text: str) -> Receipt:
-        """Send to one user; the receipt says 7000 when they are offline (stored for them)."""
-        return await self._send(text, receiver_id)
+    async def send_private(self, receiver_id: int, text: str, *, client_msg_id: int | None = None) -> Receipt:
+        """Send to one user (7000: offline, stored for them); ``client_msg_id`` retries a ``SendTimeout``/``Stopped``."""
+        return await self._send(text, receiver_id, client_msg_id)
 
-    async def send_group(self, text: str) -> Receipt:
-        """Send to every online user."""
-        return await self._send(text, None)
+    async def send_group(self, text: str, *, client_msg_id: int | None = None) -> Receipt:
+        """Send to every online user (``client_msg_id`` as for ``send_private``)."""
+        return await self._send(text, None, client_msg_id)
 
     async def online_users(self) -> list[tuple[int, str]]:
         return await self.route.online_users()
