@@ -17,6 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, default=4, help="group messages in flight")
     parser.add_argument("--payload", type=int, default=64, help="message text bytes")
     parser.add_argument("--plot", metavar="PATH.png", help="draw deliveries/s and the ratio against G")
+    system.add_protocol_argument(parser)
     system.add_common_arguments(parser, duration=10.0)
 
 
@@ -28,7 +29,7 @@ def plans(target: system.Target, receivers: int, args: argparse.Namespace) -> li
     for index, share in enumerate(shares):
         plan_users = [sender, *share] if index == 0 else share  # process 0: sender first, its last user is the probe
         out.append(Plan("fanout", target.host, target.port, plan_users, source_ips(args.source_ips), args.duration,
-                        window=args.window, payload=args.payload, index=index,
+                        window=args.window, payload=args.payload, index=index, protocol=args.protocol,
                         fanout_sender=sender[0] if index == 0 else None, tokens=system.login_tokens(target, plan_users),
                         sample_every=max(1, receivers // 200)))
     return out
@@ -43,6 +44,7 @@ def figures(run: system.Run) -> dict[str, float]:
         "p99_ms": p99_us / 1000,
         "server_cpu_pct": run.cpu_seconds / run.duration * 100,
         "generator_cpu_pct": run.generator_cpu_pct,
+        "acks_per_s": run.total("acks") / run.duration,
     }
 
 
@@ -81,8 +83,8 @@ def main(args: argparse.Namespace) -> None:
             rows.append({"point": {"G": receivers}, "cim": system.median_figures([figures(r) for r in runs["cim"]]),
                          "ceiling": system.median_figures([figures(r) for r in runs["ceiling"]])})
             notes += [f"G={receivers}: {n}" for n in system.generator_note(runs)]
-    params = {k: getattr(args, k) for k in ("receivers", "window", "payload", "duration", "repeat", "processes", "auth",
-                                            "limits")}
+    params = {k: getattr(args, k) for k in ("receivers", "window", "payload", "protocol", "duration", "repeat", "processes",
+                                            "auth", "limits")}
     system.report("fanout", params, rows, args.json, {"deliveries": "deliveries_per_s"}, notes)
     if args.plot:
         plot(args.plot, rows)

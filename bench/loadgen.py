@@ -3,7 +3,16 @@
 asyncio + uvloop + the compiled frame codec, in several processes (each under the
 per-process open-files limit), connecting from several loopback source addresses
 (127.0.0.x) so that 100k connections fit in the ephemeral port range. Frames are
-pre-encoded: a send patches a timestamp into a template.
+pre-encoded: a send patches a timestamp (and, for the SDK protocol, a clientMsgId)
+into a template.
+
+Two client protocols (``Plan.protocol``):
+
+* ``sdk``, what cim's SDK does: every message has its own clientMsgId (so the server
+  answers each with a receipt and dedups nothing), and every receiver acknowledges
+  what it got with a DELIVERY_ACK every ``ACK_EVERY`` messages;
+* ``cim``, what CIM's own client does: no clientMsgId (no receipt for an accepted
+  message) and no acks.
 
 Phases, with the parent in step through barriers so it measures the target's CPU
 over exactly the run phase:  connect -> barrier -> barrier (go) -> run -> barrier -> report.
@@ -26,9 +35,19 @@ import uvloop
 
 from cim.frame import FrameDecoder
 from cim.proto import Response
-from cim.protocols.client import ClientConnection, Pong, Receipt, parse_response
+from cim.protocols.client import ClientConnection, LoginAnswer, Pong, Pushed, Receipt, parse_response
+from cim.wire_fields import REQUEST_CLIENT_MSG_ID, VARINT
 
 STAMP = b"0" * 19  # placeholder for time.time_ns() in a pre-encoded message
+PROTOCOLS = ("sdk", "cim")
+ACK_EVERY = 64  # sdk: a receiver acks after every this many messages
+# sdk: clientMsgIds are drawn from [2**35, 2**42), where every varint is 6 bytes long, so a
+# template's id is patched in place. Each sender starts at a random id below 2**41 (a
+# bench reuses its accounts across runs, and the server dedups per sender and receiver)
+# and uses fewer than 2**41 ids in a run.
+CLIENT_MSG_ID_START = (2**35, 2**41)
+CLIENT_MSG_ID_TAG = bytes((REQUEST_CLIENT_MSG_ID << 3 | VARINT, 1))  # its two-byte tag (field 16)
+LOW_BYTES = [bytes((0x80 | low,)) for low in range(128)]  # a 6-byte varint's first byte, by the value's low 7 bits
 FLOOD_BATCH = 256  # flood: messages per write (a server reads them as one run)
 BARRIER_TIMEOUT = 1800.0
 
@@ -53,6 +72,8 @@ class Plan:
     connect_concurrency: int = 256
     sample_every: int = 1  # latency: sample one delivery in this many
     index: int = 0
+    protocol: str = "sdk"  # one of PROTOCOLS
+    ports: dict[int, int] = field(default_factory=dict)  # user -> the port it connects to (default: port)
 
 
 @dataclass
@@ -63,16 +84,34 @@ class Stats:
     delivered: int = 0
     receipts: int = 0
     pongs: int = 0
+    acks: int = 0
     errors: int = 0
     latencies_us: list[int] = field(default_factory=list)
     cpu_seconds: float = 0.0
+
+
+def varint6(value: int) -> bytes:
+    """The varint of ``value`` in [2**35, 2**42): always 6 bytes."""
+    return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14 & 0x7F | 0x80, value >> 21 & 0x7F | 0x80,
+                  value >> 28 & 0x7F | 0x80, value >> 35))
+
+
+@dataclass(slots=True)
+class Template:
+    """One sender's pre-encoded message frame, cut around what a send patches in:
+    ``head`` + timestamp + ``middle`` [+ the clientMsgId's varint, the frame's last field]."""
+
+    head: bytes
+    middle: bytes
+    next_id: int = 0  # the next message's clientMsgId; 0: none (the cim protocol)
+    high: bytes = b""  # the varint of next_id but its first byte (the low 7 bits), which alone changes most sends
 
 
 class GenProtocol(asyncio.Protocol):
     """One generated user's connection. Its frames come from a ClientConnection, built
     once; its input is split into frames here, so the run phase can count them unparsed."""
 
-    __slots__ = ("gen", "user_id", "frames", "transport", "decoder", "login_done")
+    __slots__ = ("gen", "user_id", "frames", "transport", "decoder", "login_done", "received")
 
     def __init__(self, gen: Generator, user_id: int, user_name: str) -> None:
         self.gen = gen
@@ -80,6 +119,7 @@ class GenProtocol(asyncio.Protocol):
         self.frames = ClientConnection(user_id, user_name)
         self.decoder = FrameDecoder()
         self.login_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.received = 0  # messages received in the run phase (acks are due every ACK_EVERY)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A TCP transport, so it writes; uvloop's is not registered as an asyncio.Transport,
@@ -104,7 +144,9 @@ class GenProtocol(asyncio.Protocol):
                 gen.stats.pongs += 1
                 if not self.login_done.done():
                     self.login_done.set_result(None)
-            elif not isinstance(event, Receipt):
+            # A push is no error outside the run: one may still be on its way from the last
+            # run, or come after the run's end.
+            elif not isinstance(event, LoginAnswer | Receipt | Pushed):
                 gen.stats.errors += 1
                 if not self.login_done.done():
                     self.login_done.set_exception(ConnectionError(f"unexpected during login: {event}"))
@@ -123,7 +165,8 @@ class Generator:
         self.conns: dict[int, GenProtocol] = {}
         self.running = False
         self.stopping = False
-        self.templates: dict[int, tuple[bytes, int]] = {}
+        self.templates: dict[int, Template] = {}
+        self.acks = plan.protocol == "sdk"
         # Who receives in the run phase: p2p partners, everyone but the fanout sender.
         if plan.scenario in ("p2p", "flood"):
             self.receivers = set(plan.partner_of.values())
@@ -132,16 +175,37 @@ class Generator:
 
     # -- frames ------------------------------------------------------------------
 
-    def _template(self, sender: int, receiver: int | None) -> tuple[bytes, int]:
+    def _template(self, sender: int, receiver: int | None) -> Template:
         text = STAMP + b" " + b"x" * max(0, self.plan.payload - len(STAMP) - 1)
-        frame = self.conns[sender].frames.message(text.decode(), receiver, client_msg_id=1)
-        return frame, frame.index(STAMP)
+        first_id = random.randrange(*CLIENT_MSG_ID_START) if self.plan.protocol == "sdk" else 0
+        frame = self.conns[sender].frames.message(text.decode(), receiver, client_msg_id=first_id)
+        at = frame.index(STAMP)
+        if not first_id:
+            return Template(frame[:at], frame[at + len(STAMP) :])
+        encoded = varint6(first_id)
+        assert frame.endswith(CLIENT_MSG_ID_TAG + encoded), "a message's clientMsgId is its last field"
+        return Template(frame[:at], frame[at + len(STAMP) : -len(encoded)], first_id, encoded[1:])
 
     def send(self, sender: int, count: int = 1) -> None:
-        """``count`` messages from ``sender`` in one write, stamped now."""
-        frame, at = self.templates[sender]
-        stamped = frame[:at] + str(time.time_ns()).encode() + frame[at + 19 :]
-        self.conns[sender].transport.write(stamped * count)
+        """``count`` messages from ``sender`` in one write, stamped now (sdk: each with its own clientMsgId)."""
+        template = self.templates[sender]
+        stamped = template.head + str(time.time_ns()).encode() + template.middle
+        first = template.next_id
+        if first:
+            # The hot loop of a generator that must outrun its target: a table's byte and
+            # the cached high bytes, the full varint only every 128 ids.
+            high = template.high
+            frames = []
+            for i in range(first, first + count):
+                low = i & 0x7F
+                if not low:
+                    high = varint6(i)[1:]
+                frames.append(stamped + LOW_BYTES[low] + high)
+            template.next_id, template.high = first + count, high
+            data = frames[0] if count == 1 else b"".join(frames)
+        else:
+            data = stamped * count
+        self.conns[sender].transport.write(data)
         self.stats.sent += count
 
     def on_messages(self, conn: GenProtocol, frames: list[bytes]) -> None:
@@ -150,9 +214,17 @@ class Generator:
         before = stats.delivered
         stats.delivered += len(frames)
         sample = plan.sample_every
-        if before // sample != stats.delivered // sample:
-            text = Response.FromString(frames[-1]).resMsg
-            stats.latencies_us.append((time.time_ns() - int(text[:19])) // 1000)
+        sampled = before // sample != stats.delivered // sample
+        received = conn.received + len(frames)
+        ack = self.acks and conn.received // ACK_EVERY != received // ACK_EVERY
+        conn.received = received
+        if sampled or ack:  # one parse serves both, once in many frames
+            last = Response.FromString(frames[-1])
+            if sampled:
+                stats.latencies_us.append((time.time_ns() - int(last.resMsg[:19])) // 1000)
+            if ack:
+                conn.transport.write(conn.frames.ack(last.seq))
+                stats.acks += 1
         if plan.scenario == "p2p":
             if not plan.rate:  # a closed loop: each delivery is answered with the next send
                 self.send(self.sender_of[conn.user_id], len(frames))
@@ -171,9 +243,10 @@ class Generator:
             async with semaphore:
                 source = plan.source_ips[i % len(plan.source_ips)]
                 _, conn = await loop.create_connection(
-                    lambda: GenProtocol(self, user_id, name), plan.host, plan.port, local_addr=(source, 0)
+                    lambda: GenProtocol(self, user_id, name), plan.host, plan.ports.get(user_id, plan.port),
+                    local_addr=(source, 0),
                 )
-                # The pong says the login before it was accepted.
+                # The pong says the login before it was accepted (after its LoginAnswer).
                 conn.transport.write(conn.frames.login(token=plan.tokens.get(user_id, "")) + conn.frames.ping())
                 await asyncio.wait_for(conn.login_done, 60)
                 self.conns[user_id] = conn

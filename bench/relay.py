@@ -2,7 +2,8 @@
 
 It speaks just enough of the protocol for the same load generator to drive it: the
 login frame names the connection (one protobuf parse per connection), a PING is
-answered with CIM's pong, and every other frame is written on unchanged:
+answered with CIM's pong, a DELIVERY_ACK is dropped (the relay keeps nothing to
+acknowledge), and every other frame is written on unchanged:
 
 * ``p2p``: to the partner connection (user ``id ^ 1``: pairs 2k, 2k+1);
 * ``fanout``: to every other connection.
@@ -25,7 +26,7 @@ import uvloop
 
 from cim.frame import FrameDecoder, encode_frames
 from cim.limits import raise_nofile_limit
-from cim.proto import PING, Request
+from cim.proto import DELIVERY_ACK, PING, Request
 from cim.protocols.connection import PONG
 from cim.wire_fields import TAG_REQUEST_CMD
 
@@ -43,13 +44,14 @@ class Relay:
 class RelayProtocol(asyncio.Protocol):
     """One client connection: forwards its frames, answers its pings."""
 
-    __slots__ = ("relay", "transport", "decoder", "user_id")
+    __slots__ = ("relay", "transport", "decoder", "user_id", "ack_head")
     transport: asyncio.Transport
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
         self.decoder = FrameDecoder()
         self.user_id = -1
+        self.ack_head = b""  # how this user's acks start: requestId, cmd (ackSeq, field 17, comes last)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream server's transport writes (uvloop's does not subclass asyncio.Transport).
@@ -60,12 +62,13 @@ class RelayProtocol(asyncio.Protocol):
         if self.user_id < 0 and frames:
             self.user_id = Request.FromString(frames.pop(0)).requestId
             self.relay.by_user[self.user_id] = self
+            self.ack_head = Request(requestId=self.user_id, cmd=DELIVERY_ACK).SerializeToString()
         forward = []
         pongs = 0
         for frame in frames:
             if frame.endswith(PING_TAIL):
                 pongs += 1
-            else:
+            elif not frame.startswith(self.ack_head):  # a message: its text (field 1) comes first
                 forward.append(frame)
         if pongs:
             self.transport.write(PONG * pongs)

@@ -12,7 +12,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +22,12 @@ import httpx
 import psutil
 from tqdm import tqdm
 
-from bench.loadgen import LoadGenerator, Plan
+from bench.loadgen import PROTOCOLS, LoadGenerator, Plan
 from bench.report import machine, print_table, write_json
 from cim.auth import Tokens
 from cim.client import RouteClient
 from cim.config import AUTH_MODES
-from cim.testing.services import CimProcess, free_port, redis_server, wait_until, zookeeper_server
+from cim.testing.services import CimProcess, free_port, free_ports_in_a_row, redis_server, wait_until, zookeeper_server
 
 # The bench's accounts' password: fresh accounts on a target started here.
 PASSWORD = "bench-password"
@@ -49,6 +49,11 @@ class Target:
     route_url: str | None  # None: the ceiling relay, which needs no accounts
     root_pids: list[int] = field(default_factory=list)
     tokens: Tokens | None = None  # mints the users' login tokens; None: the target checks none
+    node_ports: list[int] = field(default_factory=list)  # each node's client port (default: just ``port``)
+    store_url: str | None = None  # the Redis the nodes share; None: none (embedded, the relay)
+
+    def __post_init__(self) -> None:
+        self.node_ports = self.node_ports or [self.port]
 
     def processes(self) -> list[psutil.Process]:
         procs = []
@@ -89,15 +94,17 @@ def target_env(auth: str, limits: str) -> tuple[dict[str, str], Tokens | None]:
 
 @contextlib.contextmanager
 def cim_target(workdir: Path, workers: int = 1, heartbeat: float = 3600.0, auth: str = "token",
-               limits: str = "off", settings: dict[str, str] | None = None) -> Iterator[Target]:
-    """cim as users run it: ``cim up`` (embedded), or route + ``cim-server --workers N`` on
-    real Redis and ZooKeeper started here; ``auth`` and ``limits`` as the bench options say,
+               limits: str = "off", settings: dict[str, str] | None = None, nodes: int = 1,
+               on_redis: bool = False) -> Iterator[Target]:
+    """cim as users run it: ``cim up`` (embedded), or (``on_redis``, more than one node or
+    worker) a route and ``nodes`` cim-servers, each ``--workers N``, on real Redis (AOF
+    everysec) and ZooKeeper started here; ``auth`` and ``limits`` as the bench options say,
     ``settings`` further ``CIM_*`` variables over those."""
     port, http_port, route_port = free_port(), free_port(), free_port()
     common = ["--heartbeat-interval", str(heartbeat), "--log-level", "warning"]
     env, tokens = target_env(auth, limits)
     env.update(settings or {})
-    if workers == 1:
+    if workers == 1 and nodes == 1 and not on_redis:
         up = CimProcess(workdir, "cim-up", ["up", "--host", "127.0.0.1", "--port", str(port), "--http-port",
                                             str(http_port), "--route-port", str(route_port), *common], env)
         try:
@@ -109,19 +116,25 @@ def cim_target(workdir: Path, workers: int = 1, heartbeat: float = 3600.0, auth:
     with redis_server(workdir) as redis_url, zookeeper_server(workdir) as zk:
         backend = ["--redis", redis_url, "--zk", zk]
         route = CimProcess(workdir, "cim-route", ["route", "--host", "127.0.0.1", "--port", str(route_port), *backend], env)
-        http_base = free_port()
-        server = CimProcess(workdir, "cim-server", ["server", "--workers", str(workers), "--host", "127.0.0.1",
-                                                    "--port", str(port), "--http-port", str(http_base), *backend, *common],
-                            env)
+        ports = [port, *(free_port() for _ in range(nodes - 1))]
+        servers: list[CimProcess] = []
         try:
+            for node, node_port in enumerate(ports):
+                # One node at a time: the next one's HTTP ports are chosen once this one's are bound.
+                http_base = free_ports_in_a_row(workers)
+                servers.append(CimProcess(workdir, f"cim-server-{node}", [
+                    "server", "--workers", str(workers), "--host", "127.0.0.1", "--port", str(node_port),
+                    "--http-port", str(http_base), *backend, *common], env))
+                for i in range(workers):
+                    servers[-1].wait_http(http_base + i)
             route.wait_http(route_port)
-            for i in range(workers):
-                server.wait_http(http_base + i)
-            wait_until(lambda: len(httpx.get(f"http://127.0.0.1:{route_port}/health").json()["servers"]) == workers,
+            wait_until(lambda: len(httpx.get(f"http://127.0.0.1:{route_port}/health").json()["servers"]) == nodes * workers,
                        30, "route sees every worker")
-            yield Target("cim", "127.0.0.1", port, f"http://127.0.0.1:{route_port}", [server.proc.pid], tokens)
+            yield Target("cim", "127.0.0.1", port, f"http://127.0.0.1:{route_port}", [s.proc.pid for s in servers], tokens,
+                         ports, redis_url)
         finally:
-            server.stop()
+            for server in servers:
+                server.stop()
             route.stop()
 
 
@@ -199,6 +212,7 @@ class Run:
     rss_before: int
     rss_connected: int
     stats: list[dict[str, Any]]
+    also_cpu_seconds: dict[str, float] = field(default_factory=dict)  # other processes watched, by name
 
     def total(self, key: str) -> int:
         return sum(s[key] for s in self.stats)
@@ -213,13 +227,16 @@ class Run:
         return float(max(s["cpu_seconds"] for s in self.stats)) / self.duration * 100
 
 
-def measure(target: Target, plans: list[Plan], progress: Callable[[str], None]) -> Run:
+def measure(target: Target, plans: list[Plan], progress: Callable[[str], None], also: Sequence[Target] = ()) -> Run:
+    """Run ``plans`` against ``target``: its CPU (and that of the ``also`` processes, a store
+    say) over the run phase, its memory before and once connected, the generators' stats."""
     rss_before = target.rss()
     progress(f"{target.name}: connecting {sum(len(p.users) for p in plans):,} users from {len(plans)} processes")
     generator = LoadGenerator(plans)
     generator.step()  # all connected
     rss_connected = target.rss()
     cpu0 = target.cpu_seconds()
+    also_cpu0 = [other.cpu_seconds() for other in also]
     started = time.monotonic()
     progress(f"{target.name}: connected")
     generator.step()  # go
@@ -228,7 +245,8 @@ def measure(target: Target, plans: list[Plan], progress: Callable[[str], None]) 
     generator.step()  # done
     duration = time.monotonic() - started
     cpu = target.cpu_seconds() - cpu0
-    return Run(duration, cpu, rss_before, rss_connected, generator.collect())
+    also_cpu = {other.name: other.cpu_seconds() - before for other, before in zip(also, also_cpu0, strict=True)}
+    return Run(duration, cpu, rss_before, rss_connected, generator.collect(), also_cpu)
 
 
 def split(items: list[Any], parts: int) -> list[list[Any]]:
@@ -247,6 +265,13 @@ def add_common_arguments(parser: argparse.ArgumentParser, duration: float) -> No
     parser.add_argument("--limits", choices=LIMITS, default="off",
                         help="cim's per-connection message and byte limits: off, or on at rates no connection reaches "
                              "(their cost without refusals); per-address limits are off either way")
+
+
+def add_protocol_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="sdk",
+                        help="the generated clients: sdk (each message its own clientMsgId, so a receipt for each; "
+                             "receivers ack every 64 messages) or cim (CIM's client: no clientMsgId, no receipts for "
+                             "accepted messages, no acks)")
 
 
 def median_figures(runs: list[dict[str, float]]) -> dict[str, float]:
