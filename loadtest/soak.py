@@ -24,61 +24,44 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
-import itertools
 import json
-import multiprocessing
 import os
-import queue
-import random
-import secrets
-import signal
 import sys
 import time
-import traceback
 from array import array
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
-from enum import IntEnum
-from multiprocessing.context import SpawnContext, SpawnProcess
-from multiprocessing.queues import Queue
-from multiprocessing.sharedctypes import Synchronized, SynchronizedArray
 from pathlib import Path
 from typing import Any, TypedDict
 
 import httpx
 import uvloop
 
-from bench.report import percentiles
-from cim.client import Client, ClientError, Message, RouteClient
+from cim.client import Client, ClientError, Message
+from loadtest.fleet import (
+    GROUP,
+    PRIVATE,
+    FleetWorker,
+    Monitor,
+    Phase,
+    RunError,
+    Shared,
+    format_text,
+    latency_summary,
+    message_key,
+    parse_text,
+    register_users,
+    spawn_context,
+    start_workers,
+)
 
-PRIVATE, GROUP = "p", "g"
-# Every soak account's: the accounts are fresh each run, on a cluster under test.
-PASSWORD = "soak-password"
-
+TAG = "soak"
 # Totals every worker adds to in batches; the parent prints them as progress and
 # ends the drain as soon as "received" has caught up with "expected".
 COUNTERS = ("connected", "sent", "ok", "failed", "expected", "received", "senders_done")
-INDEX = {name: i for i, name in enumerate(COUNTERS)}
-FLUSH_EVERY = 0.5  # seconds between a worker's counter updates
-POLL_EVERY = 0.05  # seconds between looks at the shared phase / counters
-
-
-class Phase(IntEnum):
-    CONNECTING = 0
-    SENDING = 1
-    STOPPING = 2
-    ABORTING = 3
-
-
-class SoakError(Exception):
-    """The run could not be carried out (a worker failed, users did not connect in time)."""
 
 
 class WorkerResult(TypedDict):
-    """What a worker hands back. Plain containers only: a class defined in this module
-    would pickle as ``__mp_main__.X`` in a spawned child, which the parent cannot load."""
+    """What a worker hands back (plain containers, see ``FleetWorker.main``)."""
 
     send_seconds: float  # from the start to the last send
     sent_private: int
@@ -98,58 +81,13 @@ class WorkerResult(TypedDict):
     disconnected: int
 
 
-def message_key(sender: int, seq: int) -> int:
-    """One int per message: cheaper than a tuple in the per-receiver sets."""
-    return sender << 32 | seq
-
-
-def parse_text(text: str) -> tuple[str, int, int, int] | None:
-    """(kind, sender, seq, send time ns) of a soak text; None for anything else."""
-    parts = text.split(":")
-    if len(parts) != 5 or parts[0] != "soak" or parts[1] not in (PRIVATE, GROUP):
-        return None
-    try:
-        return parts[1], int(parts[2]), int(parts[3]), int(parts[4])
-    except ValueError:
-        return None
-
-
-@dataclass
-class Shared:
-    """What the parent and its workers share across processes."""
-
-    counters: SynchronizedArray[int]
-    phase: Synchronized[int]
-    start_at: Synchronized[float]  # wall-clock time the send phase starts, the same in every worker
-
-    @classmethod
-    def create(cls, ctx: SpawnContext) -> Shared:
-        return cls(ctx.Array("q", len(COUNTERS)), ctx.Value("i", Phase.CONNECTING), ctx.Value("d", 0.0))
-
-    def add(self, deltas: list[int]) -> None:
-        with self.counters.get_lock():  # an RLock: the item access below takes it again
-            for i, delta in enumerate(deltas):
-                self.counters[i] += delta
-
-    def totals(self) -> dict[str, int]:
-        return dict(zip(COUNTERS, self.counters[:], strict=True))
-
-
 # -- the worker process -------------------------------------------------------
 
 
-class Worker:
+class SoakWorker(FleetWorker):
     def __init__(self, users: list[tuple[int, str]], everyone: list[int], options: argparse.Namespace, shared: Shared) -> None:
-        self.users = users
-        self.everyone = everyone
+        super().__init__(users, everyone, options, shared)
         self.members = set(everyone)
-        self.options = options
-        self.shared = shared
-        self.clients: dict[int, Client] = {}
-        # One route client for every user of this process (see Client's ``route``).
-        self.route: RouteClient | None = None
-        self.deltas = [0] * len(COUNTERS)
-        self.seqs: dict[int, itertools.count[int]] = {user_id: itertools.count(1) for user_id, _ in users}
         self.seen: dict[int, set[int]] = {user_id: set() for user_id, _ in users}
         self.last_seq: dict[tuple[str, int, int], int] = {}
         self.result = WorkerResult(
@@ -158,112 +96,31 @@ class Worker:
             latencies_ms=array("f"), reconnects=0, disconnected=0,
         )
 
-    def bump(self, name: str, amount: int = 1) -> None:
-        self.deltas[INDEX[name]] += amount
+    def client_options(self) -> dict[str, Any]:
+        return {
+            "heartbeat_interval": self.options.heartbeat_interval,
+            "reconnect_attempts": self.options.reconnect_attempts,
+        }
 
-    def flush(self) -> None:
-        self.shared.add(self.deltas)
-        self.deltas = [0] * len(COUNTERS)
-
-    async def flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_EVERY)
-            self.flush()
-
-    async def run(self) -> WorkerResult:
-        flusher = asyncio.create_task(self.flush_forever())
-        try:
-            await self.connect_all()
-            if await self.wait_phase(Phase.SENDING, Phase.ABORTING) is Phase.SENDING:
-                await self.send_phase()
-                self.bump("senders_done")
-                await self.wait_phase(Phase.STOPPING, Phase.ABORTING)
-        finally:
-            self.result["reconnects"] = sum(c.reconnects for c in self.clients.values())
-            self.result["disconnected"] = sum(not c.connected for c in self.clients.values())
-            await self.close_all()
-            flusher.cancel()
-            self.flush()
+    async def main(self) -> WorkerResult:
+        if await self.wait_phase(Phase.SENDING, Phase.ABORTING) is Phase.SENDING:
+            self.result["send_seconds"], in_flight = await self.send_phase()
+            await asyncio.gather(*in_flight)
+            self.bump("senders_done")
+            await self.wait_phase(Phase.STOPPING, Phase.ABORTING)
         return self.result
 
-    async def wait_phase(self, *phases: Phase) -> Phase:
-        while (phase := Phase(self.shared.phase.value)) not in phases:
-            await asyncio.sleep(POLL_EVERY)
-        return phase
-
-    async def connect_all(self) -> None:
-        limit = asyncio.Semaphore(self.options.concurrency)
-        self.route = RouteClient(self.options.route, timeout=30)
-
-        async def connect(user_id: int, user_name: str) -> None:
-            async with limit:
-                client = Client(
-                    self.options.route, user_id, user_name, password=PASSWORD,
-                    on_message=functools.partial(self.on_message, user_id),
-                    heartbeat_interval=self.options.heartbeat_interval,
-                    reconnect_attempts=self.options.reconnect_attempts,
-                    fetch_offline=False,  # fresh accounts: nothing is stored for them
-                    route=self.route,
-                )
-                try:
-                    await client.connect()
-                except BaseException:
-                    await client.close()
-                    raise
-                self.clients[user_id] = client
-                self.bump("connected")
-
-        # A TaskGroup: the first refused login cancels the rest, and the run aborts.
-        try:
-            async with asyncio.TaskGroup() as group:
-                for user_id, user_name in self.users:
-                    group.create_task(connect(user_id, user_name))
-        except* (ClientError, OSError, httpx.HTTPError) as failed:
-            raise SoakError(f"{len(failed.exceptions)} login(s) failed, the first: {failed.exceptions[0]!r}") from None
-
-    async def close_all(self) -> None:
-        limit = asyncio.Semaphore(self.options.concurrency)
-
-        async def close(client: Client) -> None:
-            async with limit:
-                await client.close()
-
-        await asyncio.gather(*(close(c) for c in self.clients.values()))
-        if self.route is not None:
-            await self.route.aclose()
-
-    async def send_phase(self) -> None:
-        loop = asyncio.get_running_loop()
-        rate = self.options.rate / self.options.processes
-        start = loop.time() + (self.shared.start_at.value - time.time())
-        end = start + self.options.duration
-        senders = list(self.clients.values())
-        in_flight: set[asyncio.Task[None]] = set()
-        for n in itertools.count():
-            due = start + n / rate
-            if due >= end or self.shared.phase.value == Phase.ABORTING:
-                break
-            await asyncio.sleep(due - loop.time())
-            kind = GROUP if random.random() < self.options.group_ratio else PRIVATE
-            # A task per send: the schedule does not wait for receipts.
-            task = asyncio.create_task(self.send_one(random.choice(senders), kind))
-            in_flight.add(task)
-            task.add_done_callback(in_flight.discard)
-        self.result["send_seconds"] = loop.time() - start
-        await asyncio.gather(*in_flight)
-
-    def pick_receiver(self, sender: int) -> int:
-        while (receiver := random.choice(self.everyone)) == sender:
-            pass
-        return receiver
+    def before_close(self) -> None:
+        self.result["reconnects"] = sum(c.reconnects for c in self.clients.values())
+        self.result["disconnected"] = sum(not c.connected for c in self.clients.values())
 
     async def send_one(self, client: Client, kind: str) -> None:
         sender = client.user_id
         # The sequence number and time are taken right before the SDK writes the
         # frame (it writes before its first await), so seq order is wire order.
-        seq = next(self.seqs[sender])
+        seq = next(self.counters[sender])
         key = message_key(sender, seq)
-        text = f"soak:{kind}:{sender}:{seq}:{time.time_ns()}"
+        text = format_text(TAG, kind, sender, seq)
         self.bump("sent")
         receiver = 0
         try:
@@ -290,7 +147,7 @@ class Worker:
 
     def on_message(self, receiver: int, message: Message) -> None:
         now_ns = time.time_ns()
-        parsed = parse_text(message.text)
+        parsed = parse_text(TAG, message.text)
         if parsed is None or parsed[1] not in self.members:
             self.result["foreign"] += 1  # not from this run
             return
@@ -319,114 +176,12 @@ class Worker:
             self.last_seq[pair] = seq
 
 
-def worker_main(
-    index: int, users: list[tuple[int, str]], everyone: list[int], options: argparse.Namespace,
-    shared: Shared, results: Queue[tuple[str, Any]],
-) -> None:
-    """A worker process: always puts exactly one ("result", WorkerResult) or ("error", text)."""
-    # Ctrl-C reaches the whole process group: the parent alone decides, and tells the
-    # workers to abort, so they still log their users out and answer.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        result = uvloop.run(Worker(users, everyone, options, shared).run())
-    except SoakError as err:
-        results.put(("error", f"worker {index}: {err}"))
-    except Exception:  # a bug: the whole story
-        results.put(("error", f"worker {index}: {traceback.format_exc()}"))
-    else:
-        results.put(("result", result))
-
-
 # -- the parent -----------------------------------------------------------------
 
 
-async def register_users(route: str, count: int, concurrency: int) -> list[tuple[int, str]]:
-    """Fresh accounts ``soak-<run>-<n>``: a new run never sees an old run's stored messages."""
-    run_id = secrets.token_hex(3)
-    limit = asyncio.Semaphore(concurrency)
-    # One route client for all: the SDK's ``register`` builds one per call, and each
-    # costs ~15 ms and ~850 KB (a fresh TLS context), even for plain http.
-    async with RouteClient(route, timeout=30) as route_client:
-
-        async def one(user_name: str) -> tuple[int, str]:
-            async with limit:
-                return await route_client.register(user_name, PASSWORD), user_name
-
-        return list(await asyncio.gather(*(one(f"soak-{run_id}-{n}") for n in range(count))))
-
-
-class Monitor:
-    """The parent's view of its workers: progress lines, worker failures, their answers."""
-
-    def __init__(self, shared: Shared, results: Queue[tuple[str, Any]], processes: list[SpawnProcess],
-                 users: int, progress_every: float) -> None:
-        self.shared = shared
-        self.results = results
-        self.processes = processes
-        self.users = users
-        self.progress_every = progress_every
-        self.answers: list[tuple[str, Any]] = []
-        self.started = time.monotonic()
-        self.next_progress = self.started + progress_every
-
-    def wait(self, label: str, done: Callable[[dict[str, int]], bool], timeout: float) -> bool:
-        """Until ``done(totals)``; False after ``timeout`` s. Raises SoakError if a worker fails."""
-        deadline = time.monotonic() + timeout
-        while not done(totals := self.shared.totals()):
-            now = time.monotonic()
-            if now >= deadline:
-                return False
-            self._check_workers()
-            if now >= self.next_progress:
-                self.next_progress = now + self.progress_every
-                self.progress(label, totals)
-            time.sleep(POLL_EVERY)
-        return True
-
-    def _check_workers(self) -> None:
-        # Before the stop a worker answers only when it failed.
-        try:
-            self.answers.append(self.results.get_nowait())
-        except queue.Empty:
-            if any(p.exitcode is not None for p in self.processes):
-                raise SoakError("a worker process exited early") from None
-            return
-        raise SoakError(self.answers[-1][1])
-
-    def progress(self, label: str, t: dict[str, int]) -> None:
-        print(
-            f"[{time.monotonic() - self.started:6.1f}s] {label:<10} connected {t['connected']}/{self.users}  "
-            f"sent {t['sent']}  ok {t['ok']}  failed {t['failed']}  delivered {t['received']}/{t['expected']}",
-            flush=True,
-        )
-
-    def collect(self, timeout: float) -> list[WorkerResult]:
-        """Every worker's answer, then the processes are joined; raises SoakError on a failure."""
-        deadline = time.monotonic() + timeout
-        while len(self.answers) < len(self.processes) and time.monotonic() < deadline:
-            try:
-                self.answers.append(self.results.get(timeout=POLL_EVERY))
-            except queue.Empty:
-                if all(p.exitcode is not None for p in self.processes):
-                    break  # the rest died without a word
-        for process in self.processes:
-            process.join(timeout=max(0.0, deadline - time.monotonic()))
-            if process.is_alive():
-                process.terminate()
-                process.join()
-        errors = [payload for kind, payload in self.answers if kind == "error"]
-        if errors:
-            raise SoakError("\n".join(errors))
-        if len(self.answers) < len(self.processes):
-            raise SoakError(f"{len(self.processes) - len(self.answers)} worker(s) gave no result")
-        return [payload for _, payload in self.answers]
-
-
-def latency_summary(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p99": None, "max": None}
-    p50, p99 = percentiles(values, (0.50, 0.99))
-    return {"p50": round(p50, 2), "p99": round(p99, 2), "max": round(max(values), 2)}
+def describe(t: dict[str, int], users: int) -> str:
+    return (f"connected {t['connected']}/{users}  sent {t['sent']}  ok {t['ok']}  failed {t['failed']}  "
+            f"delivered {t['received']}/{t['expected']}")
 
 
 def aggregate(results: list[WorkerResult], users: int) -> dict[str, Any]:
@@ -489,40 +244,31 @@ def passed(report: dict[str, Any]) -> bool:
 
 
 def run(options: argparse.Namespace) -> dict[str, Any]:
-    """Register, connect, send, drain, stop; returns the report. Raises SoakError."""
-    users = uvloop.run(register_users(options.route, options.users, options.concurrency))
-    everyone = [user_id for user_id, _ in users]
+    """Register, connect, send, drain, stop; returns the report. Raises RunError."""
+    users = uvloop.run(register_users(options.route, options.users, options.concurrency, TAG))
     print(f"registered {len(users)} users", flush=True)
-    # spawn, not fork: a child starts clean, without the parent's loop or connections.
-    ctx = multiprocessing.get_context("spawn")
-    shared = Shared.create(ctx)
-    results: Queue[tuple[str, Any]] = ctx.Queue()
-    processes = [
-        ctx.Process(target=worker_main, args=(i, users[i :: options.processes], everyone, options, shared, results),
-                    name=f"soak-worker-{i}")
-        for i in range(options.processes)
-    ]
-    for process in processes:
-        process.start()
-    monitor = Monitor(shared, results, processes, len(users), options.progress)
+    ctx = spawn_context()
+    shared = Shared.create(ctx, COUNTERS)
+    results, processes = start_workers(ctx, SoakWorker, users, options, shared)
+    monitor = Monitor(shared, results, processes, lambda t: describe(t, len(users)), options.progress)
     final = Phase.ABORTING
     try:
         if not monitor.wait("connecting", lambda t: t["connected"] >= len(users), options.connect_timeout):
-            raise SoakError(f"only {shared.totals()['connected']} of {len(users)} users connected "
-                            f"after {options.connect_timeout} s")
+            raise RunError(f"only {shared.totals()['connected']} of {len(users)} users connected "
+                           f"after {options.connect_timeout} s")
         connected_after = time.monotonic() - monitor.started
         shared.start_at.value = time.time() + 0.2  # every worker starts on the same tick
         shared.phase.value = Phase.SENDING
         # A send waits at most the SDK's send timeout (10 s) for its receipt.
         if not monitor.wait("sending", lambda t: t["senders_done"] >= len(processes), options.duration + 30):
-            raise SoakError("the workers did not finish sending in time")
+            raise RunError("the workers did not finish sending in time")
         drain_started = time.monotonic()
         monitor.wait("draining", lambda t: t["received"] >= t["expected"], options.drain)
         drain_seconds = time.monotonic() - drain_started
         final = Phase.STOPPING
     finally:
         shared.phase.value = final
-        worker_results = monitor.collect(timeout=120)
+        worker_results: list[WorkerResult] = monitor.collect(timeout=120)
     report = aggregate(worker_results, len(users))
     send_seconds = max(r["send_seconds"] for r in worker_results)
     return {
@@ -582,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--processes must be between 1 and --users")
     try:
         report = run(options)
-    except (SoakError, ClientError, httpx.HTTPError) as err:
+    except (RunError, ClientError, httpx.HTTPError) as err:
         print(f"soak aborted: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
