@@ -105,8 +105,14 @@ class TcpPeer(asyncio.Protocol):
     def send_pong(self) -> None:
         self.conn.send_pong()
 
-    def send_receipt(self, client_msg_id: int, status: Status, text: str) -> None:
-        self.conn.send_receipt(client_msg_id, status, text)
+    def send_receipt(self, client_msg_id: int, status: Status, text: str, msg_id: int = 0) -> None:
+        self.conn.send_receipt(client_msg_id, status, text, msg_id)
+
+    def send_login_answer(self, latest_seq: int, heartbeat_seconds: int, acked_seq: int) -> None:
+        self.conn.send_login_answer(latest_seq, heartbeat_seconds, acked_seq)
+
+    def send_sync_done(self, latest_seq: int, truncated: bool) -> None:
+        self.conn.send_sync_done(latest_seq, truncated)
 
     def send_error(self, status: Status, reason: str) -> None:
         self.conn.send_error(status, reason)
