@@ -59,8 +59,11 @@ class RouteService:
         await self.backends.discovery.watch(self._on_servers)
 
     async def stop(self) -> None:
+        # A cleanup still in its grace is dropped: another route (or the server's successor,
+        # which clears its predecessor's logins at start) does it.
         for task in list(self._cleanups):
-            with contextlib.suppress(Exception):
+            task.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
 
     def _on_servers(self, servers: list[ServerInfo]) -> None:
