@@ -233,11 +233,34 @@ class MemoryInbox(InProcessInbox):
             return [Stored(0, bodies) for _ in receiver_ids]
         pairs = dict(zip(client_msg_ids, range(first_msg_id, first_msg_id + len(client_msg_ids)), strict=True))
         tick = self._tick()
-        slot_of = self._slot
-        slots = self._slots
-        append = self._append
-        return [append(slots.get(r) or slot_of(r), sender_id, bodies, client_msg_ids, first_msg_id, pairs, tick)
-                for r in receiver_ids]
+        slot_of, slots, append, upkeep = self._slot, self._slots, self._append, self._upkeep
+        if 0 in pairs or len(pairs) != len(client_msg_ids):  # CIM's client, or an odd run: the general way
+            return [append(slots.get(r) or slot_of(r), sender_id, bodies, client_msg_ids, first_msg_id, pairs, tick)
+                    for r in receiver_ids]
+        # The common group send, inline: a fan-out to thousands of receivers runs this per receiver.
+        count, window, trim_at, out = len(pairs), self._window, self._trim_at, []
+        for receiver_id in receiver_ids:
+            slot = slots.get(receiver_id) or slot_of(receiver_id)
+            recent = slot.recent.get(sender_id)
+            if recent is None:
+                recent = slot.recent[sender_id] = {}
+            elif not recent.keys().isdisjoint(pairs):
+                out.append(append(slot, sender_id, bodies, client_msg_ids, first_msg_id, pairs, tick))
+                continue
+            if slot.older and not slot.older.get(sender_id, _NO_PAIRS).keys().isdisjoint(pairs):
+                out.append(append(slot, sender_id, bodies, client_msg_ids, first_msg_id, pairs, tick))
+                continue
+            recent.update(pairs)
+            slot.pairs += count
+            if slot.pairs >= window:
+                self._next_generation(slot)
+            stored = slot.bodies  # _keep, inline
+            first = slot.base + len(stored)
+            stored += bodies
+            if slot.tick != tick or len(stored) > trim_at:
+                upkeep(slot, first, tick)
+            out.append(Stored(first, bodies))
+        return out
 
     def _append(self, slot: _Slot, sender_id: int, bodies: list[bytes], ids: list[int], first_msg_id: int,
                 pairs: dict[int, int], tick: int) -> Stored:
@@ -289,16 +312,21 @@ class MemoryInbox(InProcessInbox):
         stored = slot.bodies
         first = slot.base + len(stored)
         stored += bodies
+        if slot.tick != tick or len(stored) > self._trim_at:
+            self._upkeep(slot, first, tick)
+        return first
+
+    def _upkeep(self, slot: _Slot, first: int, tick: int) -> None:
+        """After an append from seq ``first``: a new tick's age mark, and retention when due."""
         if slot.tick != tick:
             slot.tick = tick
             slot.mark_ticks.append(tick)
             slot.mark_seqs.append(first)
             if slot.mark_ticks[0] < tick - self._age_ticks:
                 slot.trim(self._max_messages, tick - self._age_ticks)
-                return first
-        if len(stored) > self._trim_at:
+                return
+        if len(slot.bodies) > self._trim_at:
             slot.trim(self._max_messages, tick - self._age_ticks)
-        return first
 
     async def read(self, user_id: int, after_seq: int, limit: int) -> Page:
         slot = self._slots.get(user_id)
