@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import math
 import pickle
 import random
@@ -67,12 +66,14 @@ from loadtest.fleet import (
     Phase,
     RunError,
     Shared,
+    check_load_options,
     format_text,
     message_key,
     parse_text,
     register_users,
     spawn_context,
     start_workers,
+    write_report,
 )
 
 TAG = "chaos"
@@ -514,10 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     options = parser.parse_args(argv)
-    if options.users < 2 or options.rate <= 0 or options.duration <= 0 or not 0 <= options.group_ratio <= 1:
-        parser.error("need --users >= 2, --rate > 0, --duration > 0 and 0 <= --group-ratio <= 1")
-    if not 1 <= options.processes <= options.users or options.nodes < 2 or options.workers < 1:
-        parser.error("need 1 <= --processes <= --users, --nodes >= 2, --workers >= 1")
+    check_load_options(parser, options)
+    if options.nodes < 2 or options.workers < 1:
+        parser.error("need --nodes >= 2, --workers >= 1")
     if "kill-worker" in options.faults and options.workers < 2:
         parser.error("kill-worker needs --workers >= 2")
     if options.stop_seconds is None:
@@ -533,10 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chaos interrupted; logs in {workdir}", file=sys.stderr)
         return 2
     print_report(report)
-    if options.json:
-        Path(options.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(options.json).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {options.json}")
+    write_report(options.json, report)
     if report["passed"] and options.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
     else:

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import functools
 import itertools
+import json
 import multiprocessing
 import queue
 import random
@@ -31,6 +32,7 @@ from enum import IntEnum
 from multiprocessing.context import SpawnContext, SpawnProcess
 from multiprocessing.queues import Queue
 from multiprocessing.sharedctypes import Synchronized, SynchronizedArray
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -395,3 +397,19 @@ class Monitor:
         if len(self.answers) < len(self.processes):
             raise RunError(f"{len(self.processes) - len(self.answers)} worker(s) gave no result")
         return [payload for _, payload in self.answers]
+
+
+def check_load_options(parser: argparse.ArgumentParser, options: argparse.Namespace) -> None:
+    """The options every load run shares (users, rate, duration, group ratio, processes); exits on bad ones."""
+    if options.users < 2 or options.rate <= 0 or options.duration <= 0 or not 0 <= options.group_ratio <= 1:
+        parser.error("need --users >= 2, --rate > 0, --duration > 0 and 0 <= --group-ratio <= 1")
+    if not 1 <= options.processes <= options.users:
+        parser.error("--processes must be between 1 and --users")
+
+
+def write_report(path: str | None, report: dict[str, Any]) -> None:
+    """Write the report as JSON to ``path`` (if given), saying so."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {path}")

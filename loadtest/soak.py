@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import time
 from array import array
 from collections import Counter
-from pathlib import Path
 from typing import Any, TypedDict
 
 import httpx
@@ -45,6 +43,7 @@ from loadtest.fleet import (
     Phase,
     RunError,
     Shared,
+    check_load_options,
     format_text,
     latency_summary,
     message_key,
@@ -52,6 +51,7 @@ from loadtest.fleet import (
     register_users,
     spawn_context,
     start_workers,
+    write_report,
 )
 
 TAG = "soak"
@@ -322,10 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     options = parser.parse_args(argv)
-    if options.users < 2 or options.rate <= 0 or options.duration <= 0 or not 0 <= options.group_ratio <= 1:
-        parser.error("need --users >= 2, --rate > 0, --duration > 0 and 0 <= --group-ratio <= 1")
-    if not 1 <= options.processes <= options.users:
-        parser.error("--processes must be between 1 and --users")
+    check_load_options(parser, options)
     try:
         report = run(options)
     except (RunError, ClientError, httpx.HTTPError) as err:
@@ -335,10 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         print("soak interrupted", file=sys.stderr)
         return 2
     print_report(report)
-    if options.json:
-        Path(options.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(options.json).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {options.json}")
+    write_report(options.json, report)
     return 0 if report["passed"] else 1
 
 
