@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 
 from cim.backends.memory import MemoryHub
 from cim.client import Client, Message, Receipt, SendTimeout, Stopped
@@ -230,3 +231,26 @@ async def test_the_console_prints_each_message_once_across_a_reconnect(stack: Ru
     printed = [line for line in console.lines if f"alice({alice_id}):" in line]
     assert [line.split(": ", 1)[1] for line in printed] == ["before 1", "before 2", "while away", "after"], output
     assert "reconnecting" in output
+
+
+def test_a_send_on_a_connection_closed_under_it_is_resent_after_the_reconnect() -> None:
+    """uvloop, as the SDK runs in production: its transports raise on a write once closed,
+    and the SDK learns of the close a loop turn later. A send in between is kept and resent."""
+
+    async def scenario() -> None:
+        running = await start(stack_config(), {"server", "route"}, MemoryHub())
+        try:
+            alice_id, bob_id = await register_user(running, "alice"), await register_user(running, "bob")
+            got: list[Message] = []
+            async with sdk(running, alice_id, "alice") as alice, sdk(running, bob_id, "bob", got):
+                assert alice._writer is not None
+                alice._writer.transport.abort()  # closed now; the SDK's read loop sees it later
+                receipt = await asyncio.wait_for(alice.send_private(bob_id, "across the close"), 10)
+                assert receipt.accepted and alice.reconnects == 1
+                await eventually(lambda: len(got) == 1)
+                await asyncio.sleep(0.2)
+                assert [m.text for m in got] == ["across the close"]
+        finally:
+            await running.stop()
+
+    uvloop.run(scenario())

@@ -328,7 +328,9 @@ class Client:
             self._status(notice)
         for message in step.messages:
             call_app(self.on_message, message)
-        if step.data and self._writer is not None:
+        # A transport closed under us (uvloop raises on a write to it) writes nothing: the
+        # sends in ``step.data`` are kept in the outbox and resent after the reconnect.
+        if step.data and self._writer is not None and not self._writer.is_closing():
             self._writer.write(bytes(step.data))
         self._waiters.answer(step)
         if step.persist is not None:
