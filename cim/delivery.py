@@ -111,13 +111,13 @@ class Messenger:
         """SUCCESS (stored, receiver online) or OFF_LINE (stored for later); raises
         CimError for an unknown receiver."""
         local = self.local
-        here = local is not None and local.is_here(receiver_id)  # logged in, so registered
-        if not here:
+        here = local if local is not None and local.is_here(receiver_id) else None  # logged in, so registered
+        if here is None:
             await self._require_receiver(receiver_id)
         first_id, now_ms = self.ids.take(len(texts))
         bodies = push_bodies(sender.prefix, texts, first_id, now_ms)
         stored = await self.backends.inbox.append(receiver_id, sender.id, bodies, first_id, client_msg_ids)
-        if here and local is not None and local.deliver_local(receiver_id, stored):
+        if here is not None and here.deliver_local(receiver_id, stored):
             return Sent(Status.SUCCESS, first_id, stored.duplicates)
         try:
             server = await self.backends.presence.route(receiver_id)

@@ -41,7 +41,7 @@ class TcpPeer(asyncio.Protocol):
         self.last_seen = 0.0
         self.paused_at: float | None = None  # when the write buffer went over the high mark
         self.closed = False
-        self._queued = False  # has pushes waiting for the end-of-turn flush
+        self._queued = False  # has frames waiting for the end-of-turn flush
         self._resume_reading: asyncio.TimerHandle | None = None  # reading paused over the bytes rate
 
     @property
@@ -74,7 +74,13 @@ class TcpPeer(asyncio.Protocol):
                 self._write(pong)
                 return
         events.feed(self.conn.receive_data(data), now, size)
-        self.flush()
+        # What the read produced (receipts, errors) is written at the end of the loop turn,
+        # with the turn's pushes: writes bunched in time find their readers still awake from
+        # the first one, and waking a reader is most of a loopback write's cost (p2p with a
+        # receipt per message: +14 % msgs/s against writing after each read).
+        if not self._queued:
+            self._queued = True
+            host.flush_at_end_of_turn(self)
 
     def pause_writing(self) -> None:
         self.paused_at = self.host.loop.time()
