@@ -25,7 +25,7 @@ from tests.conftest import auth_mode
 
 def bench(tmp_path: Path, *args: str) -> dict[str, Any]:
     out = tmp_path / "result.json"
-    system = args[0] != "codec"
+    system = args[0] not in ("codec", "hotpath")  # in-process scenarios: no targets started
     done = subprocess.run(
         [sys.executable, "-m", "bench", *args, "--json", str(out),
          *(["--workdir", str(tmp_path), "--auth", auth_mode()] if system else [])],
@@ -159,3 +159,10 @@ def test_idle(tmp_path: Path, connections: int) -> None:
         assert result[side]["connections"] == connections
         assert result[side]["pings_per_s"] > 0
     assert set(result["ratio"]) == {"heartbeat_cpu", "memory_per_conn"}
+
+
+def test_hotpath(tmp_path: Path) -> None:
+    result = bench(tmp_path, "hotpath", "--pairs", "4", "--turns", "20", "--repeat", "1")
+    # Every message was pushed (the scenario checks it), at some cost per message in each protocol.
+    assert set(result["us_per_message"]) == {"sdk", "cim"}
+    assert all(cost > 0 for cost in result["us_per_message"].values())
