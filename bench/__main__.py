@@ -7,7 +7,10 @@ import sys
 
 from bench import codec, fanout, flood, hotpath, idle, p2p, redis_p2p
 
-SCENARIOS = {"codec": codec, "hotpath": hotpath, "p2p": p2p, "fanout": fanout, "idle": idle, "flood": flood, "redis-p2p": redis_p2p}
+SCENARIOS = {
+    "codec": codec, "hotpath": hotpath, "p2p": p2p, "fanout": fanout, "idle": idle, "flood": flood,
+    "redis-p2p": redis_p2p,
+}
 
 
 def main(argv: list[str] | None = None) -> None:
