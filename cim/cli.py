@@ -58,6 +58,7 @@ def _backend_options(p: argparse.ArgumentParser) -> None:
             "gets its first receipt and is not delivered again")
     _option(p, "--inbox-check-interval", float, "seconds between a node's checks of its users' inboxes for "
             "messages whose doorbell was lost (a shared store only)")
+    _option(p, "--group-max-members", int, "members of a named group, its owner included")
     _option(p, "--log-level", str, "log level")
 
 

@@ -33,6 +33,7 @@ class Config:
     inbox_max_age: float = 30 * 86400.0  # seconds a message is kept
     dedup_window: int = 10_000  # (sender, clientMsgId) pairs remembered per receiver
     inbox_check_interval: float = 5.0  # seconds between a node's checks of its users' inboxes (lost doorbells)
+    group_max_members: int = 2000  # members of a named group, its owner included (cim.groups)
 
     # cim-server
     host: str = "0.0.0.0"
@@ -87,7 +88,7 @@ class Config:
                 raise ValueError(f"{name.replace('_', '-')} must be 0 (off) or more, not {getattr(self, name)}")
         if self.auth not in AUTH_MODES:
             raise ValueError(f"auth must be one of {', '.join(AUTH_MODES)}, not {self.auth!r}")
-        for name in ("inbox_max_messages", "inbox_max_age", "dedup_window", "inbox_check_interval"):
+        for name in ("inbox_max_messages", "inbox_max_age", "dedup_window", "inbox_check_interval", "group_max_members"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
         if self.token_ttl <= 0:

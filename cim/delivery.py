@@ -9,7 +9,8 @@ The bus is only a doorbell: a lost one loses no message, the receiver's next syn
 or its node's periodic inbox check finds it (``cim.server.catchup``).
 
 Private: 7000 when the receiver is not logged in (stored for their next sync or
-``/fetchOfflineMsgs``). Everyone (CIM's group chat): every user logged in then.
+``/fetchOfflineMsgs``). Everyone (CIM's group chat): every user logged in then. A named
+group: every member, logged in or not (``cim.groups`` keeps who they are).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Protocol
 
 from cim.backends import Backends, Stored
 from cim.destinations import Destination, ToEveryone, ToGroup, ToUser
-from cim.messages import MessageIds, Sender
+from cim.messages import MessageIds, Sender, group_prefix
 from cim.proto import Delivery
 from cim.status import CimError, Status
 from cim.wire import push_bodies
@@ -104,7 +105,7 @@ class Messenger:
         if isinstance(destination, ToEveryone):
             return await self.send_group(sender, texts, client_msg_ids)
         assert isinstance(destination, ToGroup)
-        raise CimError(Status.VALIDATION_FAIL, f"groupId {destination.group_id!r}: named groups are not available yet")
+        return await self.send_to_group(sender, destination.group_id, texts, client_msg_ids)
 
     async def send_private(self, sender: Sender, receiver_id: int, texts: list[bytes],
                            client_msg_ids: list[int]) -> Sent:
@@ -140,9 +141,33 @@ class Messenger:
         else:
             online = await self.backends.presence.online_user_ids()
         receivers = [user_id for user_id in online if user_id != sender.id]
+        return await self._fan_out(sender.prefix, sender.id, receivers, texts, client_msg_ids)
+
+    async def send_to_group(self, sender: Sender, group_id: str, texts: list[bytes], client_msg_ids: list[int]) -> Sent:
+        """Into the inbox of every member of a named group but the sender, whether online or
+        not (write diffusion, as for everyone: see README "Named groups"); the pushes carry the
+        groupId. Raises CimError for a group that does not exist or a sender who is not in it."""
+        members = await self.backends.groups.members(group_id)
+        if members is None:
+            raise CimError(Status.VALIDATION_FAIL, f"groupId {group_id!r}: no such group")
+        if sender.id not in members:
+            raise CimError(Status.VALIDATION_FAIL, f"groupId {group_id!r}: user {sender.id} is not a member")
+        receivers = [user_id for user_id in members if user_id != sender.id]
+        return await self._fan_out(group_prefix(sender.prefix, group_id), sender.id, receivers, texts, client_msg_ids)
+
+    async def notify(self, actor: Sender, group_id: str, receiver_ids: list[int], text: str) -> None:
+        """A membership notice from ``actor`` into the receivers' inboxes, as a group message
+        flagged ``notice`` (a client that does not know the flag prints it as a message)."""
+        await self._fan_out(group_prefix(actor.prefix, group_id, notice=True), actor.id, receiver_ids, [text.encode()], [0])
+
+    async def _fan_out(self, prefix: bytes, sender_id: int, receivers: list[int], texts: list[bytes],
+                       client_msg_ids: list[int]) -> Sent:
+        """Store the texts in every receiver's inbox (one append call), then ring: on this node
+        directly when the store is this process's, else one broadcast with each one's seq."""
+        local = self.local
         first_id, now_ms = self.ids.take(len(texts))
-        bodies = push_bodies(sender.prefix, texts, first_id, now_ms)
-        stored = await self.backends.inbox.append_each(receivers, sender.id, bodies, first_id, client_msg_ids)
+        bodies = push_bodies(prefix, texts, first_id, now_ms)
+        stored = await self.backends.inbox.append_each(receivers, sender_id, bodies, first_id, client_msg_ids)
         duplicates: dict[int, int] = {}
         for each in stored:
             duplicates.update(each.duplicates)

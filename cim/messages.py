@@ -64,6 +64,12 @@ class Sender:
         return cls(user_id, user_name, push.SerializeToString())
 
 
+def group_prefix(prefix: bytes, group_id: str, notice: bool = False) -> bytes:
+    """A sender's ``prefix`` for pushes to a named group: ``groupId`` (and ``notice``) merged in
+    the way the receiver's entry is, so ``push_bodies`` and the fan-out stay as they are."""
+    return prefix + Response(groupId=group_id, notice=notice).SerializeToString()
+
+
 class MessageIds:
     """Snowflake ids: unique across nodes with distinct node numbers, increasing per node.
 

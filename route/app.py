@@ -15,7 +15,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
+from cim.backends import GroupInfo
 from cim.metrics import metrics_route
 from cim.server_info import ServerInfo
 from cim.status import CimError, Status
@@ -73,6 +74,36 @@ class FetchOfflineMsgs(_Body):
     receiveUserId: int = UserId
 
 
+GroupName = Field(min_length=1, max_length=64)
+GroupId = Field(min_length=1, max_length=64)
+Members: list[int] = Field(default_factory=list)  # past --group-max-members: 3000 from cim.groups, naming the limit
+
+
+class GroupCreate(_Body):
+    userId: int = UserId
+    name: str = GroupName
+    members: list[Annotated[int, UserId]] = Members
+
+
+class GroupMembersChange(_Body):
+    userId: int = UserId
+    groupId: str = GroupId
+    members: list[Annotated[int, UserId]] = Members
+
+
+class GroupCall(_Body):
+    userId: int = UserId
+    groupId: str = GroupId
+
+
+class GroupRename(GroupCall):
+    name: str = GroupName
+
+
+class GroupList(_Body):
+    userId: int = UserId
+
+
 @dataclass(frozen=True)
 class Access:
     """Who may call an endpoint under ``--auth token``: the user a body field names, with
@@ -88,6 +119,10 @@ ACCESS = {
     "/offLine": Access("userId", operator=True),
     "/fetchOfflineMsgs": Access("receiveUserId"),
     "/servers": Access(None, operator=True),
+    **{path: Access("userId") for path in (
+        "/group/create", "/group/addMembers", "/group/removeMembers", "/group/leave", "/group/members", "/group/list",
+        "/group/rename", "/group/dissolve",
+    )},
 }
 
 # Refusals of the caller also carry HTTP's own status, which proxies and HTTP clients
@@ -195,6 +230,50 @@ async def _fetch_offline(service: RouteService, body: FetchOfflineMsgs) -> JSONR
     return answer(Status.SUCCESS, {"count": count}, body.reqNo)
 
 
+async def _group_create(service: RouteService, body: GroupCreate) -> JSONResponse:
+    group_id = await service.groups.create(body.userId, body.name, body.members)
+    return answer(Status.SUCCESS, {"groupId": group_id}, body.reqNo)
+
+
+async def _group_add(service: RouteService, body: GroupMembersChange) -> JSONResponse:
+    added = await service.groups.add_members(body.userId, body.groupId, body.members)
+    return answer(Status.SUCCESS, {"groupId": body.groupId, "added": added}, body.reqNo)
+
+
+async def _group_remove(service: RouteService, body: GroupMembersChange) -> JSONResponse:
+    removed = await service.groups.remove_members(body.userId, body.groupId, body.members)
+    return answer(Status.SUCCESS, {"groupId": body.groupId, "removed": removed}, body.reqNo)
+
+
+async def _group_leave(service: RouteService, body: GroupCall) -> JSONResponse:
+    await service.groups.leave(body.userId, body.groupId)
+    return answer(Status.SUCCESS, None, body.reqNo)
+
+
+def _group_fields(info: GroupInfo) -> dict[str, Any]:
+    return {"groupId": info.group_id, "name": info.name, "ownerId": info.owner_id, "memberCount": len(info.members)}
+
+
+async def _group_members(service: RouteService, body: GroupCall) -> JSONResponse:
+    info, names = await service.groups.members(body.userId, body.groupId)
+    members = [{"userId": u, "userName": names[u]} for u in info.members]
+    return answer(Status.SUCCESS, {**_group_fields(info), "members": members}, body.reqNo)
+
+
+async def _group_list(service: RouteService, body: GroupList) -> JSONResponse:
+    return answer(Status.SUCCESS, [_group_fields(info) for info in await service.groups.groups_of(body.userId)], body.reqNo)
+
+
+async def _group_rename(service: RouteService, body: GroupRename) -> JSONResponse:
+    await service.groups.rename(body.userId, body.groupId, body.name)
+    return answer(Status.SUCCESS, None, body.reqNo)
+
+
+async def _group_dissolve(service: RouteService, body: GroupCall) -> JSONResponse:
+    await service.groups.dissolve(body.userId, body.groupId)
+    return answer(Status.SUCCESS, None, body.reqNo)
+
+
 async def _servers(service: RouteService, _: None) -> JSONResponse:
     return answer(Status.SUCCESS, [_server(s) for s in service.servers])
 
@@ -213,6 +292,17 @@ ENDPOINTS: list[tuple[str, list[str], type[_Body] | None, Handler, str]] = [
     ("/fetchOfflineMsgs", ["POST"], FetchOfflineMsgs, _fetch_offline,
      "Deliver stored messages to the online user, in order, once."),
     ("/servers", ["GET"], None, _servers, "The live cim-servers as [{ip, cimServerPort, httpPort}] (operator call)."),
+    ("/group/create", ["POST"], GroupCreate, _group_create,
+     "Create a named group owned by userId, with the members named (and the owner); answers {groupId}."),
+    ("/group/addMembers", ["POST"], GroupMembersChange, _group_add, "Owner only: add members; answers {groupId, added}."),
+    ("/group/removeMembers", ["POST"], GroupMembersChange, _group_remove,
+     "Owner only: remove members (not the owner); answers {groupId, removed}."),
+    ("/group/leave", ["POST"], GroupCall, _group_leave, "Leave a group (its owner cannot: dissolve it)."),
+    ("/group/members", ["POST"], GroupCall, _group_members,
+     "Members only: {groupId, name, ownerId, memberCount, members: [{userId, userName}]}."),
+    ("/group/list", ["POST"], GroupList, _group_list, "userId's groups as [{groupId, name, ownerId, memberCount}]."),
+    ("/group/rename", ["POST"], GroupRename, _group_rename, "Owner only: rename the group."),
+    ("/group/dissolve", ["POST"], GroupCall, _group_dissolve, "Owner only: delete the group (members get a notice)."),
 ]
 
 

@@ -12,6 +12,7 @@ from cim.auth import AuthError, Passwords, Tokens
 from cim.backends import Backends
 from cim.config import Config
 from cim.delivery import Messenger
+from cim.groups import GroupRules
 from cim.messages import MessageIds, Sender
 from cim.server_info import ServerInfo
 from cim.status import CimError, Status
@@ -52,10 +53,12 @@ class RouteService:
         self.balancer = make_balancer(config.balance)
         self.servers: list[ServerInfo] = []
         self.messenger: Messenger | None = None
+        self._groups: GroupRules | None = None
         self._cleanups: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self.messenger = Messenger(self.backends, MessageIds(await self.presence.allocate_node_number()))
+        self._groups = GroupRules(self.backends, self.messenger)
         await self.backends.discovery.watch(self._on_servers)
 
     async def stop(self) -> None:
@@ -87,6 +90,12 @@ class RouteService:
         users = await self.presence.clear_server(server.id)
         if users:
             log.warning("cim-server %s is gone: logged out %d users", server.id, len(users))
+
+    @property
+    def groups(self) -> GroupRules:
+        """The named-group endpoints' operations (``cim.groups``), once started."""
+        assert self._groups is not None
+        return self._groups
 
     # -- who is calling ----------------------------------------------------------
 

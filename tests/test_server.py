@@ -71,7 +71,7 @@ async def test_in_band_private_group_and_receipts(stack: Running) -> None:
     assert unknown.code == Status.VALIDATION_FAIL.code and "987654 is not a registered user" in unknown.resMsg
 
 
-async def test_a_message_to_a_named_group_is_refused_never_broadcast(stack: Running) -> None:
+async def test_a_message_to_an_unknown_named_group_is_refused_never_broadcast(stack: Running) -> None:
     alice, a = await online(stack, "alice")
     bob, b = await online(stack, "bob")
     a.send(reqMsg="to the team", cmd=BaseCommand.MESSAGE, clientMsgId=5, groupId="team")

@@ -8,6 +8,22 @@ themselves (with redis and kazoo) load only with the registry.
 
 from __future__ import annotations
 
-from cim.backends.base import Accounts, Backends, Bus, Discovery, Inbox, Page, Presence, Store, Stored
+from cim.backends.base import (
+    Accounts,
+    Backends,
+    Bus,
+    Discovery,
+    GroupFull,
+    GroupInfo,
+    Groups,
+    Inbox,
+    Page,
+    Presence,
+    Store,
+    Stored,
+)
 
-__all__ = ["Accounts", "Backends", "Bus", "Discovery", "Inbox", "Page", "Presence", "Store", "Stored"]
+__all__ = [
+    "Accounts", "Backends", "Bus", "Discovery", "GroupFull", "GroupInfo", "Groups", "Inbox", "Page", "Presence", "Store",
+    "Stored",
+]

@@ -7,10 +7,12 @@
   to sync from; with dedup of resent clientMsgIds, retention and per-device cursors
   (durable, except the embedded in-memory one). ``Stored`` and ``Page`` are what its
   appends and reads answer.
+* ``Groups``: named groups: a name, an owner and members (durable, except the
+  embedded in-memory one).
 * ``Bus``: delivery between cim-server nodes (one channel per node + a broadcast).
 * ``Discovery``: the live list of cim-servers, with a watch.
 
-A store URL opens the first four together (a ``Store``), a discovery URL the last
+A store URL opens the first five together (a ``Store``), a discovery URL the last
 (``cim.backends.registry``); ``memory`` implements all in-process (the embedded
 default), ``redis`` a store, ``zookeeper`` discovery. Routes and servers only ever
 talk to these interfaces, gathered in ``Backends``.
@@ -210,6 +212,81 @@ class InProcessInbox(Inbox):
         return self.append_each_now(receiver_ids, sender_id, bodies, first_msg_id, client_msg_ids)
 
 
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """A named group as kept: its members ascending, the owner always among them."""
+
+    group_id: str
+    name: str
+    owner_id: int
+    members: list[int]
+
+
+GROUP_ID_PREFIX = "g"
+
+
+def format_group_id(number: int) -> str:
+    """The id of the group numbered ``number`` by its store's counter."""
+    return f"{GROUP_ID_PREFIX}{number}"
+
+
+def parse_group_id(group_id: str) -> int | None:
+    """The counter value a group id names, None for a string no store hands out (so a
+    made-up id never reaches a key or a query)."""
+    digits = group_id[len(GROUP_ID_PREFIX) :]
+    if not group_id.startswith(GROUP_ID_PREFIX) or not digits.isascii() or not digits.isdigit() or digits[0] == "0":
+        return None
+    return int(digits) if len(digits) <= 18 else None
+
+
+class GroupFull(Exception):
+    """A change that would take a group past ``Config.group_max_members``: nothing was changed."""
+
+    def __init__(self, group_id: str, size: int, limit: int) -> None:
+        super().__init__(f"group {group_id or '(new)'} would have {size} members; the limit is {limit}")
+        self.size = size
+        self.limit = limit
+
+
+class Groups(ABC):
+    """Named groups: ids handed out once (``"g"`` + a counter, never reused, even after a
+    dissolve), a name, an owner who is always a member, and at most ``Config.group_max_members``
+    members. Only the data: who may change what is ``cim.groups``'s rule. A change to a group
+    that does not exist (unknown, or dissolved) changes nothing and answers None."""
+
+    @abstractmethod
+    async def create(self, owner_id: int, name: str, member_ids: list[int]) -> str:
+        """A new group of the owner and ``member_ids``; its id. GroupFull when they are too many."""
+
+    @abstractmethod
+    async def info(self, group_id: str) -> GroupInfo | None:
+        """The group, or None."""
+
+    @abstractmethod
+    async def members(self, group_id: str) -> list[int] | None:
+        """The group's members (in no particular order), or None: the send path's one lookup."""
+
+    @abstractmethod
+    async def add(self, group_id: str, user_ids: list[int]) -> list[int] | None:
+        """Add the users; the ones that were not members yet. GroupFull past the limit (nobody is added)."""
+
+    @abstractmethod
+    async def remove(self, group_id: str, user_ids: list[int]) -> list[int] | None:
+        """Remove the users; the ones that were members."""
+
+    @abstractmethod
+    async def rename(self, group_id: str, name: str) -> bool:
+        """Give the group a new name; False if there is no such group."""
+
+    @abstractmethod
+    async def dissolve(self, group_id: str) -> list[int] | None:
+        """Delete the group; the members it had."""
+
+    @abstractmethod
+    async def groups_of(self, user_id: int) -> list[str]:
+        """The ids of the groups the user is a member of."""
+
+
 DeliveryHandler = Callable[[bytes], None]
 
 
@@ -266,19 +343,20 @@ class Discovery(ABC):
 
 
 class Store:
-    """What a store URL opens: accounts, presence, inbox and bus on one service.
+    """What a store URL opens: accounts, presence, inbox, groups and bus on one service.
 
-    The four share the service's connections, so the store, not each part, releases
+    The five share the service's connections, so the store, not each part, releases
     them in ``close``. Each backend subclasses it (``MemoryStore``, ``RedisStore``).
     """
 
     # True for a backend that lives in this process: worker processes cannot share it.
     in_process: ClassVar[bool] = False
 
-    def __init__(self, accounts: Accounts, presence: Presence, inbox: Inbox, bus: Bus) -> None:
+    def __init__(self, accounts: Accounts, presence: Presence, inbox: Inbox, groups: Groups, bus: Bus) -> None:
         self.accounts = accounts
         self.presence = presence
         self.inbox = inbox
+        self.groups = groups
         self.bus = bus
 
     async def close(self) -> None:
@@ -288,7 +366,7 @@ class Store:
 
 @dataclass
 class Backends:
-    """Everything a route or a cim-server talks to: a store's four parts and discovery.
+    """Everything a route or a cim-server talks to: a store's five parts and discovery.
 
     Built from a store (``Backends(store, discovery)``); the parts are fields of their
     own so that callers name what they use (``backends.presence``), not where it lives.
@@ -299,12 +377,14 @@ class Backends:
     accounts: Accounts = field(init=False)
     presence: Presence = field(init=False)
     inbox: Inbox = field(init=False)
+    groups: Groups = field(init=False)
     bus: Bus = field(init=False)
 
     def __post_init__(self) -> None:
         self.accounts = self.store.accounts
         self.presence = self.store.presence
         self.inbox = self.store.inbox
+        self.groups = self.store.groups
         self.bus = self.store.bus
 
     async def close(self) -> None:

@@ -13,7 +13,7 @@ import itertools
 import math
 import time
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import ClassVar
 
 from cim.backends.base import (
@@ -21,12 +21,17 @@ from cim.backends.base import (
     Bus,
     DeliveryHandler,
     Discovery,
+    GroupFull,
+    GroupInfo,
+    Groups,
     InProcessInbox,
     Page,
     Presence,
     ServersCallback,
     Store,
     Stored,
+    format_group_id,
+    parse_group_id,
 )
 from cim.config import Config
 from cim.server_info import ServerInfo
@@ -353,6 +358,100 @@ class MemoryInbox(InProcessInbox):
         return self._cursors.get((user_id, device_id), 0)
 
 
+class _Group:
+    """One named group's name, owner and members."""
+
+    __slots__ = ("name", "owner_id", "members")
+
+    def __init__(self, name: str, owner_id: int, members: set[int]) -> None:
+        self.name = name
+        self.owner_id = owner_id
+        self.members = members
+
+
+class MemoryGroups(Groups):
+    """Groups in dicts, with each user's groups indexed for ``groups_of``."""
+
+    def __init__(self, config: Config | None = None) -> None:
+        self._max = (config or Config()).group_max_members
+        self._numbers = itertools.count(1)
+        self._groups: dict[int, _Group] = {}
+        self._of_user: dict[int, set[int]] = {}
+
+    def _group(self, group_id: str) -> tuple[int, _Group] | None:
+        number = parse_group_id(group_id)
+        group = None if number is None else self._groups.get(number)
+        return None if number is None or group is None else (number, group)
+
+    def _index(self, number: int, user_ids: Iterable[int], member: bool) -> None:
+        for user_id in user_ids:
+            groups = self._of_user.setdefault(user_id, set())
+            if member:
+                groups.add(number)
+            else:
+                groups.discard(number)
+
+    async def create(self, owner_id: int, name: str, member_ids: list[int]) -> str:
+        members = {owner_id, *member_ids}
+        if len(members) > self._max:
+            raise GroupFull("", len(members), self._max)
+        number = next(self._numbers)
+        self._groups[number] = _Group(name, owner_id, members)
+        self._index(number, members, True)
+        return format_group_id(number)
+
+    async def info(self, group_id: str) -> GroupInfo | None:
+        found = self._group(group_id)
+        if found is None:
+            return None
+        group = found[1]
+        return GroupInfo(group_id, group.name, group.owner_id, sorted(group.members))
+
+    async def members(self, group_id: str) -> list[int] | None:
+        found = self._group(group_id)
+        return None if found is None else list(found[1].members)
+
+    async def add(self, group_id: str, user_ids: list[int]) -> list[int] | None:
+        found = self._group(group_id)
+        if found is None:
+            return None
+        number, group = found
+        added = sorted(set(user_ids) - group.members)
+        if len(group.members) + len(added) > self._max:
+            raise GroupFull(group_id, len(group.members) + len(added), self._max)
+        group.members.update(added)
+        self._index(number, added, True)
+        return added
+
+    async def remove(self, group_id: str, user_ids: list[int]) -> list[int] | None:
+        found = self._group(group_id)
+        if found is None:
+            return None
+        number, group = found
+        removed = sorted(group.members.intersection(user_ids))
+        group.members.difference_update(removed)
+        self._index(number, removed, False)
+        return removed
+
+    async def rename(self, group_id: str, name: str) -> bool:
+        found = self._group(group_id)
+        if found is not None:
+            found[1].name = name
+        return found is not None
+
+    async def dissolve(self, group_id: str) -> list[int] | None:
+        found = self._group(group_id)
+        if found is None:
+            return None
+        number, group = found
+        del self._groups[number]
+        self._index(number, group.members, False)
+        return sorted(group.members)
+
+    async def groups_of(self, user_id: int) -> list[str]:
+        return [format_group_id(n) for n in sorted(self._of_user.get(user_id, ()))]
+
+
 class MemoryBus(Bus):
     """Handlers by node id, called on a later loop turn."""
 
@@ -379,12 +478,12 @@ class MemoryBus(Bus):
 
 
 class MemoryStore(Store):
-    """``memory://``: the four store parts in this process."""
+    """``memory://``: the five store parts in this process."""
 
     in_process: ClassVar[bool] = True
 
     def __init__(self, config: Config | None = None) -> None:
-        super().__init__(MemoryAccounts(), MemoryPresence(), MemoryInbox(config), MemoryBus())
+        super().__init__(MemoryAccounts(), MemoryPresence(), MemoryInbox(config), MemoryGroups(config), MemoryBus())
 
     @classmethod
     async def open(cls, url: str, config: Config, hub: MemoryHub) -> MemoryStore:

@@ -1,4 +1,4 @@
-"""Redis store (``redis://``, ``rediss://``, ``unix://``): accounts, presence, inbox, bus.
+"""Redis store (``redis://``, ``rediss://``, ``unix://``): accounts, presence, inbox, groups, bus.
 
 Keys (prefix configurable, default ``cim``):
     {p}-account-id                 INCR counter: user ids unique across routes
@@ -15,6 +15,15 @@ start with the hash tag ``{p:u:userId}`` (literal braces, e.g. ``{cim:u:42}:inbo
     {p:u:userId}:dedup             HASH senderId:clientMsgId -> firstMsgId:k: the latest dedup pairs
     {p:u:userId}:dedup-old         HASH: the generation of pairs before those
     {p:u:userId}:cursors           HASH deviceId -> the last seq the device acknowledged
+    {p:u:userId}:groups            SET of the numbers of the user's named groups (an index, see below)
+Named groups, numbered by ``{p}-group-id`` (INCR: never reused), each under the hash tag ``{p:g:N}``
+(group id ``gN``):
+    {p:g:N}:info                   HASH name, owner
+    {p:g:N}:members                SET of member ids (the owner always among them)
+A change to a group is one script over its two keys (one Cluster slot): atomic, so the size limit
+holds whatever routes change it at once. The members' ``:groups`` indexes are in their own slots and
+follow in a pipeline; ``groups_of`` checks what an index names against the group, so an index a
+crash left behind names no group the user is not in.
 
 Inbox: a list and a counter rather than a Stream. A seq must be gap-free per user, which
 Stream ids are not (they are time-based, or else ours to number anyway); a list read
@@ -52,7 +61,21 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio as aioredis
 from redis.typing import EncodableT
 
-from cim.backends.base import Accounts, Bus, DeliveryHandler, Inbox, Page, Presence, Store, Stored
+from cim.backends.base import (
+    Accounts,
+    Bus,
+    DeliveryHandler,
+    GroupFull,
+    GroupInfo,
+    Groups,
+    Inbox,
+    Page,
+    Presence,
+    Store,
+    Stored,
+    format_group_id,
+    parse_group_id,
+)
 from cim.backends.redis_batch import Batcher, Script, Subscriber, results
 
 if TYPE_CHECKING:
@@ -228,6 +251,47 @@ if seq > tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') then
 end
 """
 
+# Group scripts: KEYS[1] the group's info hash, KEYS[2] its members set. A group that does not
+# exist answers false (nil), so a change never brings a dissolved group back.
+# ARGV[1] the size limit, ARGV[2..] the users (distinct). Returns {0, the users added...}, or
+# {the size the group would have} past the limit, nobody added.
+_GROUP_ADD = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local reply = {0}
+for i = 2, #ARGV do
+  if redis.call('SISMEMBER', KEYS[2], ARGV[i]) == 0 then reply[#reply + 1] = ARGV[i] end
+end
+local size = redis.call('SCARD', KEYS[2]) + #reply - 1
+if size > tonumber(ARGV[1]) then return {size} end
+for i = 2, #reply do redis.call('SADD', KEYS[2], reply[i]) end
+return reply
+"""
+
+# ARGV: the users. Returns the ones that were members.
+_GROUP_REMOVE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local removed = {}
+for i = 1, #ARGV do
+  if redis.call('SREM', KEYS[2], ARGV[i]) == 1 then removed[#removed + 1] = ARGV[i] end
+end
+return removed
+"""
+
+# ARGV[1] the new name. Returns 1, or 0 for no such group.
+_GROUP_RENAME = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'name', ARGV[1])
+return 1
+"""
+
+# Returns the members the group had.
+_GROUP_DISSOLVE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local members = redis.call('SMEMBERS', KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2])
+return members
+"""
+
 STAMP_BYTES = 8  # the store time in front of every inbox entry
 
 
@@ -264,6 +328,10 @@ class _RedisKeys:
 
     def _key(self, kind: str, value: object = None) -> str:
         return f"{self._p}-{kind}" if value is None else f"{self._p}-{kind}:{value}"
+
+    def _user_key(self, user_id: int, kind: str) -> str:
+        """One user's key: the hash tag ``{p:u:ID}`` keeps all of them in one Cluster slot."""
+        return f"{{{self._p}:u:{user_id}}}:{kind}"
 
 
 class RedisAccounts(_RedisKeys, Accounts):
@@ -368,10 +436,6 @@ class RedisInbox(_RedisKeys, Inbox):
         self._max_age_ms = max(1, round(config.inbox_max_age * 1000))
         self._window = config.dedup_window
 
-    def _user_key(self, user_id: int, kind: str) -> str:
-        """One user's key: the hash tag ``{p:u:ID}`` keeps all of them in one Cluster slot."""
-        return f"{{{self._p}:u:{user_id}}}:{kind}"
-
     def _append_call(self, receiver_id: int, sender_id: int, bodies: list[bytes], first_msg_id: int,
                      client_msg_ids: list[int]) -> tuple[list[str], list[EncodableT]]:
         """The keys and arguments of the append script for one receiver."""
@@ -433,6 +497,100 @@ class RedisInbox(_RedisKeys, Inbox):
         return int(await self._b.call("HGET", self._user_key(user_id, "cursors"), device_id) or 0)
 
 
+class RedisGroups(_RedisKeys, Groups):
+    """``{p:g:N}:info`` HASH and ``:members`` SET per group, ``{p:u:ID}:groups`` SET per user."""
+
+    _add = Script(_GROUP_ADD)
+    _remove = Script(_GROUP_REMOVE)
+    _rename = Script(_GROUP_RENAME)
+    _dissolve = Script(_GROUP_DISSOLVE)
+
+    def __init__(self, client: aioredis.Redis, config: Config, batcher: Batcher | None = None) -> None:
+        super().__init__(client, config.key_prefix, batcher)
+        self._max = config.group_max_members
+
+    def _group_keys(self, number: int) -> list[str]:
+        return [f"{{{self._p}:g:{number}}}:info", f"{{{self._p}:g:{number}}}:members"]
+
+    async def _index(self, number: int, user_ids: list[int], command: str) -> None:
+        """SADD or SREM the group in each user's index: one pipeline."""
+        call = self._b.call
+        await results([call(command, self._user_key(u, "groups"), number) for u in user_ids])
+
+    async def create(self, owner_id: int, name: str, member_ids: list[int]) -> str:
+        members = sorted({owner_id, *member_ids})
+        if len(members) > self._max:
+            raise GroupFull("", len(members), self._max)
+        number = int(await self._b.call("INCR", self._key("group-id")))
+        info, members_key = self._group_keys(number)
+        # No script: nobody knows the new id before this returns.
+        await results([self._b.call("HSET", info, "name", name, "owner", owner_id), self._b.call("SADD", members_key, *members)])
+        await self._index(number, members, "SADD")
+        return format_group_id(number)
+
+    async def info(self, group_id: str) -> GroupInfo | None:
+        number = parse_group_id(group_id)
+        if number is None:
+            return None
+        info, members = self._group_keys(number)
+        (name, owner), users = await results([self._b.call("HMGET", info, "name", "owner"), self._b.call("SMEMBERS", members)])
+        if owner is None:
+            return None
+        return GroupInfo(group_id, name.decode(), int(owner), sorted(int(u) for u in users))
+
+    async def members(self, group_id: str) -> list[int] | None:
+        number = parse_group_id(group_id)
+        if number is None:
+            return None
+        users = await self._b.call("SMEMBERS", self._group_keys(number)[1])
+        return [int(u) for u in users] or None  # a group always holds its owner: empty is none
+
+    async def add(self, group_id: str, user_ids: list[int]) -> list[int] | None:
+        number = parse_group_id(group_id)
+        if number is None:
+            return None
+        reply = await self._b.script(self._add, self._group_keys(number), [self._max, *sorted(set(user_ids))])
+        if reply is None:
+            return None
+        if int(reply[0]):
+            raise GroupFull(group_id, int(reply[0]), self._max)
+        added = [int(u) for u in reply[1:]]
+        await self._index(number, added, "SADD")
+        return added
+
+    async def remove(self, group_id: str, user_ids: list[int]) -> list[int] | None:
+        number = parse_group_id(group_id)
+        if number is None:
+            return None
+        reply = await self._b.script(self._remove, self._group_keys(number), sorted(set(user_ids)))
+        if reply is None:
+            return None
+        removed = [int(u) for u in reply]
+        await self._index(number, removed, "SREM")
+        return removed
+
+    async def rename(self, group_id: str, name: str) -> bool:
+        number = parse_group_id(group_id)
+        return number is not None and bool(await self._b.script(self._rename, self._group_keys(number), [name]))
+
+    async def dissolve(self, group_id: str) -> list[int] | None:
+        number = parse_group_id(group_id)
+        if number is None:
+            return None
+        reply = await self._b.script(self._dissolve, self._group_keys(number), [])
+        if reply is None:
+            return None
+        members = sorted(int(u) for u in reply)
+        await self._index(number, members, "SREM")
+        return members
+
+    async def groups_of(self, user_id: int) -> list[str]:
+        numbers = sorted(int(n) for n in await self._b.call("SMEMBERS", self._user_key(user_id, "groups")))
+        call = self._b.call
+        member = await results([call("SISMEMBER", self._group_keys(n)[1], user_id) for n in numbers])
+        return [format_group_id(n) for n, yes in zip(numbers, member, strict=True) if yes]
+
+
 class RedisBus(_RedisKeys, Bus):
     """Pub/sub on ``node:{server}`` and ``broadcast``; owns ``client`` (closed with it).
     Publishes go through ``batcher`` (the store's: one pipeline with the appends before
@@ -463,16 +621,16 @@ class RedisBus(_RedisKeys, Bus):
 
 class RedisStore(Store):
     """``redis://``, ``rediss://``, ``unix://`` (any URL redis-py takes): the four parts
-    on one Redis. The four share one auto-pipelined connection (``Batcher``), and
+    on one Redis. The five share one auto-pipelined connection (``Batcher``), and
     registration one redis-py pool; the store owns and closes both."""
 
     def __init__(self, client: aioredis.Redis, bus_client: aioredis.Redis, config: Config,
                  batcher: Batcher | None = None) -> None:
         prefix = config.key_prefix
-        batcher = batcher if batcher is not None else Batcher(client)  # one pipeline for all four parts
+        batcher = batcher if batcher is not None else Batcher(client)  # one pipeline for all five parts
         super().__init__(
             RedisAccounts(client, prefix, batcher), RedisPresence(client, prefix, batcher),
-            RedisInbox(client, config, batcher), RedisBus(bus_client, prefix, batcher),
+            RedisInbox(client, config, batcher), RedisGroups(client, config, batcher), RedisBus(bus_client, prefix, batcher),
         )
         self._client = client
         self._batcher = batcher

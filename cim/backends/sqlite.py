@@ -34,7 +34,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, ClassVar
 
-from cim.backends.base import Accounts, InProcessInbox, Page, Store, Stored
+from cim.backends.base import (
+    Accounts,
+    GroupFull,
+    GroupInfo,
+    Groups,
+    InProcessInbox,
+    Page,
+    Store,
+    Stored,
+    format_group_id,
+    parse_group_id,
+)
 
 if TYPE_CHECKING:
     from cim.backends.memory import MemoryHub
@@ -80,6 +91,19 @@ CREATE TABLE IF NOT EXISTS cursors (
     seq INTEGER NOT NULL,
     PRIMARY KEY (user_id, device_id)
 ) WITHOUT ROWID;
+-- Named groups (added within schema version 1: a database without them gets them at open, and
+-- an older cim reading this one never looks at them). AUTOINCREMENT: a dissolved group's id is never reused.
+CREATE TABLE IF NOT EXISTS named_groups (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    owner_id INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS group_members (
+    group_id INTEGER NOT NULL,
+    user_id INTEGER NOT NULL,
+    PRIMARY KEY (group_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS group_members_by_user ON group_members (user_id, group_id);
 PRAGMA user_version = {SCHEMA_VERSION};
 COMMIT;
 """
@@ -380,15 +404,102 @@ class SqliteInbox(InProcessInbox):
         inbox.floor, inbox.floor_at = (inbox.latest + 1, math.inf) if row is None else row
 
 
+GROUP = "SELECT name, owner_id FROM named_groups WHERE id = ?"
+GROUP_MEMBERS = "SELECT user_id FROM group_members WHERE group_id = ? ORDER BY user_id"
+ADD_MEMBER = "INSERT OR IGNORE INTO group_members VALUES (?, ?)"
+REMOVE_MEMBER = "DELETE FROM group_members WHERE group_id = ? AND user_id = ?"
+
+
+class SqliteGroups(Groups):
+    """Groups in two tables; each change one transaction, so the size limit holds under any interleaving."""
+
+    def __init__(self, db: sqlite3.Connection, config: Config) -> None:
+        self._db = db
+        self._max = config.group_max_members
+
+    def _members(self, number: int) -> list[int] | None:
+        """The members of a group that exists, else None (a group always holds its owner)."""
+        return [row[0] for row in self._db.execute(GROUP_MEMBERS, (number,))] or None
+
+    async def create(self, owner_id: int, name: str, member_ids: list[int]) -> str:
+        members = sorted({owner_id, *member_ids})
+        if len(members) > self._max:
+            raise GroupFull("", len(members), self._max)
+        with transaction(self._db):
+            number = self._db.execute("INSERT INTO named_groups (name, owner_id) VALUES (?, ?)", (name, owner_id)).lastrowid
+            assert number is not None
+            self._db.executemany(ADD_MEMBER, [(number, m) for m in members])
+        return format_group_id(number)
+
+    async def info(self, group_id: str) -> GroupInfo | None:
+        number = parse_group_id(group_id)
+        row = None if number is None else self._db.execute(GROUP, (number,)).fetchone()
+        if number is None or row is None:
+            return None
+        return GroupInfo(group_id, row[0], row[1], self._members(number) or [])
+
+    async def members(self, group_id: str) -> list[int] | None:
+        number = parse_group_id(group_id)
+        return None if number is None else self._members(number)
+
+    async def add(self, group_id: str, user_ids: list[int]) -> list[int] | None:
+        number = parse_group_id(group_id)
+        if number is None:
+            return None
+        with transaction(self._db):
+            members = self._members(number)
+            if members is None:
+                return None
+            added = sorted(set(user_ids).difference(members))
+            if len(members) + len(added) > self._max:
+                raise GroupFull(group_id, len(members) + len(added), self._max)
+            self._db.executemany(ADD_MEMBER, [(number, u) for u in added])
+        return added
+
+    async def remove(self, group_id: str, user_ids: list[int]) -> list[int] | None:
+        number = parse_group_id(group_id)
+        if number is None:
+            return None
+        with transaction(self._db):
+            members = self._members(number)
+            if members is None:
+                return None
+            removed = sorted(set(user_ids).intersection(members))
+            self._db.executemany(REMOVE_MEMBER, [(number, u) for u in removed])
+        return removed
+
+    async def rename(self, group_id: str, name: str) -> bool:
+        number = parse_group_id(group_id)
+        if number is None:
+            return False
+        with transaction(self._db):
+            return self._db.execute("UPDATE named_groups SET name = ? WHERE id = ?", (name, number)).rowcount > 0
+
+    async def dissolve(self, group_id: str) -> list[int] | None:
+        number = parse_group_id(group_id)
+        if number is None:
+            return None
+        with transaction(self._db):
+            members = self._members(number)
+            self._db.execute("DELETE FROM group_members WHERE group_id = ?", (number,))
+            self._db.execute("DELETE FROM named_groups WHERE id = ?", (number,))
+        return members
+
+    async def groups_of(self, user_id: int) -> list[str]:
+        rows = self._db.execute("SELECT group_id FROM group_members WHERE user_id = ? ORDER BY group_id", (user_id,))
+        return [format_group_id(row[0]) for row in rows]
+
+
 class SqliteStore(Store):
-    """``memory://`` with a data dir: accounts and inboxes on disk, presence and the bus the hub's."""
+    """``memory://`` with a data dir: accounts, inboxes and groups on disk, presence and the bus the hub's."""
 
     in_process: ClassVar[bool] = True
 
     def __init__(self, data_dir: str, config: Config, hub: MemoryHub) -> None:
         self._db = connect(data_dir)
         shared = hub.open_store(config)
-        super().__init__(SqliteAccounts(self._db), shared.presence, SqliteInbox(self._db, config), shared.bus)
+        super().__init__(SqliteAccounts(self._db), shared.presence, SqliteInbox(self._db, config),
+                         SqliteGroups(self._db, config), shared.bus)
 
     @classmethod
     async def open(cls, url: str, config: Config, hub: MemoryHub) -> SqliteStore:

@@ -175,6 +175,64 @@ class RouteClient:
         return int((await self.call("/fetchOfflineMsgs", body, token=token)).data["count"])
 
 
+@dataclass(frozen=True)
+class GroupSummary:
+    """A named group as ``/group/list`` and ``/group/members`` describe it."""
+
+    group_id: str
+    name: str
+    owner_id: int
+    member_count: int
+
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> GroupSummary:
+        return cls(str(data["groupId"]), str(data["name"]), int(data["ownerId"]), int(data["memberCount"]))
+
+
+class GroupCalls:
+    """A user's named-group calls (``/group/...``) through their ``RouteSession`` (its token,
+    renewed on a 4001); a refusal (3000: not the owner, not a member, no such group or user,
+    over the size limit) raises ``ClientError``."""
+
+    def __init__(self, session: RouteSession) -> None:
+        self.session = session
+
+    async def _call(self, path: str, **fields: Any) -> Any:
+        session = self.session
+        body = {"userId": session.user_id, **fields}
+        return (await session.as_user(lambda token: session.route.call(f"/group/{path}", body, token=token))).data
+
+    async def create(self, name: str, members: list[int]) -> str:
+        """A new group owned by this user, with ``members``; its id."""
+        return str((await self._call("create", name=name, members=members))["groupId"])
+
+    async def add_members(self, group_id: str, members: list[int]) -> list[int]:
+        """The users added (members already are left out); owner only."""
+        return [int(u) for u in (await self._call("addMembers", groupId=group_id, members=members))["added"]]
+
+    async def remove_members(self, group_id: str, members: list[int]) -> list[int]:
+        """The users removed; owner only."""
+        return [int(u) for u in (await self._call("removeMembers", groupId=group_id, members=members))["removed"]]
+
+    async def leave(self, group_id: str) -> None:
+        await self._call("leave", groupId=group_id)
+
+    async def members(self, group_id: str) -> tuple[GroupSummary, list[tuple[int, str]]]:
+        """The group and its members as ``[(user_id, user_name), ...]``; members only."""
+        data = await self._call("members", groupId=group_id)
+        return GroupSummary.of(data), [(int(m["userId"]), m["userName"]) for m in data["members"]]
+
+    async def mine(self) -> list[GroupSummary]:
+        """This user's groups."""
+        return [GroupSummary.of(g) for g in await self._call("list")]
+
+    async def rename(self, group_id: str, name: str) -> None:
+        await self._call("rename", groupId=group_id, name=name)
+
+    async def dissolve(self, group_id: str) -> None:
+        await self._call("dissolve", groupId=group_id)
+
+
 class RouteSession:
     """One user's standing with the route: logs in with the password, keeps the token
     the login hands out (``token``; "" under ``--auth none``) and makes the calls
@@ -188,6 +246,7 @@ class RouteSession:
         self.user_name = user_name
         self._password = password
         self.token = ""
+        self.groups = GroupCalls(self)
 
     async def login(self) -> ServerAddress:
         """Log in through the route, keeping the token; returns the server it picked."""
@@ -196,12 +255,13 @@ class RouteSession:
         return answer.server
 
     async def fetch_offline(self) -> int:
-        return await self._as_user(lambda token: self.route.fetch_offline(self.user_id, token=token))
+        return await self.as_user(lambda token: self.route.fetch_offline(self.user_id, token=token))
 
     async def log_out(self) -> None:
-        await self._as_user(lambda token: self.route.log_out(self.user_id, token=token))
+        await self.as_user(lambda token: self.route.log_out(self.user_id, token=token))
 
-    async def _as_user(self, call: Callable[[str], Awaitable[T]]) -> T:
+    async def as_user(self, call: Callable[[str], Awaitable[T]]) -> T:
+        """``call(token)``, and once more with a renewed token if it was refused as unauthorized."""
         try:
             return await call(self.token)
         except ClientError as err:

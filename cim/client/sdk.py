@@ -4,6 +4,8 @@
                       state_file="alice.seq") as client:
         await client.send_group("hello all")
         await client.send_private(1002, "hello bob")
+        team = await client.groups.create("team", [1002, 1003])   # a named group, through the route
+        await client.send_group("hello team", group_id=team)
 
 ``connect`` logs in through the route (with the password; the answer carries a
 token), opens the TCP connection to the server the route picked and sends the
@@ -264,6 +266,7 @@ class Client:
         self._owns_route = route is None
         self.route = route or RouteClient(route_url)
         self.session = RouteSession(self.route, user_id, user_name, password)
+        self.groups = self.session.groups  # named groups: create, add_members, ..., mine, dissolve
         self.delivery = Delivery(user_id, user_name, last_seq=self.store.load(last_seq),
                                   heartbeat_interval=heartbeat_interval, send_timeout=send_timeout, device_id=device_id)
         self._loop = asyncio.get_running_loop()
@@ -438,10 +441,10 @@ class Client:
 
     # -- API -------------------------------------------------------------------
 
-    async def _send(self, text: str, receiver_id: int | None, client_msg_id: int | None) -> Receipt:
+    async def _send(self, text: str, receiver_id: int | None, client_msg_id: int | None, group_id: str = "") -> Receipt:
         if not self._started or self._closing or self.done.done():
             raise ConnectionError("not connected")
-        client_msg_id, step = self.delivery.send(text, receiver_id, "", self._loop.time(), client_msg_id)
+        client_msg_id, step = self.delivery.send(text, receiver_id, group_id, self._loop.time(), client_msg_id)
         future = self._waiters.wait(client_msg_id)
         self._apply(step)
         receipt = await future
@@ -453,9 +456,10 @@ class Client:
         """Send to one user (7000: offline, stored for them); ``client_msg_id`` retries a ``SendTimeout``/``Stopped``."""
         return await self._send(text, receiver_id, client_msg_id)
 
-    async def send_group(self, text: str, *, client_msg_id: int | None = None) -> Receipt:
-        """Send to every online user (``client_msg_id`` as for ``send_private``)."""
-        return await self._send(text, None, client_msg_id)
+    async def send_group(self, text: str, *, group_id: str = "", client_msg_id: int | None = None) -> Receipt:
+        """Send to the members of the named group ``group_id`` (this user must be one), or without
+        one to every online user (``client_msg_id`` as for ``send_private``)."""
+        return await self._send(text, None, client_msg_id, group_id)
 
     async def online_users(self) -> list[tuple[int, str]]:
         return await self.route.online_users()

@@ -30,7 +30,8 @@ from cim.wire_fields import RECEIVE_USER_ID, SEND_USER_ID, SEND_USER_NAME
 class Pushed:
     """A message pushed to this user, private or group (``receiver_id`` is this user
     either way, as CIM sends it). ``seq`` and ``group_id`` are 0 and "" from servers
-    that do not set them."""
+    that do not set them. ``group_id``: sent to that named group; ``notice``: a change
+    of its membership (``text`` says it), from the user who made it."""
 
     sender_id: int
     sender_name: str
@@ -40,6 +41,7 @@ class Pushed:
     seq: int
     timestamp_ms: int
     group_id: str
+    notice: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +148,7 @@ def _event(response: Response) -> ClientEvent | None:
             seq=response.seq,
             timestamp_ms=response.timestamp,
             group_id=response.groupId,
+            notice=response.notice,
         )
     if cmd == SEND_RECEIPT:
         return Receipt(response.code, response.resMsg, response.msgId, response.clientMsgId)

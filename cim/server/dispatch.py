@@ -13,7 +13,7 @@ from collections import Counter, deque
 
 from cim.backends import Backends
 from cim.delivery import Messenger, Sent
-from cim.destinations import ToEveryone, ToUser
+from cim.destinations import ToEveryone, ToGroup, ToUser
 from cim.messages import MessageIds
 from cim.protocols.connection import ChatMessages, DeliveryAck, Login, Offline, Ping, ProtocolViolation, Sync
 from cim.server.catchup import Catchup
@@ -31,15 +31,17 @@ log = logging.getLogger("cim.server")
 
 
 def _take_event(backlog: deque[Screened]) -> Screened:
-    """The event at the head of ``backlog``, taken off; a run of messages to everyone
-    is taken whole, as one event (one broadcast, one pass over each node's users)."""
+    """The event at the head of ``backlog``, taken off; a run of messages to everyone, or
+    to one named group, is taken whole, as one event (one membership lookup, one append
+    call and one broadcast, one pass over each node's users)."""
     event = backlog.popleft()
-    if isinstance(event, ChatMessages) and type(event.destination) is ToEveryone:
+    if isinstance(event, ChatMessages) and type(event.destination) in (ToEveryone, ToGroup):
         event = ChatMessages(list(event.texts), event.destination, list(event.client_msg_ids))
         while (
             backlog
             and isinstance(head := backlog[0], ChatMessages)
-            and type(head.destination) is ToEveryone
+            and type(head.destination) is type(event.destination)
+            and head.destination == event.destination
             and len(event.texts) + len(head.texts) <= MessageIds.MAX_BLOCK
         ):
             backlog.popleft()
@@ -153,7 +155,7 @@ class Dispatcher:
                 peer.send_error(Status.FAIL, f"sync failed: {type(err).__name__}; send SYNC again")
 
     async def _send(self, peer: Peer, messages: ChatMessages, read_at: float) -> None:
-        """Messages that need the backends: to everyone, or to a user not on this node."""
+        """Messages that need the backends: to everyone, a named group, or a user not on this node."""
         session = self.sessions.of(peer)
         if session is None:
             return  # the login was refused; its connection is closing
