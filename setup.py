@@ -1,9 +1,9 @@
 """Build the compiled modules: the frame codec (cim/_frame.pyx), the message
-wire hot path (cim/_wire.pyx) and the token buckets every read is charged to
-(cim/_ratelimit.pyx).
+wire hot path (cim/_wire.pyx), the token buckets every read is charged to
+(cim/_ratelimit.pyx) and the memory inbox's appends (cim/_inbox.pyx).
 
-Set CIM_NO_EXTENSIONS=1 to build without them: ``cim.frame``, ``cim.wire`` and
-``cim.ratelimit`` then use the pure-Python twins. Without that variable a failed
+Set CIM_NO_EXTENSIONS=1 to build without them: ``cim.frame``, ``cim.wire``,
+``cim.ratelimit`` and ``cim.backends.memory`` then use the pure-Python twins. Without that variable a failed
 compile fails the build, loudly, so a slow pure-Python install never happens by accident.
 """
 
@@ -22,6 +22,7 @@ def extensions() -> list[Extension]:
             Extension("cim._frame", ["cim/_frame.pyx"], extra_compile_args=["-O3"]),
             Extension("cim._wire", ["cim/_wire.pyx"], extra_compile_args=["-O3"]),
             Extension("cim._ratelimit", ["cim/_ratelimit.pyx"], extra_compile_args=["-O3"]),
+            Extension("cim._inbox", ["cim/_inbox.pyx"], extra_compile_args=["-O3"]),
         ],
         compiler_directives={"language_level": "3"},
     )

@@ -13,6 +13,7 @@ import signal
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar, cast
 
 import pytest
@@ -21,8 +22,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+import cim._inbox_py
 from cim.backends.base import Inbox, Page, Store, Stored
-from cim.backends.memory import MemoryHub, MemoryInbox
+from cim.backends.memory import INBOX_CORE, MemoryHub, MemoryInbox
 from cim.backends.registry import STORES
 from cim.config import Config
 from cim.testing.services import redis_server
@@ -48,13 +50,17 @@ async def open_store(backend: str, workdir: Path, redis_url: str | None, **overr
     return store
 
 
-@pytest.fixture(params=["memory", "redis", "sqlite"])
+@pytest.fixture(params=["memory", "memory-python", "redis", "sqlite"])
 async def open_inbox(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OpenInbox]:
-    """Opens an inbox of the param's backend; keyword arguments are Config fields."""
+    """Opens an inbox of the param's backend; keyword arguments are Config fields.
+    ``memory`` is the registry's (compiled hot path when built), ``memory-python`` the
+    same inbox on the pure-Python twin of its hot path."""
     redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else None
     stores: list[Store] = []
 
     async def open_(**overrides: Any) -> Inbox:
+        if request.param == "memory-python":
+            return MemoryInbox(Config(**overrides), core=cim._inbox_py)
         workdir = tmp_path / f"data{len(stores)}"
         workdir.mkdir()
         stores.append(await open_store(request.param, workdir, redis_url, **overrides))
@@ -277,11 +283,13 @@ class MemoryInboxMachine(RuleBasedStateMachine):
     the max age and two ticks more) the inbox's answer is checked against both bounds.
     """
 
+    core: ModuleType = cim._inbox_py  # the hot path's twin under test
+
     def __init__(self) -> None:
         super().__init__()
         self.now = 1000.0
         self.inbox = MemoryInbox(Config(inbox_max_messages=MAX_MESSAGES, inbox_max_age=MAX_AGE, dedup_window=WINDOW),
-                                 clock=lambda: self.now)
+                                 clock=lambda: self.now, core=self.core)
         self.bodies: dict[int, list[tuple[float, bytes]]] = {}  # user -> (time stored, body) by seq - 1
         self.pairs: dict[int, list[tuple[int, int, int]]] = {}  # receiver -> (sender, clientMsgId, msgId) recorded
         self.next_msg_id = 1
@@ -360,5 +368,11 @@ def at_once(coroutine: Coroutine[Any, Any, T]) -> T:
     raise AssertionError("the coroutine waited")
 
 
+class CompiledMemoryInboxMachine(MemoryInboxMachine):
+    core = INBOX_CORE  # compiled when built
+
+
 TestMemoryInbox = MemoryInboxMachine.TestCase
 TestMemoryInbox.settings = settings(max_examples=200, stateful_step_count=60, deadline=None)
+TestCompiledMemoryInbox = CompiledMemoryInboxMachine.TestCase
+TestCompiledMemoryInbox.settings = TestMemoryInbox.settings

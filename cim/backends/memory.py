@@ -8,14 +8,16 @@ when the process ends (``--data-dir`` keeps them on disk: ``cim.backends.sqlite`
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import itertools
 import math
 import time
-from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable
+from types import ModuleType
 from typing import ClassVar
 
+from cim._inbox_py import NO_PAIRS, Slot
 from cim.backends.base import (
     Accounts,
     Bus,
@@ -34,7 +36,12 @@ from cim.backends.base import (
     parse_group_id,
 )
 from cim.config import Config
+from cim.frame import IMPLEMENTATION
 from cim.server_info import ServerInfo
+
+# The inboxes' hot path, chosen with the frame codec (setup.py builds every extension or none);
+# its Slot is typed as the twin's, which the compiled one mirrors (tests/test_inbox.py runs both).
+INBOX_CORE = importlib.import_module("cim._inbox" if IMPLEMENTATION == "cython" else "cim._inbox_py")
 
 
 class MemoryAccounts(Accounts):
@@ -128,83 +135,38 @@ class MemoryPresence(Presence):
         return next(self._node_numbers)
 
 
-# sender -> {clientMsgId: the msgId it got}: one dedup generation of one receiver
-_Pairs = dict[int, dict[int, int]]
-_NO_PAIRS: dict[int, int] = {}
-
-
-class _Slot:
-    """One user's inbox: the bodies from seq ``base`` on, age marks, dedup records."""
-
-    __slots__ = ("base", "bodies", "tick", "mark_ticks", "mark_seqs", "recent", "older", "pairs")
-
-    def __init__(self) -> None:
-        self.base = 1  # seq of bodies[0]; the latest seq is base + len(bodies) - 1
-        # Retention drops a prefix lazily (``trim``): what is kept may start later.
-        self.bodies: list[bytes] = []
-        # Age: mark_seqs[i] is the first seq stored in clock tick mark_ticks[i] (ascending).
-        self.tick = -1  # mark_ticks[-1], kept apart for the hot path
-        self.mark_ticks: list[int] = []
-        self.mark_seqs: list[int] = []
-        # Dedup in two generations: once ``recent`` holds a window of pairs it becomes
-        # ``older`` and the older one is dropped whole, so the last window of pairs is
-        # always remembered and at most twice that.
-        self.recent: _Pairs = {}
-        self.older: _Pairs = {}
-        self.pairs = 0  # in ``recent``
-
-    def trim(self, max_messages: int, oldest_tick: int) -> int:
-        """Drop what is beyond the last ``max_messages`` or from before ``oldest_tick``;
-        the first seq kept (latest + 1: none)."""
-        latest = self.base + len(self.bodies) - 1
-        first = max(self.base, latest - max_messages + 1)
-        ticks = self.mark_ticks
-        if ticks and ticks[0] < oldest_tick:
-            young = bisect_left(ticks, oldest_tick)
-            first = max(first, self.mark_seqs[young] if young < len(ticks) else latest + 1)
-        if first > self.base:
-            del self.bodies[: first - self.base]
-            self.base = first
-            older = bisect_right(self.mark_seqs, first) - 1  # the marks before the one ``first`` is in
-            if older > 0:
-                del ticks[:older], self.mark_seqs[:older]
-        return first
-
-
 class MemoryInbox(InProcessInbox):
-    """Inboxes in this process (lost when it ends); the embedded hot path, so an append
-    does a few dict operations per run of messages and none per message.
+    """Inboxes in this process (lost when it ends); the embedded hot path.
 
-    Per user a ``_Slot``. Dedup records are dicts per (receiver, sender) of clientMsgId
-    -> msgId, in two generations: a run is checked with one ``isdisjoint`` per
-    generation and recorded with one ``update``; only a run with a pair seen before (or
-    a clientMsgId 0 among others, or one twice) goes message by message. Retention is
-    checked lazily: the count when a slot has grown past the cap by a slack (and on
-    reads), the age when a slot starts a new clock tick (and on reads). Ticks are 1 s,
-    or 1/64 of the max age when that is shorter: a message is kept at least the max
-    age and at most two ticks more.
+    Per user a ``Slot`` of ``core`` (``cim._inbox``, compiled, or its pure-Python twin
+    ``cim._inbox_py``, chosen with the frame codec; read the twin for the layout). A run
+    with nothing to look at message by message (every clientMsgId new and distinct, or
+    none at all) is stored by ``core.append_run``; any other goes message by message
+    here. Ticks are 1 s, or 1/64 of the max age when that is shorter: a message is kept
+    at least the max age and at most two ticks more.
     """
 
-    def __init__(self, config: Config | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: Config | None = None, clock: Callable[[], float] = time.monotonic,
+                 core: ModuleType = INBOX_CORE) -> None:
         config = config or Config()
-        self._slots: dict[int, _Slot] = {}
+        self._core = core
+        self._slots: dict[int, Slot] = {}
         self._cursors: dict[tuple[int, str], int] = {}
         self._clock = clock
-        self._max_messages = config.inbox_max_messages
-        self._trim_at = config.inbox_max_messages + max(16, config.inbox_max_messages // 8)
-        self._window = config.dedup_window
         tick = min(1.0, config.inbox_max_age / 64)
         self._ticks_per_second = 1 / tick
-        self._age_ticks = math.ceil(config.inbox_max_age / tick)
+        self._limits = core.Limits(config.dedup_window, config.inbox_max_messages, math.ceil(config.inbox_max_age / tick))
+        self._append_run = core.append_run
+        self._append_runs = core.append_runs
 
     def _tick(self) -> int:
         """The clock tick now: age retention's unit."""
         return int(self._clock() * self._ticks_per_second)
 
-    def _slot(self, user_id: int) -> _Slot:
+    def _slot(self, user_id: int) -> Slot:
         slot = self._slots.get(user_id)
         if slot is None:
-            slot = self._slots[user_id] = _Slot()
+            slot = self._slots[user_id] = self._core.Slot()
         return slot
 
     def append_now(self, receiver_id: int, sender_id: int, bodies: list[bytes], first_msg_id: int,
@@ -212,85 +174,29 @@ class MemoryInbox(InProcessInbox):
         if not bodies:
             return Stored(0, bodies)
         slot = self._slots.get(receiver_id) or self._slot(receiver_id)
-        tick = self._tick()
-        if len(client_msg_ids) == 1:  # the commonest run: inline
-            client_msg_id = client_msg_ids[0]
-            if client_msg_id:
-                recent = slot.recent.get(sender_id)
-                if recent is None:
-                    recent = slot.recent[sender_id] = {}
-                first = recent.get(client_msg_id)
-                if first is None and slot.older:
-                    first = slot.older.get(sender_id, _NO_PAIRS).get(client_msg_id)
-                if first is not None:
-                    return Stored(0, [], {0: first})
-                recent[client_msg_id] = first_msg_id
-                slot.pairs += 1
-                if slot.pairs >= self._window:
-                    self._next_generation(slot)
-            return Stored(self._keep(slot, bodies, tick), bodies)
-        pairs = dict(zip(client_msg_ids, range(first_msg_id, first_msg_id + len(client_msg_ids)), strict=True))
-        return self._append(slot, sender_id, bodies, client_msg_ids, first_msg_id, pairs, tick)
+        tick = int(self._clock() * self._ticks_per_second)  # _tick, inline: once per read of messages
+        first = self._append_run(slot, sender_id, bodies, first_msg_id, client_msg_ids, tick, self._limits)
+        if first:
+            return Stored(first, bodies)
+        return self._append_each_message(slot, sender_id, bodies, client_msg_ids, first_msg_id, tick)
 
     def append_each_now(self, receiver_ids: list[int], sender_id: int, bodies: list[bytes], first_msg_id: int,
                         client_msg_ids: list[int]) -> list[Stored]:
         if not bodies:
             return [Stored(0, bodies) for _ in receiver_ids]
-        pairs = dict(zip(client_msg_ids, range(first_msg_id, first_msg_id + len(client_msg_ids)), strict=True))
         tick = self._tick()
-        slot_of, slots, append, upkeep = self._slot, self._slots, self._append, self._upkeep
-        if 0 in pairs or len(pairs) != len(client_msg_ids):  # CIM's client, or an odd run: the general way
-            return [append(slots.get(r) or slot_of(r), sender_id, bodies, client_msg_ids, first_msg_id, pairs, tick)
-                    for r in receiver_ids]
-        # The common group send, inline: a fan-out to thousands of receivers runs this per receiver.
-        count, window, trim_at, out = len(pairs), self._window, self._trim_at, []
-        for receiver_id in receiver_ids:
-            slot = slots.get(receiver_id) or slot_of(receiver_id)
-            recent = slot.recent.get(sender_id)
-            if recent is None:
-                recent = slot.recent[sender_id] = {}
-            elif not recent.keys().isdisjoint(pairs):
-                out.append(append(slot, sender_id, bodies, client_msg_ids, first_msg_id, pairs, tick))
-                continue
-            if slot.older and not slot.older.get(sender_id, _NO_PAIRS).keys().isdisjoint(pairs):
-                out.append(append(slot, sender_id, bodies, client_msg_ids, first_msg_id, pairs, tick))
-                continue
-            recent.update(pairs)
-            slot.pairs += count
-            if slot.pairs >= window:
-                self._next_generation(slot)
-            stored = slot.bodies  # _keep, inline
-            first = slot.base + len(stored)
-            stored += bodies
-            if slot.tick != tick or len(stored) > trim_at:
-                upkeep(slot, first, tick)
-            out.append(Stored(first, bodies))
-        return out
+        slots = self._slots
+        firsts = self._append_runs(slots, receiver_ids, sender_id, bodies, first_msg_id, client_msg_ids, tick,
+                                   self._limits)
+        return [Stored(first, bodies) if first
+                else self._append_each_message(slots[receiver_id], sender_id, bodies, client_msg_ids, first_msg_id, tick)
+                for receiver_id, first in zip(receiver_ids, firsts, strict=True)]
 
-    def _append(self, slot: _Slot, sender_id: int, bodies: list[bytes], ids: list[int], first_msg_id: int,
-                pairs: dict[int, int], tick: int) -> Stored:
-        """Store a run for one receiver; ``pairs``: the run's clientMsgId -> msgId."""
-        if 0 in pairs:
-            if len(pairs) == 1:  # no clientMsgId at all (CIM's client): nothing to dedup
-                return Stored(self._keep(slot, bodies, tick), bodies)
-        elif len(pairs) == len(ids):
-            recent = slot.recent.get(sender_id)
-            if recent is None:
-                recent = slot.recent[sender_id] = {}
-            older = slot.older.get(sender_id, _NO_PAIRS) if slot.older else _NO_PAIRS
-            if recent.keys().isdisjoint(pairs) and older.keys().isdisjoint(pairs):
-                recent.update(pairs)
-                slot.pairs += len(pairs)
-                if slot.pairs >= self._window:
-                    self._next_generation(slot)
-                return Stored(self._keep(slot, bodies, tick), bodies)
-        return self._append_each_message(slot, sender_id, bodies, ids, first_msg_id, tick)
-
-    def _append_each_message(self, slot: _Slot, sender_id: int, bodies: list[bytes], ids: list[int],
+    def _append_each_message(self, slot: Slot, sender_id: int, bodies: list[bytes], ids: list[int],
                              first_msg_id: int, tick: int) -> Stored:
         """A run with a duplicate, a clientMsgId 0 among others, or one twice: message by message."""
         recent = slot.recent.setdefault(sender_id, {})
-        older = slot.older.get(sender_id, _NO_PAIRS)
+        older = slot.older.get(sender_id, NO_PAIRS)
         duplicates: dict[int, int] = {}
         kept: list[bytes] = []
         for k, client_msg_id in enumerate(ids):
@@ -302,42 +208,16 @@ class MemoryInbox(InProcessInbox):
                 recent[client_msg_id] = first_msg_id + k
                 slot.pairs += 1
             kept.append(bodies[k])
-        if slot.pairs >= self._window:
-            self._next_generation(slot)
-        return Stored(self._keep(slot, kept, tick) if kept else 0, kept, duplicates)
-
-    @staticmethod
-    def _next_generation(slot: _Slot) -> None:
-        """The recent pairs (a window of them) become the older ones; the older are forgotten."""
-        slot.older, slot.recent = slot.recent, {}
-        slot.pairs = 0
-
-    def _keep(self, slot: _Slot, bodies: list[bytes], tick: int) -> int:
-        """Store ``bodies`` (not empty) in the slot; the seq of the first."""
-        stored = slot.bodies
-        first = slot.base + len(stored)
-        stored += bodies
-        if slot.tick != tick or len(stored) > self._trim_at:
-            self._upkeep(slot, first, tick)
-        return first
-
-    def _upkeep(self, slot: _Slot, first: int, tick: int) -> None:
-        """After an append from seq ``first``: a new tick's age mark, and retention when due."""
-        if slot.tick != tick:
-            slot.tick = tick
-            slot.mark_ticks.append(tick)
-            slot.mark_seqs.append(first)
-            if slot.mark_ticks[0] < tick - self._age_ticks:
-                slot.trim(self._max_messages, tick - self._age_ticks)
-                return
-        if len(slot.bodies) > self._trim_at:
-            slot.trim(self._max_messages, tick - self._age_ticks)
+        if slot.pairs >= self._limits.window:
+            slot.next_generation()
+        return Stored(self._core.keep(slot, kept, tick, self._limits) if kept else 0, kept, duplicates)
 
     async def read(self, user_id: int, after_seq: int, limit: int) -> Page:
         slot = self._slots.get(user_id)
         if slot is None:
             return Page([], 0, False)
-        first = slot.trim(self._max_messages, self._tick() - self._age_ticks)
+        limits = self._limits
+        first = slot.trim(limits.max_messages, self._tick() - limits.age_ticks)
         after_seq = max(0, after_seq)
         start = max(after_seq + 1, first)
         chunk = slot.bodies[start - first : start - first + max(0, limit)]

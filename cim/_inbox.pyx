@@ -1,0 +1,131 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Compiled twin of ``cim._inbox_py``: the memory inbox's ``Slot`` and the appends of
+every embedded send (read the twin's docstring for the why).
+
+Same names and behaviour; one test suite runs against both. Where the twin checks a
+run with set operations on a dict built for it, this one records the run's pairs one
+by one and takes them back if one was seen before: a dict insert per message, with
+no dict built per run.
+"""
+
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+
+from cim._inbox_py import Slot as _PureSlot
+
+# The twin's trim, in Python: it runs once per many appends (a slack past the cap, a new tick).
+_trim = _PureSlot.trim
+
+
+cdef class Limits:
+    """What the appends keep: the dedup window, the count cap (and where a trim is due) and the max age in ticks."""
+
+    cdef public long long window, max_messages, trim_at, age_ticks
+
+    def __init__(self, long long window, long long max_messages, long long age_ticks):
+        self.window = window
+        self.max_messages = max_messages
+        self.trim_at = max_messages + max(16, max_messages // 8)
+        self.age_ticks = age_ticks
+
+
+cdef class Slot:
+    """One user's inbox: the bodies from seq ``base`` on, age marks, dedup records."""
+
+    cdef public long long base, tick, pairs
+    cdef public list bodies, mark_ticks, mark_seqs
+    cdef public dict recent, older
+
+    def __init__(self):
+        self.base = 1
+        self.bodies = []
+        self.tick = -1
+        self.mark_ticks = []
+        self.mark_seqs = []
+        self.recent = {}
+        self.older = {}
+        self.pairs = 0
+
+    def trim(self, max_messages, oldest_tick):
+        """Drop what is beyond the last ``max_messages`` or from before ``oldest_tick``;
+        the first seq kept (latest + 1: none)."""
+        return _trim(self, max_messages, oldest_tick)
+
+    def next_generation(self):
+        """The recent pairs (a window of them) become the older ones; the older are forgotten."""
+        self.older, self.recent = self.recent, {}
+        self.pairs = 0
+
+
+cdef long long _keep(Slot slot, list bodies, long long tick, Limits limits) except -1:
+    cdef long long first = slot.base + PyList_GET_SIZE(slot.bodies)
+    slot.bodies.extend(bodies)
+    if slot.tick != tick:  # a new tick's age mark, and the age retention when due
+        slot.tick = tick
+        slot.mark_ticks.append(tick)
+        slot.mark_seqs.append(first)
+        if slot.mark_ticks[0] < tick - limits.age_ticks:
+            _trim(slot, limits.max_messages, tick - limits.age_ticks)
+            return first
+    if PyList_GET_SIZE(slot.bodies) > limits.trim_at:
+        _trim(slot, limits.max_messages, tick - limits.age_ticks)
+    return first
+
+
+def keep(Slot slot, list bodies, long long tick, Limits limits):
+    """Store ``bodies`` (not empty) in the slot, with the upkeep due; the seq of the first."""
+    return _keep(slot, bodies, tick, limits)
+
+
+cdef long long _append_run(Slot slot, object sender_id, list bodies, long long first_msg_id, list client_msg_ids,
+                           long long tick, Limits limits) except -1:
+    cdef Py_ssize_t count = PyList_GET_SIZE(client_msg_ids), k, j
+    cdef object client_msg_id
+    cdef dict recent, older = None
+    if count == 0:
+        raise ValueError("an empty run")
+    if not <object>PyList_GET_ITEM(client_msg_ids, 0):
+        for k in range(1, count):
+            if <object>PyList_GET_ITEM(client_msg_ids, k):
+                return 0  # a clientMsgId 0 among others
+        return _keep(slot, bodies, tick, limits)  # none at all (CIM's client): nothing to dedup
+    recent = slot.recent.get(sender_id)
+    if recent is None:
+        recent = slot.recent[sender_id] = {}
+    if slot.older:
+        older = slot.older.get(sender_id)
+    for k in range(count):
+        client_msg_id = <object>PyList_GET_ITEM(client_msg_ids, k)
+        if not client_msg_id or client_msg_id in recent or (older is not None and client_msg_id in older):
+            for j in range(k):  # taken back: the run goes message by message
+                del recent[<object>PyList_GET_ITEM(client_msg_ids, j)]
+            return 0
+        recent[client_msg_id] = first_msg_id + k
+    slot.pairs += count
+    if slot.pairs >= limits.window:
+        slot.older, slot.recent = slot.recent, {}
+        slot.pairs = 0
+    return _keep(slot, bodies, tick, limits)
+
+
+def append_run(Slot slot, sender_id, list bodies, long long first_msg_id, list client_msg_ids, long long tick,
+               Limits limits):
+    """Store a run (not empty) for one receiver if it needs no message-by-message look,
+    recording its pairs; the seq of its first message, or 0 with nothing changed."""
+    return _append_run(slot, sender_id, bodies, first_msg_id, client_msg_ids, tick, limits)
+
+
+def append_runs(dict slots, list receiver_ids, sender_id, list bodies, long long first_msg_id, list client_msg_ids,
+                long long tick, Limits limits):
+    """``append_run`` for each receiver (a group send; a slot is made for a receiver
+    without one): per receiver the seq of the run's first message, or 0."""
+    cdef list firsts = []
+    cdef Slot slot
+    for receiver_id in receiver_ids:
+        found = slots.get(receiver_id)
+        if found is None:
+            slot = Slot()
+            slots[receiver_id] = slot
+        else:
+            slot = <Slot>found
+        firsts.append(_append_run(slot, sender_id, bodies, first_msg_id, client_msg_ids, tick, limits))
+    return firsts

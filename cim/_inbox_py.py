@@ -1,0 +1,131 @@
+"""The memory inbox's hot path (pure-Python twin of ``cim._inbox``): a user's ``Slot``
+and the appends every embedded private or group send makes.
+
+A ``Slot`` holds one user's bodies from seq ``base`` on, age marks for retention and
+the dedup records: per sender a dict of clientMsgId -> msgId, in two generations
+(once ``recent`` holds a window of pairs it becomes ``older`` and the older one is
+dropped whole, so the last window of pairs is always remembered and at most twice
+that). ``append_run`` stores a run that needs no message-by-message look (every
+clientMsgId new and distinct, or all 0 as CIM's client sends): the common case, and
+the one compiled. Anything else it leaves untouched and answers 0, and
+``cim.backends.memory`` goes message by message. Retention is checked lazily, here
+too: the count once a slot has grown past the cap by a slack, the age when a slot
+starts a new clock tick.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+
+# sender -> {clientMsgId: the msgId it got}: one dedup generation of one receiver
+Pairs = dict[int, dict[int, int]]
+NO_PAIRS: dict[int, int] = {}
+
+
+class Limits:
+    """What the appends keep: the dedup window, the count cap (and where a trim is due) and the max age in ticks."""
+
+    __slots__ = ("window", "max_messages", "trim_at", "age_ticks")
+
+    def __init__(self, window: int, max_messages: int, age_ticks: int) -> None:
+        self.window = window
+        self.max_messages = max_messages
+        self.trim_at = max_messages + max(16, max_messages // 8)
+        self.age_ticks = age_ticks
+
+
+class Slot:
+    """One user's inbox: the bodies from seq ``base`` on, age marks, dedup records."""
+
+    __slots__ = ("base", "bodies", "tick", "mark_ticks", "mark_seqs", "recent", "older", "pairs")
+
+    def __init__(self) -> None:
+        self.base = 1  # seq of bodies[0]; the latest seq is base + len(bodies) - 1
+        # Retention drops a prefix lazily (``trim``): what is kept may start later.
+        self.bodies: list[bytes] = []
+        # Age: mark_seqs[i] is the first seq stored in clock tick mark_ticks[i] (ascending).
+        self.tick = -1  # mark_ticks[-1], kept apart for the hot path
+        self.mark_ticks: list[int] = []
+        self.mark_seqs: list[int] = []
+        self.recent: Pairs = {}
+        self.older: Pairs = {}
+        self.pairs = 0  # in ``recent``
+
+    def trim(self, max_messages: int, oldest_tick: int) -> int:
+        """Drop what is beyond the last ``max_messages`` or from before ``oldest_tick``;
+        the first seq kept (latest + 1: none)."""
+        latest = self.base + len(self.bodies) - 1
+        first = max(self.base, latest - max_messages + 1)
+        ticks = self.mark_ticks
+        if ticks and ticks[0] < oldest_tick:
+            young = bisect_left(ticks, oldest_tick)
+            first = max(first, self.mark_seqs[young] if young < len(ticks) else latest + 1)
+        if first > self.base:
+            del self.bodies[: first - self.base]
+            self.base = first
+            older = bisect_right(self.mark_seqs, first) - 1  # the marks before the one ``first`` is in
+            if older > 0:
+                del ticks[:older], self.mark_seqs[:older]
+        return first
+
+    def next_generation(self) -> None:
+        """The recent pairs (a window of them) become the older ones; the older are forgotten."""
+        self.older, self.recent = self.recent, {}
+        self.pairs = 0
+
+
+def keep(slot: Slot, bodies: list[bytes], tick: int, limits: Limits) -> int:
+    """Store ``bodies`` (not empty) in the slot, with the upkeep due; the seq of the first."""
+    stored = slot.bodies
+    first = slot.base + len(stored)
+    stored += bodies
+    if slot.tick != tick:  # a new tick's age mark, and the age retention when due
+        slot.tick = tick
+        slot.mark_ticks.append(tick)
+        slot.mark_seqs.append(first)
+        if slot.mark_ticks[0] < tick - limits.age_ticks:
+            slot.trim(limits.max_messages, tick - limits.age_ticks)
+            return first
+    if len(stored) > limits.trim_at:
+        slot.trim(limits.max_messages, tick - limits.age_ticks)
+    return first
+
+
+def append_run(slot: Slot, sender_id: int, bodies: list[bytes], first_msg_id: int, client_msg_ids: list[int],
+               tick: int, limits: Limits) -> int:
+    """Store a run (not empty) for one receiver if it needs no message-by-message look,
+    recording its pairs; the seq of its first message, or 0 with nothing changed."""
+    if not client_msg_ids:
+        raise ValueError("an empty run")
+    if not client_msg_ids[0]:
+        if any(client_msg_ids):
+            return 0  # a clientMsgId 0 among others
+        return keep(slot, bodies, tick, limits)  # none at all (CIM's client): nothing to dedup
+    pairs = dict(zip(client_msg_ids, range(first_msg_id, first_msg_id + len(client_msg_ids)), strict=True))
+    if 0 in pairs or len(pairs) != len(client_msg_ids):
+        return 0
+    recent = slot.recent.get(sender_id)
+    if recent is None:
+        recent = slot.recent[sender_id] = {}
+    elif not recent.keys().isdisjoint(pairs):
+        return 0
+    if slot.older and not slot.older.get(sender_id, NO_PAIRS).keys().isdisjoint(pairs):
+        return 0
+    recent.update(pairs)
+    slot.pairs += len(pairs)
+    if slot.pairs >= limits.window:
+        slot.next_generation()
+    return keep(slot, bodies, tick, limits)
+
+
+def append_runs(slots: dict[int, Slot], receiver_ids: list[int], sender_id: int, bodies: list[bytes],
+                first_msg_id: int, client_msg_ids: list[int], tick: int, limits: Limits) -> list[int]:
+    """``append_run`` for each receiver (a group send; a slot is made for a receiver
+    without one): per receiver the seq of the run's first message, or 0."""
+    firsts = []
+    for receiver_id in receiver_ids:
+        slot = slots.get(receiver_id)
+        if slot is None:
+            slot = slots[receiver_id] = Slot()
+        firsts.append(append_run(slot, sender_id, bodies, first_msg_id, client_msg_ids, tick, limits))
+    return firsts
