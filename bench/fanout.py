@@ -1,4 +1,4 @@
-"""fanout: group messages to G online receivers; deliveries/s and latency, swept over G."""
+"""fanout: group messages to G online receivers (everyone, or a named group of them); deliveries/s and latency, swept over G."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, default=4, help="group messages in flight")
     parser.add_argument("--payload", type=int, default=64, help="message text bytes")
     parser.add_argument("--plot", metavar="PATH.png", help="draw deliveries/s and the ratio against G")
+    parser.add_argument("--to", choices=["everyone", "named"], default="everyone",
+                        help="the sender writes to CIM's everyone-group, or to a named group of the G receivers")
     system.add_protocol_argument(parser)
     system.add_common_arguments(parser, duration=10.0)
 
@@ -24,13 +26,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def plans(target: system.Target, receivers: int, args: argparse.Namespace) -> list[Plan]:
     users = system.accounts(target, receivers + 1, f"fan{receivers}")
     sender, others = users[0], users[1:]
+    # The relay forwards every message to every other connection: a named group is cim's only.
+    group_id = system.named_group(target, sender, others) if args.to == "named" and target.route_url else ""
     shares = system.split(others, args.processes)
     out = []
     for index, share in enumerate(shares):
         plan_users = [sender, *share] if index == 0 else share  # process 0: sender first, its last user is the probe
         out.append(Plan("fanout", target.host, target.port, plan_users, source_ips(args.source_ips), args.duration,
                         window=args.window, payload=args.payload, index=index, protocol=args.protocol,
-                        fanout_sender=sender[0] if index == 0 else None, tokens=system.login_tokens(target, plan_users),
+                        fanout_sender=sender[0] if index == 0 else None, group_id=group_id,
+                        tokens=system.login_tokens(target, plan_users),
                         sample_every=max(1, receivers // 200)))
     return out
 
@@ -73,7 +78,9 @@ def main(args: argparse.Namespace) -> None:
     sweep = [int(g) for g in args.receivers.split(",")]
     rows = []
     notes: list[str] = []
-    with (system.cim_target(workdir, auth=args.auth, limits=args.limits) as cim,
+    # Room for a named group of the largest G and its sender.
+    settings = {"CIM_GROUP_MAX_MEMBERS": str(max(sweep) + 1)} if args.to == "named" else None
+    with (system.cim_target(workdir, auth=args.auth, limits=args.limits, settings=settings) as cim,
           system.ceiling_target(workdir, "fanout") as ceiling):
         for receivers in sweep:
             runs: dict[str, list[system.Run]] = {"cim": [], "ceiling": []}
@@ -83,8 +90,8 @@ def main(args: argparse.Namespace) -> None:
             rows.append({"point": {"G": receivers}, "cim": system.median_figures([figures(r) for r in runs["cim"]]),
                          "ceiling": system.median_figures([figures(r) for r in runs["ceiling"]])})
             notes += [f"G={receivers}: {n}" for n in system.generator_note(runs)]
-    params = {k: getattr(args, k) for k in ("receivers", "window", "payload", "protocol", "duration", "repeat", "processes",
-                                            "auth", "limits")}
+    params = {k: getattr(args, k) for k in ("receivers", "to", "window", "payload", "protocol", "duration", "repeat",
+                                            "processes", "auth", "limits")}
     system.report("fanout", params, rows, args.json, {"deliveries": "deliveries_per_s"}, notes)
     if args.plot:
         plot(args.plot, rows)

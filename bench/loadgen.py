@@ -34,7 +34,7 @@ from typing import Any, cast
 import uvloop
 
 from cim.frame import FrameDecoder
-from cim.proto import Response
+from cim.proto import Request, Response
 from cim.protocols.client import ClientConnection, LoginAnswer, Pong, Pushed, Receipt, parse_response
 from cim.wire_fields import REQUEST_CLIENT_MSG_ID, VARINT
 
@@ -69,6 +69,7 @@ class Plan:
     rate: float = 0.0  # p2p: messages a second per sender, spread evenly; 0: a closed loop, window in flight
     tokens: dict[int, str] = field(default_factory=dict)  # user -> login token (none: the target checks none)
     fanout_sender: int | None = None  # fanout: the sending user (in process 0)
+    group_id: str = ""  # fanout: the named group the sender writes to ("": CIM's everyone)
     connect_concurrency: int = 256
     sample_every: int = 1  # latency: sample one delivery in this many
     index: int = 0
@@ -99,12 +100,13 @@ def varint6(value: int) -> bytes:
 @dataclass(slots=True)
 class Template:
     """One sender's pre-encoded message frame, cut around what a send patches in:
-    ``head`` + timestamp + ``middle`` [+ the clientMsgId's varint, the frame's last field]."""
+    ``head`` + timestamp + ``middle`` [+ the clientMsgId's varint + ``tail``, a named group's groupId]."""
 
     head: bytes
     middle: bytes
     next_id: int = 0  # the next message's clientMsgId; 0: none (the cim protocol)
     high: bytes = b""  # the varint of next_id but its first byte (the low 7 bits), which alone changes most sends
+    tail: bytes = b""  # what follows the clientMsgId: a named group's groupId field
 
 
 class GenProtocol(asyncio.Protocol):
@@ -178,13 +180,16 @@ class Generator:
     def _template(self, sender: int, receiver: int | None) -> Template:
         text = STAMP + b" " + b"x" * max(0, self.plan.payload - len(STAMP) - 1)
         first_id = random.randrange(*CLIENT_MSG_ID_START) if self.plan.protocol == "sdk" else 0
-        frame = self.conns[sender].frames.message(text.decode(), receiver, client_msg_id=first_id)
+        frame = self.conns[sender].frames.message(text.decode(), receiver, client_msg_id=first_id, group_id=self.plan.group_id)
         at = frame.index(STAMP)
         if not first_id:
             return Template(frame[:at], frame[at + len(STAMP) :])
         encoded = varint6(first_id)
-        assert frame.endswith(CLIENT_MSG_ID_TAG + encoded), "a message's clientMsgId is its last field"
-        return Template(frame[:at], frame[at + len(STAMP) : -len(encoded)], first_id, encoded[1:])
+        # The clientMsgId is the last field but a groupId's (fields 16 and 18: protobuf writes them in order).
+        tail = Request(groupId=self.plan.group_id).SerializeToString()
+        end = len(frame) - len(tail)
+        assert frame[:end].endswith(CLIENT_MSG_ID_TAG + encoded) and frame.endswith(tail), "clientMsgId, then groupId, last"
+        return Template(frame[:at], frame[at + len(STAMP) : end - len(encoded)], first_id, encoded[1:], tail)
 
     def send(self, sender: int, count: int = 1) -> None:
         """``count`` messages from ``sender`` in one write, stamped now (sdk: each with its own clientMsgId)."""
@@ -194,13 +199,13 @@ class Generator:
         if first:
             # The hot loop of a generator that must outrun its target: a table's byte and
             # the cached high bytes, the full varint only every 128 ids.
-            high = template.high
+            high, tail = template.high, template.tail
             frames = []
             for i in range(first, first + count):
                 low = i & 0x7F
                 if not low:
                     high = varint6(i)[1:]
-                frames.append(stamped + LOW_BYTES[low] + high)
+                frames.append(stamped + LOW_BYTES[low] + high + tail)
             template.next_id, template.high = first + count, high
             data = frames[0] if count == 1 else b"".join(frames)
         else:

@@ -196,6 +196,20 @@ def accounts(target: Target, count: int, tag: str) -> list[tuple[int, str]]:
     return list(zip(ids, names, strict=True))
 
 
+def named_group(target: Target, owner: tuple[int, str], members: list[tuple[int, str]]) -> str:
+    """A named group of ``members`` owned by ``owner``, created through cim's route; its id."""
+    route_url = target.route_url
+    assert route_url is not None
+
+    async def create() -> str:
+        async with RouteClient(route_url, timeout=60) as route:
+            token = target.tokens.mint(owner[0]) if target.tokens is not None else ""
+            body = {"userId": owner[0], "name": f"bench-{len(members)}", "members": [u for u, _ in members]}
+            return str((await route.call("/group/create", body, token=token)).data["groupId"])
+
+    return asyncio.run(create())
+
+
 def login_tokens(target: Target, users: list[tuple[int, str]]) -> dict[int, str]:
     """Each user's token for its TCP login; none for a target that checks none."""
     if target.tokens is None:

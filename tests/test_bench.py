@@ -141,6 +141,14 @@ def test_fanout_sweep_and_plot(tmp_path: Path) -> None:
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.parametrize("protocol", ["sdk", "cim"])
+def test_fanout_to_a_named_group(tmp_path: Path, protocol: str) -> None:
+    # Only the group's members get pushes, and only if its sends are accepted: deliveries prove both.
+    result = bench(tmp_path, "fanout", "--receivers", "20", "--to", "named", "--protocol", protocol, "--duration", "1")
+    assert result["params"]["to"] == "named"
+    assert result["cim"]["deliveries_per_s"] > 0 and result["ceiling"]["deliveries_per_s"] > 0  # one G: one row
+
+
 def test_flood(tmp_path: Path) -> None:
     result = bench(tmp_path, "flood", "--pairs", "2", "--rate", "20", "--duration", "1")
     for phase in ("quiet", "flooded"):
