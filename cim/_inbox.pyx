@@ -76,8 +76,10 @@ def keep(Slot slot, list bodies, long long tick, Limits limits):
     return _keep(slot, bodies, tick, limits)
 
 
-cdef long long _append_run(Slot slot, object sender_id, list bodies, long long first_msg_id, list client_msg_ids,
+cdef long long _append_run(Slot slot, object sender_id, list bodies, list msg_ids, list client_msg_ids,
                            long long tick, Limits limits) except -1:
+    # msg_ids: the run's msgIds as Python ints, made once per send: a group send records
+    # them for every receiver, and sharing them spares an int object per message per receiver.
     cdef Py_ssize_t count = PyList_GET_SIZE(client_msg_ids), k, j
     cdef object client_msg_id
     cdef dict recent, older = None
@@ -99,7 +101,7 @@ cdef long long _append_run(Slot slot, object sender_id, list bodies, long long f
             for j in range(k):  # taken back: the run goes message by message
                 del recent[<object>PyList_GET_ITEM(client_msg_ids, j)]
             return 0
-        recent[client_msg_id] = first_msg_id + k
+        recent[client_msg_id] = <object>PyList_GET_ITEM(msg_ids, k)
     slot.pairs += count
     if slot.pairs >= limits.window:
         slot.older, slot.recent = slot.recent, {}
@@ -111,7 +113,8 @@ def append_run(Slot slot, sender_id, list bodies, long long first_msg_id, list c
                Limits limits):
     """Store a run (not empty) for one receiver if it needs no message-by-message look,
     recording its pairs; the seq of its first message, or 0 with nothing changed."""
-    return _append_run(slot, sender_id, bodies, first_msg_id, client_msg_ids, tick, limits)
+    return _append_run(slot, sender_id, bodies, list(range(first_msg_id, first_msg_id + len(client_msg_ids))),
+                       client_msg_ids, tick, limits)
 
 
 def append_runs(dict slots, list receiver_ids, sender_id, list bodies, long long first_msg_id, list client_msg_ids,
@@ -119,6 +122,7 @@ def append_runs(dict slots, list receiver_ids, sender_id, list bodies, long long
     """``append_run`` for each receiver (a group send; a slot is made for a receiver
     without one): per receiver the seq of the run's first message, or 0."""
     cdef list firsts = []
+    cdef list msg_ids = list(range(first_msg_id, first_msg_id + len(client_msg_ids)))
     cdef Slot slot
     for receiver_id in receiver_ids:
         found = slots.get(receiver_id)
@@ -127,5 +131,5 @@ def append_runs(dict slots, list receiver_ids, sender_id, list bodies, long long
             slots[receiver_id] = slot
         else:
             slot = <Slot>found
-        firsts.append(_append_run(slot, sender_id, bodies, first_msg_id, client_msg_ids, tick, limits))
+        firsts.append(_append_run(slot, sender_id, bodies, msg_ids, client_msg_ids, tick, limits))
     return firsts
