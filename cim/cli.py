@@ -59,6 +59,7 @@ def _backend_options(p: argparse.ArgumentParser) -> None:
     _option(p, "--inbox-check-interval", float, "seconds between a node's checks of its users' inboxes for "
             "messages whose doorbell was lost (a shared store only)")
     _option(p, "--group-max-members", int, "members of a named group, its owner included")
+    _option(p, "--max-delay-seconds", int, "the longest delay of a delayed message (delaySeconds); longer ones get 3000")
     _option(p, "--log-level", str, "log level")
 
 

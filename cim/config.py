@@ -34,6 +34,7 @@ class Config:
     dedup_window: int = 10_000  # (sender, clientMsgId) pairs remembered per receiver
     inbox_check_interval: float = 5.0  # seconds between a node's checks of its users' inboxes (lost doorbells)
     group_max_members: int = 2000  # members of a named group, its owner included (cim.groups)
+    max_delay_seconds: int = 7 * 86400  # the longest delay of a delayed message (cim.delivery)
 
     # cim-server
     host: str = "0.0.0.0"
@@ -88,7 +89,8 @@ class Config:
                 raise ValueError(f"{name.replace('_', '-')} must be 0 (off) or more, not {getattr(self, name)}")
         if self.auth not in AUTH_MODES:
             raise ValueError(f"auth must be one of {', '.join(AUTH_MODES)}, not {self.auth!r}")
-        for name in ("inbox_max_messages", "inbox_max_age", "dedup_window", "inbox_check_interval", "group_max_members"):
+        for name in ("inbox_max_messages", "inbox_max_age", "dedup_window", "inbox_check_interval", "group_max_members",
+                     "max_delay_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
         if self.token_ttl <= 0:

@@ -11,16 +11,23 @@ or its node's periodic inbox check finds it (``cim.server.catchup``).
 Private: 7000 when the receiver is not logged in (stored for their next sync or
 ``/fetchOfflineMsgs``). Everyone (CIM's group chat): every user logged in then. A named
 group: every member, logged in or not (``cim.groups`` keeps who they are).
+
+Later (a delayed message): checked as its destination would be, given its msgId and
+answered 9000 at once, kept in the store's ``Delays``; when it comes due a node's poller
+(``cim.server.delays``) sends it the normal way, with that msgId, so inboxes, seq, sync
+and dedup apply then. Everyone means who is logged in at that time.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 from cim.backends import Backends, Stored
-from cim.destinations import Destination, ToEveryone, ToGroup, ToUser
+from cim.destinations import EVERYONE, Destination, Later, Now, ToEveryone, ToGroup, ToUser
 from cim.messages import MessageIds, Sender, group_prefix
 from cim.proto import Delivery
 from cim.status import CimError, Status
@@ -30,6 +37,7 @@ log = logging.getLogger("cim.delivery")
 
 FETCH_PAGE = 1000  # messages per replay of /fetchOfflineMsgs
 MAX_REGISTERED_KNOWN = 1_000_000  # receivers remembered as registered (then forgotten, and asked again)
+DUE_BATCH = 100  # delayed messages one take claims
 
 
 class LocalSessions(Protocol):
@@ -61,6 +69,38 @@ class Sent:
     duplicates: dict[int, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class DelayedMessage:
+    """A delayed message as ``Delays`` keeps it (JSON): who sends what to whom, with its ids."""
+
+    sender_id: int
+    sender_name: str
+    to_user: int  # 0: not a private message
+    to_group: str  # "": not to a named group; neither: to everyone
+    text: str
+    client_msg_id: int
+    msg_id: int
+
+    @classmethod
+    def of(cls, sender: Sender, destination: Now, text: bytes, client_msg_id: int, msg_id: int) -> DelayedMessage:
+        to_user = destination.user_id if isinstance(destination, ToUser) else 0
+        to_group = destination.group_id if isinstance(destination, ToGroup) else ""
+        return cls(sender.id, sender.name, to_user, to_group, text.decode(), client_msg_id, msg_id)
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> DelayedMessage:
+        return cls(**json.loads(payload))
+
+    @property
+    def destination(self) -> Now:
+        if self.to_user:
+            return ToUser(self.to_user)
+        return ToGroup(self.to_group) if self.to_group else EVERYONE
+
+
 def doorbell(receiver_ids: list[int], stored: list[Stored]) -> Delivery:
     """The Delivery that rings the receivers' nodes: the pushes with each one's seq
     when every receiver stored the same messages; else no pushes (the nodes read the
@@ -74,10 +114,12 @@ def doorbell(receiver_ids: list[int], stored: list[Stored]) -> Delivery:
 class Messenger:
     """Sends messages from a sender to a destination, through the backends."""
 
-    def __init__(self, backends: Backends, ids: MessageIds, local: LocalSessions | None = None) -> None:
+    def __init__(self, backends: Backends, ids: MessageIds, local: LocalSessions | None = None, *,
+                 max_delay_seconds: int) -> None:
         self.backends = backends
         self.ids = ids
         self.local = local
+        self.max_delay_seconds = max_delay_seconds
         # Receivers known to be registered: accounts are never deleted, so a positive
         # answer holds for good and a send to a known receiver skips the lookup.
         self._registered: set[int] = set()
@@ -97,25 +139,73 @@ class Messenger:
         self._registered.add(user_id)
 
     async def send(self, sender: Sender, destination: Destination, texts: list[bytes],
-                   client_msg_ids: list[int]) -> Sent:
-        """Store and ring; raises CimError for a destination that cannot be served.
-        ``client_msg_ids[k]``: the sender's id of text k (0: none, never deduplicated)."""
+                   client_msg_ids: list[int], msg_id: int = 0) -> Sent:
+        """Store and ring (a Later: schedule); raises CimError for a destination that cannot be
+        served. ``client_msg_ids[k]``: the sender's id of text k (0: none, never deduplicated).
+        ``msg_id``: the first text's id if it has one already (a delayed message), else 0."""
+        if isinstance(destination, Later):
+            return await self.schedule(sender, destination, texts, client_msg_ids)
         if isinstance(destination, ToUser):
-            return await self.send_private(sender, destination.user_id, texts, client_msg_ids)
+            return await self.send_private(sender, destination.user_id, texts, client_msg_ids, msg_id)
         if isinstance(destination, ToEveryone):
-            return await self.send_group(sender, texts, client_msg_ids)
-        assert isinstance(destination, ToGroup)
-        return await self.send_to_group(sender, destination.group_id, texts, client_msg_ids)
+            return await self.send_group(sender, texts, client_msg_ids, msg_id)
+        return await self.send_to_group(sender, destination.group_id, texts, client_msg_ids, msg_id)
+
+    def _take_ids(self, count: int, msg_id: int) -> tuple[int, int]:
+        """``count`` new ids and the time, or ``msg_id`` on: a delayed message's, given when it was sent."""
+        return self.ids.take(count) if not msg_id else (msg_id, time.time_ns() // 1_000_000)
+
+    async def schedule(self, sender: Sender, later: Later, texts: list[bytes], client_msg_ids: list[int]) -> Sent:
+        """Keep the texts for ``later.destination`` until their time; SUCCESS with their msgIds.
+        Raises CimError for a delay out of range or a destination a send now would refuse."""
+        delay, destination = later.delay_seconds, later.destination
+        if not 0 < delay <= self.max_delay_seconds:
+            raise CimError(Status.VALIDATION_FAIL,
+                           f"delaySeconds {delay}: 1 to {self.max_delay_seconds} (--max-delay-seconds)")
+        if isinstance(destination, ToUser):
+            await self._require_receiver(destination.user_id)
+        elif isinstance(destination, ToGroup):
+            await self._group_receivers(sender, destination.group_id)
+        first_id, now_ms = self.ids.take(len(texts))
+        for k, (text, client_msg_id) in enumerate(zip(texts, client_msg_ids, strict=True)):
+            message = DelayedMessage.of(sender, destination, text, client_msg_id, first_id + k)
+            await self.backends.delays.add(now_ms + delay * 1000, message.encode())
+        return Sent(Status.SUCCESS, first_id)
+
+    async def deliver_due(self, limit: int = DUE_BATCH) -> int:
+        """Send the delayed messages due now (up to ``limit``); how many were taken.
+
+        One the store fails for stays claimed and comes due again (``Delays``); its inbox
+        append then dedups by clientMsgId or, without one, by its msgId (outside the range of
+        the SDK's clientMsgIds, microseconds since 1970, so no real pair is taken for it). One
+        that cannot be sent any more (its group dissolved, its sender left) is dropped."""
+        delays = self.backends.delays
+        taken = await delays.take_due(time.time_ns() // 1_000_000, limit)
+        done: list[int] = []
+        for entry_id, payload in taken:
+            message = DelayedMessage.decode(payload)
+            sender = Sender.of(message.sender_id, message.sender_name)
+            try:
+                await self.send(sender, message.destination, [message.text.encode()],
+                                [message.client_msg_id or message.msg_id], message.msg_id)
+            except CimError as err:
+                log.info("delayed message %d dropped: %s", message.msg_id, err.message)
+            except Exception as err:
+                log.warning("delayed message %d not sent, it comes due again: %r", message.msg_id, err)
+                continue
+            done.append(entry_id)
+        await delays.done(done)
+        return len(taken)
 
     async def send_private(self, sender: Sender, receiver_id: int, texts: list[bytes],
-                           client_msg_ids: list[int]) -> Sent:
+                           client_msg_ids: list[int], msg_id: int = 0) -> Sent:
         """SUCCESS (stored, receiver online) or OFF_LINE (stored for later); raises
         CimError for an unknown receiver."""
         local = self.local
         here = local if local is not None and local.is_here(receiver_id) else None  # logged in, so registered
         if here is None:
             await self._require_receiver(receiver_id)
-        first_id, now_ms = self.ids.take(len(texts))
+        first_id, now_ms = self._take_ids(len(texts), msg_id)
         bodies = push_bodies(sender.prefix, texts, first_id, now_ms)
         stored = await self.backends.inbox.append(receiver_id, sender.id, bodies, first_id, client_msg_ids)
         if here is not None and here.deliver_local(receiver_id, stored):
@@ -132,7 +222,7 @@ class Messenger:
             log.warning("message for user %d stored, its doorbell failed: %r", receiver_id, err)
         return Sent(Status.SUCCESS, first_id, stored.duplicates)
 
-    async def send_group(self, sender: Sender, texts: list[bytes], client_msg_ids: list[int]) -> Sent:
+    async def send_group(self, sender: Sender, texts: list[bytes], client_msg_ids: list[int], msg_id: int = 0) -> Sent:
         """Into the inbox of every user logged in but the sender, in order: one append
         call and one broadcast for the whole run of texts."""
         local = self.local
@@ -141,19 +231,26 @@ class Messenger:
         else:
             online = await self.backends.presence.online_user_ids()
         receivers = [user_id for user_id in online if user_id != sender.id]
-        return await self._fan_out(sender.prefix, sender.id, receivers, texts, client_msg_ids)
+        return await self._fan_out(sender.prefix, sender.id, receivers, texts, client_msg_ids, msg_id)
 
-    async def send_to_group(self, sender: Sender, group_id: str, texts: list[bytes], client_msg_ids: list[int]) -> Sent:
-        """Into the inbox of every member of a named group but the sender, whether online or
-        not (write diffusion, as for everyone: see README "Named groups"); the pushes carry the
-        groupId. Raises CimError for a group that does not exist or a sender who is not in it."""
+    async def _group_receivers(self, sender: Sender, group_id: str) -> list[int]:
+        """The members of a named group but the sender; CimError for a group that does not
+        exist or a sender who is not in it."""
         members = await self.backends.groups.members(group_id)
         if members is None:
             raise CimError(Status.VALIDATION_FAIL, f"groupId {group_id!r}: no such group")
         if sender.id not in members:
             raise CimError(Status.VALIDATION_FAIL, f"groupId {group_id!r}: user {sender.id} is not a member")
-        receivers = [user_id for user_id in members if user_id != sender.id]
-        return await self._fan_out(group_prefix(sender.prefix, group_id), sender.id, receivers, texts, client_msg_ids)
+        return [user_id for user_id in members if user_id != sender.id]
+
+    async def send_to_group(self, sender: Sender, group_id: str, texts: list[bytes], client_msg_ids: list[int],
+                            msg_id: int = 0) -> Sent:
+        """Into the inbox of every member of a named group but the sender, whether online or
+        not (write diffusion, as for everyone: see README "Named groups"); the pushes carry the
+        groupId. Raises CimError for a group that does not exist or a sender who is not in it."""
+        receivers = await self._group_receivers(sender, group_id)
+        return await self._fan_out(group_prefix(sender.prefix, group_id), sender.id, receivers, texts, client_msg_ids,
+                                   msg_id)
 
     async def notify(self, actor: Sender, group_id: str, receiver_ids: list[int], text: str) -> None:
         """A membership notice from ``actor`` into the receivers' inboxes, as a group message
@@ -161,11 +258,11 @@ class Messenger:
         await self._fan_out(group_prefix(actor.prefix, group_id, notice=True), actor.id, receiver_ids, [text.encode()], [0])
 
     async def _fan_out(self, prefix: bytes, sender_id: int, receivers: list[int], texts: list[bytes],
-                       client_msg_ids: list[int]) -> Sent:
+                       client_msg_ids: list[int], msg_id: int = 0) -> Sent:
         """Store the texts in every receiver's inbox (one append call), then ring: on this node
         directly when the store is this process's, else one broadcast with each one's seq."""
         local = self.local
-        first_id, now_ms = self.ids.take(len(texts))
+        first_id, now_ms = self._take_ids(len(texts), msg_id)
         bodies = push_bodies(prefix, texts, first_id, now_ms)
         stored = await self.backends.inbox.append_each(receivers, sender_id, bodies, first_id, client_msg_ids)
         duplicates: dict[int, int] = {}

@@ -1,4 +1,5 @@
-"""Where a message goes: one user, a named group, or everyone online (CIM's group chat).
+"""Where a message goes: one user, a named group, or everyone online (CIM's group chat);
+or one of those later (a delayed message, CIM's ``:delay``).
 
 A type instead of ``receiver_id=None``: "no receiver" used to mean "everyone", so a
 frame naming a group was broadcast to every online user. Tuples, not dataclasses:
@@ -29,4 +30,20 @@ class ToEveryone(NamedTuple):
 
 EVERYONE = ToEveryone()
 
-Destination = ToUser | ToGroup | ToEveryone
+Now = ToUser | ToGroup | ToEveryone
+
+
+class Later(NamedTuple):
+    """``destination`` in ``delay_seconds`` (Request field 21): scheduled, delivered then.
+    A destination of its own, so the hot path's type checks pass it on untouched."""
+
+    destination: Now
+    delay_seconds: int
+
+
+Destination = Now | Later
+
+
+def later(destination: Now, delay_seconds: int) -> Destination:
+    """``destination`` after ``delay_seconds``; itself for 0 (Request field 21's default: now)."""
+    return Later(destination, delay_seconds) if delay_seconds else destination

@@ -55,15 +55,21 @@ class Login(_Body):
     password: str | None = Password
 
 
+# Seconds to deliver later (0: now); out of 1 to --max-delay-seconds: 3000 from cim.delivery, naming the limit.
+DelaySeconds = Field(default=0)
+
+
 class P2PRoute(_Body):
     userId: int = UserId
     receiveUserId: int = UserId
     msg: str = Field(min_length=1, max_length=4096)
+    delaySeconds: int = DelaySeconds
 
 
 class GroupRoute(_Body):
     userId: int = UserId
     msg: str = Field(min_length=1, max_length=4096)
+    delaySeconds: int = DelaySeconds
 
 
 class OffLine(_Body):
@@ -206,12 +212,12 @@ async def _renew_token(service: RouteService, body: Login) -> JSONResponse:
 
 
 async def _p2p(service: RouteService, body: P2PRoute) -> JSONResponse:
-    status = await service.send_private(body.userId, body.receiveUserId, body.msg)
+    status = await service.send_private(body.userId, body.receiveUserId, body.msg, body.delaySeconds)
     return answer(status, None, body.reqNo)
 
 
 async def _group(service: RouteService, body: GroupRoute) -> JSONResponse:
-    await service.send_group(body.userId, body.msg)
+    await service.send_group(body.userId, body.msg, body.delaySeconds)
     return answer(Status.SUCCESS, None, body.reqNo)
 
 

@@ -12,6 +12,7 @@ from cim.auth import AuthError, Passwords, Tokens
 from cim.backends import Backends
 from cim.config import Config
 from cim.delivery import Messenger
+from cim.destinations import EVERYONE, Destination, ToUser, later
 from cim.groups import GroupRules
 from cim.messages import MessageIds, Sender
 from cim.server_info import ServerInfo
@@ -57,7 +58,8 @@ class RouteService:
         self._cleanups: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self.messenger = Messenger(self.backends, MessageIds(await self.presence.allocate_node_number()))
+        ids = MessageIds(await self.presence.allocate_node_number())
+        self.messenger = Messenger(self.backends, ids, max_delay_seconds=self.config.max_delay_seconds)
         self._groups = GroupRules(self.backends, self.messenger)
         await self.backends.discovery.watch(self._on_servers)
 
@@ -217,14 +219,17 @@ class RouteService:
         assert self.messenger is not None
         return Sender.of(user_id, await self.messenger.require_user(user_id, "userId"))
 
-    async def send_private(self, user_id: int, receiver_id: int, text: str) -> Status:
-        assert self.messenger is not None
-        sent = await self.messenger.send_private(await self._sender(user_id), receiver_id, [text.encode()], [0])
-        return sent.status
+    async def send_private(self, user_id: int, receiver_id: int, text: str, delay_seconds: int = 0) -> Status:
+        """``delay_seconds`` (not 0): scheduled, sent then (9000 now, or 3000 out of range)."""
+        return await self._send(user_id, later(ToUser(receiver_id), delay_seconds), text)
 
-    async def send_group(self, user_id: int, text: str) -> None:
+    async def send_group(self, user_id: int, text: str, delay_seconds: int = 0) -> None:
+        await self._send(user_id, later(EVERYONE, delay_seconds), text)
+
+    async def _send(self, user_id: int, destination: Destination, text: str) -> Status:
         assert self.messenger is not None
-        await self.messenger.send_group(await self._sender(user_id), [text.encode()], [0])
+        sent = await self.messenger.send(await self._sender(user_id), destination, [text.encode()], [0])
+        return sent.status
 
     async def online_users(self) -> list[tuple[int, str]]:
         user_ids = await self.presence.online_user_ids()

@@ -12,6 +12,7 @@ from cim.backends.base import (
     Accounts,
     Backends,
     Bus,
+    Delays,
     Discovery,
     GroupFull,
     GroupInfo,
@@ -24,6 +25,6 @@ from cim.backends.base import (
 )
 
 __all__ = [
-    "Accounts", "Backends", "Bus", "Discovery", "GroupFull", "GroupInfo", "Groups", "Inbox", "Page", "Presence", "Store",
-    "Stored",
+    "Accounts", "Backends", "Bus", "Delays", "Discovery", "GroupFull", "GroupInfo", "Groups", "Inbox", "Page", "Presence",
+    "Store", "Stored",
 ]

@@ -9,10 +9,12 @@
   appends and reads answer.
 * ``Groups``: named groups: a name, an owner and members (durable, except the
   embedded in-memory one).
+* ``Delays``: delayed messages by due time, for the nodes to deliver then (durable,
+  except the embedded in-memory one).
 * ``Bus``: delivery between cim-server nodes (one channel per node + a broadcast).
 * ``Discovery``: the live list of cim-servers, with a watch.
 
-A store URL opens the first five together (a ``Store``), a discovery URL the last
+A store URL opens the first six together (a ``Store``), a discovery URL the last
 (``cim.backends.registry``); ``memory`` implements all in-process (the embedded
 default), ``redis`` a store, ``zookeeper`` discovery. Routes and servers only ever
 talk to these interfaces, gathered in ``Backends``.
@@ -287,6 +289,36 @@ class Groups(ABC):
         """The ids of the groups the user is a member of."""
 
 
+CLAIM_MS = 30_000  # how long a taken delayed message stays claimed before it comes due again
+
+
+class Delays(ABC):
+    """Delayed messages, each an opaque payload with a due time (ms since the epoch), for
+    whichever node polls first to deliver.
+
+    Claim, then deliver, then ``done``: ``take_due`` hands each due entry to one caller
+    and moves its due time ``CLAIM_MS`` ahead, atomically, so concurrent takers (every
+    node polls) never get the same entry, and an entry whose taker died before ``done``
+    comes due again by itself. A pop instead would lose the message if its node died
+    between the pop and the inbox append; deliver-then-delete without a claim would have
+    every node deliver it. What the claim leaves, a second delivery after a claim that
+    lapsed mid-way, the inbox's dedup absorbs: a delayed message is appended with its
+    clientMsgId, or its msgId when it has none (``cim.delivery``).
+    """
+
+    @abstractmethod
+    async def add(self, due_ms: int, payload: bytes) -> int:
+        """Keep ``payload`` until ``due_ms``; its entry id."""
+
+    @abstractmethod
+    async def take_due(self, now_ms: int, limit: int) -> list[tuple[int, bytes]]:
+        """Claim up to ``limit`` entries due at ``now_ms``, the earliest first: (id, payload)."""
+
+    @abstractmethod
+    async def done(self, entry_ids: list[int]) -> None:
+        """Forget delivered (or undeliverable) entries."""
+
+
 DeliveryHandler = Callable[[bytes], None]
 
 
@@ -343,20 +375,22 @@ class Discovery(ABC):
 
 
 class Store:
-    """What a store URL opens: accounts, presence, inbox, groups and bus on one service.
+    """What a store URL opens: accounts, presence, inbox, groups, delays and bus on one service.
 
-    The five share the service's connections, so the store, not each part, releases
+    The six share the service's connections, so the store, not each part, releases
     them in ``close``. Each backend subclasses it (``MemoryStore``, ``RedisStore``).
     """
 
     # True for a backend that lives in this process: worker processes cannot share it.
     in_process: ClassVar[bool] = False
 
-    def __init__(self, accounts: Accounts, presence: Presence, inbox: Inbox, groups: Groups, bus: Bus) -> None:
+    def __init__(self, accounts: Accounts, presence: Presence, inbox: Inbox, groups: Groups, delays: Delays,
+                 bus: Bus) -> None:
         self.accounts = accounts
         self.presence = presence
         self.inbox = inbox
         self.groups = groups
+        self.delays = delays
         self.bus = bus
 
     async def close(self) -> None:
@@ -366,7 +400,7 @@ class Store:
 
 @dataclass
 class Backends:
-    """Everything a route or a cim-server talks to: a store's five parts and discovery.
+    """Everything a route or a cim-server talks to: a store's six parts and discovery.
 
     Built from a store (``Backends(store, discovery)``); the parts are fields of their
     own so that callers name what they use (``backends.presence``), not where it lives.
@@ -378,6 +412,7 @@ class Backends:
     presence: Presence = field(init=False)
     inbox: Inbox = field(init=False)
     groups: Groups = field(init=False)
+    delays: Delays = field(init=False)
     bus: Bus = field(init=False)
 
     def __post_init__(self) -> None:
@@ -385,6 +420,7 @@ class Backends:
         self.presence = self.store.presence
         self.inbox = self.store.inbox
         self.groups = self.store.groups
+        self.delays = self.store.delays
         self.bus = self.store.bus
 
     async def close(self) -> None:

@@ -8,6 +8,7 @@ when the process ends (``--data-dir`` keeps them on disk: ``cim.backends.sqlite`
 from __future__ import annotations
 
 import asyncio
+import heapq
 import importlib
 import inspect
 import itertools
@@ -19,8 +20,10 @@ from typing import ClassVar
 
 from cim._inbox_py import NO_PAIRS, Slot
 from cim.backends.base import (
+    CLAIM_MS,
     Accounts,
     Bus,
+    Delays,
     DeliveryHandler,
     Discovery,
     GroupFull,
@@ -332,6 +335,42 @@ class MemoryGroups(Groups):
         return [format_group_id(n) for n in sorted(self._of_user.get(user_id, ()))]
 
 
+class MemoryDelays(Delays):
+    """A heap of (due, id) over the entries; one whose due time moved (a claim) or that is
+    done leaves its old heap item behind, skipped when it comes up."""
+
+    def __init__(self) -> None:
+        self._due: dict[int, int] = {}
+        self._payloads: dict[int, bytes] = {}
+        self._heap: list[tuple[int, int]] = []
+        self._ids = itertools.count(1)
+
+    def _schedule(self, entry_id: int, due_ms: int) -> None:
+        self._due[entry_id] = due_ms
+        heapq.heappush(self._heap, (due_ms, entry_id))
+
+    async def add(self, due_ms: int, payload: bytes) -> int:
+        entry_id = next(self._ids)
+        self._payloads[entry_id] = payload
+        self._schedule(entry_id, due_ms)
+        return entry_id
+
+    async def take_due(self, now_ms: int, limit: int) -> list[tuple[int, bytes]]:
+        taken: list[tuple[int, bytes]] = []
+        heap = self._heap
+        while heap and heap[0][0] <= now_ms and len(taken) < limit:
+            due_ms, entry_id = heapq.heappop(heap)
+            if self._due.get(entry_id) == due_ms:  # else a stale item: claimed again since, or done
+                self._schedule(entry_id, now_ms + CLAIM_MS)
+                taken.append((entry_id, self._payloads[entry_id]))
+        return taken
+
+    async def done(self, entry_ids: list[int]) -> None:
+        for entry_id in entry_ids:
+            self._due.pop(entry_id, None)
+            self._payloads.pop(entry_id, None)
+
+
 class MemoryBus(Bus):
     """Handlers by node id, called on a later loop turn."""
 
@@ -358,12 +397,13 @@ class MemoryBus(Bus):
 
 
 class MemoryStore(Store):
-    """``memory://``: the five store parts in this process."""
+    """``memory://``: the six store parts in this process."""
 
     in_process: ClassVar[bool] = True
 
     def __init__(self, config: Config | None = None) -> None:
-        super().__init__(MemoryAccounts(), MemoryPresence(), MemoryInbox(config), MemoryGroups(config), MemoryBus())
+        super().__init__(MemoryAccounts(), MemoryPresence(), MemoryInbox(config), MemoryGroups(config), MemoryDelays(),
+                         MemoryBus())
 
     @classmethod
     async def open(cls, url: str, config: Config, hub: MemoryHub) -> MemoryStore:

@@ -1,4 +1,4 @@
-"""Redis store (``redis://``, ``rediss://``, ``unix://``): accounts, presence, inbox, groups, bus.
+"""Redis store (``redis://``, ``rediss://``, ``unix://``): accounts, presence, inbox, groups, delays, bus.
 
 Keys (prefix configurable, default ``cim``):
     {p}-account-id                 INCR counter: user ids unique across routes
@@ -20,6 +20,10 @@ Named groups, numbered by ``{p}-group-id`` (INCR: never reused), each under the 
 (group id ``gN``):
     {p:g:N}:info                   HASH name, owner
     {p:g:N}:members                SET of member ids (the owner always among them)
+Delayed messages, under the one hash tag ``{p:delays}`` (every script over them is in one slot):
+    {p:delays}:due                 ZSET entry id -> due time (ms since the epoch; a claim moves it ahead)
+    {p:delays}:payloads            HASH entry id -> payload
+    {p:delays}:next                INCR counter of entry ids
 A change to a group is one script over its two keys (one Cluster slot): atomic, so the size limit
 holds whatever routes change it at once. The members' ``:groups`` indexes are in their own slots and
 follow in a pipeline; ``groups_of`` checks what an index names against the group, so an index a
@@ -62,8 +66,10 @@ import redis.asyncio as aioredis
 from redis.typing import EncodableT
 
 from cim.backends.base import (
+    CLAIM_MS,
     Accounts,
     Bus,
+    Delays,
     DeliveryHandler,
     GroupFull,
     GroupInfo,
@@ -290,6 +296,40 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local members = redis.call('SMEMBERS', KEYS[2])
 redis.call('DEL', KEYS[1], KEYS[2])
 return members
+"""
+
+# KEYS: due, payloads, next; ARGV[1] due time, ARGV[2] payload. Returns the entry id.
+_DELAYS_ADD = """
+local id = redis.call('INCR', KEYS[3])
+redis.call('ZADD', KEYS[1], ARGV[1], id)
+redis.call('HSET', KEYS[2], id, ARGV[2])
+return id
+"""
+
+# KEYS: due, payloads; ARGV[1] now, ARGV[2] limit, ARGV[3] the claim's end. The due entries, earliest
+# first, each moved to the claim's end in the same script: no other node's take can get them.
+# Returns {id, payload, id, payload, ...}.
+_DELAYS_TAKE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local reply = {}
+for _, id in ipairs(ids) do
+  local payload = redis.call('HGET', KEYS[2], id)
+  if payload then
+    redis.call('ZADD', KEYS[1], ARGV[3], id)
+    reply[#reply + 1] = id
+    reply[#reply + 1] = payload
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return reply
+"""
+
+# KEYS: due, payloads; ARGV: the entry ids.
+_DELAYS_DONE = """
+redis.call('ZREM', KEYS[1], unpack(ARGV))
+redis.call('HDEL', KEYS[2], unpack(ARGV))
+return 0
 """
 
 STAMP_BYTES = 8  # the store time in front of every inbox entry
@@ -591,6 +631,29 @@ class RedisGroups(_RedisKeys, Groups):
         return [format_group_id(n) for n, yes in zip(numbers, member, strict=True) if yes]
 
 
+class RedisDelays(_RedisKeys, Delays):
+    """One ZSET by due time and one HASH of payloads for the whole store: a schedule is read by
+    due time across all users, so it cannot be split by user; one script per call keeps it atomic."""
+
+    _add = Script(_DELAYS_ADD)
+    _take = Script(_DELAYS_TAKE)
+    _done = Script(_DELAYS_DONE)
+
+    def _keys(self, *kinds: str) -> list[str]:
+        return [f"{{{self._p}:delays}}:{kind}" for kind in kinds]
+
+    async def add(self, due_ms: int, payload: bytes) -> int:
+        return int(await self._b.script(self._add, self._keys("due", "payloads", "next"), [due_ms, payload]))
+
+    async def take_due(self, now_ms: int, limit: int) -> list[tuple[int, bytes]]:
+        reply = await self._b.script(self._take, self._keys("due", "payloads"), [now_ms, limit, now_ms + CLAIM_MS])
+        return [(int(reply[k]), bytes(reply[k + 1])) for k in range(0, len(reply), 2)]
+
+    async def done(self, entry_ids: list[int]) -> None:
+        if entry_ids:
+            await self._b.script(self._done, self._keys("due", "payloads"), entry_ids)
+
+
 class RedisBus(_RedisKeys, Bus):
     """Pub/sub on ``node:{server}`` and ``broadcast``; owns ``client`` (closed with it).
     Publishes go through ``batcher`` (the store's: one pipeline with the appends before
@@ -620,17 +683,18 @@ class RedisBus(_RedisKeys, Bus):
 
 
 class RedisStore(Store):
-    """``redis://``, ``rediss://``, ``unix://`` (any URL redis-py takes): the four parts
-    on one Redis. The five share one auto-pipelined connection (``Batcher``), and
+    """``redis://``, ``rediss://``, ``unix://`` (any URL redis-py takes): the store's parts
+    on one Redis. The six share one auto-pipelined connection (``Batcher``), and
     registration one redis-py pool; the store owns and closes both."""
 
     def __init__(self, client: aioredis.Redis, bus_client: aioredis.Redis, config: Config,
                  batcher: Batcher | None = None) -> None:
         prefix = config.key_prefix
-        batcher = batcher if batcher is not None else Batcher(client)  # one pipeline for all five parts
+        batcher = batcher if batcher is not None else Batcher(client)  # one pipeline for all six parts
         super().__init__(
             RedisAccounts(client, prefix, batcher), RedisPresence(client, prefix, batcher),
-            RedisInbox(client, config, batcher), RedisGroups(client, config, batcher), RedisBus(bus_client, prefix, batcher),
+            RedisInbox(client, config, batcher), RedisGroups(client, config, batcher), RedisDelays(client, prefix, batcher),
+            RedisBus(bus_client, prefix, batcher),
         )
         self._client = client
         self._batcher = batcher

@@ -26,6 +26,7 @@ nothing of the call is then stored.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sqlite3
@@ -35,7 +36,9 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, ClassVar
 
 from cim.backends.base import (
+    CLAIM_MS,
     Accounts,
+    Delays,
     GroupFull,
     GroupInfo,
     Groups,
@@ -104,6 +107,14 @@ CREATE TABLE IF NOT EXISTS group_members (
     PRIMARY KEY (group_id, user_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS group_members_by_user ON group_members (user_id, group_id);
+-- Delayed messages (added within schema version 1, as the groups were). AUTOINCREMENT: an id done
+-- is never handed out again, so a late ``done`` of a lapsed claim cannot delete a newer entry.
+CREATE TABLE IF NOT EXISTS delays (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    due_ms INTEGER NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS delays_by_due ON delays (due_ms, id);
 PRAGMA user_version = {SCHEMA_VERSION};
 COMMIT;
 """
@@ -490,8 +501,34 @@ class SqliteGroups(Groups):
         return [format_group_id(row[0]) for row in rows]
 
 
+class SqliteDelays(Delays):
+    """Delayed messages in a table indexed by due time; a take is one transaction (claim and read)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    async def add(self, due_ms: int, payload: bytes) -> int:
+        with transaction(self._db):
+            entry_id = self._db.execute("INSERT INTO delays (due_ms, payload) VALUES (?, ?)", (due_ms, payload)).lastrowid
+        assert entry_id is not None
+        return entry_id
+
+    async def take_due(self, now_ms: int, limit: int) -> list[tuple[int, bytes]]:
+        with transaction(self._db):
+            rows = self._db.execute(
+                "SELECT id, payload FROM delays WHERE due_ms <= ? ORDER BY due_ms, id LIMIT ?", (now_ms, limit)
+            ).fetchall()
+            ids = json.dumps([row[0] for row in rows])
+            self._db.execute(f"UPDATE delays SET due_ms = ? WHERE id {IN_LIST}", (now_ms + CLAIM_MS, ids))
+        return [(row[0], row[1]) for row in rows]
+
+    async def done(self, entry_ids: list[int]) -> None:
+        with transaction(self._db):
+            self._db.execute(f"DELETE FROM delays WHERE id {IN_LIST}", (json.dumps(entry_ids),))
+
+
 class SqliteStore(Store):
-    """``memory://`` with a data dir: accounts, inboxes and groups on disk, presence and the bus the hub's."""
+    """``memory://`` with a data dir: accounts, inboxes, groups and delays on disk, presence and the bus the hub's."""
 
     in_process: ClassVar[bool] = True
 
@@ -499,7 +536,7 @@ class SqliteStore(Store):
         self._db = connect(data_dir)
         shared = hub.open_store(config)
         super().__init__(SqliteAccounts(self._db), shared.presence, SqliteInbox(self._db, config),
-                         SqliteGroups(self._db, config), shared.bus)
+                         SqliteGroups(self._db, config), SqliteDelays(self._db), shared.bus)
 
     @classmethod
     async def open(cls, url: str, config: Config, hub: MemoryHub) -> SqliteStore:

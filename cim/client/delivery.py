@@ -83,6 +83,7 @@ class Pending:
     group_id: str
     deadline: float  # on the caller's clock: unanswered by then, it fails
     written: bool = False  # on the current connection
+    delay_seconds: int = 0  # deliver this much later (the receipt comes now: scheduled)
 
 
 class Outbox:
@@ -103,14 +104,16 @@ class Outbox:
         self._last_id = max(self._clock_us(), self._last_id + 1)
         return self._last_id
 
-    def add(self, text: str, receiver_id: int | None, group_id: str, deadline: float, client_msg_id: int | None) -> Pending:
+    def add(self, text: str, receiver_id: int | None, group_id: str, deadline: float, client_msg_id: int | None,
+            delay_seconds: int = 0) -> Pending:
         """Keep a new send; ``client_msg_id`` given: a retry of an earlier send (its
         receipt is the original's), which must not be pending still."""
         if client_msg_id is None:
             client_msg_id = self.new_id()
         elif client_msg_id in self._pending:
             raise ValueError(f"clientMsgId {client_msg_id} is being sent already")
-        pending = self._pending[client_msg_id] = Pending(client_msg_id, text, receiver_id, group_id, deadline)
+        pending = Pending(client_msg_id, text, receiver_id, group_id, deadline, delay_seconds=delay_seconds)
+        self._pending[client_msg_id] = pending
         return pending
 
     def to_write(self) -> list[Pending]:
@@ -323,10 +326,10 @@ class Delivery:
         self._due(step, now)
         return step
 
-    def send(self, text: str, receiver_id: int | None, group_id: str, now: float, client_msg_id: int | None = None
-             ) -> tuple[int, Step]:
+    def send(self, text: str, receiver_id: int | None, group_id: str, now: float, client_msg_id: int | None = None,
+             delay_seconds: int = 0) -> tuple[int, Step]:
         """An app send: its clientMsgId, and the step that writes it (nothing until logged in)."""
-        pending = self.outbox.add(text, receiver_id, group_id, now + self.send_timeout, client_msg_id)
+        pending = self.outbox.add(text, receiver_id, group_id, now + self.send_timeout, client_msg_id, delay_seconds)
         step = Step()
         if self.logged_in:
             self._write_pending(step, now)
@@ -387,7 +390,8 @@ class Delivery:
     def _write_pending(self, step: Step, now: float) -> None:
         assert self.connection is not None
         for pending in self.outbox.to_write():
-            frame = self.connection.message(pending.text, pending.receiver_id, pending.client_msg_id, pending.group_id)
+            frame = self.connection.message(pending.text, pending.receiver_id, pending.client_msg_id, pending.group_id,
+                                            pending.delay_seconds)
             self._write(step, frame, now)
 
     def _due(self, step: Step, now: float) -> None:

@@ -92,6 +92,11 @@ def req_no() -> str:
     return str(time.time_ns())
 
 
+def _delay_field(delay_seconds: int) -> dict[str, int]:
+    """``delaySeconds`` when there is a delay: a body without it is exactly CIM's."""
+    return {"delaySeconds": delay_seconds} if delay_seconds else {}
+
+
 class RouteClient:
     """The route's calls over one pooled httpx client; each returns the answer's
     dataBody, typed, or raises ``ClientError`` with CIM's code.
@@ -151,14 +156,15 @@ class RouteClient:
         body = {"reqNo": req_no(), "userId": user_id, "userName": user_name, **_password_field(password)}
         return str((await self.call("/token", body)).data["token"])
 
-    async def p2p(self, user_id: int, receiver_id: int, text: str, *, token: str = "") -> bool:
-        """A private message through the route; True when the receiver is offline and it was stored (7000)."""
-        body = {"userId": user_id, "receiveUserId": receiver_id, "msg": text}
+    async def p2p(self, user_id: int, receiver_id: int, text: str, *, token: str = "", delay_seconds: int = 0) -> bool:
+        """A private message through the route; True when the receiver is offline and it was stored (7000).
+        ``delay_seconds`` (not 0): delivered that much later (the answer, 9000, says it is scheduled)."""
+        body = {"userId": user_id, "receiveUserId": receiver_id, "msg": text, **_delay_field(delay_seconds)}
         return (await self.call("/p2pRoute", body, accept=(SUCCESS, OFF_LINE), token=token)).code == OFF_LINE
 
-    async def group(self, user_id: int, text: str, *, token: str = "") -> None:
-        """A message to every online user but the sender."""
-        await self.call("/groupRoute", {"userId": user_id, "msg": text}, token=token)
+    async def group(self, user_id: int, text: str, *, token: str = "", delay_seconds: int = 0) -> None:
+        """A message to every online user but the sender (``delay_seconds`` as for ``p2p``: online then)."""
+        await self.call("/groupRoute", {"userId": user_id, "msg": text, **_delay_field(delay_seconds)}, token=token)
 
     async def online_users(self) -> list[tuple[int, str]]:
         """``[(user_id, user_name), ...]``"""

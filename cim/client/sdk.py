@@ -441,10 +441,11 @@ class Client:
 
     # -- API -------------------------------------------------------------------
 
-    async def _send(self, text: str, receiver_id: int | None, client_msg_id: int | None, group_id: str = "") -> Receipt:
+    async def _send(self, text: str, receiver_id: int | None, client_msg_id: int | None, group_id: str = "",
+                    delay_seconds: int = 0) -> Receipt:
         if not self._started or self._closing or self.done.done():
             raise ConnectionError("not connected")
-        client_msg_id, step = self.delivery.send(text, receiver_id, group_id, self._loop.time(), client_msg_id)
+        client_msg_id, step = self.delivery.send(text, receiver_id, group_id, self._loop.time(), client_msg_id, delay_seconds)
         future = self._waiters.wait(client_msg_id)
         self._apply(step)
         receipt = await future
@@ -452,14 +453,17 @@ class Client:
             raise ClientError(receipt.code, receipt.message)
         return receipt
 
-    async def send_private(self, receiver_id: int, text: str, *, client_msg_id: int | None = None) -> Receipt:
-        """Send to one user (7000: offline, stored for them); ``client_msg_id`` retries a ``SendTimeout``/``Stopped``."""
-        return await self._send(text, receiver_id, client_msg_id)
+    async def send_private(self, receiver_id: int, text: str, *, client_msg_id: int | None = None,
+                           delay_seconds: int = 0) -> Receipt:
+        """Send to one user (7000: offline, stored for them); ``client_msg_id`` retries a ``SendTimeout``/``Stopped``.
+        ``delay_seconds`` (not 0): delivered that much later; the receipt (9000, its msgId) says it is scheduled."""
+        return await self._send(text, receiver_id, client_msg_id, delay_seconds=delay_seconds)
 
-    async def send_group(self, text: str, *, group_id: str = "", client_msg_id: int | None = None) -> Receipt:
-        """Send to the members of the named group ``group_id`` (this user must be one), or without
-        one to every online user (``client_msg_id`` as for ``send_private``)."""
-        return await self._send(text, None, client_msg_id, group_id)
+    async def send_group(self, text: str, *, group_id: str = "", client_msg_id: int | None = None,
+                         delay_seconds: int = 0) -> Receipt:
+        """Send to the members of the named group ``group_id`` (this user must be one), or without one to
+        every online user (online when it is delivered); the rest as for ``send_private``."""
+        return await self._send(text, None, client_msg_id, group_id, delay_seconds)
 
     async def online_users(self) -> list[tuple[int, str]]:
         return await self.route.online_users()

@@ -29,7 +29,7 @@ SYNC: BaseCommand
 LOGIN_ANSWER: BaseCommand
 
 class Request(_message.Message):
-    __slots__ = ("reqMsg", "requestId", "cmd", "properties", "batchReqMsg", "clientMsgId", "ackSeq", "groupId", "token", "deviceId")
+    __slots__ = ("reqMsg", "requestId", "cmd", "properties", "batchReqMsg", "clientMsgId", "ackSeq", "groupId", "token", "deviceId", "delaySeconds")
     class PropertiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,7 @@ class Request(_message.Message):
     GROUPID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     DEVICEID_FIELD_NUMBER: _ClassVar[int]
+    DELAYSECONDS_FIELD_NUMBER: _ClassVar[int]
     reqMsg: str
     requestId: int
     cmd: BaseCommand
@@ -57,7 +58,8 @@ class Request(_message.Message):
     groupId: str
     token: str
     deviceId: str
-    def __init__(self, reqMsg: _Optional[str] = ..., requestId: _Optional[int] = ..., cmd: _Optional[_Union[BaseCommand, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., batchReqMsg: _Optional[_Iterable[str]] = ..., clientMsgId: _Optional[int] = ..., ackSeq: _Optional[int] = ..., groupId: _Optional[str] = ..., token: _Optional[str] = ..., deviceId: _Optional[str] = ...) -> None: ...
+    delaySeconds: int
+    def __init__(self, reqMsg: _Optional[str] = ..., requestId: _Optional[int] = ..., cmd: _Optional[_Union[BaseCommand, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., batchReqMsg: _Optional[_Iterable[str]] = ..., clientMsgId: _Optional[int] = ..., ackSeq: _Optional[int] = ..., groupId: _Optional[str] = ..., token: _Optional[str] = ..., deviceId: _Optional[str] = ..., delaySeconds: _Optional[int] = ...) -> None: ...
 
 class Response(_message.Message):
     __slots__ = ("resMsg", "responseId", "cmd", "properties", "batchResMsg", "msgId", "seq", "timestamp", "code", "clientMsgId", "groupId", "heartbeatSeconds", "truncated", "ackedSeq", "notice")

@@ -204,10 +204,12 @@ class ClientConnection:
         """A heartbeat; the server answers with a ``Pong``."""
         return self._ping
 
-    def message(self, text: str, receiver_id: int | None = None, client_msg_id: int = 0, group_id: str = "") -> bytes:
-        """A chat message: private to ``receiver_id`` when given, else to the group.
-        The server answers with a ``Receipt`` carrying ``client_msg_id``."""
-        request = Request(requestId=self.user_id, reqMsg=text, cmd=MESSAGE, clientMsgId=client_msg_id, groupId=group_id)
+    def message(self, text: str, receiver_id: int | None = None, client_msg_id: int = 0, group_id: str = "",
+                delay_seconds: int = 0) -> bytes:
+        """A chat message: private to ``receiver_id`` when given, else to the group; delivered
+        ``delay_seconds`` later if not 0. The server answers with a ``Receipt`` carrying ``client_msg_id``."""
+        request = Request(requestId=self.user_id, reqMsg=text, cmd=MESSAGE, clientMsgId=client_msg_id, groupId=group_id,
+                          delaySeconds=delay_seconds)
         if receiver_id is not None:
             request.properties[RECEIVE_USER_ID] = str(receiver_id)
         return _framed(request)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
-from cim.destinations import EVERYONE, Destination, ToGroup, ToUser
+from cim.destinations import EVERYONE, Destination, Now, ToGroup, ToUser, later
 from cim.frame import FrameDecoder, FrameError, encode_frame
 from cim.proto import (
     DELIVERY_ACK,
@@ -235,7 +235,7 @@ class ServerConnection:
             failure = "empty message"
         elif len(text) * 4 > self.max_message_bytes and len(text.encode()) > self.max_message_bytes:
             failure = f"message over {self.max_message_bytes} bytes"
-        destination: Destination = EVERYONE
+        destination: Now = EVERYONE
         raw_receiver = request.properties.get(RECEIVE_USER_ID)
         if failure is None and raw_receiver:
             if request.groupId:
@@ -250,7 +250,8 @@ class ServerConnection:
         if failure is not None:
             self.send_receipt(request.clientMsgId, Status.VALIDATION_FAIL, failure)
             return None
-        return ChatMessages([text.encode()], destination, [request.clientMsgId])
+        # Never from the wire-level scan, which takes plain messages only.
+        return ChatMessages([text.encode()], later(destination, request.delaySeconds), [request.clientMsgId])
 
     def _violation(self, status: Status, reason: str, receiver: int = 0) -> ProtocolViolation:
         self._out.append(self._frame(Response(cmd=ERROR, code=status.code, resMsg=reason), receiver))

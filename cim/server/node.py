@@ -23,6 +23,7 @@ from cim.messages import MessageIds
 from cim.protocols.tcp import TcpPeer
 from cim.server.catchup import Catchup
 from cim.server.cursors import Cursors
+from cim.server.delays import DelayPoller
 from cim.server.dispatch import Dispatcher
 from cim.server.intake import Deliveries
 from cim.server.logins import Logins
@@ -64,7 +65,8 @@ class Node:
         self.deliveries = Deliveries(self.node_id, self.sessions, self.metrics, self.prometheus.latencies)
         # The node number comes from the store at start; ids are taken only after.
         self.ids = MessageIds(0)
-        messenger = Messenger(backends, self.ids, local=self.deliveries)
+        messenger = Messenger(backends, self.ids, local=self.deliveries, max_delay_seconds=config.max_delay_seconds)
+        self.delays = DelayPoller(messenger, self.metrics)
         self.dispatcher = Dispatcher(
             self.node_id, self.sessions, backends, messenger, self.catchup, self.cursors, self.metrics, self.tasks,
             Logins(self.node_id, self.sessions, backends, self.catchup, self.metrics, Tokens.from_config(config)),
@@ -95,7 +97,8 @@ class Node:
             backlog=self.config.backlog,
         )
         self._sweeping = asyncio.create_task(self.sweeper.run(), name="cim-sweeper")
-        self._upkeep = [asyncio.create_task(self.cursors.run(), name="cim-cursors")]
+        self._upkeep = [asyncio.create_task(self.cursors.run(), name="cim-cursors"),
+                        asyncio.create_task(self.delays.run(), name="cim-delays")]
         if not self.backends.inbox.in_process:  # an in-process store rings every doorbell it stores
             self._upkeep.append(asyncio.create_task(self.catchup.run(), name="cim-inbox-check"))
         self.prometheus.start()
