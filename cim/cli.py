@@ -42,6 +42,12 @@ def _option(
     )
 
 
+def _on_off(value: str) -> bool:
+    if value not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"on or off, not {value!r}")
+    return value == "on"
+
+
 def _backend_options(p: argparse.ArgumentParser) -> None:
     _option(p, "--store", str, "where accounts, logins, offline messages and the bus live: memory:// (this "
             "process), redis://HOST:PORT/DB, rediss://..., unix://PATH", aliases=["--redis"], metavar="URL")
@@ -60,6 +66,8 @@ def _backend_options(p: argparse.ArgumentParser) -> None:
             "messages whose doorbell was lost (a shared store only)")
     _option(p, "--group-max-members", int, "members of a named group, its owner included")
     _option(p, "--max-delay-seconds", int, "the longest delay of a delayed message (delaySeconds); longer ones get 3000")
+    _option(p, "--delivered-receipts", _on_off, "on: senders who ask get DELIVERED when a receiver's device acks "
+            "(costs a read and a parse of every acked message); READ receipts need no switch", metavar="on|off")
     _option(p, "--log-level", str, "log level")
 
 

@@ -35,6 +35,8 @@ class Config:
     inbox_check_interval: float = 5.0  # seconds between a node's checks of its users' inboxes (lost doorbells)
     group_max_members: int = 2000  # members of a named group, its owner included (cim.groups)
     max_delay_seconds: int = 7 * 86400  # the longest delay of a delayed message (cim.delivery)
+    # DELIVERED receipts read and parse every acked message once (cim.receipts): off unless asked for.
+    delivered_receipts: bool = False
 
     # cim-server
     host: str = "0.0.0.0"

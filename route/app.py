@@ -80,6 +80,11 @@ class FetchOfflineMsgs(_Body):
     receiveUserId: int = UserId
 
 
+class Read(_Body):
+    userId: int = UserId
+    seq: int = Field(gt=0, le=2**64 - 1)  # past the inbox's latest: up to the latest
+
+
 GroupName = Field(min_length=1, max_length=64)
 GroupId = Field(min_length=1, max_length=64)
 Members: list[int] = Field(default_factory=list)  # past --group-max-members: 3000 from cim.groups, naming the limit
@@ -124,6 +129,7 @@ ACCESS = {
     "/groupRoute": Access("userId"),
     "/offLine": Access("userId", operator=True),
     "/fetchOfflineMsgs": Access("receiveUserId"),
+    "/read": Access("userId"),
     "/servers": Access(None, operator=True),
     **{path: Access("userId") for path in (
         "/group/create", "/group/addMembers", "/group/removeMembers", "/group/leave", "/group/members", "/group/list",
@@ -236,6 +242,11 @@ async def _fetch_offline(service: RouteService, body: FetchOfflineMsgs) -> JSONR
     return answer(Status.SUCCESS, {"count": count}, body.reqNo)
 
 
+async def _read(service: RouteService, body: Read) -> JSONResponse:
+    await service.mark_read(body.userId, body.seq)
+    return answer(Status.SUCCESS, None, body.reqNo)
+
+
 async def _group_create(service: RouteService, body: GroupCreate) -> JSONResponse:
     group_id = await service.groups.create(body.userId, body.name, body.members)
     return answer(Status.SUCCESS, {"groupId": group_id}, body.reqNo)
@@ -297,6 +308,8 @@ ENDPOINTS: list[tuple[str, list[str], type[_Body] | None, Handler, str]] = [
     ("/offLine", ["POST"], OffLine, _log_out_and_kick, "Log a user out and close their connection."),
     ("/fetchOfflineMsgs", ["POST"], FetchOfflineMsgs, _fetch_offline,
      "Deliver stored messages to the online user, in order, once."),
+    ("/read", ["POST"], Read, _read,
+     "The user has read their inbox up to seq: the senders of those messages who asked get READ (MESSAGE_STATUS)."),
     ("/servers", ["GET"], None, _servers, "The live cim-servers as [{ip, cimServerPort, httpPort}] (operator call)."),
     ("/group/create", ["POST"], GroupCreate, _group_create,
      "Create a named group owned by userId, with the members named (and the owner); answers {groupId}."),

@@ -15,6 +15,7 @@ from cim.delivery import Messenger
 from cim.destinations import EVERYONE, Destination, ToUser, later
 from cim.groups import GroupRules
 from cim.messages import MessageIds, Sender
+from cim.receipts import Receipts
 from cim.server_info import ServerInfo
 from cim.status import CimError, Status
 from route.balance import make_balancer
@@ -54,6 +55,7 @@ class RouteService:
         self.balancer = make_balancer(config.balance)
         self.servers: list[ServerInfo] = []
         self.messenger: Messenger | None = None
+        self.receipts = Receipts(backends)  # no sessions here: every receipt goes through the bus
         self._groups: GroupRules | None = None
         self._cleanups: set[asyncio.Task[None]] = set()
 
@@ -242,6 +244,10 @@ class RouteService:
         server = await self.presence.logout(user_id)
         if server is not None:
             await self.messenger.kick(user_id, server)
+
+    async def mark_read(self, user_id: int, seq: int) -> None:
+        """``/read``: the user has read their inbox up to ``seq``; its senders who asked get READ."""
+        await self.receipts.read({user_id: seq})
 
     async def fetch_offline(self, user_id: int) -> int:
         assert self.messenger is not None

@@ -40,6 +40,7 @@ from cim.protocols.client import (
     Pong,
     Pushed,
     Receipt,
+    StatusReport,
     SyncDone,
 )
 
@@ -56,7 +57,7 @@ def epoch_microseconds() -> int:
 @dataclass(slots=True)
 class Step:
     """What one input asks of the caller, to be done in this order: report
-    ``notices``; hand ``messages`` to the app; write ``data`` (after the messages: an
+    ``notices``; hand ``messages`` and ``statuses`` (receipts of what was sent) to the app; write ``data`` (after the messages: an
     ack in it covers them); resolve the sends ``answered`` and fail those ``expired``
     (their send timeout passed unanswered: no longer resent); store ``persist`` as the
     last seq (not None: an ack batch went out, or the seq was reset); act on the
@@ -65,6 +66,7 @@ class Step:
 
     data: bytearray = field(default_factory=bytearray)
     messages: list[Pushed] = field(default_factory=list)
+    statuses: list[tuple[int, int, str]] = field(default_factory=list)  # receipts: (msg_id, receiver_id, status)
     answered: list[Receipt] = field(default_factory=list)
     expired: list[int] = field(default_factory=list)
     persist: int | None = None
@@ -249,6 +251,7 @@ class Delivery:
         heartbeat_interval: float = 30.0,
         send_timeout: float = 10.0,
         device_id: str = "",
+        receipts: bool = False,
         ack_interval: float = ACK_INTERVAL,
         ack_every: int = ACK_EVERY,
         clock_us: Callable[[], int] = epoch_microseconds,
@@ -256,6 +259,7 @@ class Delivery:
         self.user_id = user_id
         self.user_name = user_name
         self.device_id = device_id
+        self.receipts = receipts  # logins ask for StatusReports (DELIVERED / READ of what this user sends)
         self.send_timeout = send_timeout
         self.own_heartbeat = heartbeat_interval
         self.heartbeat_interval = heartbeat_interval  # in effect: the server's LoginAnswer may shorten it
@@ -279,7 +283,7 @@ class Delivery:
         self.disconnected()
         self.connection = ClientConnection(self.user_id, self.user_name)
         self._last_write = self._last_read = now
-        return self.connection.login(token=token, device_id=self.device_id)
+        return self.connection.login(token=token, device_id=self.device_id, wants_receipts=self.receipts)
 
     def disconnected(self) -> None:
         """The connection is gone: nothing is written until the next ``connect``."""
@@ -321,6 +325,8 @@ class Delivery:
                     self._sync(step, now)
             elif isinstance(event, LoginAnswer):
                 self._logged_in(step, event, now)
+            elif isinstance(event, StatusReport):
+                step.statuses += [(msg_id, event.receiver_id, event.status) for msg_id in event.msg_ids]
             elif not isinstance(event, Pong):
                 step.events.append(event)
         self._due(step, now)
@@ -334,6 +340,14 @@ class Delivery:
         if self.logged_in:
             self._write_pending(step, now)
         return pending.client_msg_id, step
+
+    def mark_read(self, seq: int, now: float) -> Step:
+        """The user has read up to ``seq``: a MARK_READ, if logged in (else nothing: the app
+        marks it again, it is cumulative)."""
+        step = Step()
+        if self.connection is not None and self.logged_in:
+            self._write(step, self.connection.mark_read(seq), now)
+        return step
 
     def tick(self, now: float) -> Step:
         """The clock reached (or passed) ``deadline``: acks, send timeouts, heartbeat."""

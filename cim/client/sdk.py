@@ -53,6 +53,12 @@ its bytes and runs its timer):
   within the dedup window the receipt is the original's and the receiver gets it
   at most once. A caller that stops awaiting (cancels) does not withdraw the message.
   A send before ``connect`` or after ``close`` raises ``ConnectionError`` at once.
+* **Receipts.** A client made with ``on_message_status`` logs in asking for receipts of
+  what it sends: ``on_message_status(msg_id, receiver_id, status)``, status "DELIVERED" (a
+  device of the receiver acked the message) or "READ" (the receiver marked it read:
+  ``mark_read(seq)``, cumulative over their inbox, or the route's ``/read``). Receipts that
+  come while this user is offline are not kept for them. ``mark_read`` while not connected
+  sends nothing (mark it again later).
 * **Heartbeat.** A PING goes out whenever nothing was written for a heartbeat
   interval; a connection silent for 3 intervals counts as lost. The interval is
   ``heartbeat_interval`` until the server's login answer names its own; then half
@@ -74,7 +80,16 @@ import httpx
 
 from cim.client.delivery import Delivery, Step
 from cim.client.route import ClientError, RouteClient, RouteSession, ServerAddress, register
-from cim.protocols.client import ClientConnection, ClientEvent, LoginAnswer, Offline, ProtocolError, Pushed, Receipt, ServerError
+from cim.protocols.client import (
+    ClientConnection,
+    ClientEvent,
+    LoginAnswer,
+    Offline,
+    ProtocolError,
+    Pushed,
+    Receipt,
+    ServerError,
+)
 from cim.status import Status
 
 __all__ = ["Client", "ClientError", "Message", "Receipt", "SendTimeout", "ServerAddress", "Stopped", "register"]
@@ -93,6 +108,7 @@ RETRYABLE = {Status.REPEAT_LOGIN.code, Status.SERVER_NOT_AVAILABLE.code, Status.
 MessageCallback = Callable[[Message], Any]
 StatusCallback = Callable[[str], Any]
 SeqCallback = Callable[[int], Any]
+MessageStatusCallback = Callable[[int, int, str], Any]  # (msg_id, receiver_id, "DELIVERED" or "READ")
 
 T = TypeVar("T")
 
@@ -126,15 +142,27 @@ def settle(future: asyncio.Future[T] | None, result: T, error: BaseException | N
         future.set_exception(error)
 
 
-def call_app(callback: Callable[[T], Any] | None, value: T) -> None:
-    """Call one of the app's callbacks with ``value``; one that raises is logged and delivery goes on (the
-    core counts the value as handed over either way: a failing callback must not stall the connection)."""
+def call_app(callback: Callable[..., Any] | None, *values: object) -> None:
+    """Call one of the app's callbacks with ``values``; one that raises is logged and delivery goes on (the
+    core counts the values as handed over either way: a failing callback must not stall the connection)."""
     if callback is None:
         return
     try:
-        callback(value)
+        callback(*values)
     except Exception:
-        log.exception("the app's %s failed on %r", getattr(callback, "__name__", "callback"), value)
+        log.exception("the app's %s failed on %r", getattr(callback, "__name__", "callback"), values)
+
+
+def backoff(attempt: int, base: float, cap: float) -> float:
+    """The wait before reconnect attempt ``attempt`` (from 0): exponential from ``base``, capped, jittered by ±50%."""
+    return min(cap, base * 2.0**attempt) * random.uniform(0.5, 1.5)
+
+
+async def close_writer(writer: asyncio.StreamWriter) -> None:
+    """Close the connection and wait until it is (a reset one counts as closed)."""
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
 
 
 class Waiters:
@@ -219,16 +247,16 @@ class Alarm:
 
 
 class Client:
-    """One user's session with cim, kept up (route login with ``password``, the TCP
-    connection, heartbeats, reconnects), with acknowledged delivery: see the module.
+    """One user's session with cim, kept up (route login with ``password``, the TCP connection, heartbeats,
+    reconnects), with acknowledged delivery: see the module.
 
-    Messages go to ``on_message``, connection events (as text) to ``on_status``, each
-    acked ``last_seq`` to ``on_seq`` and ``state_file``; the client resumes from
-    ``state_file`` if it exists, else from ``last_seq``. ``delivery`` is the sans-I/O
-    state (``delivery.last_seq``, ``delivery.heartbeat_interval`` in effect: read only).
-    ``device_id`` names the device to the server (it keeps an acked seq per device).
-    ``done`` resolves when the client stops: closed, ended by the server, refused, or
-    out of reconnect attempts. A shared ``route`` (many users in one process) is not closed here.
+    Messages go to ``on_message``, connection events (as text) to ``on_status``, each acked ``last_seq`` to
+    ``on_seq`` and ``state_file``; the client resumes from ``state_file`` if it exists, else from ``last_seq``.
+    ``delivery`` is the sans-I/O state (``delivery.last_seq``, ``delivery.heartbeat_interval`` in effect: read
+    only). ``device_id`` names the device to the server (it keeps an acked seq per device). ``on_message_status``
+    asks for the receipts of what this client sends and gets them (see the module). ``done`` resolves when the
+    client stops: closed, ended by the server, refused, or out of reconnect attempts. A shared ``route`` (many
+    users in one process) is not closed here.
     """
 
     def __init__(
@@ -250,14 +278,11 @@ class Client:
         on_seq: SeqCallback | None = None,
         state_file: str | os.PathLike[str] | None = None,
         device_id: str = "",
+        on_message_status: MessageStatusCallback | None = None,
     ) -> None:
-        self.user_id = user_id
-        self.user_name = user_name
-        self.on_message = on_message
-        self.on_status = on_status
-        self.reconnect_attempts = reconnect_attempts
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
+        self.user_id, self.user_name = user_id, user_name
+        self.on_message, self.on_message_status, self.on_status = on_message, on_message_status, on_status
+        self.reconnect_attempts, self.backoff_base, self.backoff_max = reconnect_attempts, backoff_base, backoff_max
         self.send_timeout = send_timeout
         self.store = SeqStore(on_seq, state_file)
         self.server: ServerAddress | None = None
@@ -267,8 +292,8 @@ class Client:
         self.route = route or RouteClient(route_url)
         self.session = RouteSession(self.route, user_id, user_name, password)
         self.groups = self.session.groups  # named groups: create, add_members, ..., mine, dissolve
-        self.delivery = Delivery(user_id, user_name, last_seq=self.store.load(last_seq),
-                                  heartbeat_interval=heartbeat_interval, send_timeout=send_timeout, device_id=device_id)
+        self.delivery = Delivery(user_id, user_name, last_seq=self.store.load(last_seq), heartbeat_interval=heartbeat_interval,
+                                 send_timeout=send_timeout, device_id=device_id, receipts=on_message_status is not None)
         self._loop = asyncio.get_running_loop()
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -331,6 +356,8 @@ class Client:
             self._status(notice)
         for message in step.messages:
             call_app(self.on_message, message)
+        for status in step.statuses:
+            call_app(self.on_message_status, *status)
         # A transport closed under us (uvloop raises on a write to it) writes nothing: the
         # sends in ``step.data`` are kept in the outbox and resent after the reconnect.
         if step.data and self._writer is not None and not self._writer.is_closing():
@@ -396,8 +423,7 @@ class Client:
 
     async def _reconnect(self) -> None:
         for attempt in range(self.reconnect_attempts):
-            delay = min(self.backoff_max, self.backoff_base * 2**attempt) * random.uniform(0.5, 1.5)
-            await asyncio.sleep(delay)
+            await asyncio.sleep(backoff(attempt, self.backoff_base, self.backoff_max))
             try:
                 await self.connect()
             except ClientError as err:
@@ -431,9 +457,7 @@ class Client:
             with contextlib.suppress(httpx.HTTPError, ClientError):
                 await self.session.log_out()
         if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(ConnectionError):
-                await self._writer.wait_closed()
+            await close_writer(self._writer)
         self.connected = False
         if self._owns_route:
             await self.route.aclose()
@@ -464,6 +488,10 @@ class Client:
         """Send to the members of the named group ``group_id`` (this user must be one), or without one to
         every online user (online when it is delivered); the rest as for ``send_private``."""
         return await self._send(text, None, client_msg_id, group_id, delay_seconds)
+
+    def mark_read(self, seq: int) -> None:
+        """The user has read every message up to ``seq`` (a ``Message.seq``): see the module, Receipts."""
+        self._apply(self.delivery.mark_read(seq, self._loop.time()))
 
     async def online_users(self) -> list[tuple[int, str]]:
         return await self.route.online_users()

@@ -5,17 +5,22 @@ Regenerate after editing cim.proto (protoc must match the pinned protobuf runtim
 """
 
 from cim.proto.cim_pb2 import (
+    DELIVERED,
     DELIVERY_ACK,
     ERROR,
     LOGIN_ANSWER,
     LOGIN_REQUEST,
+    MARK_READ,
     MESSAGE,
+    MESSAGE_STATUS,
     OFFLINE,
     PING,
+    READ,
     SEND_RECEIPT,
     SYNC,
     BaseCommand,
     Delivery,
+    MessageStatus,
     Request,
     Response,
 )
@@ -25,5 +30,5 @@ from cim.proto.cim_pb2 import (
 __all__ = [
     "BaseCommand", "Delivery", "Request", "Response",
     "LOGIN_REQUEST", "MESSAGE", "PING", "OFFLINE", "SEND_RECEIPT", "ERROR", "DELIVERY_ACK", "SYNC",
-    "LOGIN_ANSWER",
+    "LOGIN_ANSWER", "MESSAGE_STATUS", "MARK_READ", "MessageStatus", "DELIVERED", "READ",
 ]

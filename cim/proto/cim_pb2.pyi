@@ -18,6 +18,14 @@ class BaseCommand(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DELIVERY_ACK: _ClassVar[BaseCommand]
     SYNC: _ClassVar[BaseCommand]
     LOGIN_ANSWER: _ClassVar[BaseCommand]
+    MESSAGE_STATUS: _ClassVar[BaseCommand]
+    MARK_READ: _ClassVar[BaseCommand]
+
+class MessageStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MESSAGE_STATUS_UNSPECIFIED: _ClassVar[MessageStatus]
+    DELIVERED: _ClassVar[MessageStatus]
+    READ: _ClassVar[MessageStatus]
 LOGIN_REQUEST: BaseCommand
 MESSAGE: BaseCommand
 PING: BaseCommand
@@ -27,9 +35,14 @@ ERROR: BaseCommand
 DELIVERY_ACK: BaseCommand
 SYNC: BaseCommand
 LOGIN_ANSWER: BaseCommand
+MESSAGE_STATUS: BaseCommand
+MARK_READ: BaseCommand
+MESSAGE_STATUS_UNSPECIFIED: MessageStatus
+DELIVERED: MessageStatus
+READ: MessageStatus
 
 class Request(_message.Message):
-    __slots__ = ("reqMsg", "requestId", "cmd", "properties", "batchReqMsg", "clientMsgId", "ackSeq", "groupId", "token", "deviceId", "delaySeconds")
+    __slots__ = ("reqMsg", "requestId", "cmd", "properties", "batchReqMsg", "clientMsgId", "ackSeq", "groupId", "token", "deviceId", "delaySeconds", "wantsReceipts")
     class PropertiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +61,7 @@ class Request(_message.Message):
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     DEVICEID_FIELD_NUMBER: _ClassVar[int]
     DELAYSECONDS_FIELD_NUMBER: _ClassVar[int]
+    WANTSRECEIPTS_FIELD_NUMBER: _ClassVar[int]
     reqMsg: str
     requestId: int
     cmd: BaseCommand
@@ -59,10 +73,11 @@ class Request(_message.Message):
     token: str
     deviceId: str
     delaySeconds: int
-    def __init__(self, reqMsg: _Optional[str] = ..., requestId: _Optional[int] = ..., cmd: _Optional[_Union[BaseCommand, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., batchReqMsg: _Optional[_Iterable[str]] = ..., clientMsgId: _Optional[int] = ..., ackSeq: _Optional[int] = ..., groupId: _Optional[str] = ..., token: _Optional[str] = ..., deviceId: _Optional[str] = ..., delaySeconds: _Optional[int] = ...) -> None: ...
+    wantsReceipts: bool
+    def __init__(self, reqMsg: _Optional[str] = ..., requestId: _Optional[int] = ..., cmd: _Optional[_Union[BaseCommand, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., batchReqMsg: _Optional[_Iterable[str]] = ..., clientMsgId: _Optional[int] = ..., ackSeq: _Optional[int] = ..., groupId: _Optional[str] = ..., token: _Optional[str] = ..., deviceId: _Optional[str] = ..., delaySeconds: _Optional[int] = ..., wantsReceipts: _Optional[bool] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("resMsg", "responseId", "cmd", "properties", "batchResMsg", "msgId", "seq", "timestamp", "code", "clientMsgId", "groupId", "heartbeatSeconds", "truncated", "ackedSeq", "notice")
+    __slots__ = ("resMsg", "responseId", "cmd", "properties", "batchResMsg", "msgId", "seq", "timestamp", "code", "clientMsgId", "groupId", "heartbeatSeconds", "truncated", "ackedSeq", "notice", "msgIds", "status")
     class PropertiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +100,8 @@ class Response(_message.Message):
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     ACKEDSEQ_FIELD_NUMBER: _ClassVar[int]
     NOTICE_FIELD_NUMBER: _ClassVar[int]
+    MSGIDS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     resMsg: str
     responseId: int
     cmd: BaseCommand
@@ -100,18 +117,22 @@ class Response(_message.Message):
     truncated: bool
     ackedSeq: int
     notice: bool
-    def __init__(self, resMsg: _Optional[str] = ..., responseId: _Optional[int] = ..., cmd: _Optional[_Union[BaseCommand, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., batchResMsg: _Optional[_Iterable[str]] = ..., msgId: _Optional[int] = ..., seq: _Optional[int] = ..., timestamp: _Optional[int] = ..., code: _Optional[int] = ..., clientMsgId: _Optional[int] = ..., groupId: _Optional[str] = ..., heartbeatSeconds: _Optional[int] = ..., truncated: _Optional[bool] = ..., ackedSeq: _Optional[int] = ..., notice: _Optional[bool] = ...) -> None: ...
+    msgIds: _containers.RepeatedScalarFieldContainer[int]
+    status: MessageStatus
+    def __init__(self, resMsg: _Optional[str] = ..., responseId: _Optional[int] = ..., cmd: _Optional[_Union[BaseCommand, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., batchResMsg: _Optional[_Iterable[str]] = ..., msgId: _Optional[int] = ..., seq: _Optional[int] = ..., timestamp: _Optional[int] = ..., code: _Optional[int] = ..., clientMsgId: _Optional[int] = ..., groupId: _Optional[str] = ..., heartbeatSeconds: _Optional[int] = ..., truncated: _Optional[bool] = ..., ackedSeq: _Optional[int] = ..., notice: _Optional[bool] = ..., msgIds: _Optional[_Iterable[int]] = ..., status: _Optional[_Union[MessageStatus, str]] = ...) -> None: ...
 
 class Delivery(_message.Message):
-    __slots__ = ("messages", "receiverIds", "kick", "firstSeqs", "replay")
+    __slots__ = ("messages", "receiverIds", "kick", "firstSeqs", "replay", "statuses")
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     RECEIVERIDS_FIELD_NUMBER: _ClassVar[int]
     KICK_FIELD_NUMBER: _ClassVar[int]
     FIRSTSEQS_FIELD_NUMBER: _ClassVar[int]
     REPLAY_FIELD_NUMBER: _ClassVar[int]
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedScalarFieldContainer[bytes]
     receiverIds: _containers.RepeatedScalarFieldContainer[int]
     kick: bool
     firstSeqs: _containers.RepeatedScalarFieldContainer[int]
     replay: bool
-    def __init__(self, messages: _Optional[_Iterable[bytes]] = ..., receiverIds: _Optional[_Iterable[int]] = ..., kick: _Optional[bool] = ..., firstSeqs: _Optional[_Iterable[int]] = ..., replay: _Optional[bool] = ...) -> None: ...
+    statuses: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, messages: _Optional[_Iterable[bytes]] = ..., receiverIds: _Optional[_Iterable[int]] = ..., kick: _Optional[bool] = ..., firstSeqs: _Optional[_Iterable[int]] = ..., replay: _Optional[bool] = ..., statuses: _Optional[_Iterable[bytes]] = ...) -> None: ...

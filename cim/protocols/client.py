@@ -20,7 +20,21 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from cim.frame import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, FrameError, encode_frame
-from cim.proto import DELIVERY_ACK, ERROR, LOGIN_ANSWER, MESSAGE, OFFLINE, PING, SEND_RECEIPT, SYNC, Request, Response
+from cim.proto import (
+    DELIVERY_ACK,
+    ERROR,
+    LOGIN_ANSWER,
+    MARK_READ,
+    MESSAGE,
+    MESSAGE_STATUS,
+    OFFLINE,
+    PING,
+    SEND_RECEIPT,
+    SYNC,
+    MessageStatus,
+    Request,
+    Response,
+)
 from cim.protocols import ACCEPTED_CODES
 from cim.status import Status
 from cim.wire_fields import RECEIVE_USER_ID, SEND_USER_ID, SEND_USER_NAME
@@ -86,6 +100,17 @@ class SyncDone:
 
 
 @dataclass(frozen=True, slots=True)
+class StatusReport:
+    """Messages this client sent reached a state at their receiver ``receiver_id``: ``status``
+    "DELIVERED" (a device of theirs acknowledged them) or "READ" (they marked them read).
+    Only to a login with ``wants_receipts``."""
+
+    receiver_id: int
+    status: str
+    msg_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Pong:
     """The answer to a ping. The server answers in order, so a pong also says that
     everything sent before the ping was handled (a login, for one)."""
@@ -120,7 +145,7 @@ class ProtocolError:
     reason: str
 
 
-ClientEvent = Pushed | Receipt | LoginAnswer | SyncDone | Pong | ServerError | Offline | ProtocolError
+ClientEvent = Pushed | Receipt | LoginAnswer | SyncDone | StatusReport | Pong | ServerError | Offline | ProtocolError
 
 PONG = Pong()  # stateless: one instance serves every pong
 
@@ -162,6 +187,8 @@ def _event(response: Response) -> ClientEvent | None:
         return ServerError(response.code, response.resMsg)
     if cmd == OFFLINE:
         return Offline(response.code, response.resMsg)
+    if cmd == MESSAGE_STATUS:
+        return StatusReport(response.responseId, MessageStatus.Name(response.status), tuple(response.msgIds))
     return None
 
 
@@ -195,10 +222,12 @@ class ClientConnection:
 
     # -- frames out ------------------------------------------------------------
 
-    def login(self, token: str = "", device_id: str = "") -> bytes:
-        """The first frame on a connection. Empty ``token`` and ``device_id`` are not
-        on the wire (proto3 defaults), so by default this is CIM's login exactly."""
-        return _framed(Request(requestId=self.user_id, reqMsg=self.user_name, token=token, deviceId=device_id))
+    def login(self, token: str = "", device_id: str = "", wants_receipts: bool = False) -> bytes:
+        """The first frame on a connection. Empty ``token`` and ``device_id`` (and no
+        ``wants_receipts``: StatusReports of the messages sent) are not on the wire
+        (proto3 defaults), so by default this is CIM's login exactly."""
+        return _framed(Request(requestId=self.user_id, reqMsg=self.user_name, token=token, deviceId=device_id,
+                               wantsReceipts=wants_receipts))
 
     def ping(self) -> bytes:
         """A heartbeat; the server answers with a ``Pong``."""
@@ -217,6 +246,11 @@ class ClientConnection:
     def ack(self, seq: int) -> bytes:
         """Every pushed message up to ``seq`` has been received (cumulative; no answer)."""
         return _framed(Request(requestId=self.user_id, cmd=DELIVERY_ACK, ackSeq=seq))
+
+    def mark_read(self, seq: int) -> bytes:
+        """The user has read every inbox message up to ``seq`` (cumulative; no answer): their
+        senders who asked get a READ ``StatusReport``."""
+        return _framed(Request(requestId=self.user_id, cmd=MARK_READ, ackSeq=seq))
 
     def sync(self, seq: int) -> bytes:
         """Ask for every inbox message after ``seq`` (resuming after a reconnect); the

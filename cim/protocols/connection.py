@@ -26,6 +26,7 @@ from cim.proto import (
     ERROR,
     LOGIN_ANSWER,
     LOGIN_REQUEST,
+    MARK_READ,
     MESSAGE,
     OFFLINE,
     PING,
@@ -83,9 +84,11 @@ class Sync:
 
 @dataclass(slots=True)  # not frozen: frozen dataclasses cost more per event
 class DeliveryAck:
-    """The client has every message of its inbox up to ``seq`` (cumulative)."""
+    """The client has every message of its inbox up to ``seq`` (cumulative); ``read``: MARK_READ,
+    the user has read them (a cursor of its own, for read receipts)."""
 
     seq: int
+    read: bool = False
 
 
 @dataclass(slots=True)  # not frozen: frozen dataclasses cost more per event
@@ -219,6 +222,8 @@ class ServerConnection:
             return DeliveryAck(request.ackSeq)
         if cmd == SYNC:
             return Sync(request.ackSeq)
+        if cmd == MARK_READ:
+            return DeliveryAck(request.ackSeq, read=True)
         if cmd == OFFLINE:
             return Offline()
         if cmd == LOGIN_REQUEST:

@@ -110,7 +110,7 @@ class Dispatcher:
             peer.send_pong()
             return True
         if isinstance(event, DeliveryAck):
-            self.cursors.ack(peer, event.seq)
+            self.cursors.ack(peer, event.seq, event.read)
             return True
         if isinstance(event, ProtocolViolation):
             self.metrics["protocol_errors"] += 1

@@ -3,8 +3,9 @@
 Every message is in its receivers' inboxes before a Delivery rings for it
 (``cim.delivery``). A Delivery names its receivers with the seq each one's inbox
 gave the first message (pushes), or without pushes (read the inboxes: a catch-up),
-or replays stored messages (``/fetchOfflineMsgs``), or kicks. A receiver who is not
-here any more loses nothing: the messages stay in the inbox for their next sync.
+or replays stored messages (``/fetchOfflineMsgs``), or kicks, or carries receipts
+(MESSAGE_STATUS, ``cim.receipts``) for senders here. A receiver who is not here any
+more loses nothing: the messages stay in the inbox for their next sync.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections import Counter
 
 from cim.backends import Stored
+from cim.frame import encode_frame
 from cim.proto import Delivery
 from cim.server.metrics import Latencies
 from cim.server.sessions import Session, SessionTable
@@ -47,6 +49,18 @@ class Deliveries:
             session.ring()  # their first push may never have been written (the sender's node died)
         return True
 
+    def push_statuses(self, user_id: int, bodies: list[bytes]) -> bool:
+        """MESSAGE_STATUS bodies to the user's connections that logged in asking for them;
+        False if the user is not here."""
+        session = self.sessions.by_user.get(user_id)
+        if session is None:
+            return False
+        frames = b"".join(encode_frame(body + session.receiver_entry) for body in bodies)
+        for stream in session.streams:
+            if stream.receipts:
+                stream.peer.push(frames)
+        return True
+
     def deliver_each(self, user_ids: list[int], stored: list[Stored]) -> None:
         # at_once: one push per connection per turn is the common case, and uvloop
         # writes on transport.write, so waiting for the end of the turn buys nothing.
@@ -76,6 +90,10 @@ class Deliveries:
                 if session is not None:
                     for peer in session.peers:
                         peer.end("logged out", reconnect=False)
+            return
+        if delivery.statuses:
+            for user_id, status in zip(delivery.receiverIds, delivery.statuses, strict=True):
+                self.push_statuses(user_id, [status])
             return
         bodies = list(delivery.messages)  # once: the repeated field copies on every access
         if delivery.replay:

@@ -71,6 +71,7 @@ class Logins:
             await presence.logout(login.user_id, self.node_id)
             return None
         stream = self.sessions.bind(peer, login.user_id, login.user_name, login.request.deviceId)
+        stream.receipts = login.request.wantsReceipts
         self.metrics["logins"] += 1
         await self.catchup.logged_in(peer, stream)
         return None

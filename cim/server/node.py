@@ -21,6 +21,7 @@ from cim.delivery import Messenger
 from cim.limits import connection_capacity, kernel_warnings, raise_nofile_limit
 from cim.messages import MessageIds
 from cim.protocols.tcp import TcpPeer
+from cim.receipts import Receipts
 from cim.server.catchup import Catchup
 from cim.server.cursors import Cursors
 from cim.server.delays import DelayPoller
@@ -56,13 +57,14 @@ class Node:
         self.max_connections = 0
         self.sessions = SessionTable(gap=self._gap)
         self.catchup = Catchup(config, self.sessions, backends.inbox, self.metrics)
-        self.cursors = Cursors(self.sessions, backends.inbox, self.metrics)
         self.quotas = Quotas(config, self.metrics, self.loop.time)
         self.tasks = BackgroundTasks(self.metrics)
         self.sweeper = Sweeper(config, self.sessions, self.metrics)
         self.prometheus = NodeMetrics(self.metrics, self.sessions, self.sweeper.slow)
         self.registration = Registration(config, backends, self.sessions, self.metrics, self.tasks)
         self.deliveries = Deliveries(self.node_id, self.sessions, self.metrics, self.prometheus.latencies)
+        self.cursors = Cursors(self.sessions, backends.inbox, self.metrics, Receipts(backends, local=self.deliveries),
+                               config.delivered_receipts)
         # The node number comes from the store at start; ids are taken only after.
         self.ids = MessageIds(0)
         messenger = Messenger(backends, self.ids, local=self.deliveries, max_delay_seconds=config.max_delay_seconds)

@@ -33,6 +33,7 @@ class Stream:
     syncs: bool = False  # the client sent SYNC: it numbers messages itself (CIM's client does not)
     login_seq: int = 0  # the inbox's latest at login: CIM's client gets older ones by /fetchOfflineMsgs
     replayed: int = 0  # the highest of those it got (by /fetchOfflineMsgs)
+    receipts: bool = False  # the login asked for MESSAGE_STATUS frames (wantsReceipts; CIM's client does not know them)
 
     @property
     def cursor(self) -> int:
