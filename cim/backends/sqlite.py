@@ -454,20 +454,14 @@ class SqliteGroups(Groups):
         return None if number is None else self._members(number)
 
     async def add(self, group_id: str, user_ids: list[int]) -> list[int] | None:
-        number = parse_group_id(group_id)
-        if number is None:
-            return None
-        with transaction(self._db):
-            members = self._members(number)
-            if members is None:
-                return None
-            added = sorted(set(user_ids).difference(members))
-            if len(members) + len(added) > self._max:
-                raise GroupFull(group_id, len(members) + len(added), self._max)
-            self._db.executemany(ADD_MEMBER, [(number, u) for u in added])
-        return added
+        return self._change(group_id, user_ids, ADD_MEMBER, joining=True)
 
     async def remove(self, group_id: str, user_ids: list[int]) -> list[int] | None:
+        return self._change(group_id, user_ids, REMOVE_MEMBER, joining=False)
+
+    def _change(self, group_id: str, user_ids: list[int], statement: str, joining: bool) -> list[int] | None:
+        """Add (``joining``) or remove the users not yet (or still) members, in one transaction;
+        those changed, or None for no such group. An add over the limit changes nothing."""
         number = parse_group_id(group_id)
         if number is None:
             return None
@@ -475,9 +469,11 @@ class SqliteGroups(Groups):
             members = self._members(number)
             if members is None:
                 return None
-            removed = sorted(set(user_ids).intersection(members))
-            self._db.executemany(REMOVE_MEMBER, [(number, u) for u in removed])
-        return removed
+            changed = sorted(set(user_ids).difference(members) if joining else set(user_ids).intersection(members))
+            if joining and len(members) + len(changed) > self._max:
+                raise GroupFull(group_id, len(members) + len(changed), self._max)
+            self._db.executemany(statement, [(number, u) for u in changed])
+        return changed
 
     async def rename(self, group_id: str, name: str) -> bool:
         number = parse_group_id(group_id)
