@@ -75,9 +75,10 @@ async def test_workers_share_the_port_restart_and_drain(tmp_path: Path, redis_ur
 
         await asyncio.to_thread(wait_until, replaced, 30, "replacement worker")
         await eventually(lambda: len(servers()) == WORKERS)
-        await eventually(lambda: all(c.connected for c in clients.values()) and sum(worker_sessions().values()) == len(names),
-                         timeout=30)
-        assert sum(c.reconnects for c in clients.values()) >= 1
+        # ``connected`` turns true when the TCP connection is up, ``reconnects`` once the
+        # login answer is in: wait for both, or a check between the two sees 0 reconnects.
+        await eventually(lambda: all(c.connected for c in clients.values()) and sum(worker_sessions().values()) == len(names)
+                         and sum(c.reconnects for c in clients.values()) >= 1, timeout=30)
         await clients["user1"].send_group("after the restart")
         await eventually(lambda: all(any(m.text == "after the restart" for m in inbox[n]) for n in names if n != "user1"))
 
