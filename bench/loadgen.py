@@ -14,6 +14,9 @@ Two client protocols (``Plan.protocol``):
 * ``cim``, what CIM's own client does: no clientMsgId (no receipt for an accepted
   message) and no acks.
 
+Over TCP or, with ``Plan.transport = "ws"``, over cim's WebSocket endpoint (``WsGenProtocol``:
+the same frames, each payload one binary message).
+
 Phases, with the parent in step through barriers so it measures the target's CPU
 over exactly the run phase:  connect -> barrier -> barrier (go) -> run -> barrier -> report.
 """
@@ -32,6 +35,10 @@ from multiprocessing.synchronize import Barrier
 from typing import Any, cast
 
 import uvloop
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State as WsState
+from websockets.uri import parse_uri
 
 from cim.frame import FrameDecoder
 from cim.proto import Request, Response
@@ -50,6 +57,7 @@ CLIENT_MSG_ID_TAG = bytes((REQUEST_CLIENT_MSG_ID << 3 | VARINT, 1))  # its two-b
 LOW_BYTES = [bytes((0x80 | low,)) for low in range(128)]  # a 6-byte varint's first byte, by the value's low 7 bits
 FLOOD_BATCH = 256  # flood: messages per write (a server reads them as one run)
 BARRIER_TIMEOUT = 1800.0
+_OUTPUT = FrameDecoder(2**32 - 1)  # splits what a WebSocket user writes (whole frames only) into payloads
 
 
 @dataclass
@@ -75,6 +83,7 @@ class Plan:
     index: int = 0
     protocol: str = "sdk"  # one of PROTOCOLS
     ports: dict[int, int] = field(default_factory=dict)  # user -> the port it connects to (default: port)
+    transport: str = "tcp"  # or "ws": each frame's payload one binary WebSocket message, to port's /ws
 
 
 @dataclass
@@ -129,8 +138,10 @@ class GenProtocol(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        self.frames_received(self.decoder.feed(data))
+
+    def frames_received(self, frames: list[bytes]) -> None:
         gen = self.gen
-        frames = self.decoder.feed(data)
         if gen.running and gen.plan.scenario != "idle":
             # In the run phase a receiver gets only messages and a sender only
             # receipts: count frames, parse only the latency samples, so the
@@ -158,6 +169,67 @@ class GenProtocol(asyncio.Protocol):
             self.login_done.set_exception(ConnectionError("closed during login"))
         elif not self.gen.stopping:
             self.gen.stats.errors += 1
+
+
+class WsWire:
+    """A WebSocket connection made to look like the TCP transport the generator writes to:
+    ``write`` takes frames and sends each one's payload as a binary message (websockets'
+    sans-I/O ClientProtocol; what is written before the handshake's answer waits for it)."""
+
+    __slots__ = ("transport", "ws", "_waiting")
+
+    def __init__(self, transport: asyncio.Transport, url: str) -> None:
+        self.transport = transport
+        self.ws = ClientProtocol(parse_uri(url), max_size=None)
+        self._waiting: list[bytes] = []
+        self.ws.send_request(self.ws.connect())
+        self._send_protocol_data()
+
+    def write(self, data: bytes) -> None:
+        if self.ws.state is not WsState.OPEN:
+            self._waiting.append(data)
+            return
+        for payload in _OUTPUT.feed(data):
+            self.ws.send_binary(payload)
+        self._send_protocol_data()
+
+    def received(self, data: bytes) -> list[bytes]:
+        """The payloads of the binary messages in ``data``, and the handshake's end."""
+        ws = self.ws
+        was_open = ws.state is WsState.OPEN
+        ws.receive_data(data)
+        payloads = [bytes(e.data) for e in ws.events_received() if isinstance(e, Frame) and e.opcode is Opcode.BINARY]
+        self._send_protocol_data()  # pongs, a close's answer
+        if not was_open and ws.state is WsState.OPEN:
+            waiting, self._waiting = self._waiting, []
+            for data in waiting:
+                self.write(data)
+        return payloads
+
+    def _send_protocol_data(self) -> None:
+        chunks = [c for c in self.ws.data_to_send() if c]
+        if chunks:
+            self.transport.write(b"".join(chunks))
+
+    def get_write_buffer_size(self) -> int:
+        return self.transport.get_write_buffer_size()
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+class WsGenProtocol(GenProtocol):
+    """A generated user over WebSocket: the same frames, one binary message each."""
+
+    __slots__ = ("wire",)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        plan = self.gen.plan
+        self.wire = WsWire(cast(asyncio.Transport, transport), f"ws://{plan.host}:{plan.ports.get(self.user_id, plan.port)}/ws")
+        self.transport = cast(asyncio.Transport, self.wire)  # the generator writes frames to it as to TCP
+
+    def data_received(self, data: bytes) -> None:
+        self.frames_received(self.wire.received(data))
 
 
 class Generator:
@@ -243,12 +315,13 @@ class Generator:
         loop = asyncio.get_running_loop()
         semaphore = asyncio.Semaphore(plan.connect_concurrency)
         started = time.monotonic()
+        protocol = WsGenProtocol if plan.transport == "ws" else GenProtocol
 
         async def one(i: int, user_id: int, name: str) -> None:
             async with semaphore:
                 source = plan.source_ips[i % len(plan.source_ips)]
                 _, conn = await loop.create_connection(
-                    lambda: GenProtocol(self, user_id, name), plan.host, plan.ports.get(user_id, plan.port),
+                    lambda: protocol(self, user_id, name), plan.host, plan.ports.get(user_id, plan.port),
                     local_addr=(source, 0),
                 )
                 # The pong says the login before it was accepted (after its LoginAnswer).

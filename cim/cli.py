@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import os
 import secrets
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from cim.auth.tokens import MISSING_SECRET
 from cim.config import AUTH_MODES, BALANCERS, EMBEDDED, MIN_SECRET_BYTES, Config
 
 _DEFAULTS = Config()
+UP_WS_PORT = 8090  # cim up's WebSocket port when none is given (or the next free one)
 
 
 def _option(
@@ -65,9 +67,15 @@ def _backend_options(p: argparse.ArgumentParser) -> None:
     _option(p, "--inbox-check-interval", float, "seconds between a node's checks of its users' inboxes for "
             "messages whose doorbell was lost (a shared store only)")
     _option(p, "--group-max-members", int, "members of a named group, its owner included")
+    _option(p, "--presence-debounce-seconds", float, "a user away less than this long is not reported offline "
+            "to presence watchers (a reconnect is no event)", metavar="S")
     _option(p, "--max-delay-seconds", int, "the longest delay of a delayed message (delaySeconds); longer ones get 3000")
     _option(p, "--delivered-receipts", _on_off, "on: senders who ask get DELIVERED when a receiver's device acks "
             "(costs a read and a parse of every acked message); READ receipts need no switch", metavar="on|off")
+    _option(p, "--max-devices", int, "devices one user may have logged in at once (deviceId at login; CIM's client "
+            "is device \"\"); one more is refused with 5000")
+    _option(p, "--device-policy", str, "a login of a user who is logged in already: multi (another device, up to "
+            "--max-devices), replace (ends the others: OFFLINE 5001), refuse (5000, CIM's rule)", metavar="multi|replace|refuse")
     _option(p, "--log-level", str, "log level")
 
 
@@ -75,6 +83,8 @@ def _server_options(p: argparse.ArgumentParser, port_flag: str = "--port", http_
     _option(p, "--host", str, "address the client port binds")
     _option(p, port_flag, int, "client TCP port", dest="port")
     _option(p, http_flag, int, "health/metrics HTTP port", dest="http_port")
+    _option(p, "--ws-port", int, "WebSocket port (path /ws; one binary message is one protobuf frame); 0: none; "
+            f"cim up without it: {UP_WS_PORT} or the next free port")
     _option(p, "--advertise-host", str,
             "host registered for clients to connect to (default: the bind host, or 127.0.0.1 for a wildcard)")
     _option(p, "--heartbeat-interval", float, "seconds; a connection silent for 3 intervals is closed")
@@ -119,6 +129,18 @@ def _auth_options(p: argparse.ArgumentParser, route: bool) -> None:
                 f"(at least {MIN_SECRET_BYTES} bytes; none: no operator calls)", secret=True)
 
 
+def _first_free_port(host: str, port: int) -> int:
+    """``port``, or the next one above it that ``host`` can bind now."""
+    for candidate in range(port, min(port + 100, 65536)):
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, candidate))
+            except OSError:
+                continue
+            return candidate
+    raise ValueError(f"no free WebSocket port in {port}-{port + 99}: give --ws-port")
+
+
 def _config(args: argparse.Namespace) -> Config:
     fields = {f.name for f in dataclasses.fields(Config)}
     return Config(**{k: v for k, v in vars(args).items() if k in fields})
@@ -129,8 +151,10 @@ def _announce(config: Config, secret_made: bool = False) -> None:
     route_host = "127.0.0.1" if config.route_host in ("0.0.0.0", "::") else config.route_host
     print(
         f"cim is up: route http://{route_host}:{config.route_port}  "
-        f"cim-server {info.host}:{info.tcp_port}  health http://{info.host}:{info.http_port}/health\n"
-        f"connect a client:  cim-client --route http://{route_host}:{config.route_port} --register NAME",
+        f"cim-server {info.host}:{info.tcp_port}  health http://{info.host}:{info.http_port}/health"
+        f"{f'  websocket {info.ws_url}' if info.ws_url else ''}\n"
+        f"connect a client:  cim-client --route http://{route_host}:{config.route_port} --register NAME"
+        f"{f'  or open http://{route_host}:{config.route_port}/app/' if info.ws_url else ''}",
         flush=True,
     )
     if config.store == EMBEDDED:
@@ -201,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="route + one cim-server in one process (embedded backends by default)")
     _server_options(up)
+    if "CIM_WS_PORT" not in os.environ:
+        up.set_defaults(ws_port=None)  # --help says 0; cim up picks UP_WS_PORT or the next free one
     _route_options(up)
     _login_limit_option(up)
     _auth_options(up, route=True)
@@ -226,6 +252,8 @@ def cim_main(argv: Sequence[str] | None = None) -> None:
     if args.command == "client":
         sys.exit(_run_client(args))
     try:
+        if args.command == "up" and args.ws_port is None:  # cim up opens a WebSocket port unless told
+            args.ws_port = _first_free_port(args.host, UP_WS_PORT)
         config = _config(args)
     except ValueError as err:
         sys.exit(f"cim {args.command}: {err}")

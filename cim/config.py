@@ -10,6 +10,7 @@ from cim.server_info import ServerInfo
 
 BALANCERS = ("consistent-hash", "loop", "random")
 AUTH_MODES = ("token", "none")
+DEVICE_POLICIES = ("multi", "replace", "refuse")
 MIN_SECRET_BYTES = 32
 EMBEDDED = "memory://"
 
@@ -35,14 +36,19 @@ class Config:
     inbox_check_interval: float = 5.0  # seconds between a node's checks of its users' inboxes (lost doorbells)
     group_max_members: int = 2000  # members of a named group, its owner included (cim.groups)
     max_delay_seconds: int = 7 * 86400  # the longest delay of a delayed message (cim.delivery)
+    presence_debounce_seconds: float = 5.0  # a user away less than this is not reported offline (cim.presence)
     # DELIVERED receipts read and parse every acked message once (cim.receipts): off unless asked for.
     delivered_receipts: bool = False
+    # several devices per user (cim.server.devices): how many, and what a further login does
+    max_devices: int = 5
+    device_policy: str = "multi"  # one of DEVICE_POLICIES
 
     # cim-server
     host: str = "0.0.0.0"
     advertise_host: str | None = None
     port: int = 9000
     http_port: int = 8081
+    ws_port: int = 0  # the WebSocket port (cim.protocols.ws), 0: none
     workers: int = 1
     heartbeat_interval: float = 30.0
     login_timeout: float = 10.0
@@ -89,14 +95,18 @@ class Config:
         for name in limits:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.replace('_', '-')} must be 0 (off) or more, not {getattr(self, name)}")
+        if self.device_policy not in DEVICE_POLICIES:
+            raise ValueError(f"device policy must be one of {', '.join(DEVICE_POLICIES)}, not {self.device_policy!r}")
         if self.auth not in AUTH_MODES:
             raise ValueError(f"auth must be one of {', '.join(AUTH_MODES)}, not {self.auth!r}")
         for name in ("inbox_max_messages", "inbox_max_age", "dedup_window", "inbox_check_interval", "group_max_members",
-                     "max_delay_seconds"):
+                     "max_delay_seconds", "max_devices"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
         if self.token_ttl <= 0:
             raise ValueError("token ttl must be positive")
+        if self.presence_debounce_seconds < 0:
+            raise ValueError(f"presence-debounce-seconds must be 0 or more, not {self.presence_debounce_seconds}")
         # RFC 7518 section 3.2: an HS256 key shorter than the hash is guessable offline
         # from any token it signed; the admin key is a password that never expires.
         for name, key in (("secret", self.secret), ("admin key", self.admin_key)):
@@ -111,7 +121,7 @@ class Config:
         """What this server registers: never ``gethostbyname(gethostname())``, which
         gives 127.0.1.1 on Debian. A wildcard bind advertises loopback unless told."""
         host = self.advertise_host or (self.host if self.host not in ("0.0.0.0", "::", "") else "127.0.0.1")
-        return ServerInfo(host, self.port, self.http_port)
+        return ServerInfo(host, self.port, self.http_port, self.ws_port)
 
     def configure_logging(self) -> None:
         logging.basicConfig(

@@ -211,11 +211,12 @@ class Messenger:
         if here is not None and here.deliver_local(receiver_id, stored):
             return Sent(Status.SUCCESS, first_id, stored.duplicates)
         try:
-            server = await self.backends.presence.route(receiver_id)
-            if server is None:
+            servers = await self.backends.presence.servers(receiver_id)  # every server with a device of theirs
+            if not servers:
                 return Sent(Status.OFF_LINE, first_id, stored.duplicates)
-            if not (local is not None and server == local.node_id and local.deliver_local(receiver_id, stored)):
-                await self.backends.bus.publish(server, doorbell([receiver_id], [stored]).SerializeToString())
+            for server in servers:
+                if not (local is not None and server == local.node_id and local.deliver_local(receiver_id, stored)):
+                    await self.backends.bus.publish(server, doorbell([receiver_id], [stored]).SerializeToString())
         except Exception as err:
             # Stored: the message will arrive (the receiver's sync, or its node's inbox
             # check), so the send succeeded; only its doorbell is lost.
@@ -283,8 +284,8 @@ class Messenger:
 
         Raises CimError(OFF_LINE) when the user is not logged in: the messages stay stored.
         """
-        server = await self.backends.presence.route(user_id)
-        if server is None:
+        servers = await self.backends.presence.servers(user_id)
+        if not servers:
             raise CimError(Status.OFF_LINE, f"user {user_id} is not online; messages stay stored")
         inbox = self.backends.inbox
         cursor = await inbox.cursor(user_id, "")
@@ -295,7 +296,8 @@ class Messenger:
                 return count
             replay = Delivery(messages=[body for _, body in entries], receiverIds=[user_id],
                               firstSeqs=[entries[0][0]], replay=True)
-            await self.backends.bus.publish(server, replay.SerializeToString())
+            for server in servers:
+                await self.backends.bus.publish(server, replay.SerializeToString())
             cursor = entries[-1][0]
             await inbox.set_cursors([(user_id, "", cursor)])
             count += len(entries)

@@ -104,13 +104,11 @@ class Receipts:
         for sender_id, frames in bodies.items():
             if local is not None and local.push_statuses(sender_id, frames):
                 continue
-            server = await self.backends.presence.route(sender_id)
-            if server is None:
-                continue
-            if local is not None and server == local.node_id:
-                continue  # logged in here a moment ago, gone already
-            delivery = by_server[server]
-            delivery.receiverIds.extend([sender_id] * len(frames))
-            delivery.statuses.extend(frames)
+            for server in await self.backends.presence.servers(sender_id):  # every node with a device of theirs
+                if local is not None and server == local.node_id:
+                    continue  # logged in here a moment ago, gone already
+                delivery = by_server[server]
+                delivery.receiverIds.extend([sender_id] * len(frames))
+                delivery.statuses.extend(frames)
         for server, delivery in by_server.items():
             await self.backends.bus.publish(server, delivery.SerializeToString())

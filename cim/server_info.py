@@ -6,7 +6,9 @@ importing the backends package, which itself needs the Config.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+WS_PATH = "/ws"  # the WebSocket endpoint's path on every cim-server
 
 
 @dataclass(frozen=True, order=True)
@@ -15,12 +17,20 @@ class ServerInfo:
 
     ``id`` (``host:tcp_port:http_port``) names the node everywhere: in routes, in
     bus channels and in the registry. Workers of one host share the TCP port but
-    each has its own HTTP port, so each is its own node.
+    each has its own HTTP port, so each is its own node. ``ws_port`` (0: none) is
+    its WebSocket port, which workers share too; it is not part of the name (CIM's
+    route parses the names), so it compares as no part of the node either.
     """
 
     host: str
     tcp_port: int
     http_port: int
+    ws_port: int = field(default=0, compare=False)
+
+    @property
+    def ws_url(self) -> str | None:
+        """Where a WebSocket client connects, or None when the node has no WebSocket port."""
+        return f"ws://{self.host}:{self.ws_port}{WS_PATH}" if self.ws_port else None
 
     @property
     def id(self) -> str:

@@ -1,7 +1,8 @@
 """A cim cluster started on this machine for the chaos test, and the faults it can suffer.
 
 Real Redis with its append-only file on and a real ZooKeeper (``cim.testing.services``),
-``cim-server`` nodes (any of them with ``--workers N``) and a route, each a child
+``cim-server`` nodes (any of them with ``--workers N``; with ``ws``, each with a WebSocket
+port, ``--ws-port``, shared by its workers as the TCP port is) and a route, each a child
 process with its log in the work directory. Every port is fixed for the cluster's life
 and drawn from below the kernel's ephemeral range, so a node or Redis restarted after
 a crash gets its port back (in the ephemeral range an outgoing connection, one of the
@@ -75,16 +76,18 @@ def signal_quietly(process: psutil.Process, sig: int) -> None:
 
 
 class Node:
-    """One cim-server host on fixed ports: a process, or a supervisor and its ``--workers``."""
+    """One cim-server host on fixed ports: a process, or a supervisor and its ``--workers``;
+    ``ws_port`` 0: no WebSocket endpoint."""
 
     def __init__(self, workdir: Path, name: str, port: int, http_base: int, workers: int, args: list[str],
-                 env: dict[str, str]) -> None:
+                 env: dict[str, str], ws_port: int = 0) -> None:
         self.workdir = workdir
         self.name = name
         self.port = port
+        self.ws_port = ws_port
         self.http_ports = [http_base + i for i in range(workers)]
         self.argv = ["server", "--host", "127.0.0.1", "--port", str(port), "--http-port", str(http_base),
-                     "--workers", str(workers), *args]
+                     "--workers", str(workers), *(["--ws-port", str(ws_port)] if ws_port else []), *args]
         self.env = env
         self.starts = 0
         self.process = self.start()
@@ -123,14 +126,14 @@ class Cluster:
     """Route, nodes, Redis and ZooKeeper; the faults."""
 
     def __init__(self, workdir: Path, redis_url: str, zk_hosts: str, workers: list[int], heartbeat: float,
-                 zk_session_timeout: float, log_level: str) -> None:
+                 zk_session_timeout: float, log_level: str, ws: bool = False) -> None:
         self.workdir = workdir
         self.redis_url = redis_url
         self.redis_restarts: list[ServiceProcess] = []
         backend = ["--redis", redis_url, "--zk", zk_hosts, "--zk-root", f"/{PREFIX}", "--key-prefix", PREFIX,
                    "--zk-session-timeout", str(zk_session_timeout), "--log-level", log_level]
         self.env = {**NO_PER_ADDRESS_LIMITS, "CIM_SECRET": secrets.token_urlsafe(32)}  # one secret for all
-        ports = itertools.count(free_ports_in_a_row(1 + len(workers) + sum(workers)))
+        ports = itertools.count(free_ports_in_a_row(1 + len(workers) * (2 if ws else 1) + sum(workers)))
         self.route_port = next(ports)
         self.route = CimProcess(workdir, "route", ["route", "--host", "127.0.0.1", "--port", str(self.route_port),
                                                    *backend], self.env)
@@ -138,11 +141,11 @@ class Cluster:
         try:
             self.route.wait_http(self.route_port, timeout=START_TIMEOUT)
             for i, count in enumerate(workers):
-                port, http_base = next(ports), next(ports)
+                port, ws_port, http_base = next(ports), next(ports) if ws else 0, next(ports)
                 for _ in range(count - 1):
                     next(ports)
                 self.nodes.append(Node(workdir, f"node{i}", port, http_base, count,
-                                       [*backend, "--heartbeat-interval", str(heartbeat)], self.env))
+                                       [*backend, "--heartbeat-interval", str(heartbeat)], self.env, ws_port))
             self.servers_expected = sum(workers)
             wait_until(self.whole, START_TIMEOUT, "the route listing every node")
         except BaseException:
@@ -168,7 +171,8 @@ class Cluster:
 
     def describe(self) -> dict[str, Any]:
         return {"route": self.url, "redis": self.redis_url, "workdir": str(self.workdir),
-                "nodes": [{"name": n.name, "port": n.port, "http_ports": n.http_ports} for n in self.nodes]}
+                "nodes": [{"name": n.name, "port": n.port, "ws_port": n.ws_port, "http_ports": n.http_ports}
+                          for n in self.nodes]}
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -249,12 +253,13 @@ def port_open(port: int) -> bool:
 
 @contextlib.contextmanager
 def cluster(workdir: Path, workers: list[int], heartbeat: float, zk_session_timeout: float,
-            log_level: str = "warning") -> Iterator[Cluster]:
-    """Redis, ZooKeeper, a route and one node per entry of ``workers`` (its worker count)."""
+            log_level: str = "warning", ws: bool = False) -> Iterator[Cluster]:
+    """Redis, ZooKeeper, a route and one node per entry of ``workers`` (its worker count), with ``ws``
+    a WebSocket port each."""
     for sub in ("redis", "zookeeper"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
     with redis_server(workdir / "redis") as redis_url, zookeeper_server(workdir / "zookeeper") as zk_hosts:
-        running = Cluster(workdir, redis_url, zk_hosts, workers, heartbeat, zk_session_timeout, log_level)
+        running = Cluster(workdir, redis_url, zk_hosts, workers, heartbeat, zk_session_timeout, log_level, ws)
         try:
             yield running
         finally:

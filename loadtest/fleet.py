@@ -4,11 +4,13 @@ The parent registers fresh accounts through the route (``register_users``) and s
 worker processes (``start_workers``), each with a share of the users. A worker
 (a ``FleetWorker`` subclass) connects its users with the SDK (``cim.client.Client``),
 sends at its share of the rate from random senders when the parent says so, and
-logs its users out at the end. Parent and workers share a ``Shared``: counters the
+logs its users out at the end. A user may have several devices (``FleetWorker.device_ids``),
+a ``Client`` each: the worker's clients and receivers are ``Device``s, (user id, device id).
+Parent and workers share a ``Shared``: counters the
 workers add to (progress, and what the parent waits for), the phase the parent sets,
 and settings the parent writes for the workers to act on. The parent watches them
 with a ``Monitor``. Texts carry what a receiver needs to account for a message:
-``<tag>:<kind>:<sender>:<per-sender counter>:<send time ns>``.
+``<tag>:<kind>:<sender>:<sending device>:<per-sender counter>:<send time ns>``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from multiprocessing.context import SpawnContext, SpawnProcess
 from multiprocessing.queues import Queue
 from multiprocessing.sharedctypes import Synchronized, SynchronizedArray
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import uvloop
@@ -41,7 +43,9 @@ import uvloop
 from bench.report import percentiles
 from cim.client import Client, ClientError, Message, RouteClient
 
-PRIVATE, GROUP = "p", "g"
+PRIVATE, GROUP, NAMED = "p", "g", "n"  # to one user, to everyone online, to a named group's members
+KINDS = (PRIVATE, GROUP, NAMED)
+Device = tuple[int, str]  # (user id, device id): one client
 # Every load-test account's: the accounts are fresh each run, on a cluster under test.
 PASSWORD = "soak-password"
 FLUSH_EVERY = 0.5  # seconds between a worker's counter updates
@@ -76,18 +80,29 @@ def key_counter(key: int) -> int:
     return key & 0xFFFFFFFF
 
 
-def format_text(tag: str, kind: str, sender: int, counter: int) -> str:
-    """A message text that says where it is from, which of its sender's it is and when it was sent."""
-    return f"{tag}:{kind}:{sender}:{counter}:{time.time_ns()}"
+class Text(NamedTuple):
+    """What a ``format_text`` text says."""
+
+    kind: str
+    sender: int
+    device: str  # the sender's device it was sent from
+    counter: int
+    sent_ns: int
 
 
-def parse_text(tag: str, text: str) -> tuple[str, int, int, int] | None:
-    """(kind, sender, counter, send time ns) of a ``format_text`` text; None for anything else."""
+def format_text(tag: str, kind: str, sender: Device, counter: int) -> str:
+    """A message text that says where it is from (user and device), which of its sender's it is and
+    when it was sent."""
+    return f"{tag}:{kind}:{sender[0]}:{sender[1]}:{counter}:{time.time_ns()}"
+
+
+def parse_text(tag: str, text: str) -> Text | None:
+    """What a ``format_text`` text says; None for anything else."""
     parts = text.split(":")
-    if len(parts) != 5 or parts[0] != tag or parts[1] not in (PRIVATE, GROUP):
+    if len(parts) != 6 or parts[0] != tag or parts[1] not in KINDS:
         return None
     try:
-        return parts[1], int(parts[2]), int(parts[3]), int(parts[4])
+        return Text(parts[1], int(parts[2]), parts[3], int(parts[4]), int(parts[5]))
     except ValueError:
         return None
 
@@ -141,7 +156,8 @@ class Shared:
 class FleetWorker(ABC):
     """One worker process's users: connected, sending at the process's share of the
     rate, logged out at the end. Subclasses say what a client is built with, what a
-    send and a receipt mean (``send_one``, ``on_message``) and how the run goes (``main``)."""
+    send and a receipt mean (``send_one``, ``on_message``) and how the run goes (``main``);
+    they may give users several devices (``device_ids``) and pick kinds and senders their way."""
 
     def __init__(self, users: list[tuple[int, str]], everyone: list[int], options: argparse.Namespace,
                  shared: Shared) -> None:
@@ -151,7 +167,8 @@ class FleetWorker(ABC):
         self.shared = shared
         self.index = {name: i for i, name in enumerate(shared.counter_names)}
         self.deltas = [0] * len(shared.counter_names)
-        self.clients: dict[int, Client] = {}
+        self.clients: dict[Device, Client] = {}
+        self.senders: list[Client] = []  # every client, once all are connected
         # One route client for every user of this process (see Client's ``route``).
         self.route: RouteClient | None = None
         self.counters: dict[int, itertools.count[int]] = {user_id: itertools.count(1) for user_id, _ in users}
@@ -159,16 +176,27 @@ class FleetWorker(ABC):
     # -- what subclasses say
 
     @abstractmethod
-    def client_options(self) -> dict[str, Any]:
-        """Keyword arguments for each user's ``Client`` besides the account and ``on_message``."""
+    def client_options(self, device: Device) -> dict[str, Any]:
+        """Keyword arguments for the device's ``Client`` besides the account, device id and ``on_message``."""
 
     @abstractmethod
-    def on_message(self, receiver: int, message: Message) -> None:
+    def on_message(self, receiver: Device, message: Message) -> None:
         """What ``receiver``'s client does with a message handed to the app."""
 
     @abstractmethod
     async def send_one(self, client: Client, kind: str) -> None:
-        """One send of ``kind`` (PRIVATE or GROUP) from ``client``, its outcome noted."""
+        """One send of ``kind`` (one of KINDS) from ``client``, its outcome noted."""
+
+    def device_ids(self) -> tuple[str, ...]:
+        """Each user's devices, a client each: one, CIM's default device ""."""
+        return ("",)
+
+    def pick_kind(self) -> str:
+        return GROUP if random.random() < self.options.group_ratio else PRIVATE
+
+    def pick_sender(self, kind: str) -> Client:
+        """The client a send of ``kind`` goes from: any, at random."""
+        return random.choice(self.senders)
 
     @abstractmethod
     async def main(self) -> Any:
@@ -214,27 +242,30 @@ class FleetWorker(ABC):
     async def connect_all(self) -> None:
         limit = asyncio.Semaphore(self.options.concurrency)
         self.route = RouteClient(self.options.route, timeout=30)
-        options = self.client_options()
 
-        async def connect(user_id: int, user_name: str) -> None:
+        async def connect(user_id: int, user_name: str, device_id: str) -> None:
+            device = (user_id, device_id)
             async with limit:
-                client = Client(self.options.route, user_id, user_name, password=PASSWORD,
-                                on_message=functools.partial(self.on_message, user_id), route=self.route, **options)
+                client = Client(self.options.route, user_id, user_name, password=PASSWORD, device_id=device_id,
+                                on_message=functools.partial(self.on_message, device), route=self.route,
+                                **self.client_options(device))
                 try:
                     await client.connect()
                 except BaseException:
                     await client.close()
                     raise
-                self.clients[user_id] = client
+                self.clients[device] = client
                 self.bump("connected")
 
         # A TaskGroup: the first refused login cancels the rest, and the run aborts.
         try:
             async with asyncio.TaskGroup() as group:
                 for user_id, user_name in self.users:
-                    group.create_task(connect(user_id, user_name))
+                    for device_id in self.device_ids():
+                        group.create_task(connect(user_id, user_name, device_id))
         except* (ClientError, OSError, httpx.HTTPError) as failed:
             raise RunError(f"{len(failed.exceptions)} login(s) failed, the first: {failed.exceptions[0]!r}") from None
+        self.senders = list(self.clients.values())
 
     async def close_all(self) -> None:
         limit = asyncio.Semaphore(self.options.concurrency)
@@ -255,15 +286,14 @@ class FleetWorker(ABC):
         rate = self.options.rate / self.options.processes
         start = loop.time() + (self.shared.start_at.value - time.time())
         end = start + self.options.duration
-        senders = list(self.clients.values())
         in_flight: set[asyncio.Task[None]] = set()
         for n in itertools.count():
             due = start + n / rate
             if due >= end or self.shared.phase.value == Phase.ABORTING:
                 break
             await asyncio.sleep(due - loop.time())
-            kind = GROUP if random.random() < self.options.group_ratio else PRIVATE
-            task = asyncio.create_task(self.send_one(random.choice(senders), kind))
+            kind = self.pick_kind()
+            task = asyncio.create_task(self.send_one(self.pick_sender(kind), kind))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
         return loop.time() - start, in_flight

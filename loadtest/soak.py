@@ -8,7 +8,7 @@ the TCP login) by ``--processes`` worker processes, so each process stays well
 under the open-files limit. Every worker sends its share of ``--rate`` messages
 per second from random senders among its users: private to a random other user of
 the run or, for ``--group-ratio`` of them, group. A text carries its kind, sender,
-per-sender sequence number and send time (``soak:p:1002:17:<ns>``), so receivers
+per-sender sequence number and send time (``soak:p:1002::17:<ns>``: "" is the device), so receivers
 count deliveries and duplicates, check order per (sender, receiver) and measure
 send -> receive latency. After the send phase the run waits up to ``--drain``
 seconds for stragglers, logs every user out and reports.
@@ -38,6 +38,7 @@ from cim.client import Client, ClientError, Message
 from loadtest.fleet import (
     GROUP,
     PRIVATE,
+    Device,
     FleetWorker,
     Monitor,
     Phase,
@@ -96,7 +97,7 @@ class SoakWorker(FleetWorker):
             latencies_ms=array("f"), reconnects=0, disconnected=0,
         )
 
-    def client_options(self) -> dict[str, Any]:
+    def client_options(self, device: Device) -> dict[str, Any]:
         return {
             "heartbeat_interval": self.options.heartbeat_interval,
             "reconnect_attempts": self.options.reconnect_attempts,
@@ -120,7 +121,7 @@ class SoakWorker(FleetWorker):
         # frame (it writes before its first await), so seq order is wire order.
         seq = next(self.counters[sender])
         key = message_key(sender, seq)
-        text = format_text(TAG, kind, sender, seq)
+        text = format_text(TAG, kind, (sender, client.delivery.device_id), seq)
         self.bump("sent")
         receiver = 0
         try:
@@ -145,13 +146,14 @@ class SoakWorker(FleetWorker):
             self.result["ok_group"].append(key)
             self.bump("expected", len(self.everyone) - 1)
 
-    def on_message(self, receiver: int, message: Message) -> None:
+    def on_message(self, device: Device, message: Message) -> None:
         now_ns = time.time_ns()
+        receiver = device[0]  # one device per user
         parsed = parse_text(TAG, message.text)
-        if parsed is None or parsed[1] not in self.members:
+        if parsed is None or parsed.sender not in self.members:
             self.result["foreign"] += 1  # not from this run
             return
-        kind, sender, seq, sent_ns = parsed
+        kind, sender, _, seq, sent_ns = parsed
         if message.sender_id != sender or (kind == GROUP and sender == receiver):
             self.result["wrong_address"] += 1
             return

@@ -22,13 +22,16 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse
-from starlette.routing import Route
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from cim.backends import GroupInfo
+from cim.history import DEFAULT_LIMIT, MAX_KEYWORD_CHARS, MAX_LIMIT, HistoryQuery
 from cim.metrics import metrics_route
 from cim.server_info import ServerInfo
 from cim.status import CimError, Status
+from cim.web import PROTO_FILE, STATIC_DIR
 from route.limits import RouteLimits
 from route.metrics import CODE_HEADER, MeasuredRequests, RouteMetrics
 from route.service import RouteService
@@ -53,6 +56,8 @@ class Login(_Body):
     userId: int = UserId
     userName: str = Field(min_length=1, max_length=64)
     password: str | None = Password
+    # Names the device (several per user: cim.server.devices); none is CIM's client, one login per user.
+    deviceId: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")
 
 
 # Seconds to deliver later (0: now); out of 1 to --max-delay-seconds: 3000 from cim.delivery, naming the limit.
@@ -83,6 +88,23 @@ class FetchOfflineMsgs(_Body):
 class Read(_Body):
     userId: int = UserId
     seq: int = Field(gt=0, le=2**64 - 1)  # past the inbox's latest: up to the latest
+
+
+class PresenceQuery(_Body):
+    userId: int = UserId
+    userIds: list[Annotated[int, UserId]]  # more than cim.presence.MAX_WATCHED, or none: 3000 naming the limit
+
+
+class History(_Body):
+    """``cim.history``: userId's own inbox; peerId or groupId a conversation (neither: all of it)."""
+
+    userId: int = UserId
+    peerId: int | None = Field(default=None, gt=0, le=2**63 - 1)
+    groupId: str | None = Field(default=None, min_length=1, max_length=64)
+    beforeSeq: int | None = Field(default=None, gt=0, le=2**63 - 1)
+    afterSeq: int | None = Field(default=None, gt=0, le=2**63 - 1)
+    limit: int = Field(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
+    keyword: str | None = Field(default=None, min_length=1, max_length=MAX_KEYWORD_CHARS)
 
 
 GroupName = Field(min_length=1, max_length=64)
@@ -130,6 +152,8 @@ ACCESS = {
     "/offLine": Access("userId", operator=True),
     "/fetchOfflineMsgs": Access("receiveUserId"),
     "/read": Access("userId"),
+    "/history": Access("userId"),
+    "/presence": Access("userId"),
     "/servers": Access(None, operator=True),
     **{path: Access("userId") for path in (
         "/group/create", "/group/addMembers", "/group/removeMembers", "/group/leave", "/group/members", "/group/list",
@@ -206,10 +230,12 @@ def _server(server: ServerInfo) -> dict[str, Any]:
 
 
 async def _login(service: RouteService, body: Login) -> JSONResponse:
-    grant = await service.login(body.userId, body.userName, body.password)
+    grant = await service.login(body.userId, body.userName, body.password, body.deviceId or "")
     data = _server(grant.server)
     if grant.token is not None:  # --auth none answers exactly CIM's fields
         data["token"] = grant.token
+    if grant.server.ws_url is not None:  # only a server with a WebSocket port adds a field to CIM's
+        data["wsUrl"] = grant.server.ws_url
     return answer(Status.SUCCESS, data, body.reqNo)
 
 
@@ -245,6 +271,17 @@ async def _fetch_offline(service: RouteService, body: FetchOfflineMsgs) -> JSONR
 async def _read(service: RouteService, body: Read) -> JSONResponse:
     await service.mark_read(body.userId, body.seq)
     return answer(Status.SUCCESS, None, body.reqNo)
+
+
+async def _presence(service: RouteService, body: PresenceQuery) -> JSONResponse:
+    states = await service.presence_states(body.userId, body.userIds)
+    return answer(Status.SUCCESS, [{"userId": user_id, "online": online} for user_id, online in states.items()], body.reqNo)
+
+
+async def _history(service: RouteService, body: History) -> JSONResponse:
+    query = HistoryQuery(body.userId, body.peerId or 0, body.groupId or "", body.beforeSeq or 0, body.afterSeq or 0,
+                         body.limit, body.keyword or "")
+    return answer(Status.SUCCESS, (await service.history(query)).data_body(), body.reqNo)
 
 
 async def _group_create(service: RouteService, body: GroupCreate) -> JSONResponse:
@@ -299,7 +336,8 @@ ENDPOINTS: list[tuple[str, list[str], type[_Body] | None, Handler, str]] = [
     ("/registerAccount", ["POST"], RegisterAccount, _register,
      "Register a user name and password; a taken name returns its id only with its password."),
     ("/login", ["POST"], Login, _login,
-     "Log in: picks a cim-server and hands out a token (9100 wrong password or mismatch, 5000 repeat, 7100 none)."),
+     "Log in: picks a cim-server and hands out a token (9100 wrong password or mismatch, 5000 repeat, 7100 none); "
+     "wsUrl: the server's WebSocket endpoint, when it has one."),
     ("/token", ["POST"], Login, _renew_token,
      "A new token for the user, with no login claim (for a connected client whose token expires; 9100 as /login)."),
     ("/p2pRoute", ["POST"], P2PRoute, _p2p, "Private message; 7000 when the receiver is offline (stored for later)."),
@@ -310,6 +348,11 @@ ENDPOINTS: list[tuple[str, list[str], type[_Body] | None, Handler, str]] = [
      "Deliver stored messages to the online user, in order, once."),
     ("/read", ["POST"], Read, _read,
      "The user has read their inbox up to seq: the senders of those messages who asked get READ (MESSAGE_STATUS)."),
+    ("/presence", ["POST"], PresenceQuery, _presence,
+     "Whether each of userIds is online now (a device connected), as [{userId, online}]; 1 to 1000 ids, all registered."),
+    ("/history", ["POST"], History, _history,
+     "userId's own inbox, oldest first: the newest `limit` before beforeSeq (or after afterSeq), of a conversation "
+     "(peerId or groupId; neither: all), containing keyword; {messages, hasMore, nextSeq, truncated}."),
     ("/servers", ["GET"], None, _servers, "The live cim-servers as [{ip, cimServerPort, httpPort}] (operator call)."),
     ("/group/create", ["POST"], GroupCreate, _group_create,
      "Create a named group owned by userId, with the members named (and the owner); answers {groupId}."),
@@ -383,6 +426,10 @@ async def _health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok", "servers": [s.id for s in service.servers], "time": int(time.time())})
 
 
+async def _proto(request: Request) -> FileResponse:
+    return FileResponse(PROTO_FILE, media_type="text/plain; charset=utf-8")
+
+
 def _rate_limited(message: str) -> JSONResponse:
     return answer(Status.RATE_LIMITED, message=message)
 
@@ -406,7 +453,11 @@ def create_app(service: RouteService) -> Starlette:
     routes.append(metrics_route(metrics.registry))
     measured = Middleware(MeasuredRequests, metrics=metrics, paths=[r.path for r in routes])  # outermost: counts 429s too
     limits = Middleware(RouteLimits, config=service.config, refuse=_rate_limited)
-    app = Starlette(routes=routes, middleware=[measured, limits], exception_handlers={404: _unroutable, 405: _unroutable})
+    # The web client (cim/web) at /app, and the schema it parses, so it speaks this server's wire protocol
+    # (its files are counted under the metrics' "other" path).
+    web_client = [Route("/app/cim.proto", _proto), Mount("/app", StaticFiles(directory=STATIC_DIR, html=True), name="app")]
+    app = Starlette(routes=[*routes, *web_client], middleware=[measured, limits],
+                    exception_handlers={404: _unroutable, 405: _unroutable})
     app.state.service = service
     app.state.openapi = openapi(authenticated=service.tokens is not None)
     return app

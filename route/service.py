@@ -14,7 +14,9 @@ from cim.config import Config
 from cim.delivery import Messenger
 from cim.destinations import EVERYONE, Destination, ToUser, later
 from cim.groups import GroupRules
+from cim.history import History, HistoryPage, HistoryQuery
 from cim.messages import MessageIds, Sender
+from cim.presence import changes_payload, current_states
 from cim.receipts import Receipts
 from cim.server_info import ServerInfo
 from cim.status import CimError, Status
@@ -94,6 +96,7 @@ class RouteService:
         users = await self.presence.clear_server(server.id)
         if users:
             log.warning("cim-server %s is gone: logged out %d users", server.id, len(users))
+            await self.backends.bus.broadcast(changes_payload(server.id, [], users))  # their watchers: offline
 
     @property
     def groups(self) -> GroupRules:
@@ -168,15 +171,17 @@ class RouteService:
             raise CimError(Status.VALIDATION_FAIL, "userName is taken")
         return user_id
 
-    async def login(self, user_id: int, user_name: str, password: str | None) -> LoginGrant:
+    async def login(self, user_id: int, user_name: str, password: str | None, device_id: str = "") -> LoginGrant:
         # CIM's order: the account first (9100), then the one-login rule (5000). Only a
         # caller with the password gets that far, so nobody else can claim (lock out) a user.
         await self._check_account(user_id, user_name, password)
-        if await self.presence.route(user_id) is not None:
+        # Only --device-policy refuse keeps CIM's one login per user here; the server the
+        # client connects to applies the device limit and the other policies (cim.server.devices).
+        # A login without a deviceId (CIM's client) keeps it too, as CIM answers it.
+        if (self.config.device_policy == "refuse" or not device_id) and await self.presence.servers(user_id):
             raise CimError(Status.REPEAT_LOGIN)
         server = await self._pick_reachable(user_id)
-        if not await self.presence.reserve_login(user_id, server.id, self.config.login_claim_ttl):
-            raise CimError(Status.REPEAT_LOGIN)
+        await self.presence.reserve_login(user_id, server.id, self.config.login_claim_ttl, device_id)
         return LoginGrant(server, None if self.tokens is None else self.tokens.mint(user_id))
 
     async def renew_token(self, user_id: int, user_name: str, password: str | None) -> str:
@@ -241,13 +246,24 @@ class RouteService:
     async def log_out_and_kick(self, user_id: int) -> None:
         """Log the user out and close their connection, wherever it is."""
         assert self.messenger is not None
-        server = await self.presence.logout(user_id)
-        if server is not None:
+        for server in set((await self.presence.logout(user_id)).values()):
             await self.messenger.kick(user_id, server)
 
     async def mark_read(self, user_id: int, seq: int) -> None:
         """``/read``: the user has read their inbox up to ``seq``; its senders who asked get READ."""
         await self.receipts.read({user_id: seq})
+
+    async def presence_states(self, user_id: int, user_ids: list[int]) -> dict[int, bool]:
+        """``/presence``: each user's state now (``cim.presence``); 3000 for unknown users or too many."""
+        assert self.messenger is not None
+        await self.messenger.require_user(user_id, "userId")
+        return await current_states(self.backends, list(dict.fromkeys(user_ids)))
+
+    async def history(self, query: HistoryQuery) -> HistoryPage:
+        """``/history``: a page of the user's own inbox (``cim.history``); 3000 for an unknown user."""
+        assert self.messenger is not None
+        await self.messenger.require_user(query.user_id, "userId")
+        return await History(self.backends).page(query)
 
     async def fetch_offline(self, user_id: int) -> int:
         assert self.messenger is not None

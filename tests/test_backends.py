@@ -4,12 +4,13 @@ and the registry that picks them by URL (the Inbox has a suite of its own: test_
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
-from cim.backends.base import Accounts, Bus, Presence, Store
+from cim.backends.base import Accounts, Bus, DeviceLogin, Presence, Store
 from cim.backends.memory import MemoryBus, MemoryDiscovery, MemoryHub, MemoryStore
 from cim.backends.redis import RedisBus, RedisStore, connect
 from cim.backends.registry import DISCOVERIES, STORES, in_process, open_backends
@@ -78,66 +79,126 @@ async def test_a_taken_name_keeps_its_password_hash(accounts: Accounts) -> None:
     assert await accounts.password_hash(bob) is None  # only alice's changed
 
 
-async def test_one_login_per_user(presence: Presence) -> None:
+def servers_of(devices: dict[str, DeviceLogin]) -> dict[str, str]:
+    """device id -> server, as confirm_login and logout answer."""
+    return {device_id: login.server_id for device_id, login in devices.items()}
+
+
+async def test_a_device_logs_in_once_and_out_once(presence: Presence) -> None:
     u = 1
-    assert await presence.reserve_login(u, "s1", ttl=30)
-    assert not await presence.reserve_login(u, "s2", ttl=30)
-    assert await presence.route(u) == "s1"
-    assert await presence.confirm_login(u, "s1")
-    assert not await presence.confirm_login(u, "s2")  # confirmed on s1
-    assert await presence.logout(u, "s2") is None  # not s2's user
-    assert await presence.logout(u, "s1") == "s1"
-    assert await presence.logout(u, "s1") is None  # cleared once
-    assert await presence.route(u) is None
+    await presence.reserve_login(u, "s1", ttl=30)
+    await presence.reserve_login(u, "s2", ttl=30)  # the same device claimed again: the new claim replaces the old
+    assert await presence.servers(u) == ["s2"]
+    assert await presence.devices(u) == {}  # claimed only: not logged in
+    assert await presence.confirm_login(u, "s2", "", 5) == {}
+    assert await presence.confirm_login(u, "s2", "", 5) == {"": "s2"}  # its own earlier login is reported
+    assert await presence.logout(u, "s1") == {}  # not on s1
+    assert await presence.logout(u, "s2", "phone") == {}  # no such device
+    assert await presence.logout(u, "s2") == {"": "s2"}
+    assert await presence.logout(u, "s2") == {}  # cleared once
+    assert await presence.servers(u) == []
+
+
+async def test_two_devices_of_one_user_on_two_servers(presence: Presence) -> None:
+    await presence.reserve_login(1, "s1", ttl=30, device_id="phone")
+    await presence.reserve_login(1, "s2", ttl=30, device_id="web")
+    assert sorted(await presence.servers(1)) == ["s1", "s2"]  # claims route: delivery rings both
+    assert await presence.confirm_login(1, "s1", "phone", 5) == {}
+    assert await presence.online_user_ids() == [1]
+    assert await presence.confirm_login(1, "s2", "web", 5) == {"phone": "s1"}
+    devices = await presence.devices(1)
+    assert servers_of(devices) == {"phone": "s1", "web": "s2"}
+    now_ms = time.time_ns() // 1_000_000
+    assert all(abs(login.since_ms - now_ms) < 60_000 for login in devices.values()), devices  # ms since the epoch
+    assert sorted(await presence.servers(1)) == ["s1", "s2"]
+    assert await presence.logout(1, device_id="phone") == {"phone": "s1"}
+    assert servers_of(await presence.devices(1)) == {"web": "s2"}  # the other device stays
+    assert await presence.servers(1) == ["s2"]
+    assert await presence.online_user_ids() == [1]
+    assert await presence.logout(1, device_id="web") == {"web": "s2"}
+    assert await presence.online_user_ids() == []
+
+
+async def test_logout_of_a_server_clears_only_its_devices(presence: Presence) -> None:
+    for device, server in (("phone", "s1"), ("tablet", "s1"), ("web", "s2")):
+        assert await presence.confirm_login(1, server, device, 5) is not None
+    assert await presence.logout(1, "s2", "phone") == {}  # phone is not on s2
+    assert await presence.logout(1, "s1") == {"phone": "s1", "tablet": "s1"}
+    assert servers_of(await presence.devices(1)) == {"web": "s2"}
+    assert await presence.servers(1) == ["s2"]
+
+
+async def test_max_devices_refuses_another_device_and_records_nothing(presence: Presence) -> None:
+    assert await presence.confirm_login(1, "s1", "a", 2) == {}
+    assert await presence.confirm_login(1, "s1", "b", 2) == {"a": "s1"}
+    await presence.reserve_login(1, "s2", ttl=30, device_id="c")
+    assert await presence.confirm_login(1, "s2", "c", 2) is None  # two others logged in already
+    assert servers_of(await presence.devices(1)) == {"a": "s1", "b": "s1"}
+    assert await presence.confirm_login(1, "s2", "a", 2) == {"a": "s1", "b": "s1"}  # a device logging in again is no new one
+    assert await presence.logout(1, device_id="b") == {"b": "s1"}
+    assert await presence.confirm_login(1, "s2", "c", 2) == {"a": "s2"}  # room again
+    assert servers_of(await presence.devices(1)) == {"a": "s2", "c": "s2"}
+    assert await presence.confirm_login(2, "s1", "", 0) is None  # 0: no other device allowed...
+    assert await presence.confirm_login(2, "s1", "", 1) == {}
+    assert await presence.confirm_login(2, "s1", "", 1) == {"": "s1"}  # ...and its own earlier login is no other
 
 
 async def test_logout_without_a_server_clears_wherever_the_user_is(presence: Presence) -> None:
-    assert await presence.confirm_login(1, "s1")
-    assert await presence.logout(1) == "s1"
-    assert await presence.route(1) is None
+    assert await presence.confirm_login(1, "s1", "", 5) == {}
+    assert await presence.confirm_login(1, "s2", "phone", 5) == {"": "s1"}
+    assert await presence.logout(1) == {"": "s1", "phone": "s2"}
+    assert await presence.servers(1) == []
     assert await presence.clear_server("s1") == []  # gone from s1's users too
 
 
 async def test_a_claim_may_be_confirmed_by_another_node(presence: Presence) -> None:
-    assert await presence.reserve_login(1, "worker0", ttl=30)
-    assert await presence.confirm_login(1, "worker2")  # the kernel's pick, not the route's
-    assert await presence.route(1) == "worker2"
+    await presence.reserve_login(1, "worker0", ttl=30)
+    assert await presence.confirm_login(1, "worker2", "", 5) == {}  # the kernel's pick, not the route's
+    assert await presence.servers(1) == ["worker2"]  # the claim is gone
 
 
 async def test_unconfirmed_claim_expires(presence: Presence) -> None:
-    assert await presence.reserve_login(1, "s1", ttl=0.2)
+    await presence.reserve_login(1, "s2", ttl=30, device_id="phone")
+    await presence.reserve_login(1, "s1", ttl=0.2)
     await asyncio.sleep(0.35)
-    assert await presence.route(1) is None
-    assert await presence.reserve_login(1, "s2", ttl=30)
+    assert await presence.servers(1) == ["s2"]  # the short claim cut the phone's long one no shorter
+    assert await presence.devices(1) == {}
 
 
 async def test_confirmed_login_does_not_expire(presence: Presence) -> None:
-    assert await presence.reserve_login(1, "s1", ttl=0.2)
-    assert await presence.confirm_login(1, "s1")
+    await presence.reserve_login(1, "s1", ttl=0.2)
+    assert await presence.confirm_login(1, "s1", "", 5) == {}
     await asyncio.sleep(0.35)
-    assert await presence.route(1) == "s1"
+    assert await presence.servers(1) == ["s1"]
+    assert servers_of(await presence.devices(1)) == {"": "s1"}
 
 
 async def test_online_users_and_clear_server(presence: Presence) -> None:
     users = list(range(1, 1201))  # more than one SCAN batch
     for i, u in enumerate(users):
         server = "dead" if i % 2 else "live"
-        assert await presence.reserve_login(u, server, ttl=30)
-        assert await presence.confirm_login(u, server)
-    assert await presence.reserve_login(5000, "live", ttl=30)  # claimed only: online too
-    assert sorted(await presence.online_user_ids()) == users + [5000]
+        await presence.reserve_login(u, server, ttl=30)
+        assert await presence.confirm_login(u, server, "", 5) == {}
+    await presence.reserve_login(5000, "live", ttl=30)  # claimed only: not online
+    assert await presence.confirm_login(6000, "dead", "phone", 5) == {}
+    assert await presence.confirm_login(6000, "live", "web", 5) == {"phone": "dead"}
+    assert sorted(await presence.online_user_ids()) == users + [6000]
     gone = await presence.clear_server("dead")
-    assert sorted(gone) == users[1::2]
-    assert sorted(await presence.online_user_ids()) == users[0::2] + [5000]
+    assert sorted(gone) == users[1::2] + [6000]
+    assert sorted(await presence.online_user_ids()) == users[0::2] + [6000]  # 6000's web is on live
+    assert servers_of(await presence.devices(6000)) == {"web": "live"}
     assert await presence.clear_server("dead") == []
 
 
 async def test_clear_server_spares_users_who_moved(presence: Presence) -> None:
-    await presence.confirm_login(1, "old")
+    await presence.confirm_login(1, "old", "", 5)
     await presence.logout(1, "old")
-    await presence.confirm_login(1, "new")
+    await presence.confirm_login(1, "new", "", 5)
+    assert await presence.confirm_login(2, "old", "phone", 5) == {}
+    assert await presence.confirm_login(2, "new", "phone", 5) == {"phone": "old"}  # moved without a logout
     assert await presence.clear_server("old") == []
-    assert await presence.route(1) == "new"
+    assert await presence.servers(1) == ["new"]
+    assert servers_of(await presence.devices(2)) == {"phone": "new"}
 
 
 async def test_node_numbers_are_distinct(presence: Presence) -> None:
@@ -216,7 +277,9 @@ async def test_open_backends_on_redis_and_zookeeper(redis_url: str, zk_hosts: st
     try:
         assert isinstance(backends.store, RedisStore) and isinstance(backends.discovery, ZooKeeperDiscovery)
         alice, _ = await backends.accounts.register("alice", None)
-        assert await backends.presence.reserve_login(alice, "s1", ttl=30)
+        await backends.presence.reserve_login(alice, "s1", ttl=30)
+        assert await backends.presence.online_user_ids() == []  # claimed only
+        assert await backends.presence.confirm_login(alice, "s1", "", 5) == {}
         assert await backends.presence.online_user_ids() == [alice]
     finally:
         await backends.close()

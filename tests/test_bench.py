@@ -174,3 +174,15 @@ def test_hotpath(tmp_path: Path) -> None:
     # Every message was pushed (the scenario checks it), at some cost per message in each protocol.
     assert set(result["us_per_message"]) == {"sdk", "cim"}
     assert all(cost > 0 for cost in result["us_per_message"].values())
+
+
+def test_ws(tmp_path: Path) -> None:
+    result = bench(tmp_path, "ws", "--connections", "40", "--heartbeat", "1", "--idle-duration", "2", "--pairs", "4",
+                   "--window", "2", "--duration", "1")
+    for transport in ("tcp", "ws"):
+        assert result["idle"][transport]["connections"] == 40 and result["idle"][transport]["pings_per_s"] > 0
+    assert set(result["idle"]["ratio"]) == {"memory_per_conn", "heartbeat_cpu"}
+    for side in ("tcp", "ws", "ceiling"):
+        assert result["p2p"][side]["msgs_per_s"] > 0 and result["p2p"][side]["errors"] == 0
+    assert result["p2p"]["ws"]["receipts_per_s"] > 0 and result["p2p"]["ws"]["acks_per_s"] > 0  # the sdk protocol, over WS
+    assert result["p2p"]["ratio"]["ws_over_tcp"] > 0

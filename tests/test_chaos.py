@@ -1,12 +1,15 @@
 """The chaos test: its checker on records made up here, a worker's own accounting, and
-the CI run: ~100 SDK users on 2 nodes (one with --workers 2), real Redis and ZooKeeper,
-one node SIGKILLed and restarted and one RST wave, and nothing lost, duplicated or reordered."""
+the CI run: ~100 SDK users with 2 devices each (a quarter of the clients over WebSocket) on
+2 nodes (one with --workers 2), real Redis and ZooKeeper, private, group and named-group
+messages, one node SIGKILLed and restarted and one RST wave, and nothing lost, duplicated
+or reordered."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import random
 import subprocess
 import sys
 from array import array
@@ -17,33 +20,37 @@ from typing import Any
 import pytest
 
 from cim.client import Message
-from loadtest.chaos import COUNTERS, SETTINGS, TAG, ChaosWorker, build_parser
-from loadtest.checker import PENDING, ChaosResult, check
+from loadtest.chaos import COUNTERS, SETTINGS, TAG, ChaosWorker, build_parser, check_options, draw_groups
+from loadtest.checker import PENDING, Cast, ChaosResult, check
 from loadtest.cluster import Fault
-from loadtest.fleet import GROUP, PRIVATE, Shared, message_key, spawn_context
+from loadtest.fleet import GROUP, NAMED, PRIVATE, Device, Shared, message_key, spawn_context
 
 REPO = Path(__file__).resolve().parent.parent
 START = 1000.0  # when the made-up runs start sending
-ANN, BEN, CAT = 1, 2, 3
-EVERYONE = [ANN, BEN, CAT]
+ANN, BEN, CAT, DAN = 1, 2, 3, 4
+EVERYONE = [ANN, BEN, CAT, DAN]
+TEAM = "g1"  # a named group: ANN, BEN, CAT (not DAN)
+GROUPS = {TEAM: [ANN, BEN, CAT]}
 NODE, OTHER_NODE = 9000, 9001
+Span = tuple[float, float, int, int]
 
 
-def result(sends: list[list[Any]], received: dict[int, list[tuple[int, float]]],
-           timeline: dict[int, list[tuple[float, float, int, int]]], **anomalies: int) -> ChaosResult:
+def result(sends: list[list[Any]], received: dict[Device, list[tuple[int, float]]], timeline: dict[Device, list[Span]],
+           **anomalies: int) -> ChaosResult:
     return ChaosResult(
         send_seconds=60.0, sends=sends,
-        received={user: (array("Q", [k for k, _ in got]), array("d", [t for _, t in got])) for user, got in received.items()},
-        anomalies=Counter(anomalies), examples=[], timeline=timeline, cuts=[], behind={}, latencies_ms=array("f", [1.0]),
-        reconnects=0, gave_up=Counter(), nudged=0, disconnected=[],
+        received={device: (array("Q", [k for k, _ in got]), array("d", [t for _, t in got]))
+                  for device, got in received.items()},
+        anomalies=Counter(anomalies), examples=[], timeline=timeline, transports=dict.fromkeys(timeline, "tcp"), cuts=[],
+        behind={}, latencies_ms=array("f", [1.0]), reconnects=0, gave_up=Counter(), nudged=0, disconnected=[],
     )
 
 
-def send(sender: int, counter: int, kind: str, receiver: int, at: float, outcome: str = "9000") -> list[Any]:
-    return [message_key(sender, counter), kind, receiver, START + at, START + at + 0.01, outcome]
+def send(sender: int, counter: int, kind: str, to: int | str, at: float, outcome: str = "9000", device: str = "") -> list[Any]:
+    return [message_key(sender, counter), kind, to, START + at, START + at + 0.01, outcome, device]
 
 
-def always(port: int = NODE) -> list[tuple[float, float, int, int]]:
+def always(port: int = NODE) -> list[Span]:
     return [(START - 10, math.inf, port, 8000)]
 
 
@@ -51,40 +58,76 @@ def test_checker_counts_every_accepted_message_for_its_receivers() -> None:
     sends = [
         send(ANN, 1, PRIVATE, BEN, 1.0),  # got
         send(ANN, 2, PRIVATE, CAT, 2.0),  # never got: lost
-        send(ANN, 3, GROUP, 0, 3.0),  # BEN got it, CAT (connected throughout) did not: lost
-        send(ANN, 4, GROUP, 0, 20.0),  # CAT was reconnecting: excused; BEN got it
+        send(ANN, 3, GROUP, 0, 3.0),  # BEN got it, CAT (connected throughout) did not: lost; DAN got it
+        send(ANN, 4, GROUP, 0, 20.0),  # CAT was reconnecting: excused; BEN and DAN got it
         send(ANN, 5, PRIVATE, BEN, 30.0, "7100"),  # refused: nothing expected, and it arrived nowhere
         send(ANN, 6, PRIVATE, CAT, 31.0, PENDING),  # never answered: nothing expected, yet it arrived
         send(BEN, 1, PRIVATE, CAT, 32.0),  # delivered to ANN: wrong address, and lost for CAT
+        send(BEN, 2, NAMED, TEAM, 33.0),  # ANN got it; CAT was reconnecting, yet it is in her inbox: lost; DAN: wrong
     ]
     received = {
-        ANN: [(message_key(BEN, 1), START + 33)],
-        BEN: [(message_key(ANN, 1), START + 1.1), (message_key(ANN, 3), START + 3.1), (message_key(ANN, 4), START + 20.1)],
-        CAT: [(message_key(ANN, 6), START + 31.1)],
+        (ANN, ""): [(message_key(BEN, 1), START + 33), (message_key(BEN, 2), START + 33.1)],
+        (BEN, ""): [(message_key(ANN, 1), START + 1.1), (message_key(ANN, 3), START + 3.1),
+                    (message_key(ANN, 4), START + 20.1)],
+        (CAT, ""): [(message_key(ANN, 6), START + 31.1)],
+        (DAN, ""): [(message_key(ANN, 3), START + 3.1), (message_key(ANN, 4), START + 20.1),
+                    (message_key(BEN, 2), START + 33.1)],
     }
-    timeline = {ANN: always(), BEN: always(OTHER_NODE),
-                CAT: [(START - 10, START + 19, NODE, 8000), (START + 21.5, math.inf, OTHER_NODE, 8001)]}
+    timeline = {(ANN, ""): always(), (BEN, ""): always(OTHER_NODE), (DAN, ""): always(),
+                (CAT, ""): [(START - 10, START + 19, NODE, 8000), (START + 21.5, START + 32.9, OTHER_NODE, 8001),
+                            (START + 34, math.inf, NODE, 8000)]}
     report = check([result(sends, received, timeline, duplicated=2, reordered=1, reordered_within_kind=1)], [],
-                   EVERYONE, margin=2.0, start=START)
-    assert report["receipts"] == {"9000": 5, "7100": 1, PENDING: 1}
-    assert (report["accepted"], report["pending"]) == (5, 1)
-    assert (report["lost"], report["lost_private"], report["lost_group"], report["excused"]) == (3, 2, 1, 1)
-    assert report["delivered"] == 3
-    assert (report["wrong_address"], report["delivered_without_accepted_receipt"]) == (1, 1)
+                   Cast(EVERYONE, GROUPS, ("",)), margin=2.0, start=START)
+    assert report["receipts"] == {"9000": 6, "7100": 1, PENDING: 1}
+    assert (report["accepted"], report["pending"]) == (6, 1)
+    assert (report["lost"], report["lost_private"], report["lost_group"], report["lost_named"]) == (4, 2, 1, 1)
+    assert (report["excused"], report["delivered"]) == (1, 6)
+    assert (report["wrong_address"], report["delivered_without_accepted_receipt"]) == (2, 1)
     assert (report["duplicated"], report["reordered"]) == (2, 1)
-    assert [e["message"] for e in report["lost_examples"]] == [f"{ANN}#2", f"{ANN}#3", f"{BEN}#1"]
+    assert [e["message"] for e in report["lost_examples"]] == [f"{ANN}#2", f"{ANN}#3", f"{BEN}#1", f"{BEN}#2"]
     assert not report["passed"]
+
+
+def test_checker_wants_every_device_and_nothing_back_at_the_sender() -> None:
+    devices = ("a", "b")
+    sends = [
+        send(ANN, 1, PRIVATE, BEN, 1.0, device="a"),  # BEN/a got it, BEN/b did not: lost; back at ANN/b: wrong address
+        send(ANN, 2, NAMED, TEAM, 2.0, device="b"),  # every device of BEN and CAT got it
+        send(BEN, 1, GROUP, 0, 3.0, device="a"),  # DAN was away on both devices: excused; CAT/a got it, so CAT/b must
+    ]
+    everywhere = [(message_key(ANN, 2), START + 2.1)]
+    received: dict[Device, list[tuple[int, float]]] = {
+        (ANN, "a"): [],
+        (ANN, "b"): [(message_key(ANN, 1), START + 1.1), (message_key(BEN, 1), START + 3.1)],
+        (BEN, "a"): [(message_key(ANN, 1), START + 1.1), *everywhere, (message_key(BEN, 1), START + 3.1)],
+        (BEN, "b"): [*everywhere, (message_key(BEN, 1), START + 3.1)],
+        (CAT, "a"): [*everywhere, (message_key(BEN, 1), START + 3.1)],
+        (CAT, "b"): everywhere,
+        (DAN, "a"): [], (DAN, "b"): [],
+    }
+    away = [(START - 10, START + 2.5, NODE, 8000), (START + 6, math.inf, NODE, 8000)]
+    timeline = {device: always() for device in received} | {(DAN, "a"): away, (DAN, "b"): away,
+                                                              (ANN, "a"): away, (CAT, "a"): away, (CAT, "b"): away}
+    report = check([result(sends, received, timeline)], [], Cast(EVERYONE, GROUPS, devices), margin=2.0, start=START)
+    # ANN#1: BEN/b; BEN#1: CAT/b (CAT/a has it), ANN/a (ANN/b was up throughout).
+    assert (report["lost_private"], report["lost_named"], report["lost_group"]) == (1, 0, 2)
+    assert report["excused"] == 2  # DAN's two devices, for BEN#1
+    # ANN#1 at ANN/b, BEN#1 at BEN/a and BEN/b: a user's own sends are not copied to their devices (yet).
+    assert report["wrong_address"] == 3
+    assert report["delivered"] == 1 + 4 + 2
+    missing = {e["message"]: sorted(e["missing"]) for e in report["lost_examples"]}
+    assert missing == {f"{ANN}#1": ["2/b (tcp)"], f"{BEN}#1": ["1/a (tcp)", "3/b (tcp)"]}
 
 
 def test_checker_excuses_receivers_on_a_stopped_node_and_measures_recovery() -> None:
     # ANN's node is SIGSTOPped at 10 s for 8 s; her SDK notices at 13 s and is back on the other node at 14 s.
     stop = Fault("stop-node", "node0", START + 10, START + 18, port=NODE)
     sends = [send(BEN, 1, GROUP, 0, 11.0), send(BEN, 2, GROUP, 0, 16.0), send(ANN, 1, PRIVATE, BEN, 15.0)]
-    received = {ANN: [(message_key(BEN, 2), START + 16.1)], BEN: [(message_key(ANN, 1), START + 15.1)],
-                CAT: [(message_key(BEN, 1), START + 11.1), (message_key(BEN, 2), START + 16.1)]}
-    timeline = {ANN: [(START - 10, START + 13, NODE, 8000), (START + 14, math.inf, OTHER_NODE, 8001)],
-                BEN: always(OTHER_NODE), CAT: always(OTHER_NODE)}
-    report = check([result(sends, received, timeline)], [stop], EVERYONE, margin=2.0, start=START)
+    received = {(ANN, ""): [(message_key(BEN, 2), START + 16.1)], (BEN, ""): [(message_key(ANN, 1), START + 15.1)],
+                (CAT, ""): [(message_key(BEN, 1), START + 11.1), (message_key(BEN, 2), START + 16.1)]}
+    timeline = {(ANN, ""): [(START - 10, START + 13, NODE, 8000), (START + 14, math.inf, OTHER_NODE, 8001)],
+                (BEN, ""): always(OTHER_NODE), (CAT, ""): always(OTHER_NODE)}
+    report = check([result(sends, received, timeline)], [stop], Cast(EVERYONE[:3], {}, ("",)), margin=2.0, start=START)
     # BEN#1 missed ANN while her node was stopped: the server may well have counted her offline.
     assert (report["lost"], report["excused"], report["delivered"]) == (0, 1, 4)
     assert report["passed"]
@@ -94,23 +137,35 @@ def test_checker_excuses_receivers_on_a_stopped_node_and_measures_recovery() -> 
     assert (fault["first_receipt_s"], fault["first_delivery_s"], fault["all_reconnected_s"]) == (5.01, 6.1, 4.0)
 
 
-def pushed(sender: int, counter: int, kind: str, seq: int) -> Message:
-    return Message(sender_id=sender, sender_name="", receiver_id=BEN, text=f"{TAG}:{kind}:{sender}:{counter}:0",
-                   msg_id=seq, seq=seq, timestamp_ms=0, group_id="")
+def pushed(sender: int, device: str, counter: int, kind: str, seq: int, group_id: str = "") -> Message:
+    return Message(sender_id=sender, sender_name="", receiver_id=BEN, text=f"{TAG}:{kind}:{sender}:{device}:{counter}:0",
+                   msg_id=seq, seq=seq, timestamp_ms=0, group_id=group_id)
 
 
 def test_a_worker_counts_duplicates_reordering_and_seq_gaps() -> None:
-    options = build_parser().parse_args(["--users", "3", "--processes", "1"])
+    options = build_parser().parse_args(["--users", "4", "--processes", "1", "--devices", "2"])
+    options.groups = GROUPS
+    ben = (BEN, "a")
     worker = ChaosWorker([(BEN, "ben")], EVERYONE, options, Shared.create(spawn_context(), COUNTERS, SETTINGS))
-    for message in [pushed(ANN, 1, PRIVATE, 1), pushed(ANN, 3, GROUP, 2), pushed(ANN, 3, GROUP, 2),  # a seq repeated
-                    pushed(ANN, 2, PRIVATE, 5),  # seqs 3 and 4 skipped; sent before ANN#3: reordered, across kinds
-                    pushed(CAT, 1, GROUP, 6), pushed(CAT, 1, GROUP, 7)]:  # a second copy under a new seq
-        worker.on_message(BEN, message)
-    assert worker.anomalies == Counter(duplicated=2, reordered=1, seq_repeats=1, seq_gaps=2)
-    assert list(worker.received[BEN][0]) == [message_key(ANN, 1), message_key(ANN, 3), message_key(ANN, 2),
-                                             message_key(CAT, 1)]
+    notice = Message(sender_id=ANN, sender_name="ann", receiver_id=BEN, text="ann created the group", msg_id=1, seq=1,
+                     timestamp_ms=0, group_id=TEAM, notice=True)
+    for message in [notice, pushed(ANN, "a", 1, PRIVATE, 2), pushed(ANN, "a", 3, GROUP, 3), pushed(ANN, "a", 3, GROUP, 3),
+                    pushed(ANN, "a", 2, PRIVATE, 6),  # seqs 4 and 5 skipped; sent before ANN#3: reordered, across kinds
+                    pushed(ANN, "b", 4, NAMED, 7, TEAM), pushed(ANN, "b", 5, NAMED, 8),  # a second stream; no groupId
+                    pushed(CAT, "a", 1, GROUP, 9), pushed(CAT, "a", 1, GROUP, 10)]:  # a second copy under a new seq
+        worker.on_message(ben, message)
+    assert worker.anomalies == Counter(duplicated=2, reordered=1, seq_repeats=1, seq_gaps=2, notice=1, group_id_wrong=1)
+    assert list(worker.received[ben][0]) == [message_key(ANN, n) for n in (1, 3, 2, 4, 5)] + [message_key(CAT, 1)]
+    assert list(worker.received[(BEN, "b")][0]) == []
     assert [(e["problem"], e["message"]) for e in worker.examples] == [
-        ("duplicated", f"{ANN}#3"), ("reordered", f"{ANN}#2"), ("duplicated", f"{CAT}#1")]
+        ("duplicated", f"{ANN}#3"), ("reordered", f"{ANN}#2"), ("group_id_wrong", f"{ANN}#5"), ("duplicated", f"{CAT}#1")]
+
+
+def test_groups_are_drawn_so_that_every_user_is_in_one() -> None:
+    everyone = list(range(1, 101))
+    groups = draw_groups(everyone, 10, 20, random.Random(1))
+    assert [len(set(members)) for members in groups] == [20] * 10
+    assert set().union(*groups) == set(everyone)
 
 
 def test_options() -> None:
@@ -118,6 +173,14 @@ def test_options() -> None:
     assert (options.faults, options.fault_gap) == (["kill-node", "rst"], (5.0, 9.0))
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--faults", "kill-everything"])
+    parser = build_parser()
+    defaults = parser.parse_args(["--users", "100"])
+    check_options(parser, defaults)
+    assert (defaults.named_groups, defaults.group_size, defaults.devices) == (10, 20, 2)
+    for bad in (["--devices", "9"], ["--ws-share", "1.5"], ["--named-ratio", "0.99"],
+                ["--named-groups", "2"]):  # 2 groups of 20 cannot hold 100 users
+        with pytest.raises(SystemExit):
+            check_options(parser, parser.parse_args(["--users", "100", *bad]))
     assert isinstance(options, argparse.Namespace)
 
 
@@ -125,19 +188,23 @@ def test_options() -> None:
 def test_chaos_ci(tmp_path: Path) -> None:
     out = tmp_path / "chaos.json"
     run = subprocess.run(
-        [sys.executable, "-m", "loadtest.chaos", "--users", "100", "--duration", "60", "--rate", "20",
-         "--group-ratio", "0.1", "--processes", "1", "--faults", "kill-node,rst", "--rounds", "1",
+        [sys.executable, "-m", "loadtest.chaos", "--users", "100", "--devices", "2", "--ws-share", "0.25",
+         "--duration", "60", "--rate", "20", "--group-ratio", "0.1", "--named-ratio", "0.15", "--processes", "1",
+         "--faults", "kill-node,rst", "--rounds", "1",
          "--fault-gap", "10,15", "--quiet-end", "10", "--settle", "60", "--sync-timeout", "120", "--progress", "10",
          "--workdir", str(tmp_path / "cluster"), "--json", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=840,
     )
     assert out.exists(), run.stdout + run.stderr
     report = json.loads(out.read_text())
-    summary = {k: report[k] for k in ("lost", "duplicated", "reordered", "wrong_address", "pending", "receipts",
+    summary = {k: report[k] for k in ("lost", "lost_private", "lost_group", "lost_named", "duplicated",
+                                      "reordered", "wrong_address", "group_id_wrong", "pending", "receipts",
                                       "behind_at_end", "lost_examples", "examples")}
     assert sorted(f["kind"] for f in report["faults"]) == ["kill-node", "rst"], report["faults"]
-    assert report["sent_private"] > 0 and report["sent_group"] > 0 and report["accepted"] > 0, summary
+    assert report["sent_private"] > 0 and report["sent_group"] > 0 and report["sent_named"] > 0, summary
+    assert report["clients"] == 200 and 0 < report["clients_ws"] < 200 and report["accepted"] > 0, summary
     assert (report["lost"], report["duplicated"], report["reordered"], report["wrong_address"]) == (0, 0, 0, 0), summary
+    assert (report["group_id_wrong"], report["seq_gaps"], report["seq_repeats"]) == (0, 0, 0), summary
     assert report["behind_at_end"] == {}, summary
     # Every fault hit someone, and they were sending and receiving again afterwards.
     for fault in report["faults"]:

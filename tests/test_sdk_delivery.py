@@ -18,6 +18,7 @@ import uvloop
 
 from cim.backends.memory import MemoryHub
 from cim.client import Client, Message, Receipt, SendTimeout, Stopped
+from cim.client.transport import TcpTransport
 from cim.run import Running, start
 from tests.conftest import PASSWORD, eventually, register_user, route_url, stack_config
 
@@ -243,8 +244,8 @@ def test_a_send_on_a_connection_closed_under_it_is_resent_after_the_reconnect() 
             alice_id, bob_id = await register_user(running, "alice"), await register_user(running, "bob")
             got: list[Message] = []
             async with sdk(running, alice_id, "alice") as alice, sdk(running, bob_id, "bob", got):
-                assert alice._writer is not None
-                alice._writer.transport.abort()  # closed now; the SDK's read loop sees it later
+                assert isinstance(alice._writer, TcpTransport)
+                alice._writer.writer.transport.abort()  # closed now; the SDK's read loop sees it later
                 receipt = await asyncio.wait_for(alice.send_private(bob_id, "across the close"), 10)
                 assert receipt.accepted and alice.reconnects == 1
                 await eventually(lambda: len(got) == 1)

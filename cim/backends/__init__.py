@@ -13,6 +13,7 @@ from cim.backends.base import (
     Backends,
     Bus,
     Delays,
+    DeviceLogin,
     Discovery,
     GroupFull,
     GroupInfo,
@@ -25,6 +26,6 @@ from cim.backends.base import (
 )
 
 __all__ = [
-    "Accounts", "Backends", "Bus", "Delays", "Discovery", "GroupFull", "GroupInfo", "Groups", "Inbox", "Page", "Presence",
-    "Store", "Stored",
+    "Accounts", "Backends", "Bus", "Delays", "DeviceLogin", "Discovery", "GroupFull", "GroupInfo", "Groups", "Inbox", "Page",
+    "Presence", "Store", "Stored",
 ]

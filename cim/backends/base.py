@@ -65,46 +65,61 @@ class Accounts(ABC):
         """``user_name`` for many ids in one round trip."""
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceLogin:
+    """One device of a user, logged in (confirmed by a server): where, and since when."""
+
+    server_id: str
+    since_ms: int  # when the server confirmed it, ms since the epoch
+
+
 class Presence(ABC):
-    """Who is logged in on which server: a route claims a user, the server confirms."""
+    """Who is logged in on which server, per device: user -> {deviceId: server}.
+
+    A route claims a device for a server (``reserve_login``: a claim that expires), the
+    server the client connects to confirms it (``confirm_login``). A user's devices may be
+    on different servers (workers sharing a port are picked by the kernel), so delivery
+    rings every server in ``servers``. Only confirmed devices are online (``online_user_ids``,
+    ``devices``); a claim only routes. CIM's client logs in as device "".
+    """
 
     @abstractmethod
-    async def reserve_login(self, user_id: int, server_id: str, ttl: float) -> bool:
-        """Route login: claim the user for ``server_id``. False if already logged in.
+    async def reserve_login(self, user_id: int, server_id: str, ttl: float, device_id: str = "") -> None:
+        """Route login: claim the device for ``server_id`` for ``ttl`` seconds (a new claim of
+        the same device replaces the old), so a client that never connects locks nothing."""
 
-        The claim expires after ``ttl`` seconds unless the server confirms it, so a
-        client that never connects does not lock its user out.
+    @abstractmethod
+    async def confirm_login(self, user_id: int, server_id: str, device_id: str, max_devices: int) -> dict[str, str] | None:
+        """Server login: the device's connection arrived on ``server_id``.
+
+        Atomically: None (nothing recorded) when the user has ``max_devices`` other devices
+        logged in already; else the device is recorded (its claim dropped) and the answer is
+        every device logged in before, this one's own earlier login included
+        (device id -> server), for the server to end what its policy ends.
         """
 
     @abstractmethod
-    async def confirm_login(self, user_id: int, server_id: str) -> bool:
-        """Server login: the user's connection arrived on ``server_id``.
-
-        A route's claim may be confirmed by any node (workers sharing a port are
-        picked by the kernel, not the route); False if the user's login is already
-        confirmed on another server.
-        """
+    async def logout(self, user_id: int, server_id: str | None = None, device_id: str | None = None) -> dict[str, str]:
+        """Log out the user's devices (``device_id``: that one only; ``server_id``: only those
+        on that server), their claims included; returns what was cleared (device id -> server):
+        calling it twice clears once."""
 
     @abstractmethod
-    async def logout(self, user_id: int, server_id: str | None = None) -> str | None:
-        """Clear login status and route; with ``server_id``, only if they point there.
-
-        Returns the server the user was on, or None if nothing was cleared: calling
-        it twice clears once.
-        """
+    async def servers(self, user_id: int) -> list[str]:
+        """Every server holding a device of the user, confirmed or claimed (distinct)."""
 
     @abstractmethod
-    async def route(self, user_id: int) -> str | None:
-        """The server id the user is logged in on (claimed or confirmed), or None."""
+    async def devices(self, user_id: int) -> dict[str, DeviceLogin]:
+        """The user's confirmed devices."""
 
     @abstractmethod
     async def online_user_ids(self) -> list[int]:
-        """Every logged-in user (claimed or confirmed), by incremental iteration (SCAN
-        on Redis, never KEYS, which would block the server). Names are the Accounts'."""
+        """Every user with a confirmed device, by incremental iteration (SCAN on Redis, never
+        KEYS, which would block the server). Names are the Accounts'."""
 
     @abstractmethod
     async def clear_server(self, server_id: str) -> list[int]:
-        """Log out every user confirmed on a server that died; returns their ids."""
+        """Log out every device confirmed on a server that died; returns their users' ids."""
 
     @abstractmethod
     async def allocate_node_number(self) -> int:
@@ -176,6 +191,12 @@ class Inbox(ABC):
     @abstractmethod
     async def read(self, user_id: int, after_seq: int, limit: int) -> Page:
         """Up to ``limit`` kept messages with seq > ``after_seq``, oldest first."""
+
+    @abstractmethod
+    async def read_back(self, user_id: int, before_seq: int, limit: int) -> Page:
+        """The newest ``limit`` kept messages with seq < ``before_seq`` (0: up to the latest), oldest
+        first: paging back through history (``cim.history``). ``truncated``: this page starts at the
+        oldest kept message and retention dropped older ones (it is no seq 1)."""
 
     @abstractmethod
     async def latest(self, user_ids: list[int]) -> list[int]:

@@ -25,6 +25,7 @@ from cim.backends.base import (
     Bus,
     Delays,
     DeliveryHandler,
+    DeviceLogin,
     Discovery,
     GroupFull,
     GroupInfo,
@@ -84,54 +85,68 @@ class MemoryAccounts(Accounts):
 
 
 class MemoryPresence(Presence):
-    """Routes in one dict; a claim's expiry is checked whenever the route is read."""
+    """Devices and claims in dicts; a claim's expiry is checked whenever it is read."""
 
     def __init__(self) -> None:
-        # user -> (server id, claim expiry or None once the server confirmed)
-        self._routes: dict[int, tuple[str, float | None]] = {}
+        self._devices: dict[int, dict[str, DeviceLogin]] = {}  # user -> confirmed devices
+        self._claims: dict[int, dict[str, tuple[str, float]]] = {}  # user -> device -> (server, expiry)
         self._node_numbers = itertools.count()
 
-    def _live_route(self, user_id: int) -> str | None:
-        entry = self._routes.get(user_id)
-        if entry is None:
+    def _live_claims(self, user_id: int) -> dict[str, tuple[str, float]]:
+        claims = self._claims.get(user_id)
+        if claims is None:
+            return {}
+        now = time.monotonic()
+        for device_id in [d for d, (_, expires) in claims.items() if expires <= now]:
+            del claims[device_id]
+        if not claims:
+            del self._claims[user_id]
+        return claims
+
+    async def reserve_login(self, user_id: int, server_id: str, ttl: float, device_id: str = "") -> None:
+        self._claims.setdefault(user_id, {})[device_id] = (server_id, time.monotonic() + ttl)
+
+    async def confirm_login(self, user_id: int, server_id: str, device_id: str, max_devices: int) -> dict[str, str] | None:
+        devices = self._devices.get(user_id, {})
+        if sum(1 for d in devices if d != device_id) >= max_devices:
             return None
-        server_id, expires = entry
-        if expires is not None and expires <= time.monotonic():
-            del self._routes[user_id]
-            return None
-        return server_id
+        before = {d: login.server_id for d, login in devices.items()}
+        self._devices.setdefault(user_id, {})[device_id] = DeviceLogin(server_id, time.time_ns() // 1_000_000)
+        self._live_claims(user_id).pop(device_id, None)
+        return before
 
-    async def reserve_login(self, user_id: int, server_id: str, ttl: float) -> bool:
-        if self._live_route(user_id) is not None:
-            return False
-        self._routes[user_id] = (server_id, time.monotonic() + ttl)
-        return True
+    async def logout(self, user_id: int, server_id: str | None = None, device_id: str | None = None) -> dict[str, str]:
+        def chosen(device: str, server: str) -> bool:
+            return (device_id is None or device == device_id) and (server_id is None or server == server_id)
 
-    async def confirm_login(self, user_id: int, server_id: str) -> bool:
-        current = self._live_route(user_id)
-        # A claim (with expiry) may be confirmed by any node; a confirmed login elsewhere blocks.
-        if current not in (None, server_id) and self._routes[user_id][1] is None:
-            return False
-        self._routes[user_id] = (server_id, None)
-        return True
+        claims = self._live_claims(user_id)
+        for device in [d for d, (server, _) in claims.items() if chosen(d, server)]:
+            del claims[device]
+        if not claims:
+            self._claims.pop(user_id, None)
+        devices = self._devices.get(user_id, {})
+        cleared = {d: login.server_id for d, login in devices.items() if chosen(d, login.server_id)}
+        for device in cleared:
+            del devices[device]
+        if not devices:
+            self._devices.pop(user_id, None)
+        return cleared
 
-    async def logout(self, user_id: int, server_id: str | None = None) -> str | None:
-        current = self._live_route(user_id)
-        if current is None or (server_id is not None and current != server_id):
-            return None
-        del self._routes[user_id]
-        return current
+    async def servers(self, user_id: int) -> list[str]:
+        found = [login.server_id for login in self._devices.get(user_id, {}).values()]
+        found += [server for server, _ in self._live_claims(user_id).values()]
+        return list(dict.fromkeys(found))
 
-    async def route(self, user_id: int) -> str | None:
-        return self._live_route(user_id)
+    async def devices(self, user_id: int) -> dict[str, DeviceLogin]:
+        return dict(self._devices.get(user_id, {}))
 
     async def online_user_ids(self) -> list[int]:
-        return [u for u in list(self._routes) if self._live_route(u) is not None]
+        return list(self._devices)
 
     async def clear_server(self, server_id: str) -> list[int]:
-        gone = [u for u, (s, expires) in self._routes.items() if s == server_id and expires is None]
+        gone = [u for u, devices in self._devices.items() if any(d.server_id == server_id for d in devices.values())]
         for user_id in gone:
-            del self._routes[user_id]
+            await self.logout(user_id, server_id)
         return gone
 
     async def allocate_node_number(self) -> int:
@@ -226,6 +241,18 @@ class MemoryInbox(InProcessInbox):
         chunk = slot.bodies[start - first : start - first + max(0, limit)]
         entries = list(zip(range(start, start + len(chunk)), chunk, strict=True))
         return Page(entries, first + len(slot.bodies) - 1, first > after_seq + 1)
+
+    async def read_back(self, user_id: int, before_seq: int, limit: int) -> Page:
+        slot = self._slots.get(user_id)
+        if slot is None:
+            return Page([], 0, False)
+        limits = self._limits
+        first = slot.trim(limits.max_messages, self._tick() - limits.age_ticks)
+        latest = first + len(slot.bodies) - 1
+        end = latest + 1 if before_seq <= 0 else min(before_seq, latest + 1)  # the first seq not read
+        start = max(first, end - max(0, limit))
+        chunk = slot.bodies[start - first : max(start, end) - first]
+        return Page(list(zip(range(start, start + len(chunk)), chunk, strict=True)), latest, start == first > 1)
 
     async def latest(self, user_ids: list[int]) -> list[int]:
         slots = self._slots

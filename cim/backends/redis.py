@@ -58,6 +58,7 @@ keeps redis-py's pool; the bus subscriber has a connection of its own.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import struct
 from typing import TYPE_CHECKING, Any
@@ -71,6 +72,7 @@ from cim.backends.base import (
     Bus,
     Delays,
     DeliveryHandler,
+    DeviceLogin,
     GroupFull,
     GroupInfo,
     Groups,
@@ -90,50 +92,86 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cim.backends.redis")
 
-# KEYS[1] route key, KEYS[2] node-users key of ARGV[1]; ARGV[1] server id, ARGV[2] user id.
-# A route's claim (a key with a TTL) may be confirmed by any node: with SO_REUSEPORT
-# the kernel, not the route, picks which worker accepts. A confirmed login elsewhere
-# (no TTL) blocks.
-_CONFIRM = """
-local current = redis.call('GET', KEYS[1])
-if current and current ~= ARGV[1] and redis.call('PTTL', KEYS[1]) < 0 then return 0 end
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('SADD', KEYS[2], ARGV[2])
-return 1
+# Redis's clock in ms, so every node agrees on times the scripts write.
+_NOW_MS = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return t[1] * 1000 + math.floor(t[2] / 1000)
+end
 """
 
-# KEYS[1] route key; ARGV[1] user id, ARGV[2] required server id or '', ARGV[3] node-users prefix.
-_LOGOUT = """
-local current = redis.call('GET', KEYS[1])
-if not current then return false end
-if ARGV[2] ~= '' and current ~= ARGV[2] then return false end
-redis.call('DEL', KEYS[1])
-redis.call('SREM', ARGV[3] .. current, ARGV[1])
-return current
+# Presence scripts, each on one user's two keys (one Cluster slot): KEYS[1] the devices hash
+# (device id -> "server|since ms"), KEYS[2] the claims hash (device id -> "server|expiry ms").
+_PRESENCE_LIB = _NOW_MS + """
+local function server_of(value)
+  return string.match(value, '^(.*)|[^|]*$')
+end
+local function expiry_of(value)
+  return tonumber(string.match(value, '|([^|]*)$'))
+end
 """
 
-# KEYS[1] node-users key; ARGV[1] server id, ARGV[2] route prefix. One batch of members.
-_CLEAR_SERVER_BATCH = """
-local gone = {}
-local members = redis.call('SPOP', KEYS[1], 500)
-for _, user in ipairs(members) do
-  local key = ARGV[2] .. user
-  if redis.call('GET', key) == ARGV[1] then
-    redis.call('DEL', key)
-    table.insert(gone, user)
+# ARGV[1] server, ARGV[2] device, ARGV[3] ttl ms.
+_RESERVE = _PRESENCE_LIB + """
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[1] .. '|' .. (now_ms() + tonumber(ARGV[3])))
+-- The hash lives as long as its longest claim: a short claim must not cut another device's short.
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
+"""
+
+# ARGV[1] server, ARGV[2] device, ARGV[3] max other devices. Returns false (the user is at the
+# limit) or the devices before, flat: {device, server, ...}.
+_CONFIRM = _PRESENCE_LIB + """
+local all = redis.call('HGETALL', KEYS[1])
+local others = 0
+local before = {}
+for i = 1, #all, 2 do
+  if all[i] ~= ARGV[2] then others = others + 1 end
+  table.insert(before, all[i])
+  table.insert(before, server_of(all[i + 1]))
+end
+if others >= tonumber(ARGV[3]) then return false end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[1] .. '|' .. now_ms())
+redis.call('HDEL', KEYS[2], ARGV[2])
+return before
+"""
+
+# ARGV[1] device or '' with ARGV[3] '0' (every device), ARGV[2] server or '' (any). Returns
+# {the confirmed devices cleared, flat {device, server, ...}; the servers the user still has}.
+_LOGOUT = _PRESENCE_LIB + """
+local cleared, still = {}, {}
+for k = 1, 2 do
+  local all = redis.call('HGETALL', KEYS[k])
+  for i = 1, #all, 2 do
+    local server = server_of(all[i + 1])
+    if (ARGV[3] == '0' or all[i] == ARGV[1]) and (ARGV[2] == '' or server == ARGV[2]) then
+      redis.call('HDEL', KEYS[k], all[i])
+      if k == 1 then
+        table.insert(cleared, all[i])
+        table.insert(cleared, server)
+      end
+    elseif k == 1 then
+      table.insert(still, server)
+    end
   end
 end
-return gone
+return {cleared, still}
+"""
+
+# Every server holding a confirmed device or a live claim (with repeats).
+_SERVERS = _PRESENCE_LIB + """
+local found = {}
+for _, value in ipairs(redis.call('HVALS', KEYS[1])) do table.insert(found, server_of(value)) end
+local now = now_ms()
+for _, value in ipairs(redis.call('HVALS', KEYS[2])) do
+  if expiry_of(value) > now then table.insert(found, server_of(value)) end
+end
+return found
 """
 
 # Inbox scripts (RedisInbox). An entry of an inbox list is an 8-byte big-endian store
 # time in ms (Redis's clock, so every node agrees) and the body. The list holds the user's
 # latest messages, the seq counter numbers them: the list's head has seq counter - LLEN + 1.
-_INBOX_LIB = """
-local function now_ms()
-  local t = redis.call('TIME')
-  return t[1] * 1000 + math.floor(t[2] / 1000)
-end
+_INBOX_LIB = _NOW_MS + """
 local function stamp(entry)
   return (struct.unpack('>I8', entry))
 end
@@ -249,6 +287,25 @@ end
 return {latest, first > after + 1 and 1 or 0, start, entries}
 """
 
+# KEYS[1] inbox, KEYS[2] seq. ARGV[1] before seq (0: past the latest), ARGV[2] limit, ARGV[3] max
+# messages, ARGV[4] max age ms. Returns {latest, truncated (0/1), seq of the first entry, entries}:
+# the newest entries below the before seq, one LRANGE (history pages back through it in chunks).
+_READ_BACK = _INBOX_LIB + """
+expire(KEYS[1], now_ms() - tonumber(ARGV[4]))
+local latest = tonumber(redis.call('GET', KEYS[2]) or '0')
+local head = latest - redis.call('LLEN', KEYS[1]) + 1
+local first = math.max(head, latest - tonumber(ARGV[3]) + 1)
+local before, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local stop = latest
+if before > 0 then stop = math.min(before - 1, latest) end
+local start = math.max(first, stop - limit + 1)
+local entries = {}
+if start <= stop then
+  entries = redis.call('LRANGE', KEYS[1], start - head, stop - head)
+end
+return {latest, (start == first and first > 1) and 1 or 0, start, entries}
+"""
+
 # KEYS[1] cursors hash; ARGV[1] device id, ARGV[2] seq: a cursor only moves forward.
 _RAISE_CURSOR = """
 local seq = tonumber(ARGV[2])
@@ -349,6 +406,11 @@ def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
     return aioredis.Redis(connection_pool=pool)
 
 
+def _pairs(flat: list[bytes]) -> dict[str, str]:
+    """A script's flat ``{key, value, ...}`` reply as a dict of text."""
+    return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+
+
 def _text(reply: bytes | str | None) -> str | None:
     """A name or server id from a reply: the clients answer bytes (payloads are binary,
     so no ``decode_responses``); a Lua ``false`` arrives as None."""
@@ -416,36 +478,56 @@ class RedisAccounts(_RedisKeys, Accounts):
 
 
 class RedisPresence(_RedisKeys, Presence):
-    """``route:{id}`` per user (with a TTL while only claimed), ``node-users:{server}`` per server."""
+    """Per user ``{p:u:ID}:devices`` and ``{p:u:ID}:claims`` hashes (one Cluster slot, one script
+    per change), and ``node-users:{server}``, the users who have a device there (for
+    ``clear_server``; a user's membership is dropped with their last device there)."""
 
+    _reserve = Script(_RESERVE)
     _confirm = Script(_CONFIRM)
     _logout = Script(_LOGOUT)
-    _clear_batch = Script(_CLEAR_SERVER_BATCH)
+    _servers = Script(_SERVERS)
 
-    async def reserve_login(self, user_id: int, server_id: str, ttl: float) -> bool:
-        px = max(1, int(ttl * 1000))
-        return await self._b.call("SET", self._key("route", user_id), server_id, "NX", "PX", px) is not None
+    def _keys(self, user_id: int) -> list[str]:
+        return [self._user_key(user_id, "devices"), self._user_key(user_id, "claims")]
 
-    async def confirm_login(self, user_id: int, server_id: str) -> bool:
-        keys = [self._key("route", user_id), self._key("node-users", server_id)]
-        return bool(await self._b.script(self._confirm, keys, [server_id, user_id]))
+    async def reserve_login(self, user_id: int, server_id: str, ttl: float, device_id: str = "") -> None:
+        await self._b.script(self._reserve, self._keys(user_id), [server_id, device_id, max(1, int(ttl * 1000))])
 
-    async def logout(self, user_id: int, server_id: str | None = None) -> str | None:
-        was = await self._b.script(
-            self._logout, [self._key("route", user_id)], [user_id, server_id or "", self._key("node-users") + ":"]
-        )
-        return _text(was)
+    async def confirm_login(self, user_id: int, server_id: str, device_id: str, max_devices: int) -> dict[str, str] | None:
+        before = await self._b.script(self._confirm, self._keys(user_id), [server_id, device_id, max_devices])
+        if before is None:
+            return None
+        await self._b.call("SADD", self._key("node-users", server_id), user_id)
+        return _pairs(before)
 
-    async def route(self, user_id: int) -> str | None:
-        return _text(await self._b.call("GET", self._key("route", user_id)))
+    async def logout(self, user_id: int, server_id: str | None = None, device_id: str | None = None) -> dict[str, str]:
+        args: list[EncodableT] = [device_id or "", server_id or "", "0" if device_id is None else "1"]
+        cleared, still = await self._b.script(self._logout, self._keys(user_id), args)
+        gone = _pairs(cleared)
+        kept = {_text(server) for server in still}
+        for server in set(gone.values()) - kept:
+            await self._b.call("SREM", self._key("node-users", server), user_id)
+        return gone
+
+    async def servers(self, user_id: int) -> list[str]:
+        found = await self._b.script(self._servers, self._keys(user_id), [])
+        return list(dict.fromkeys(str(_text(server)) for server in found))
+
+    async def devices(self, user_id: int) -> dict[str, DeviceLogin]:
+        found = await self._b.call("HGETALL", self._user_key(user_id, "devices"))
+        devices: dict[str, DeviceLogin] = {}
+        for device_id, value in found.items():
+            server, _, since = value.decode().rpartition("|")
+            devices[device_id.decode()] = DeviceLogin(server, int(since))
+        return devices
 
     async def online_user_ids(self) -> list[int]:
-        prefix = self._key("route") + ":"
+        head, tail = f"{{{self._p}:u:", "}:devices"  # as _user_key names them
         users: list[int] = []
         cursor: bytes | int = 0
         while True:
-            cursor, keys = await self._b.call("SCAN", cursor, "MATCH", prefix + "*", "COUNT", 1000)
-            users += [int(key[len(prefix) :]) for key in keys]
+            cursor, keys = await self._b.call("SCAN", cursor, "MATCH", head + "*" + tail, "COUNT", 1000)
+            users += [int(key.decode()[len(head) : -len(tail)]) for key in keys]
             if cursor in (b"0", 0):
                 return users
 
@@ -453,9 +535,10 @@ class RedisPresence(_RedisKeys, Presence):
         gone: list[int] = []
         key = self._key("node-users", server_id)
         while True:
-            batch = await self._b.script(self._clear_batch, [key], [server_id, self._key("route") + ":"])
-            gone += [int(u) for u in batch]
-            if not await self._b.call("EXISTS", key):
+            batch = [int(u) for u in await self._b.call("SPOP", key, 500)]
+            cleared = await asyncio.gather(*(self.logout(user_id, server_id) for user_id in batch))
+            gone += [user_id for user_id, devices in zip(batch, cleared, strict=True) if devices]
+            if not batch:
                 return gone
 
     async def allocate_node_number(self) -> int:
@@ -468,6 +551,7 @@ class RedisInbox(_RedisKeys, Inbox):
 
     _append = Script(_APPEND)
     _read = Script(_READ)
+    _read_back = Script(_READ_BACK)
     _raise_cursor = Script(_RAISE_CURSOR)
 
     def __init__(self, client: aioredis.Redis, config: Config, batcher: Batcher | None = None) -> None:
@@ -513,9 +597,17 @@ class RedisInbox(_RedisKeys, Inbox):
     async def read(self, user_id: int, after_seq: int, limit: int) -> Page:
         keys = [self._user_key(user_id, "inbox"), self._user_key(user_id, "seq")]
         after_seq = max(0, after_seq)
-        latest, truncated, start, entries = await self._b.script(
-            self._read, keys, [after_seq, limit, self._max_messages, self._max_age_ms]
-        )
+        return self._page(await self._b.script(self._read, keys, [after_seq, limit, self._max_messages, self._max_age_ms]))
+
+    async def read_back(self, user_id: int, before_seq: int, limit: int) -> Page:
+        keys = [self._user_key(user_id, "inbox"), self._user_key(user_id, "seq")]
+        args: list[EncodableT] = [max(0, before_seq), max(0, limit), self._max_messages, self._max_age_ms]
+        return self._page(await self._b.script(self._read_back, keys, args))
+
+    @staticmethod
+    def _page(reply: list[Any]) -> Page:
+        """The Page a read script's reply ``{latest, truncated, seq of the first entry, entries}`` describes."""
+        latest, truncated, start, entries = reply
         return Page([(start + k, entry[STAMP_BYTES:]) for k, entry in enumerate(entries)], int(latest), bool(truncated))
 
     async def latest(self, user_ids: list[int]) -> list[int]:

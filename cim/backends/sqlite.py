@@ -148,6 +148,7 @@ INSERT_MESSAGE = "INSERT INTO messages (user_id, seq, at, body) VALUES (?, ?, ?,
 FIRST_FRESH = "SELECT seq, at FROM messages WHERE user_id = ? AND seq >= ? AND at >= ? ORDER BY seq LIMIT 1"
 DROP_MESSAGES = "DELETE FROM messages WHERE user_id = ? AND seq < ?"
 READ = "SELECT seq, body FROM messages WHERE user_id = ? AND seq >= ? ORDER BY seq LIMIT ?"
+READ_RANGE = "SELECT seq, body FROM messages WHERE user_id = ? AND seq >= ? AND seq < ? ORDER BY seq"
 SAVE_PAIR = "INSERT INTO dedup VALUES (?, ?, ?, ?, ?)"
 FORGET_PAIRS = "DELETE FROM dedup WHERE user_id = ? AND ordinal <= ?"
 SAVE_CURSOR = (
@@ -316,6 +317,14 @@ class SqliteInbox(InProcessInbox):
         # max(0, limit): SQLite reads a negative LIMIT as none.
         entries = self._db.execute(READ, (user_id, max(after_seq + 1, inbox.floor), max(0, limit))).fetchall()
         return Page(entries, inbox.latest, after_seq + 1 < inbox.floor)
+
+    async def read_back(self, user_id: int, before_seq: int, limit: int) -> Page:
+        inbox = self._counters([user_id])[user_id]
+        self._expire(user_id, inbox, time.time())
+        end = inbox.latest + 1 if before_seq <= 0 else min(before_seq, inbox.latest + 1)  # the first seq not read
+        start = max(inbox.floor, end - max(0, limit))
+        entries = self._db.execute(READ_RANGE, (user_id, start, end)).fetchall()
+        return Page(entries, inbox.latest, start == inbox.floor > 1)
 
     async def latest(self, user_ids: list[int]) -> list[int]:
         found = dict(LATEST(self._db, user_ids))

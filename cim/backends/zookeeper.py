@@ -6,7 +6,10 @@ root path and session timeout come from the Config.
 Node names follow CIM: ``{root}/{host}:{tcp_port}:{http_port}`` (root ``/cim``, as
 CIM hard-codes it), so a CIM route and a cim route can read the same registry. The node
 vanishes when the server's ZooKeeper session ends, which is how routes learn of a
-server killed with SIGKILL.
+server killed with SIGKILL. What the name cannot carry without changing it goes in the
+node's data, as JSON: ``{"id": name, "wsPort": N}`` (the WebSocket port, 0: none). A
+node whose data is anything else (CIM's, an older cim's: the bare name) has no
+WebSocket port.
 
 kazoo runs callbacks on its own threads and has no asyncio handler: everything that
 reaches the event loop goes through ``loop.call_soon_threadsafe``.
@@ -16,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import NodeExistsError
+from kazoo.exceptions import NodeExistsError, NoNodeError
 from kazoo.recipe.watchers import ChildrenWatch
 
 from cim.backends.base import Discovery, ServersCallback
@@ -44,6 +48,23 @@ def parse_children(children: list[str]) -> list[ServerInfo]:
         except ValueError:
             log.warning("ignoring malformed registry node %r", child)
     return sorted(servers)
+
+
+def node_data(server: ServerInfo) -> bytes:
+    return json.dumps({"id": server.id, "wsPort": server.ws_port}).encode()
+
+
+def with_node_data(server: ServerInfo, data: bytes) -> ServerInfo:
+    """``server`` with what its node's data adds to its name: its WebSocket port."""
+    try:
+        fields = json.loads(data)
+        ws_port = fields["wsPort"] if isinstance(fields, dict) else 0
+    except (ValueError, KeyError):  # CIM's or an older cim's data: the bare name
+        return server
+    if not isinstance(ws_port, int) or not 0 <= ws_port < 65536:
+        log.warning("ignoring wsPort %r of registry node %s", ws_port, server.id)
+        return server
+    return ServerInfo(server.host, server.tcp_port, server.http_port, ws_port)
 
 
 class ZooKeeperDiscovery(Discovery):
@@ -90,11 +111,11 @@ class ZooKeeperDiscovery(Discovery):
 
     def _create(self, server: ServerInfo) -> None:
         try:
-            self._client.create(self._path(server), server.id.encode(), ephemeral=True, makepath=True)
+            self._client.create(self._path(server), node_data(server), ephemeral=True, makepath=True)
         except NodeExistsError:
             # Our previous session's node, not yet expired: replace it with ours.
             self._client.delete(self._path(server))
-            self._client.create(self._path(server), server.id.encode(), ephemeral=True, makepath=True)
+            self._client.create(self._path(server), node_data(server), ephemeral=True, makepath=True)
 
     async def register(self, server: ServerInfo, restored: Callable[[], None] | None = None) -> None:
         self._registered = server
@@ -134,12 +155,25 @@ class ZooKeeperDiscovery(Discovery):
                 first.set_result(None)
 
         def on_children(children: list[str]) -> None:  # on a kazoo thread
-            servers = parse_children(children)
+            servers = self._read_data(parse_children(children))
             if not loop.is_closed():
                 loop.call_soon_threadsafe(deliver, servers)
 
         ChildrenWatch(self._client, self._root, on_children)
         await first
+
+    def _read_data(self, servers: list[ServerInfo]) -> list[ServerInfo]:
+        """Each server with its node's data (kazoo thread: the watch's own, so one change at a
+        time; the reads go out together). A node gone meanwhile is left out: the watch fires again."""
+        reads = [(server, self._client.get_async(self._path(server))) for server in servers]
+        found = []
+        for server, read in reads:
+            try:
+                data, _stat = read.get()
+            except NoNodeError:
+                continue
+            found.append(with_node_data(server, data))
+        return found
 
     def servers(self) -> list[ServerInfo]:
         return list(self._servers)

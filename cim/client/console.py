@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from cim.client.contacts import ContactPresence
 from cim.client.emoji import PAGE_SIZE, emojize, page, page_count
 from cim.client.route import ClientError, GroupSummary
 from cim.client.sdk import Client, Message, Receipt
@@ -38,6 +39,8 @@ COMMANDS = {
     ":g add NAME USER...": "add members to your group NAME (its owner only)",
     ":g leave NAME": "leave your group NAME",
     ":delay TEXT SECONDS": "group message to every online user, sent SECONDS later (online then)",
+    ":history [USER]": "the last messages with USER (an id, or an online user's name), or of your whole inbox",
+    ":q KEYWORD": "search your kept history: the last messages containing KEYWORD (any case)",
     ":all": "list commands",
 }
 CLEAR_SCREEN = "\033[H\033[2J\033[3J"  # cursor home, clear the screen and its scrollback
@@ -208,6 +211,51 @@ class GroupCommands:
         self.write(f"left {self._label(group)}")
 
 
+HISTORY_LINES = 20  # messages :history and :q print
+
+
+class HistoryCommands:
+    """``:history [USER]`` and ``:q KEYWORD``: the user's own inbox (``client.history``: what retention
+    keeps, the messages this user sent included once the server keeps them), printed as pushes are."""
+
+    def __init__(self, client: Client, write: Callable[[str], None], groups: GroupCommands) -> None:
+        self.client = client
+        self.write = write
+        self.groups = groups
+
+    async def conversation(self, rest: str) -> None:
+        words = rest.split()
+        if len(words) > 1:
+            raise UsageError("usage: :history [USER]")
+        peer_id = (await self.groups.users(words))[0] if words else 0
+        await self._show(f"with user {peer_id}" if peer_id else "in your inbox", peer_id=peer_id)
+
+    async def search(self, rest: str) -> None:
+        """CIM's ``:q kw``: scans back page by page (the server bounds each) until enough are found."""
+        keyword = rest.strip()
+        if not keyword:
+            raise UsageError("usage: :q KEYWORD")
+        await self._show(f"containing {keyword!r}", keyword=keyword)
+
+    async def _show(self, what: str, peer_id: int = 0, keyword: str = "") -> None:
+        found: list[Message] = []
+        before_seq = 0
+        try:
+            while len(found) < HISTORY_LINES:
+                page = await self.client.history(peer_id=peer_id, keyword=keyword, before_seq=before_seq,
+                                                 limit=HISTORY_LINES - len(found))
+                found = page.messages + found
+                if not page.has_more:
+                    break
+                before_seq = page.next_seq
+        except (ConnectionError, TimeoutError) as err:
+            self.write(f"history failed: {err}")
+            return
+        self.write(f"{len(found)} messages {what}:" if found else f"no messages {what}")
+        for message in found:
+            self.write("  " + format_message(message, self.groups.names.get(message.group_id, "")))
+
+
 class Console:
     """What a typed line does: sends, or runs a ``:`` command; output goes to ``write``. ``terminal``:
     stdout is a terminal (``:cls`` clears it; else it prints a separator)."""
@@ -217,9 +265,12 @@ class Console:
         self.write = write
         self.terminal = terminal
         self.groups = GroupCommands(client, write)
+        self.contacts = ContactPresence(client, write)
+        history = HistoryCommands(client, write, self.groups)
         self._commands: dict[str, Callable[[str], Awaitable[None]]] = {
             ":olu": self._online, ":pu": self._prefix, ":info": self._info, ":emoji": self._emoji,
             ":cls": self._clear, ":g": self.groups.run, ":delay": self._delay, ":all": self._all,
+            ":history": history.conversation, ":q": history.search,
         }
         self._refreshing: set[asyncio.Task[None]] = set()
 
@@ -228,6 +279,8 @@ class Console:
         the names fetched again, for the lines after it (the notice's own text names the group); a
         burst from an unknown group waits for the fetch in flight rather than making one each."""
         self.write(format_message(message, self.groups.names.get(message.group_id, "")))
+        if not message.group_id:
+            self.contacts.met(message.sender_id)
         unknown = message.group_id not in self.groups.names and not self._refreshing
         if message.group_id and (message.notice or unknown):
             task = asyncio.create_task(self.refresh_groups())
@@ -240,6 +293,7 @@ class Console:
             await self.groups.refresh()
 
     def close(self) -> None:
+        self.contacts.close()
         for task in self._refreshing:
             task.cancel()
 
@@ -253,6 +307,8 @@ class Console:
         receiver, sep, text = line.partition(PRIVATE_SEPARATOR)
         if sep and is_number(receiver.strip()):
             receipt = await send_and_report(self.client.send_private(int(receiver), text), self.write)
+            if receipt is not None:
+                self.contacts.met(int(receiver))
             if receipt is not None and receipt.stored_offline:
                 self.write(f"user {receiver} is offline; the message is stored for them")
         else:

@@ -53,6 +53,7 @@ class ServerAddress:
     host: str
     port: int
     http_port: int
+    ws_url: str | None = None  # its WebSocket endpoint, when it has one
 
 
 @dataclass(frozen=True)
@@ -143,12 +144,14 @@ class RouteClient:
         body = {"reqNo": req_no(), "timeStamp": int(time.time()), "userName": user_name, **_password_field(password)}
         return int((await self.call("/registerAccount", body)).data["userId"])
 
-    async def login(self, user_id: int, user_name: str, password: str) -> LoginAnswer:
-        """Claim a cim-server for the user: 9100 wrong password or id/name mismatch,
-        5000 already logged in, 7100 no server, 4029 too many logins from this address."""
-        body = {"reqNo": req_no(), "userId": user_id, "userName": user_name, **_password_field(password)}
+    async def login(self, user_id: int, user_name: str, password: str, device_id: str = "") -> LoginAnswer:
+        """Claim a cim-server for the user's device (``device_id``; "": CIM's one login per user): 9100 wrong
+        password or id/name mismatch, 5000 already logged in (or past the device limit), 7100 no server, 4029 too
+        many logins from this address."""
+        body = {"reqNo": req_no(), "userId": user_id, "userName": user_name, **_password_field(password),
+                **({"deviceId": device_id} if device_id else {})}  # none for "": CIM's body exactly
         data = (await self.call("/login", body)).data
-        server = ServerAddress(data["ip"], int(data["cimServerPort"]), int(data["httpPort"]))
+        server = ServerAddress(data["ip"], int(data["cimServerPort"]), int(data["httpPort"]), data.get("wsUrl"))
         return LoginAnswer(server, data.get("token") or "")
 
     async def renew_token(self, user_id: int, user_name: str, password: str) -> str:
@@ -246,17 +249,18 @@ class RouteSession:
     expired, 24 h by default) logs in again for a new token and is made once more;
     that login's own refusal (5000 while the user's session is held, say) is raised."""
 
-    def __init__(self, route: RouteClient, user_id: int, user_name: str, password: str) -> None:
+    def __init__(self, route: RouteClient, user_id: int, user_name: str, password: str, device_id: str = "") -> None:
         self.route = route
         self.user_id = user_id
         self.user_name = user_name
+        self.device_id = device_id
         self._password = password
         self.token = ""
         self.groups = GroupCalls(self)
 
     async def login(self) -> ServerAddress:
         """Log in through the route, keeping the token; returns the server it picked."""
-        answer = await self.route.login(self.user_id, self.user_name, self._password)
+        answer = await self.route.login(self.user_id, self.user_name, self._password, self.device_id)
         self.token = answer.token
         return answer.server
 
@@ -265,6 +269,12 @@ class RouteSession:
 
     async def log_out(self) -> None:
         await self.as_user(lambda token: self.route.log_out(self.user_id, token=token))
+
+    async def leave(self) -> None:
+        """Log out as a closing client: the route's /offLine logs out EVERY device of the user, so only
+        CIM's one-device login (device "") calls it; a named device's OFFLINE frame frees just its record."""
+        if not self.device_id:
+            await self.log_out()
 
     async def as_user(self, call: Callable[[str], Awaitable[T]]) -> T:
         """``call(token)``, and once more with a renewed token if it was refused as unauthorized."""

@@ -79,12 +79,17 @@ from typing import Any, TypeVar
 import httpx
 
 from cim.client.delivery import Delivery, Step
+from cim.client.history import HistoryCalls, HistoryPage
+from cim.client.presence import PresenceCalls
 from cim.client.route import ClientError, RouteClient, RouteSession, ServerAddress, register
+from cim.client.transport import Transport, open_transport, transport_kind
 from cim.protocols.client import (
     ClientConnection,
     ClientEvent,
+    HistoryAnswer,
     LoginAnswer,
     Offline,
+    PresenceReport,
     ProtocolError,
     Pushed,
     Receipt,
@@ -92,7 +97,8 @@ from cim.protocols.client import (
 )
 from cim.status import Status
 
-__all__ = ["Client", "ClientError", "Message", "Receipt", "SendTimeout", "ServerAddress", "Stopped", "register"]
+__all__ = ["Client", "ClientError", "HistoryPage", "Message", "Receipt", "SendTimeout", "ServerAddress", "Stopped",
+           "register"]
 
 log = logging.getLogger("cim.client")
 
@@ -158,7 +164,7 @@ def backoff(attempt: int, base: float, cap: float) -> float:
     return min(cap, base * 2.0**attempt) * random.uniform(0.5, 1.5)
 
 
-async def close_writer(writer: asyncio.StreamWriter) -> None:
+async def close_writer(writer: Transport) -> None:
     """Close the connection and wait until it is (a reset one counts as closed)."""
     writer.close()
     with contextlib.suppress(ConnectionError):
@@ -246,17 +252,16 @@ class Alarm:
         self._callback(deadline)
 
 
-class Client:
+class Client(HistoryCalls, PresenceCalls):
     """One user's session with cim, kept up (route login with ``password``, the TCP connection, heartbeats,
     reconnects), with acknowledged delivery: see the module.
 
-    Messages go to ``on_message``, connection events (as text) to ``on_status``, each acked ``last_seq`` to
-    ``on_seq`` and ``state_file``; the client resumes from ``state_file`` if it exists, else from ``last_seq``.
-    ``delivery`` is the sans-I/O state (``delivery.last_seq``, ``delivery.heartbeat_interval`` in effect: read
-    only). ``device_id`` names the device to the server (it keeps an acked seq per device). ``on_message_status``
-    asks for the receipts of what this client sends and gets them (see the module). ``done`` resolves when the
-    client stops: closed, ended by the server, refused, or out of reconnect attempts. A shared ``route`` (many
-    users in one process) is not closed here.
+    Messages go to ``on_message``, connection events (as text) to ``on_status``, each acked ``last_seq`` to ``on_seq`` and
+    ``state_file``; the client resumes from ``state_file`` if it exists, else from ``last_seq``. ``delivery`` is the sans-I/O
+    state (``delivery.last_seq``, ``delivery.heartbeat_interval`` in effect: read only). ``device_id`` names the device to the
+    server (it keeps an acked seq per device). ``on_message_status`` asks for the receipts of what this client sends and gets
+    them (see the module). ``done`` resolves when the client stops: closed, ended by the server, refused, or out of reconnect
+    attempts. A shared ``route`` (many users in one process) is not closed here.
     """
 
     def __init__(
@@ -278,9 +283,9 @@ class Client:
         on_seq: SeqCallback | None = None,
         state_file: str | os.PathLike[str] | None = None,
         device_id: str = "",
-        on_message_status: MessageStatusCallback | None = None,
+        on_message_status: MessageStatusCallback | None = None, transport: str = "tcp",  # "ws": the login's wsUrl
     ) -> None:
-        self.user_id, self.user_name = user_id, user_name
+        self.user_id, self.user_name, self.transport = user_id, user_name, transport_kind(transport)
         self.on_message, self.on_message_status, self.on_status = on_message, on_message_status, on_status
         self.reconnect_attempts, self.backoff_base, self.backoff_max = reconnect_attempts, backoff_base, backoff_max
         self.send_timeout = send_timeout
@@ -290,12 +295,12 @@ class Client:
         self.reconnects = 0
         self._owns_route = route is None
         self.route = route or RouteClient(route_url)
-        self.session = RouteSession(self.route, user_id, user_name, password)
+        self.session = RouteSession(self.route, user_id, user_name, password, device_id)
         self.groups = self.session.groups  # named groups: create, add_members, ..., mine, dissolve
         self.delivery = Delivery(user_id, user_name, last_seq=self.store.load(last_seq), heartbeat_interval=heartbeat_interval,
                                  send_timeout=send_timeout, device_id=device_id, receipts=on_message_status is not None)
         self._loop = asyncio.get_running_loop()
-        self._writer: asyncio.StreamWriter | None = None
+        self._writer: Transport | None = None  # TCP or WebSocket: frames as bytes either way
         self._tasks: list[asyncio.Task[None]] = []
         self._waiters = Waiters(self._loop)
         self._login_answer: asyncio.Future[None] | None = None
@@ -320,14 +325,14 @@ class Client:
     # -- connection ------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Route login, TCP connect, login frame; returns once the server accepted the login; ClientError if refused."""
+        """Route login, TCP or WebSocket connect, login frame; returns once the server accepted the login; else ClientError."""
         self.server = await self.session.login()
-        reader, self._writer = await asyncio.open_connection(self.server.host, self.server.port)
+        self._writer = await open_transport(self.transport, self.server)
         self._ended_by_server = False
         self._login_answer = self._loop.create_future()
         self._writer.write(self.delivery.connect(self.session.token, self._loop.time()))
         self.connected = True
-        self._tasks = [asyncio.create_task(self._read_loop(reader, self.delivery.connection), name="cim-client-read")]
+        self._tasks = [asyncio.create_task(self._read_loop(self._writer, self.delivery.connection), name="cim-client-read")]
         self._alarm.set(self.delivery.deadline())
         try:
             await asyncio.wait_for(asyncio.shield(self._login_answer), self.send_timeout)
@@ -339,9 +344,9 @@ class Client:
         self._started = True
         self._status(f"connected to {self.server.host}:{self.server.port} as {self.user_name}({self.user_id})")
 
-    async def _read_loop(self, reader: asyncio.StreamReader, connection: ClientConnection | None) -> None:
+    async def _read_loop(self, transport: Transport, connection: ClientConnection | None) -> None:
         try:
-            while connection is not None and not connection.closed and (data := await reader.read(65536)):
+            while connection is not None and not connection.closed and (data := await transport.read()):
                 self._apply(self.delivery.receive(data, self._loop.time()))
         except ConnectionError as err:
             self._status(f"connection error: {err}")
@@ -386,6 +391,8 @@ class Client:
                 self._ended_by_server = not event.reconnect
             case ProtocolError():
                 self._status(f"connection error: {event.reason}")
+            case HistoryAnswer() | PresenceReport():
+                self._answered(event)
 
     def _on_alarm(self, deadline: float) -> None:
         # The loop may run a timer up to its clock resolution early: it counts as on time.
@@ -439,8 +446,8 @@ class Client:
         self._stop(ConnectionError(f"gave up after {self.reconnect_attempts} reconnect attempts"), "gave up reconnecting")
 
     async def close(self) -> None:
-        """Quit cleanly: ack what was received, log out through the route and close the
-        connection; sends still unanswered fail with ``Stopped``."""
+        """Quit cleanly: ack what was received, log out (through the route without a ``device_id``) and close
+        the connection; sends still unanswered fail with ``Stopped``."""
         self._closing = True
         self._cancel_tasks()
         self._alarm.cancel()
@@ -455,7 +462,7 @@ class Client:
                 self._writer.write(bytes(step.data))
                 await self._writer.drain()
             with contextlib.suppress(httpx.HTTPError, ClientError):
-                await self.session.log_out()
+                await self.session.leave()
         if self._writer is not None:
             await close_writer(self._writer)
         self.connected = False

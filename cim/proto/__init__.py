@@ -8,6 +8,7 @@ from cim.proto.cim_pb2 import (
     DELIVERED,
     DELIVERY_ACK,
     ERROR,
+    HISTORY,
     LOGIN_ANSWER,
     LOGIN_REQUEST,
     MARK_READ,
@@ -15,8 +16,10 @@ from cim.proto.cim_pb2 import (
     MESSAGE_STATUS,
     OFFLINE,
     PING,
+    PRESENCE,
     READ,
     SEND_RECEIPT,
+    SUBSCRIBE_PRESENCE,
     SYNC,
     BaseCommand,
     Delivery,
@@ -30,5 +33,6 @@ from cim.proto.cim_pb2 import (
 __all__ = [
     "BaseCommand", "Delivery", "Request", "Response",
     "LOGIN_REQUEST", "MESSAGE", "PING", "OFFLINE", "SEND_RECEIPT", "ERROR", "DELIVERY_ACK", "SYNC",
-    "LOGIN_ANSWER", "MESSAGE_STATUS", "MARK_READ", "MessageStatus", "DELIVERED", "READ",
+    "LOGIN_ANSWER", "MESSAGE_STATUS", "MARK_READ", "HISTORY", "MessageStatus", "DELIVERED", "READ",
+    "PRESENCE", "SUBSCRIBE_PRESENCE",
 ]

@@ -20,6 +20,9 @@ class BaseCommand(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LOGIN_ANSWER: _ClassVar[BaseCommand]
     MESSAGE_STATUS: _ClassVar[BaseCommand]
     MARK_READ: _ClassVar[BaseCommand]
+    HISTORY: _ClassVar[BaseCommand]
+    PRESENCE: _ClassVar[BaseCommand]
+    SUBSCRIBE_PRESENCE: _ClassVar[BaseCommand]
 
 class MessageStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -37,12 +40,15 @@ SYNC: BaseCommand
 LOGIN_ANSWER: BaseCommand
 MESSAGE_STATUS: BaseCommand
 MARK_READ: BaseCommand
+HISTORY: BaseCommand
+PRESENCE: BaseCommand
+SUBSCRIBE_PRESENCE: BaseCommand
 MESSAGE_STATUS_UNSPECIFIED: MessageStatus
 DELIVERED: MessageStatus
 READ: MessageStatus
 
 class Request(_message.Message):
-    __slots__ = ("reqMsg", "requestId", "cmd", "properties", "batchReqMsg", "clientMsgId", "ackSeq", "groupId", "token", "deviceId", "delaySeconds", "wantsReceipts")
+    __slots__ = ("reqMsg", "requestId", "cmd", "properties", "batchReqMsg", "clientMsgId", "ackSeq", "groupId", "token", "deviceId", "delaySeconds", "wantsReceipts", "peerId", "beforeSeq", "afterSeq", "limit", "keyword", "presenceUserIds", "presenceUnsubscribe")
     class PropertiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +68,13 @@ class Request(_message.Message):
     DEVICEID_FIELD_NUMBER: _ClassVar[int]
     DELAYSECONDS_FIELD_NUMBER: _ClassVar[int]
     WANTSRECEIPTS_FIELD_NUMBER: _ClassVar[int]
+    PEERID_FIELD_NUMBER: _ClassVar[int]
+    BEFORESEQ_FIELD_NUMBER: _ClassVar[int]
+    AFTERSEQ_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    KEYWORD_FIELD_NUMBER: _ClassVar[int]
+    PRESENCEUSERIDS_FIELD_NUMBER: _ClassVar[int]
+    PRESENCEUNSUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
     reqMsg: str
     requestId: int
     cmd: BaseCommand
@@ -74,10 +87,17 @@ class Request(_message.Message):
     deviceId: str
     delaySeconds: int
     wantsReceipts: bool
-    def __init__(self, reqMsg: _Optional[str] = ..., requestId: _Optional[int] = ..., cmd: _Optional[_Union[BaseCommand, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., batchReqMsg: _Optional[_Iterable[str]] = ..., clientMsgId: _Optional[int] = ..., ackSeq: _Optional[int] = ..., groupId: _Optional[str] = ..., token: _Optional[str] = ..., deviceId: _Optional[str] = ..., delaySeconds: _Optional[int] = ..., wantsReceipts: _Optional[bool] = ...) -> None: ...
+    peerId: int
+    beforeSeq: int
+    afterSeq: int
+    limit: int
+    keyword: str
+    presenceUserIds: _containers.RepeatedScalarFieldContainer[int]
+    presenceUnsubscribe: bool
+    def __init__(self, reqMsg: _Optional[str] = ..., requestId: _Optional[int] = ..., cmd: _Optional[_Union[BaseCommand, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., batchReqMsg: _Optional[_Iterable[str]] = ..., clientMsgId: _Optional[int] = ..., ackSeq: _Optional[int] = ..., groupId: _Optional[str] = ..., token: _Optional[str] = ..., deviceId: _Optional[str] = ..., delaySeconds: _Optional[int] = ..., wantsReceipts: _Optional[bool] = ..., peerId: _Optional[int] = ..., beforeSeq: _Optional[int] = ..., afterSeq: _Optional[int] = ..., limit: _Optional[int] = ..., keyword: _Optional[str] = ..., presenceUserIds: _Optional[_Iterable[int]] = ..., presenceUnsubscribe: _Optional[bool] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("resMsg", "responseId", "cmd", "properties", "batchResMsg", "msgId", "seq", "timestamp", "code", "clientMsgId", "groupId", "heartbeatSeconds", "truncated", "ackedSeq", "notice", "msgIds", "status")
+    __slots__ = ("resMsg", "responseId", "cmd", "properties", "batchResMsg", "msgId", "seq", "timestamp", "code", "clientMsgId", "groupId", "heartbeatSeconds", "truncated", "ackedSeq", "notice", "msgIds", "status", "messages", "hasMore", "nextSeq", "presenceUserIds", "presenceOnline")
     class PropertiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +122,11 @@ class Response(_message.Message):
     NOTICE_FIELD_NUMBER: _ClassVar[int]
     MSGIDS_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    HASMORE_FIELD_NUMBER: _ClassVar[int]
+    NEXTSEQ_FIELD_NUMBER: _ClassVar[int]
+    PRESENCEUSERIDS_FIELD_NUMBER: _ClassVar[int]
+    PRESENCEONLINE_FIELD_NUMBER: _ClassVar[int]
     resMsg: str
     responseId: int
     cmd: BaseCommand
@@ -119,20 +144,29 @@ class Response(_message.Message):
     notice: bool
     msgIds: _containers.RepeatedScalarFieldContainer[int]
     status: MessageStatus
-    def __init__(self, resMsg: _Optional[str] = ..., responseId: _Optional[int] = ..., cmd: _Optional[_Union[BaseCommand, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., batchResMsg: _Optional[_Iterable[str]] = ..., msgId: _Optional[int] = ..., seq: _Optional[int] = ..., timestamp: _Optional[int] = ..., code: _Optional[int] = ..., clientMsgId: _Optional[int] = ..., groupId: _Optional[str] = ..., heartbeatSeconds: _Optional[int] = ..., truncated: _Optional[bool] = ..., ackedSeq: _Optional[int] = ..., notice: _Optional[bool] = ..., msgIds: _Optional[_Iterable[int]] = ..., status: _Optional[_Union[MessageStatus, str]] = ...) -> None: ...
+    messages: _containers.RepeatedScalarFieldContainer[bytes]
+    hasMore: bool
+    nextSeq: int
+    presenceUserIds: _containers.RepeatedScalarFieldContainer[int]
+    presenceOnline: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, resMsg: _Optional[str] = ..., responseId: _Optional[int] = ..., cmd: _Optional[_Union[BaseCommand, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., batchResMsg: _Optional[_Iterable[str]] = ..., msgId: _Optional[int] = ..., seq: _Optional[int] = ..., timestamp: _Optional[int] = ..., code: _Optional[int] = ..., clientMsgId: _Optional[int] = ..., groupId: _Optional[str] = ..., heartbeatSeconds: _Optional[int] = ..., truncated: _Optional[bool] = ..., ackedSeq: _Optional[int] = ..., notice: _Optional[bool] = ..., msgIds: _Optional[_Iterable[int]] = ..., status: _Optional[_Union[MessageStatus, str]] = ..., messages: _Optional[_Iterable[bytes]] = ..., hasMore: _Optional[bool] = ..., nextSeq: _Optional[int] = ..., presenceUserIds: _Optional[_Iterable[int]] = ..., presenceOnline: _Optional[_Iterable[bool]] = ...) -> None: ...
 
 class Delivery(_message.Message):
-    __slots__ = ("messages", "receiverIds", "kick", "firstSeqs", "replay", "statuses")
+    __slots__ = ("messages", "receiverIds", "kick", "firstSeqs", "replay", "statuses", "presenceServer", "presenceChanges")
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     RECEIVERIDS_FIELD_NUMBER: _ClassVar[int]
     KICK_FIELD_NUMBER: _ClassVar[int]
     FIRSTSEQS_FIELD_NUMBER: _ClassVar[int]
     REPLAY_FIELD_NUMBER: _ClassVar[int]
     STATUSES_FIELD_NUMBER: _ClassVar[int]
+    PRESENCESERVER_FIELD_NUMBER: _ClassVar[int]
+    PRESENCECHANGES_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedScalarFieldContainer[bytes]
     receiverIds: _containers.RepeatedScalarFieldContainer[int]
     kick: bool
     firstSeqs: _containers.RepeatedScalarFieldContainer[int]
     replay: bool
     statuses: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, messages: _Optional[_Iterable[bytes]] = ..., receiverIds: _Optional[_Iterable[int]] = ..., kick: _Optional[bool] = ..., firstSeqs: _Optional[_Iterable[int]] = ..., replay: _Optional[bool] = ..., statuses: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    presenceServer: str
+    presenceChanges: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, messages: _Optional[_Iterable[bytes]] = ..., receiverIds: _Optional[_Iterable[int]] = ..., kick: _Optional[bool] = ..., firstSeqs: _Optional[_Iterable[int]] = ..., replay: _Optional[bool] = ..., statuses: _Optional[_Iterable[bytes]] = ..., presenceServer: _Optional[str] = ..., presenceChanges: _Optional[_Iterable[int]] = ...) -> None: ...

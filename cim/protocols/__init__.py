@@ -1,4 +1,4 @@
-"""Protocols: sans-I/O state machines (``connection``, ``client``) and the asyncio glue that moves their bytes (``tcp``)."""
+"""Protocols: sans-I/O state machines (``connection``, ``client``) and the asyncio glue moving their bytes (``tcp``, ``ws``)."""
 
 from __future__ import annotations
 

@@ -23,13 +23,16 @@ from cim.frame import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, FrameError, encode_f
 from cim.proto import (
     DELIVERY_ACK,
     ERROR,
+    HISTORY,
     LOGIN_ANSWER,
     MARK_READ,
     MESSAGE,
     MESSAGE_STATUS,
     OFFLINE,
     PING,
+    PRESENCE,
     SEND_RECEIPT,
+    SUBSCRIBE_PRESENCE,
     SYNC,
     MessageStatus,
     Request,
@@ -111,6 +114,21 @@ class StatusReport:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryAnswer:
+    """The answer to the HISTORY request with clientMsgId ``request_id``: ``code`` 9000 and a page of the
+    user's inbox (``messages`` oldest first; ``has_more``: go on from ``next_seq``; ``truncated``: retention
+    had dropped some), or the code and ``message`` of a refusal (see ``cim.history``)."""
+
+    request_id: int
+    code: int
+    message: str
+    messages: tuple[Pushed, ...]
+    has_more: bool
+    next_seq: int
+    truncated: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Pong:
     """The answer to a ping. The server answers in order, so a pong also says that
     everything sent before the ping was handled (a login, for one)."""
@@ -145,7 +163,19 @@ class ProtocolError:
     reason: str
 
 
-ClientEvent = Pushed | Receipt | LoginAnswer | SyncDone | StatusReport | Pong | ServerError | Offline | ProtocolError
+@dataclass(frozen=True, slots=True)
+class PresenceReport:
+    """Users' online states (``cim.presence``): an event (``request_id`` 0: a watched user came or went) or
+    the answer to the SUBSCRIBE_PRESENCE with that clientMsgId (``code`` 9000, or 3000 and ``message`` why)."""
+
+    request_id: int
+    code: int
+    message: str
+    states: dict[int, bool]
+
+
+ClientEvent = (Pushed | Receipt | LoginAnswer | SyncDone | StatusReport | HistoryAnswer | PresenceReport | Pong
+               | ServerError | Offline | ProtocolError)
 
 PONG = Pong()  # stateless: one instance serves every pong
 
@@ -159,22 +189,26 @@ def parse_response(payload: bytes) -> ClientEvent | None:
         return ProtocolError(f"malformed frame: not a cim Response ({err})")
 
 
+def _pushed(response: Response) -> Pushed:
+    properties = response.properties
+    return Pushed(
+        # CIM's servers name the sender only in responseId.
+        sender_id=int(properties.get(SEND_USER_ID) or response.responseId),
+        sender_name=properties.get(SEND_USER_NAME, ""),
+        receiver_id=int(properties.get(RECEIVE_USER_ID) or 0),
+        text=response.resMsg,
+        msg_id=response.msgId,
+        seq=response.seq,
+        timestamp_ms=response.timestamp,
+        group_id=response.groupId,
+        notice=response.notice,
+    )
+
+
 def _event(response: Response) -> ClientEvent | None:
     cmd = response.cmd
     if cmd == MESSAGE:
-        properties = response.properties
-        return Pushed(
-            # CIM's servers name the sender only in responseId.
-            sender_id=int(properties.get(SEND_USER_ID) or response.responseId),
-            sender_name=properties.get(SEND_USER_NAME, ""),
-            receiver_id=int(properties.get(RECEIVE_USER_ID) or 0),
-            text=response.resMsg,
-            msg_id=response.msgId,
-            seq=response.seq,
-            timestamp_ms=response.timestamp,
-            group_id=response.groupId,
-            notice=response.notice,
-        )
+        return _pushed(response)
     if cmd == SEND_RECEIPT:
         return Receipt(response.code, response.resMsg, response.msgId, response.clientMsgId)
     if cmd == PING:
@@ -189,6 +223,13 @@ def _event(response: Response) -> ClientEvent | None:
         return Offline(response.code, response.resMsg)
     if cmd == MESSAGE_STATUS:
         return StatusReport(response.responseId, MessageStatus.Name(response.status), tuple(response.msgIds))
+    if cmd == PRESENCE:
+        return PresenceReport(response.clientMsgId, response.code, response.resMsg,
+                              dict(zip(response.presenceUserIds, response.presenceOnline, strict=True)))
+    if cmd == HISTORY:
+        messages = tuple(_pushed(Response.FromString(body)) for body in response.messages)
+        return HistoryAnswer(response.clientMsgId, response.code, response.resMsg, messages, response.hasMore,
+                             response.nextSeq, response.truncated)
     return None
 
 
@@ -251,6 +292,19 @@ class ClientConnection:
         """The user has read every inbox message up to ``seq`` (cumulative; no answer): their
         senders who asked get a READ ``StatusReport``."""
         return _framed(Request(requestId=self.user_id, cmd=MARK_READ, ackSeq=seq))
+
+    def history(self, request_id: int, peer_id: int = 0, group_id: str = "", before_seq: int = 0, after_seq: int = 0,
+                limit: int = 0, keyword: str = "") -> bytes:
+        """A HISTORY request (``cim.history``): a page of this user's inbox, answered with a ``HistoryAnswer``
+        carrying ``request_id``. 0 and "" are "not given" (limit 0: the server's default)."""
+        return _framed(Request(requestId=self.user_id, cmd=HISTORY, clientMsgId=request_id, peerId=peer_id,
+                               groupId=group_id, beforeSeq=before_seq, afterSeq=after_seq, limit=limit, keyword=keyword))
+
+    def subscribe_presence(self, request_id: int, user_ids: list[int], unsubscribe: bool = False) -> bytes:
+        """Watch (or stop watching) these users' presence; a watch is answered with a ``PresenceReport``
+        carrying ``request_id`` and their states, and later ones (request id 0) come as they change."""
+        return _framed(Request(requestId=self.user_id, cmd=SUBSCRIBE_PRESENCE, clientMsgId=request_id,
+                               presenceUserIds=user_ids, presenceUnsubscribe=unsubscribe))
 
     def sync(self, seq: int) -> bytes:
         """Ask for every inbox message after ``seq`` (resuming after a reconnect); the

@@ -15,6 +15,7 @@ pong, because CIM's client reads it from every non-PING frame.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
@@ -24,6 +25,7 @@ from cim.frame import FrameDecoder, FrameError, encode_frame
 from cim.proto import (
     DELIVERY_ACK,
     ERROR,
+    HISTORY,
     LOGIN_ANSWER,
     LOGIN_REQUEST,
     MARK_READ,
@@ -31,6 +33,7 @@ from cim.proto import (
     OFFLINE,
     PING,
     SEND_RECEIPT,
+    SUBSCRIBE_PRESENCE,
     SYNC,
     Request,
     Response,
@@ -92,6 +95,22 @@ class DeliveryAck:
 
 
 @dataclass(slots=True)  # not frozen: frozen dataclasses cost more per event
+class HistoryRequest:
+    """The client asks for a page of its inbox's history (``cim.history`` reads the request's fields)."""
+
+    request: Request
+
+
+@dataclass(slots=True)  # not frozen: frozen dataclasses cost more per event
+class PresenceSubscription:
+    """The client watches (or, ``unsubscribe``, stops watching) these users' presence (``cim.presence``)."""
+
+    request_id: int  # clientMsgId, echoed in the answer
+    user_ids: list[int]
+    unsubscribe: bool
+
+
+@dataclass(slots=True)  # not frozen: frozen dataclasses cost more per event
 class Offline:
     """The client says it is going away (CIM's OFFLINE command)."""
 
@@ -104,9 +123,21 @@ class ProtocolViolation:
     reason: str
 
 
-Event = Login | ChatMessages | Ping | Sync | DeliveryAck | Offline | ProtocolViolation
+Event = Login | ChatMessages | Ping | Sync | DeliveryAck | HistoryRequest | PresenceSubscription | Offline | ProtocolViolation
 
 PING_EVENT = Ping()  # stateless: one instance serves every ping
+
+# Commands whose frame becomes its event with nothing of the connection's (after the login; looked up once
+# PING and MESSAGE, the common ones, are not the command).
+REQUEST_EVENTS: dict[int, Callable[[Request], Event]] = {
+    DELIVERY_ACK: lambda request: DeliveryAck(request.ackSeq),
+    SYNC: lambda request: Sync(request.ackSeq),
+    MARK_READ: lambda request: DeliveryAck(request.ackSeq, read=True),
+    HISTORY: HistoryRequest,
+    SUBSCRIBE_PRESENCE: lambda request: PresenceSubscription(
+        request.clientMsgId, list(request.presenceUserIds), request.presenceUnsubscribe),
+    OFFLINE: lambda request: Offline(),
+}
 
 
 class ServerConnection:
@@ -150,6 +181,24 @@ class ServerConnection:
             return events
         self._partial = self._decoder.buffered > 0
         return self._handle_frames(frames)
+
+    def receive_messages(self, payloads: list[bytes]) -> list[Event]:
+        """Whole frames' payloads, with no length prefix: a message-oriented transport's
+        input (one WebSocket message each), served exactly as frames read from bytes."""
+        if self.state is State.CLOSED:
+            return []
+        return self._handle_frames(payloads)
+
+    def reject_input(self, reason: str, fatal: bool) -> list[Event]:
+        """Input the transport could not take: a WebSocket text message (only it is lost,
+        with an error frame), or with ``fatal`` an oversized or malformed one (the stream
+        is lost). Before the login either loses the stream, as a malformed login frame does."""
+        if self.state is State.CLOSED:
+            return []
+        if fatal or self.state is State.AWAITING_LOGIN:
+            return [self._violation(Status.VALIDATION_FAIL, reason)]
+        self.send_error(Status.VALIDATION_FAIL, f"{reason}; ignored")
+        return []
 
     def answer_ping(self, data: bytes) -> bytes | None:
         """The pong, when ``data`` is exactly this user's ping and nothing is pending here.
@@ -218,14 +267,9 @@ class ServerConnection:
             return PING_EVENT
         if cmd == MESSAGE:
             return self._chat_message(request)
-        if cmd == DELIVERY_ACK:
-            return DeliveryAck(request.ackSeq)
-        if cmd == SYNC:
-            return Sync(request.ackSeq)
-        if cmd == MARK_READ:
-            return DeliveryAck(request.ackSeq, read=True)
-        if cmd == OFFLINE:
-            return Offline()
+        as_event = REQUEST_EVENTS.get(cmd)
+        if as_event is not None:
+            return as_event(request)
         if cmd == LOGIN_REQUEST:
             self.send_error(Status.REPEAT_LOGIN, "this connection is already logged in; ignored")
             return None

@@ -9,6 +9,7 @@
 * ``intake``: deliveries from the bus and to local users;
 * ``sweeper``: login and heartbeat timeouts, slow consumers;
 * ``delays``: delivering delayed messages when they come due;
+* ``history``: answering in-band HISTORY requests (``cim.history`` reads the inbox);
 * ``registration``: the registry entry and reclaiming users after a registry outage;
 * ``tasks``: background work whose failures are counted and logged;
 * ``metrics``: the node's counts and latencies for Prometheus, off the hot path.

@@ -15,9 +15,20 @@ from cim.backends import Backends
 from cim.delivery import Messenger, Sent
 from cim.destinations import ToEveryone, ToGroup, ToUser
 from cim.messages import MessageIds
-from cim.protocols.connection import ChatMessages, DeliveryAck, Login, Offline, Ping, ProtocolViolation, Sync
+from cim.protocols.connection import (
+    ChatMessages,
+    DeliveryAck,
+    HistoryRequest,
+    Login,
+    Offline,
+    Ping,
+    PresenceSubscription,
+    ProtocolViolation,
+    Sync,
+)
 from cim.server.catchup import Catchup
 from cim.server.cursors import Cursors
+from cim.server.history import answer_history
 from cim.server.logins import Logins
 from cim.server.metrics import Latencies
 from cim.server.peer import Peer
@@ -132,12 +143,14 @@ class Dispatcher:
         ``read_at``: when the event was read (``time.monotonic()``)."""
         event = _take_event(backlog)
         try:
-            if isinstance(event, Login):
-                await self.logins.log_in(peer, event)
+            if isinstance(event, Login | PresenceSubscription):  # a subscription: to the presence the logins announce
+                await self.logins.handle(peer, event)
             elif isinstance(event, ChatMessages):
                 await self._send(peer, event, read_at)
             elif isinstance(event, Sync):
                 await self.catchup.sync(peer, event.after_seq)
+            elif isinstance(event, HistoryRequest):
+                await answer_history(peer, event, self.backends)
             elif not self.handle_now(peer, event):
                 raise AssertionError(f"unhandled event {event!r}")
         except Exception as err:
@@ -197,4 +210,4 @@ class Dispatcher:
         self.cursors.left(session.user_id, stream)
         if last:
             self.metrics["logouts"] += 1
-            self.tasks.spawn(self.backends.presence.logout(session.user_id, self.node_id))
+        self.tasks.spawn(self.logins.devices.left(session.user_id, stream.device_id))

@@ -11,10 +11,12 @@ more loses nothing: the messages stay in the inbox for their next sync.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 from cim.backends import Stored
 from cim.frame import encode_frame
 from cim.proto import Delivery
+from cim.server.devices import on_kick
 from cim.server.metrics import Latencies
 from cim.server.sessions import Session, SessionTable
 from cim.wire import frame_sequenced
@@ -30,6 +32,8 @@ class Deliveries:
         self.sessions = sessions
         self.metrics = metrics
         self.latencies = latencies
+        # Presence broadcasts (cim.server.presence), set by the node.
+        self.presence_changes: Callable[[Delivery], None] | None = None
 
     def local_user_ids(self) -> list[int]:
         return list(self.sessions.by_user)
@@ -85,11 +89,11 @@ class Deliveries:
         delivery = Delivery.FromString(payload)
         by_user = self.sessions.by_user
         if delivery.kick:
-            for user_id in delivery.receiverIds:
-                session = by_user.get(user_id)
-                if session is not None:
-                    for peer in session.peers:
-                        peer.end("logged out", reconnect=False)
+            on_kick(self.sessions, delivery)
+            return
+        if delivery.presenceServer:
+            if self.presence_changes is not None:
+                self.presence_changes(delivery)
             return
         if delivery.statuses:
             for user_id, status in zip(delivery.receiverIds, delivery.statuses, strict=True):

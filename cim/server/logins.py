@@ -1,9 +1,10 @@
-"""Role: accept or refuse a login: its token, its account, one login per user.
+"""Role: accept or refuse a login: its token, its account, its device.
 
 The token first: a connection without one for the user it names learns nothing
 (not even whether they are connected) and claims nothing. Then the account, then
-the claim in the store (one login per user across nodes), then the session, whose
-stream is told where the inbox stands (``cim.server.catchup``).
+the device's record in the store under the device policy (``cim.server.devices``:
+how many devices, what a further login ends), then the session, whose stream is
+told where the device's inbox cursor and the inbox stand (``cim.server.catchup``).
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from collections import Counter
 
 from cim.auth import AuthError, Tokens
 from cim.backends import Backends
-from cim.protocols.connection import Login
+from cim.protocols.connection import Login, PresenceSubscription
 from cim.server.catchup import Catchup
+from cim.server.devices import DevicePolicy, device_id_problem
 from cim.server.peer import Peer
+from cim.server.presence import PresenceWatch
 from cim.server.sessions import SessionTable
 from cim.status import Status
 
@@ -35,13 +38,21 @@ class Logins:
     """Checks logins for one node and binds the accepted ones."""
 
     def __init__(self, node_id: str, sessions: SessionTable, backends: Backends, catchup: Catchup,
-                 metrics: Counter[str], tokens: Tokens | None) -> None:
+                 metrics: Counter[str], tokens: Tokens | None, presence: PresenceWatch, devices: DevicePolicy) -> None:
         self.node_id = node_id
+        self.devices = devices
+        self.presence = presence
         self.sessions = sessions
         self.backends = backends
         self.catchup = catchup
         self.metrics = metrics
         self.tokens = tokens  # None: --auth none, a login names its user unchecked (CIM)
+
+    async def handle(self, peer: Peer, event: Login | PresenceSubscription) -> None:
+        if isinstance(event, Login):
+            await self.log_in(peer, event)
+        else:
+            await self.presence.subscribe(peer, event)
 
     async def log_in(self, peer: Peer, login: Login) -> None:
         """Bind the login's peer to its user's session, or refuse it (and close)."""
@@ -49,10 +60,14 @@ class Logins:
             self.metrics["logins_unauthorized"] += 1
             peer.refuse(Status.UNAUTHORIZED, denied)
             return
-        if self.sessions.busy(login.user_id):
+        device_id = login.request.deviceId
+        if (bad := device_id_problem(device_id)) is not None:
+            peer.refuse(Status.VALIDATION_FAIL, bad)
+            return
+        if self.devices.refuses_here(login.user_id, device_id) or self.sessions.device_busy(login.user_id, device_id):
             peer.refuse(Status.REPEAT_LOGIN, "user already connected")
             return
-        with self.sessions.logging_in(login.user_id):
+        with self.sessions.logging_in(login.user_id, device_id):
             refusal = await self._check_login(peer, login)
         if refusal is not None:
             peer.refuse(*refusal)
@@ -64,14 +79,16 @@ class Logins:
             return Status.VALIDATION_FAIL, f"userId {login.user_id} is not a registered user"
         if name != login.user_name:
             return Status.ACCOUNT_NOT_MATCH, Status.ACCOUNT_NOT_MATCH.message
-        presence = self.backends.presence
-        if not await presence.confirm_login(login.user_id, self.node_id):
-            return Status.REPEAT_LOGIN, "user is logged in on another server"
+        device_id = login.request.deviceId
+        if (refused := await self.devices.confirm(login.user_id, device_id)) is not None:
+            return Status.REPEAT_LOGIN, refused
         if peer.closed:  # the client left while we asked the store
-            await presence.logout(login.user_id, self.node_id)
+            await self.devices.left(login.user_id, device_id)
             return None
-        stream = self.sessions.bind(peer, login.user_id, login.user_name, login.request.deviceId)
+        stream = self.sessions.bind(peer, login.user_id, login.user_name, device_id)
         stream.receipts = login.request.wantsReceipts
+        if len(self.sessions.by_user[login.user_id].streams) == 1:  # the user's first device on this node
+            self.presence.came(login.user_id)
         self.metrics["logins"] += 1
         await self.catchup.logged_in(peer, stream)
         return None

@@ -20,17 +20,19 @@ from cim.config import Config
 from cim.delivery import Messenger
 from cim.limits import connection_capacity, kernel_warnings, raise_nofile_limit
 from cim.messages import MessageIds
-from cim.protocols.tcp import TcpPeer
 from cim.receipts import Receipts
 from cim.server.catchup import Catchup
 from cim.server.cursors import Cursors
 from cim.server.delays import DelayPoller
+from cim.server.devices import DevicePolicy
 from cim.server.dispatch import Dispatcher
 from cim.server.intake import Deliveries
+from cim.server.listeners import Listeners
 from cim.server.logins import Logins
 from cim.server.metrics import NodeMetrics
 from cim.server.ordering import OrderedEvents
 from cim.server.peer import Peer, PeerSettings
+from cim.server.presence import PresenceWatch
 from cim.server.quotas import Quotas
 from cim.server.registration import Registration
 from cim.server.sessions import SessionTable
@@ -69,13 +71,16 @@ class Node:
         self.ids = MessageIds(0)
         messenger = Messenger(backends, self.ids, local=self.deliveries, max_delay_seconds=config.max_delay_seconds)
         self.delays = DelayPoller(messenger, self.metrics)
+        self.presence = PresenceWatch(self.node_id, backends, config.presence_debounce_seconds, self.metrics, self.tasks)
+        self.deliveries.presence_changes = self.presence.on_changes
         self.dispatcher = Dispatcher(
             self.node_id, self.sessions, backends, messenger, self.catchup, self.cursors, self.metrics, self.tasks,
-            Logins(self.node_id, self.sessions, backends, self.catchup, self.metrics, Tokens.from_config(config)),
+            Logins(self.node_id, self.sessions, backends, self.catchup, self.metrics, Tokens.from_config(config),
+                   self.presence, DevicePolicy(config, self.node_id, self.sessions, backends)),
             self.prometheus.latencies,
         )
         self._turn: list[Peer] = []  # peers with pushes queued this loop turn
-        self._server: asyncio.Server | None = None
+        self.listeners = Listeners(config, self)
         self._sweeping: asyncio.Task[None] | None = None
         self._upkeep: list[asyncio.Task[None]] = []
 
@@ -91,33 +96,27 @@ class Node:
         await self.registration.clear_stale()
         self.ids.assign_node(await self.backends.presence.allocate_node_number())
         await self.backends.bus.subscribe(self.node_id, self.deliveries.on_delivery)
-        self._server = await self.loop.create_server(
-            lambda: TcpPeer(self),
-            self.config.host,
-            self.config.port,
-            reuse_port=self.config.workers > 1,
-            backlog=self.config.backlog,
-        )
+        await self.listeners.open()
         self._sweeping = asyncio.create_task(self.sweeper.run(), name="cim-sweeper")
         self._upkeep = [asyncio.create_task(self.cursors.run(), name="cim-cursors"),
-                        asyncio.create_task(self.delays.run(), name="cim-delays")]
+                        asyncio.create_task(self.delays.run(), name="cim-delays"),
+                        asyncio.create_task(self.presence.run(), name="cim-presence")]
         if not self.backends.inbox.in_process:  # an in-process store rings every doorbell it stores
             self._upkeep.append(asyncio.create_task(self.catchup.run(), name="cim-inbox-check"))
         self.prometheus.start()
         await self.registration.register()
-        log.info("cim-server %s listening on %s:%d", self.node_id, self.config.host, self.config.port)
+        log.info("cim-server %s listening on %s:%d (WebSocket: %s)", self.node_id, self.config.host, self.config.port,
+                 self.config.ws_port or "off")
 
     @property
     def port(self) -> int:
         """The bound TCP port (useful with port 0)."""
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
+        return self.listeners.tcp_port
 
     async def stop(self) -> None:
         """Graceful: leave the registry, stop accepting, tell clients, close, clean up."""
         await self.registration.unregister()
-        if self._server is not None:
-            self._server.close()
+        self.listeners.close()
         if self._sweeping is not None:
             self._sweeping.cancel()
         for peer in self.sessions.peers():
@@ -125,8 +124,7 @@ class Node:
         deadline = self.loop.time() + self.config.shutdown_timeout
         while (self.sessions.connections or self.tasks) and self.loop.time() < deadline:
             await asyncio.sleep(0.02)
-        if self._server is not None:
-            await self._server.wait_closed()
+        await self.listeners.wait_closed()
         for task in self._upkeep:
             task.cancel()
         try:  # the cursors of the connections just closed
@@ -159,6 +157,7 @@ class Node:
     def lost(self, peer: Peer) -> None:
         self.quotas.disconnect(peer.ip)
         self.sweeper.slow.discard(peer)
+        self.presence.lost(peer, self.sessions)  # before the session table forgets the peer
         self.dispatcher.lost(peer)
 
     def flush_at_end_of_turn(self, peer: Peer) -> None:

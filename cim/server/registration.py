@@ -14,6 +14,8 @@ from collections import Counter
 
 from cim.backends import Backends
 from cim.config import Config
+from cim.presence import changes_payload
+from cim.server.devices import UNLIMITED
 from cim.server.sessions import SessionTable
 from cim.server.tasks import BackgroundTasks
 
@@ -39,6 +41,7 @@ class Registration:
         stale = await self.backends.presence.clear_server(self.info.id)
         if stale:
             log.warning("cleared %d stale logins left by a previous %s", len(stale), self.info.id)
+            await self.backends.bus.broadcast(changes_payload(self.info.id, [], stale))  # their watchers: offline
 
     async def register(self) -> None:
         await self.backends.discovery.register(self.info, restored=lambda: self.tasks.spawn(self._reclaim()))
@@ -60,7 +63,9 @@ class Registration:
                 await asyncio.sleep(self.config.zk_session_timeout)
             reclaimed = 0
             for user_id, session in list(self.sessions.by_user.items()):
-                if await presence.confirm_login(user_id, self.info.id):
+                confirmed = [await presence.confirm_login(user_id, self.info.id, s.device_id, UNLIMITED)
+                             for s in session.streams]  # no device limit: accepted before the outage
+                if all(c is not None for c in confirmed):
                     reclaimed += 1
                 elif self.sessions.by_user.get(user_id) is session:
                     for peer in list(session.peers):

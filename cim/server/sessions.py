@@ -1,7 +1,7 @@
 """Role: the session table, the one source of truth for who is logged in where.
 
-user -> ``Session`` -> its streams, one per peer (connection; several devices
-later), each with its place in the user's inbox (``cim.server.streams``). A
+user -> ``Session`` -> its streams, one per peer (connection: one per device, see
+``cim.server.devices``), each with its place in the user's inbox (``cim.server.streams``). A
 connection that has not logged in yet is *pending*. The protocol's own state says
 what was received (a login frame); only this table says what was accepted.
 """
@@ -39,6 +39,9 @@ class Session:
                 return stream
         return None
 
+    def streams_of(self, device_id: str) -> list[Stream]:
+        return [stream for stream in self.streams if stream.device_id == device_id]
+
     def ring(self) -> None:
         """The inbox may hold messages no push brought (a resend of one stored before,
         a doorbell without pushes): every live stream catches up."""
@@ -69,9 +72,9 @@ class SessionTable:
         self.pending: set[Peer] = set()
         self.by_user: dict[int, Session] = {}
         self.by_peer: dict[Peer, Session] = {}
-        # Users whose login is being checked: a second connection racing the first
-        # across the store's await is refused like a duplicate.
-        self._logging_in: set[int] = set()
+        # (user, device) logins being checked: a second connection of the device racing the
+        # first across the store's await is refused like a duplicate.
+        self._logging_in: set[tuple[int, str]] = set()
 
     def __len__(self) -> int:
         return len(self.by_user)
@@ -93,15 +96,19 @@ class SessionTable:
 
     def busy(self, user_id: int) -> bool:
         """The user has a session here, or a login being checked."""
-        return user_id in self.by_user or user_id in self._logging_in
+        return user_id in self.by_user or any(user == user_id for user, _ in self._logging_in)
+
+    def device_busy(self, user_id: int, device_id: str) -> bool:
+        """A login of this device of the user is being checked."""
+        return (user_id, device_id) in self._logging_in
 
     @contextmanager
-    def logging_in(self, user_id: int) -> Iterator[None]:
-        self._logging_in.add(user_id)
+    def logging_in(self, user_id: int, device_id: str = "") -> Iterator[None]:
+        self._logging_in.add((user_id, device_id))
         try:
             yield
         finally:
-            self._logging_in.discard(user_id)
+            self._logging_in.discard((user_id, device_id))
 
     def bind(self, peer: Peer, user_id: int, user_name: str, device_id: str) -> Stream:
         """The login was accepted: the peer leaves pending and joins the user's session.

@@ -1,0 +1,309 @@
+"""History (issue 11, item 4): pages of a user's own inbox, a conversation's or all of it, searched by
+keyword; over every store (memory with both inbox cores, Redis, SQLite), through the route's
+``/history``, in-band (raw HISTORY frames and the SDK) and the console's ``:history`` and ``:q``."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from cim.backends.base import Inbox
+from cim.client import Client
+from cim.client.route import ClientError
+from cim.history import MAX_LIMIT, SCAN_BUDGET, HistoryQuery, scan
+from cim.messages import Sender, group_prefix, receiver_entry
+from cim.proto import HISTORY, MESSAGE, Response
+from cim.run import Running
+from cim.status import CimError
+from cim.wire import push_bodies
+from tests.conftest import PASSWORD, RawClient, mint_token, online, register_user, route_url
+from tests.test_console_commands import output
+from tests.test_inbox import OpenInbox, open_inbox  # noqa: F401 (the fixture: every backend)
+from tests.test_sdk_delivery import ConsoleProcess
+
+ME, PEER, OTHER = 1, 2, 3
+NOW_MS = 1_767_000_000_000
+
+
+def pushes(sender_id: int, texts: list[str], first_msg_id: int, *, to: int = 0, group_id: str = "") -> list[bytes]:
+    """Stored bodies as the server makes them; ``to``: a sent copy (the real receiver named in it)."""
+    prefix = Sender.of(sender_id, f"user{sender_id}").prefix
+    if group_id:
+        prefix = group_prefix(prefix, group_id)
+    bodies = push_bodies(prefix, [text.encode() for text in texts], first_msg_id, NOW_MS)
+    return [body + receiver_entry(to) for body in bodies] if to else bodies
+
+
+async def keep(inbox: Inbox, sender_id: int, texts: list[str], *, to: int = 0, group_id: str = "") -> None:
+    """Append to ME's inbox: from ``sender_id`` (ME with ``to``: a copy of what ME sent)."""
+    latest = (await inbox.latest([ME]))[0]
+    bodies = pushes(sender_id, texts, 1000 + latest, to=to, group_id=group_id)
+    await inbox.append(ME, sender_id, bodies, 1000 + latest, [0] * len(bodies))
+
+
+def texts(page_messages: list[Response]) -> list[str]:
+    return [push.resMsg for push in page_messages]
+
+
+async def every_page_back(inbox: Inbox, **query: object) -> list[list[Response]]:
+    """The pages of a query from the latest back to the start, following next_seq."""
+    pages, before_seq = [], 0
+    while True:
+        page = await scan(inbox, HistoryQuery(ME, before_seq=before_seq, **query))  # type: ignore[arg-type]
+        pages.append(page.messages)
+        if not page.has_more:
+            return pages
+        assert 0 < page.next_seq <= (page.messages[0].seq if page.messages else page.next_seq)
+        before_seq = page.next_seq
+
+
+# -- stores -------------------------------------------------------------------------------------------
+
+
+async def test_read_back_gives_the_newest_before_a_seq_oldest_first(open_inbox: OpenInbox) -> None:  # noqa: F811
+    inbox = await open_inbox()
+    assert (await inbox.read_back(ME, 0, 10)).entries == []
+    await keep(inbox, PEER, [f"m{k}" for k in range(1, 8)])
+    page = await inbox.read_back(ME, 0, 3)
+    assert [seq for seq, _ in page.entries] == [5, 6, 7] and page.latest == 7 and not page.truncated
+    assert [seq for seq, _ in (await inbox.read_back(ME, 5, 3)).entries] == [2, 3, 4]
+    assert [seq for seq, _ in (await inbox.read_back(ME, 3, 10)).entries] == [1, 2]
+    assert [seq for seq, _ in (await inbox.read_back(ME, 99, 2)).entries] == [6, 7]  # past the latest: from it
+    assert (await inbox.read_back(ME, 1, 10)).entries == []
+    assert Response.FromString((await inbox.read_back(ME, 2, 1)).entries[0][1]).resMsg == "m1"
+
+
+async def test_a_conversation_pages_back_gap_free_in_both_directions(open_inbox: OpenInbox) -> None:  # noqa: F811
+    inbox = await open_inbox()
+    for k in range(30):
+        await keep(inbox, PEER, [f"from peer {k}"])
+        await keep(inbox, ME, [f"to peer {k}"], to=PEER)  # the copy of what ME sent
+        await keep(inbox, OTHER, [f"from other {k}"])
+        await keep(inbox, ME, [f"to other {k}"], to=OTHER)
+    await keep(inbox, PEER, ["in a group"], group_id="g1")
+
+    pages = await every_page_back(inbox, peer_id=PEER, limit=7)
+    assert [len(p) for p in pages] == [7] * 8 + [4]
+    seen = [push for page in reversed(pages) for push in page]
+    assert texts(seen) == [t for k in range(30) for t in (f"from peer {k}", f"to peer {k}")]
+    assert all(a.seq < b.seq for a, b in zip(seen, seen[1:], strict=False))
+    first = seen[0]
+    assert (first.seq, first.responseId, first.properties["receiveUserId"]) == (1, PEER, str(ME))
+    assert (seen[1].responseId, seen[1].properties["receiveUserId"]) == (ME, str(PEER))
+
+    everything = [push for page in reversed(await every_page_back(inbox, limit=MAX_LIMIT)) for push in page]
+    assert [push.seq for push in everything] == list(range(1, 122))
+
+
+async def test_group_history_and_keyword_search_ignore_case(open_inbox: OpenInbox) -> None:  # noqa: F811
+    inbox = await open_inbox()
+    await keep(inbox, PEER, ["Lunch at noon?", "no"], group_id="g1")
+    await keep(inbox, PEER, ["lunch, just us"])
+    await keep(inbox, OTHER, ["LUNCH!"], group_id="g2")
+    await keep(inbox, ME, ["lunch is good"], to=PEER)
+    page = await scan(inbox, HistoryQuery(ME, group_id="g1"))
+    assert texts(page.messages) == ["Lunch at noon?", "no"] and not page.has_more and page.next_seq == 0
+    assert {push.groupId for push in page.messages} == {"g1"}
+    found = await scan(inbox, HistoryQuery(ME, keyword="lUnCh"))
+    assert texts(found.messages) == ["Lunch at noon?", "lunch, just us", "LUNCH!", "lunch is good"]
+    assert texts((await scan(inbox, HistoryQuery(ME, peer_id=PEER, keyword="LUNCH"))).messages) == [
+        "lunch, just us", "lunch is good"]
+    assert (await scan(inbox, HistoryQuery(ME, keyword="dinner"))).messages == []
+
+
+async def test_a_search_reads_a_bounded_number_of_entries_per_call(open_inbox: OpenInbox) -> None:  # noqa: F811
+    inbox = await open_inbox()
+    await keep(inbox, PEER, ["the needle"])
+    for _ in range(5):
+        await keep(inbox, OTHER, ["hay"] * 1000)
+    calls, before_seq = [], 0
+    while True:
+        page = await scan(inbox, HistoryQuery(ME, keyword="needle", before_seq=before_seq))
+        calls.append(page)
+        if not page.has_more:
+            break
+        before_seq = page.next_seq
+    assert [texts(c.messages) for c in calls] == [[], [], ["the needle"]]
+    assert [c.next_seq for c in calls] == [5001 - SCAN_BUDGET + 1, 5001 - 2 * SCAN_BUDGET + 1, 0]
+
+
+async def test_paging_forward_after_a_seq(open_inbox: OpenInbox) -> None:  # noqa: F811
+    inbox = await open_inbox()
+    await keep(inbox, PEER, [f"m{k}" for k in range(1, 11)])
+    page = await scan(inbox, HistoryQuery(ME, after_seq=3, limit=4))
+    assert [p.seq for p in page.messages] == [4, 5, 6, 7] and page.has_more and page.next_seq == 7
+    page = await scan(inbox, HistoryQuery(ME, after_seq=7, limit=4))
+    assert [p.seq for p in page.messages] == [8, 9, 10] and not page.has_more and page.next_seq == 0
+
+
+async def test_retention_bounds_history(open_inbox: OpenInbox) -> None:  # noqa: F811
+    inbox = await open_inbox(inbox_max_messages=5)
+    await keep(inbox, PEER, [f"m{k}" for k in range(1, 31)])
+    page = await scan(inbox, HistoryQuery(ME, limit=3))
+    assert [p.seq for p in page.messages] == [28, 29, 30] and page.has_more and not page.truncated
+    page = await scan(inbox, HistoryQuery(ME, before_seq=28, limit=10))
+    assert [p.seq for p in page.messages] == [26, 27] and not page.has_more and page.truncated
+    forward = await scan(inbox, HistoryQuery(ME, after_seq=2))
+    assert [p.seq for p in forward.messages] == [26, 27, 28, 29, 30] and forward.truncated
+
+
+@pytest.mark.parametrize(("fields", "problem"), [
+    ({"peer_id": PEER, "group_id": "g1"}, "peerId and groupId"),
+    ({"before_seq": 5, "after_seq": 2}, "beforeSeq and afterSeq"),
+    ({"limit": 0}, "limit 0: 1 to 200"),
+    ({"limit": MAX_LIMIT + 1}, "limit 201: 1 to 200"),
+    ({"peer_id": -1}, "peerId -1"),
+    ({"before_seq": -1}, "beforeSeq/afterSeq"),
+    ({"keyword": "k" * 101}, "keyword: at most 100"),
+])
+def test_a_bad_query_is_refused_naming_the_field(fields: dict[str, object], problem: str) -> None:
+    with pytest.raises(CimError) as refused:
+        HistoryQuery(ME, **fields)  # type: ignore[arg-type]
+    assert refused.value.status.code == 3000 and problem in refused.value.message
+
+
+# -- route ----------------------------------------------------------------------------------------
+
+
+def bearer(stack: Running, user_id: int) -> dict[str, str]:
+    token = mint_token(stack, user_id)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+async def test_route_history_pages_and_refuses_bad_input(stack: Running) -> None:
+    alice_id, bob_id, carol_id = [await register_user(stack, name) for name in ("alice", "bob", "carol")]
+    async with httpx.AsyncClient(base_url=route_url(stack)) as http:
+        for k in range(5):
+            sent = await http.post("/p2pRoute", headers=bearer(stack, bob_id),
+                                   json={"userId": bob_id, "receiveUserId": alice_id, "msg": f"Hello {k}"})
+            assert sent.json()["code"] == "7000"  # alice is offline: stored
+        await http.post("/p2pRoute", headers=bearer(stack, carol_id),
+                        json={"userId": carol_id, "receiveUserId": alice_id, "msg": "from carol"})
+        group = await http.post("/group/create", headers=bearer(stack, carol_id),
+                                json={"userId": carol_id, "name": "team", "members": [bob_id]})
+        team = group.json()["dataBody"]["groupId"]
+
+        async def history(**body: object) -> dict[str, object]:
+            answer = await http.post("/history", headers=bearer(stack, alice_id), json={"userId": alice_id, **body})
+            assert answer.status_code == 200
+            result: dict[str, object] = answer.json()
+            return result
+
+        first = await history(peerId=bob_id, limit=3)
+        assert first["code"] == "9000", first
+        data = first["dataBody"]
+        assert isinstance(data, dict) and data["hasMore"] is True and data["truncated"] is False
+        assert [m["text"] for m in data["messages"]] == ["Hello 2", "Hello 3", "Hello 4"]
+        message = data["messages"][0]
+        assert message["seq"] == 3 and data["nextSeq"] == 3 and isinstance(message["msgId"], int) and message["msgId"] > 0
+        assert (message["sendUserId"], message["sendUserName"], message["receiveUserId"]) == (bob_id, "bob", alice_id)
+        assert message["groupId"] is None and message["notice"] is False and message["timestamp"] > 0
+        rest = (await history(peerId=bob_id, limit=3, beforeSeq=3))["dataBody"]
+        assert isinstance(rest, dict) and [m["text"] for m in rest["messages"]] == ["Hello 0", "Hello 1"]
+        assert rest["hasMore"] is False and rest["nextSeq"] == 0
+        found = (await history(keyword="CAROL"))["dataBody"]
+        assert isinstance(found, dict) and [m["text"] for m in found["messages"]] == ["from carol"]
+
+        refusals = [
+            ({"peerId": bob_id, "groupId": team}, "peerId and groupId"),
+            ({"limit": 0}, "limit"),
+            ({"limit": 201}, "limit"),
+            ({"beforeSeq": 3, "afterSeq": 1}, "beforeSeq and afterSeq"),
+            ({"peerId": 999_999}, "peerId 999999 is not a registered user"),
+            ({"groupId": team}, f"user {alice_id} is not a member"),
+            ({"groupId": "g999"}, "no such group"),
+        ]
+        for body, problem in refusals:
+            refused = await history(**body)
+            assert refused["code"] == "3000" and problem in str(refused["message"]), (body, refused)
+        if bearer(stack, alice_id):  # a user reads only their own history
+            other = await http.post("/history", headers=bearer(stack, bob_id), json={"userId": alice_id})
+            assert (other.status_code, other.json()["code"]) == (403, "4003")
+            assert (await http.post("/history", json={"userId": alice_id})).status_code == 401
+        else:  # --auth none: nothing proves who calls, so an unknown user is a bad argument
+            unknown = (await http.post("/history", json={"userId": 999_999})).json()
+            assert unknown["code"] == "3000" and "userId 999999 is not a registered user" in unknown["message"]
+
+
+# -- in-band ------------------------------------------------------------------------------------
+
+
+async def test_raw_history_frames_carry_the_page_and_receive_user_id(stack: Running) -> None:
+    alice_id, alice = await online(stack, "alice")
+    bob_id, bob = await online(stack, "bob")
+    for k in range(3):
+        bob.send(cmd=MESSAGE, reqMsg=f"hi {k}", properties={"receiveUserId": str(alice_id)})
+        assert (await alice.next()).resMsg == f"hi {k}"
+    alice.send(requestId=alice_id, cmd=HISTORY, peerId=bob_id, limit=2, clientMsgId=77)
+    answer = await alice.next()
+    assert (answer.cmd, answer.code, answer.clientMsgId, answer.hasMore, answer.nextSeq) == (HISTORY, 9000, 77, True, 2)
+    assert answer.properties["receiveUserId"] == str(alice_id)
+    shown = [Response.FromString(body) for body in answer.messages]
+    assert [(p.seq, p.resMsg, p.responseId) for p in shown] == [(2, "hi 1", bob_id), (3, "hi 2", bob_id)]
+    assert all(p.properties["receiveUserId"] == str(alice_id) for p in shown)
+    alice.send(requestId=alice_id, cmd=HISTORY, limit=500, clientMsgId=78)
+    refused = await alice.next()
+    assert (refused.cmd, refused.code, refused.clientMsgId) == (HISTORY, 3000, 78) and "limit 500" in refused.resMsg
+    assert refused.properties["receiveUserId"] == str(alice_id) and not refused.messages
+    await expect_pong(alice, alice_id)  # the connection goes on
+
+
+async def expect_pong(client: RawClient, user_id: int) -> None:
+    assert (await client.ping(user_id)).resMsg == "pong"
+
+
+async def test_sdk_history_of_a_group_and_a_search(stack: Running) -> None:
+    url = route_url(stack)
+    alice_id, bob_id = await register_user(stack, "alice"), await register_user(stack, "bob")
+    async with Client(url, alice_id, "alice", password=PASSWORD) as alice, \
+            Client(url, bob_id, "bob", password=PASSWORD) as bob:
+        team = await alice.groups.create("team", [bob_id])
+        for text in ("Standup at 10", "lunch?", "standup moved"):
+            await bob.send_group(text, group_id=team)
+        await bob.send_private(alice_id, "a private standup")
+        page = await alice.history(group_id=team, keyword="STANDUP")
+        assert [(m.text, m.sender_id, m.group_id) for m in page.messages] == [
+            ("Standup at 10", bob_id, team), ("standup moved", bob_id, team)]
+        assert all(m.receiver_id == alice_id and m.seq > 0 for m in page.messages) and not page.has_more
+        whole = await alice.history(limit=2)
+        assert [m.text for m in whole.messages] == ["standup moved", "a private standup"] and whole.has_more
+        older = await alice.history(limit=200, before_seq=whole.next_seq)
+        assert [m.text for m in older.messages][-2:] == ["Standup at 10", "lunch?"] and older.messages[0].notice
+        with pytest.raises(ClientError) as refused:
+            await alice.history(peer_id=bob_id, group_id=team)
+        assert refused.value.code == 3000
+        with pytest.raises(ClientError, match="not a registered user"):
+            await alice.history(peer_id=999_999)
+
+
+# -- console -------------------------------------------------------------------------------------
+
+
+async def test_console_history_and_search(stack: Running) -> None:
+    alice_id, bob_id = await register_user(stack, "alice"), await register_user(stack, "bob")
+    async with Client(route_url(stack), bob_id, "bob", password=PASSWORD) as bob:
+        for text in ("first", "Coffee later?", "third"):
+            await bob.send_private(alice_id, text)
+        console = await ConsoleProcess.start(route_url(stack), alice_id, "alice")
+        try:
+            await console.expect("type :all for commands")
+            shown = await output(console, f":history {bob_id}")
+            assert shown[0] == f"3 messages with user {bob_id}:"
+            assert [line.split(": ", 1)[1] for line in shown[1:]] == ["first", "Coffee later?", "third"]
+            assert all(line.startswith("  [") and f"bob({bob_id})" in line for line in shown[1:])
+            assert (await output(console, ":history bob"))[0] == f"3 messages with user {bob_id}:"  # online: by name
+            assert (await output(console, ":history"))[0] == "3 messages in your inbox:"
+            found = await output(console, ":q COFFEE")
+            assert found[0] == "1 messages containing 'COFFEE':" and found[1].endswith(": Coffee later?")
+            assert await output(console, ":q tea") == ["no messages containing 'tea'"]
+            assert await output(console, ":q") == ["usage: :q KEYWORD"]
+            assert await output(console, ":history a b") == ["usage: :history [USER]"]
+            assert await output(console, ":history nobody") == ["no online user named nobody: give their user id"]
+            assert (await output(console, ":history 999999"))[0].startswith(":history failed: 3000: peerId 999999")
+            listed = "\n".join(await output(console, ":all"))
+            assert "  :history [USER]  " in listed and "  :q KEYWORD  " in listed
+            await console.quit()
+        finally:
+            if console.process.returncode is None:
+                console.process.kill()
+                await console.process.wait()
