@@ -10,6 +10,7 @@ import httpx
 from cim.backends import Stored
 from cim.backends.memory import MemoryHub
 from cim.client import RouteClient
+from cim.client.sdk import RETRYABLE
 from cim.messages import Sender
 from cim.proto import BaseCommand, Delivery
 from cim.protocols.client import ClientConnection
@@ -141,6 +142,7 @@ async def test_login_timeout_and_heartbeat_timeout() -> None:
         silent = await RawClient.connect(running.node.port)
         [error] = await silent.closed()
         assert "login timeout" in error.resMsg
+        assert error.code in RETRYABLE  # a late login is tried again: the SDK gives up on 3000
 
         alice, idle = await online(running, "alice")
         bob, lively = await online(running, "bob")

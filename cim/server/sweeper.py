@@ -46,7 +46,9 @@ class Sweeper:
         for peer in [p for p in self.sessions.pending if now - p.connected_at > timeout]:
             # A login frame may have come and still be checked (a slow store): say which.
             what = "login not confirmed in time" if peer.user_id else "no login frame received"
-            peer.refuse(Status.VALIDATION_FAIL, f"login timeout: {what}")
+            # 4000, not 3000: nothing was wrong with what the client sent, it came late (an
+            # overloaded client or node), and the SDK gives up on 3000 but retries 4000.
+            peer.refuse(Status.FAIL, f"login timeout: {what}")
             self.metrics["login_timeouts"] += 1
 
     def _end_silent_sessions(self, now: float) -> None:
