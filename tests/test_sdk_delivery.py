@@ -18,6 +18,7 @@ import uvloop
 
 from cim.backends.memory import MemoryHub
 from cim.client import Client, Message, Receipt, SendTimeout, Stopped
+from cim.client.sdk import Alarm
 from cim.client.transport import TcpTransport
 from cim.run import Running, start
 from tests.conftest import PASSWORD, eventually, register_user, route_url, stack_config
@@ -253,5 +254,27 @@ def test_a_send_on_a_connection_closed_under_it_is_resent_after_the_reconnect() 
                 assert [m.text for m in got] == ["across the close"]
         finally:
             await running.stop()
+
+    uvloop.run(scenario())
+
+
+def test_the_alarm_set_to_a_deadline_already_past_is_moved_and_rings_once() -> None:
+    """uvloop answers call_at with a past deadline with a plain Handle (no ``when()``): the
+    full chaos run's overloaded clients hit that as an AttributeError in every send."""
+    rung: list[float] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        alarm = Alarm(loop, rung.append)
+        past = loop.time() - 1.0
+        alarm.set(past)
+        alarm.set(past + 0.5)  # later than the one set: kept as it is
+        alarm.set(past - 0.5)  # earlier: replaces it
+        await asyncio.sleep(0.05)
+        assert rung == [past - 0.5]
+        alarm.set(loop.time() + 60)
+        alarm.cancel()
+        await asyncio.sleep(0.05)
+        assert rung == [past - 0.5]
 
     uvloop.run(scenario())

@@ -81,7 +81,7 @@ import httpx
 from cim.client.delivery import Delivery, Step
 from cim.client.history import HistoryCalls, HistoryPage
 from cim.client.presence import PresenceCalls
-from cim.client.route import ClientError, RouteClient, RouteSession, ServerAddress, register
+from cim.client.route import ClientError, DeviceCalls, RouteClient, RouteSession, ServerAddress, register
 from cim.client.transport import Transport, open_transport, transport_kind
 from cim.protocols.client import (
     ClientConnection,
@@ -232,16 +232,20 @@ class Alarm:
     def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[float], None]) -> None:
         self._loop = loop
         self._callback = callback
-        self._timer: asyncio.TimerHandle | None = None
+        # uvloop answers call_at with a deadline already past with a plain Handle (no ``when()``),
+        # so the deadline set is kept here.
+        self._timer: asyncio.Handle | None = None
+        self._deadline = 0.0
 
     def set(self, deadline: float | None) -> None:
         """Ring at ``deadline`` (None: not at all) unless already set to ring earlier."""
         if self._timer is not None:
-            if deadline is not None and self._timer.when() <= deadline:
+            if deadline is not None and self._deadline <= deadline:
                 return
             self._timer.cancel()
             self._timer = None
         if deadline is not None:
+            self._deadline = deadline
             self._timer = self._loop.call_at(deadline, self._ring, deadline)
 
     def cancel(self) -> None:
@@ -252,7 +256,7 @@ class Alarm:
         self._callback(deadline)
 
 
-class Client(HistoryCalls, PresenceCalls):
+class Client(HistoryCalls, PresenceCalls, DeviceCalls):
     """One user's session with cim, kept up (route login with ``password``, the TCP connection, heartbeats,
     reconnects), with acknowledged delivery: see the module.
 
