@@ -84,7 +84,7 @@ def measure(codec: ModuleType, wire: ModuleType, args: argparse.Namespace) -> di
         push_bodies, frame_sequenced, encode_receipts = wire.push_bodies, wire.frame_sequenced, wire.encode_receipts
         start = time.perf_counter()
         for k in range(len(runs)):
-            frame_sequenced(push_bodies(prefix, texts, k << 22, 1_700_000_000_000), 8 * k + 1, entry)
+            frame_sequenced(push_bodies(prefix, texts, k << 22, 1_700_000_000_000, client_msg_ids), 8 * k + 1, entry)
             encode_receipts(head, client_msg_ids, k << 22)
         return 8 * len(runs) / (time.perf_counter() - start)
 

@@ -5,8 +5,9 @@ messages through transports that only count what is written: what is left is the
 interpreter's and the extensions' share of a message (parse, inbox append, dedup,
 seq framing, pushes, receipts, acks), which the socket benchmarks blur with wake-ups.
 Pairs as in ``p2p``: each loop turn every sender's connection reads ``--run``
-messages for its partner; in ``sdk`` mode each has a clientMsgId and every receiver
-acks once per ``ACK_EVERY`` messages.
+messages for its partner; in ``sdk`` mode each has a clientMsgId, so the sender's
+copy is stored and pushed to the sender too (``cim.delivery``), and every connection
+acks once per ``ACK_EVERY`` messages. The figure is per message sent.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ async def _measure(protocol: str, args: argparse.Namespace) -> list[float]:
             peer = TcpPeer(node)
             peer.connection_made(CountingTransport(10_000 + index))  # type: ignore[arg-type]  # writes are all it needs
             client = ClientConnection(user_id, f"hot{index}")
-            peer.data_received(client.login() + (client.sync(0) if protocol == "sdk" and index % 2 else b""))
+            peer.data_received(client.login() + (client.sync(0) if protocol == "sdk" else b""))
             peers.append(peer)
             clients.append(client)
         while len(node.sessions) < 2 * args.pairs:  # logins go through the (in-process) store
@@ -109,13 +110,14 @@ async def _measure(protocol: str, args: argparse.Namespace) -> list[float]:
                     peers[2 * pair].data_received(data)
                 if protocol == "sdk" and turn % acks_every == acks_every - 1:
                     seq = (first_turn + turn + 1) * args.run
-                    for pair in range(args.pairs):
-                        peers[2 * pair + 1].data_received(clients[2 * pair + 1].ack(seq))
+                    for index in range(2 * args.pairs):  # receivers, and senders for their copies
+                        peers[index].data_received(clients[index].ack(seq))
                 await asyncio.sleep(0)  # the end of the turn: its flushes
             elapsed = time.process_time() - started
             count = args.turns * args.pairs * args.run
-            if node.metrics["messages_out"] - delivered != count or node.metrics["protocol_errors"]:
-                raise RuntimeError(f"{protocol}: {node.metrics['messages_out'] - delivered} of {count} messages pushed")
+            pushes = 2 * count if protocol == "sdk" else count  # with the senders' copies
+            if node.metrics["messages_out"] - delivered != pushes or node.metrics["protocol_errors"]:
+                raise RuntimeError(f"{protocol}: {node.metrics['messages_out'] - delivered} of {pushes} messages pushed")
             figures.append(elapsed / count * 1e6)
         return figures
     finally:

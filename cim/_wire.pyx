@@ -200,18 +200,23 @@ def scan_chat_run(list frames, Py_ssize_t start, Py_ssize_t max_text):
     return end, (destination if destination > 0 else 0), texts, client_msg_ids
 
 
-def push_bodies(bytes prefix, list texts, unsigned long long first_id, long long timestamp_ms):
+def push_bodies(bytes prefix, list texts, unsigned long long first_id, long long timestamp_ms, list client_msg_ids):
     cdef Py_ssize_t prefix_len = PyBytes_GET_SIZE(prefix), text_len, size, pos, k = 0
-    cdef unsigned long long msg_id, stamp = <unsigned long long>timestamp_ms
+    cdef unsigned long long msg_id, client_msg_id, stamp = <unsigned long long>timestamp_ms
     cdef Py_ssize_t stamp_size = _field_size(_TAG_RESPONSE_TIMESTAMP, stamp)
     cdef list bodies = []
     cdef bytes text, body
     cdef char* dst
+    if len(client_msg_ids) != len(texts):
+        raise ValueError("one clientMsgId per text")
     for text in texts:
         msg_id = first_id + k
+        client_msg_id = client_msg_ids[k]
         k += 1
         text_len = PyBytes_GET_SIZE(text)
         size = prefix_len + stamp_size + _field_size(_TAG_RESPONSE_MSG_ID, msg_id)
+        if client_msg_id:
+            size += _field_size(_TAG_RESPONSE_CLIENT_MSG_ID, client_msg_id)
         if text_len:
             size += 1 + varint_size(text_len) + text_len
         body = PyBytes_FromStringAndSize(NULL, size)
@@ -224,7 +229,9 @@ def push_bodies(bytes prefix, list texts, unsigned long long first_id, long long
             memcpy(dst + pos, PyBytes_AS_STRING(text), text_len)
             pos += text_len
         pos += _write_field(dst + pos, _TAG_RESPONSE_MSG_ID, msg_id)
-        _write_field(dst + pos, _TAG_RESPONSE_TIMESTAMP, stamp)
+        pos += _write_field(dst + pos, _TAG_RESPONSE_TIMESTAMP, stamp)
+        if client_msg_id:
+            _write_field(dst + pos, _TAG_RESPONSE_CLIENT_MSG_ID, client_msg_id)
         PyList_Append(bodies, body)
     return bodies
 

@@ -159,17 +159,21 @@ def scan_chat_run(frames: list[bytes], start: int, max_text: int) -> tuple[int, 
     return end, max(destination, 0), texts, client_msg_ids
 
 
-def push_bodies(prefix: bytes, texts: list[bytes], first_id: int, timestamp_ms: int) -> list[bytes]:
-    """Serialized pushes: ``prefix`` (the sender's part) + resMsg, msgId, timestamp.
+def push_bodies(prefix: bytes, texts: list[bytes], first_id: int, timestamp_ms: int,
+                client_msg_ids: list[int]) -> list[bytes]:
+    """Serialized pushes: ``prefix`` (the sender's part) + resMsg, msgId, timestamp, clientMsgId.
 
-    The k-th text gets message id ``first_id + k``. Zero fields are left out, as
-    protobuf leaves them out.
+    The k-th text gets message id ``first_id + k`` and carries ``client_msg_ids[k]`` (the
+    sender's id of it: their other devices match their own sends by it). Zero fields are
+    left out, as protobuf leaves them out.
     """
+    if len(client_msg_ids) != len(texts):
+        raise ValueError("one clientMsgId per text")
     return [
         prefix
         + (_RES_MSG_TAG + _length(len(text)) + text if text else b"")
-        + Response(msgId=first_id + k, timestamp=timestamp_ms).SerializeToString()
-        for k, text in enumerate(texts)
+        + Response(msgId=first_id + k, timestamp=timestamp_ms, clientMsgId=client_msg_id).SerializeToString()
+        for k, (text, client_msg_id) in enumerate(zip(texts, client_msg_ids, strict=True))
     ]
 
 

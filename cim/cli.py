@@ -182,6 +182,9 @@ def _client_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--password-file", metavar="FILE", type=Path, default=None,
                    help="read the password from the first line of FILE; else $CIM_PASSWORD, else asked for on a "
                         "terminal (a route under --auth none needs none)")
+    p.add_argument("--device-id", metavar="ID", default="",
+                   help="name this device (the user may be logged in on several: :devices lists them); "
+                        "none: CIM's client, one login per user")
     p.add_argument("--heartbeat-interval", type=float, default=float(os.environ.get("CIM_HEARTBEAT_INTERVAL", 30)))
     p.add_argument("--reconnect-attempts", type=int, default=int(os.environ.get("CIM_RECONNECT_ATTEMPTS", 10)))
 
@@ -212,7 +215,7 @@ def _run_client(args: argparse.Namespace) -> int:
             print(f"* registration failed: {err}", flush=True)
             return 1
         client = Client(
-            args.route, user_id, user_name, password=password,
+            args.route, user_id, user_name, password=password, device_id=args.device_id,
             heartbeat_interval=args.heartbeat_interval, reconnect_attempts=args.reconnect_attempts,
         )
         return await run_console(client)

@@ -12,6 +12,14 @@ Private: 7000 when the receiver is not logged in (stored for their next sync or
 ``/fetchOfflineMsgs``). Everyone (CIM's group chat): every user logged in then. A named
 group: every member, logged in or not (``cim.groups`` keeps who they are).
 
+The sender's copy: a send with clientMsgIds (a client that syncs its inbox: the SDK, the
+web client) is stored in the sender's own inbox too, the same body in the same append
+call, so every device of the sender gets it in order with everything else, and history
+has both sides of a conversation. A private push carries ``toUserId``, and every push the
+sender's clientMsgId, so a device tells its own sends from its other devices' ones. A send
+without (CIM's client, the route's HTTP sends) keeps CIM's behaviour: no copy, nothing of
+one's own comes back.
+
 Later (a delayed message): checked as its destination would be, given its msgId and
 answered 9000 at once, kept in the store's ``Delays``; when it comes due a node's poller
 (``cim.server.delays``) sends it the normal way, with that msgId, so inboxes, seq, sync
@@ -28,7 +36,7 @@ from typing import Protocol
 
 from cim.backends import Backends, Stored
 from cim.destinations import EVERYONE, Destination, Later, Now, ToEveryone, ToGroup, ToUser
-from cim.messages import MessageIds, Sender, group_prefix
+from cim.messages import MessageIds, Sender, group_prefix, to_user_field
 from cim.proto import Delivery
 from cim.status import CimError, Status
 from cim.wire import push_bodies
@@ -101,6 +109,12 @@ class DelayedMessage:
         return ToGroup(self.to_group) if self.to_group else EVERYONE
 
 
+def kick(user_id: int, device_ids: list[str], reason: str) -> Delivery:
+    """The Delivery that ends the user's connections of ``device_ids`` (none: all) on a node."""
+    named = [reason.encode(), *(d.encode() for d in device_ids)] if device_ids else []
+    return Delivery(receiverIds=[user_id], kick=True, messages=named)
+
+
 def doorbell(receiver_ids: list[int], stored: list[Stored]) -> Delivery:
     """The Delivery that rings the receivers' nodes: the pushes with each one's seq
     when every receiver stored the same messages; else no pushes (the nodes read the
@@ -139,17 +153,19 @@ class Messenger:
         self._registered.add(user_id)
 
     async def send(self, sender: Sender, destination: Destination, texts: list[bytes],
-                   client_msg_ids: list[int], msg_id: int = 0) -> Sent:
+                   client_msg_ids: list[int], msg_id: int = 0, sender_copy: bool | None = None) -> Sent:
         """Store and ring (a Later: schedule); raises CimError for a destination that cannot be
         served. ``client_msg_ids[k]``: the sender's id of text k (0: none, never deduplicated).
-        ``msg_id``: the first text's id if it has one already (a delayed message), else 0."""
+        ``msg_id``: the first text's id if it has one already (a delayed message), else 0.
+        ``sender_copy``: keep the sender's copy (None: when the send has clientMsgIds, see the module)."""
         if isinstance(destination, Later):
             return await self.schedule(sender, destination, texts, client_msg_ids)
+        copy = any(client_msg_ids) if sender_copy is None else sender_copy
         if isinstance(destination, ToUser):
-            return await self.send_private(sender, destination.user_id, texts, client_msg_ids, msg_id)
+            return await self.send_private(sender, destination.user_id, texts, client_msg_ids, msg_id, copy)
         if isinstance(destination, ToEveryone):
-            return await self.send_group(sender, texts, client_msg_ids, msg_id)
-        return await self.send_to_group(sender, destination.group_id, texts, client_msg_ids, msg_id)
+            return await self.send_group(sender, texts, client_msg_ids, msg_id, copy)
+        return await self.send_to_group(sender, destination.group_id, texts, client_msg_ids, msg_id, copy)
 
     def _take_ids(self, count: int, msg_id: int) -> tuple[int, int]:
         """``count`` new ids and the time, or ``msg_id`` on: a delayed message's, given when it was sent."""
@@ -187,7 +203,7 @@ class Messenger:
             sender = Sender.of(message.sender_id, message.sender_name)
             try:
                 await self.send(sender, message.destination, [message.text.encode()],
-                                [message.client_msg_id or message.msg_id], message.msg_id)
+                                [message.client_msg_id or message.msg_id], message.msg_id, bool(message.client_msg_id))
             except CimError as err:
                 log.info("delayed message %d dropped: %s", message.msg_id, err.message)
             except Exception as err:
@@ -198,41 +214,51 @@ class Messenger:
         return len(taken)
 
     async def send_private(self, sender: Sender, receiver_id: int, texts: list[bytes],
-                           client_msg_ids: list[int], msg_id: int = 0) -> Sent:
-        """SUCCESS (stored, receiver online) or OFF_LINE (stored for later); raises
-        CimError for an unknown receiver."""
+                           client_msg_ids: list[int], msg_id: int = 0, copy: bool = False) -> Sent:
+        """SUCCESS (stored, a device of the receiver online) or OFF_LINE (stored for later); raises
+        CimError for an unknown receiver. ``copy``: the sender's copy too (see the module)."""
         local = self.local
-        here = local if local is not None and local.is_here(receiver_id) else None  # logged in, so registered
-        if here is None:
+        if not (local is not None and local.is_here(receiver_id)):  # logged in here: registered
             await self._require_receiver(receiver_id)
         first_id, now_ms = self._take_ids(len(texts), msg_id)
-        bodies = push_bodies(sender.prefix, texts, first_id, now_ms)
-        stored = await self.backends.inbox.append(receiver_id, sender.id, bodies, first_id, client_msg_ids)
-        if here is not None and here.deliver_local(receiver_id, stored):
-            return Sent(Status.SUCCESS, first_id, stored.duplicates)
-        try:
-            servers = await self.backends.presence.servers(receiver_id)  # every server with a device of theirs
-            if not servers:
-                return Sent(Status.OFF_LINE, first_id, stored.duplicates)
-            for server in servers:
-                if not (local is not None and server == local.node_id and local.deliver_local(receiver_id, stored)):
-                    await self.backends.bus.publish(server, doorbell([receiver_id], [stored]).SerializeToString())
-        except Exception as err:
-            # Stored: the message will arrive (the receiver's sync, or its node's inbox
-            # check), so the send succeeded; only its doorbell is lost.
-            log.warning("message for user %d stored, its doorbell failed: %r", receiver_id, err)
-        return Sent(Status.SUCCESS, first_id, stored.duplicates)
+        bodies = push_bodies(sender.prefix + to_user_field(receiver_id), texts, first_id, now_ms, client_msg_ids)
+        owners = [receiver_id, sender.id] if copy and receiver_id != sender.id else [receiver_id]
+        stored = await self.backends.inbox.append_each(owners, sender.id, bodies, first_id, client_msg_ids)
+        reached = await self._ring(owners[0], stored[0])
+        if len(owners) > 1:
+            await self._ring(owners[1], stored[1])
+        duplicates = stored[0].duplicates
+        return Sent(Status.SUCCESS if reached else Status.OFF_LINE, first_id, duplicates)
 
-    async def send_group(self, sender: Sender, texts: list[bytes], client_msg_ids: list[int], msg_id: int = 0) -> Sent:
-        """Into the inbox of every user logged in but the sender, in order: one append
-        call and one broadcast for the whole run of texts."""
+    async def _ring(self, user_id: int, stored: Stored) -> bool:
+        """Push what was stored to every device of the user: here directly, on other nodes by the bus;
+        False if they have none online. A doorbell that fails is logged and counts as rung: the message
+        is stored and will arrive (the receiver's sync, or its node's inbox check)."""
+        local = self.local
+        here = local is not None and local.deliver_local(user_id, stored)
+        if here and self.backends.store.in_process:  # the store is this process's: this is the only node
+            return True
+        try:
+            servers = await self.backends.presence.servers(user_id)  # every server with a device of theirs
+            for server in servers:
+                if not (here and local is not None and server == local.node_id):
+                    await self.backends.bus.publish(server, doorbell([user_id], [stored]).SerializeToString())
+        except Exception as err:
+            log.warning("message for user %d stored, its doorbell failed: %r", user_id, err)
+            return True
+        return here or bool(servers)
+
+    async def send_group(self, sender: Sender, texts: list[bytes], client_msg_ids: list[int], msg_id: int = 0,
+                         copy: bool = False) -> Sent:
+        """Into the inbox of every user logged in but the sender (and the sender's copy), in order: one
+        append call and one broadcast for the whole run of texts."""
         local = self.local
         if local is not None and self.backends.store.in_process:
             online = local.local_user_ids()  # the store is this process's: this node is the only one
         else:
             online = await self.backends.presence.online_user_ids()
         receivers = [user_id for user_id in online if user_id != sender.id]
-        return await self._fan_out(sender.prefix, sender.id, receivers, texts, client_msg_ids, msg_id)
+        return await self._fan_out(sender.prefix, sender.id, receivers, texts, client_msg_ids, msg_id, copy)
 
     async def _group_receivers(self, sender: Sender, group_id: str) -> list[int]:
         """The members of a named group but the sender; CimError for a group that does not
@@ -245,13 +271,13 @@ class Messenger:
         return [user_id for user_id in members if user_id != sender.id]
 
     async def send_to_group(self, sender: Sender, group_id: str, texts: list[bytes], client_msg_ids: list[int],
-                            msg_id: int = 0) -> Sent:
+                            msg_id: int = 0, copy: bool = False) -> Sent:
         """Into the inbox of every member of a named group but the sender, whether online or
         not (write diffusion, as for everyone: see README "Named groups"); the pushes carry the
         groupId. Raises CimError for a group that does not exist or a sender who is not in it."""
         receivers = await self._group_receivers(sender, group_id)
         return await self._fan_out(group_prefix(sender.prefix, group_id), sender.id, receivers, texts, client_msg_ids,
-                                   msg_id)
+                                   msg_id, copy)
 
     async def notify(self, actor: Sender, group_id: str, receiver_ids: list[int], text: str) -> None:
         """A membership notice from ``actor`` into the receivers' inboxes, as a group message
@@ -259,12 +285,14 @@ class Messenger:
         await self._fan_out(group_prefix(actor.prefix, group_id, notice=True), actor.id, receiver_ids, [text.encode()], [0])
 
     async def _fan_out(self, prefix: bytes, sender_id: int, receivers: list[int], texts: list[bytes],
-                       client_msg_ids: list[int], msg_id: int = 0) -> Sent:
-        """Store the texts in every receiver's inbox (one append call), then ring: on this node
-        directly when the store is this process's, else one broadcast with each one's seq."""
+                       client_msg_ids: list[int], msg_id: int = 0, copy: bool = False) -> Sent:
+        """Store the texts in every receiver's inbox and (``copy``) the sender's (one append call), then
+        ring: on this node directly when the store is this process's, else one broadcast with each one's seq."""
         local = self.local
+        if copy:
+            receivers = [*receivers, sender_id]
         first_id, now_ms = self._take_ids(len(texts), msg_id)
-        bodies = push_bodies(prefix, texts, first_id, now_ms)
+        bodies = push_bodies(prefix, texts, first_id, now_ms, client_msg_ids)
         stored = await self.backends.inbox.append_each(receivers, sender_id, bodies, first_id, client_msg_ids)
         duplicates: dict[int, int] = {}
         for each in stored:
@@ -302,6 +330,6 @@ class Messenger:
             await inbox.set_cursors([(user_id, "", cursor)])
             count += len(entries)
 
-    async def kick(self, user_id: int, server: str) -> None:
-        """Ask the user's node to close their connection."""
-        await self.backends.bus.publish(server, Delivery(receiverIds=[user_id], kick=True).SerializeToString())
+    async def kick(self, user_id: int, server: str, device_ids: list[str] | None = None, reason: str = "") -> None:
+        """Ask the user's node to close their connections (of ``device_ids`` only, told ``reason``)."""
+        await self.backends.bus.publish(server, kick(user_id, device_ids or [], reason).SerializeToString())

@@ -4,9 +4,9 @@ The one code path behind the route's ``/history`` and the in-band HISTORY reques
 store's ``Inbox`` (``read_back`` pages back, ``read`` forward). What is shown:
 
 * **A conversation with user P** (``peer_id``): the private messages in the user's inbox from P,
-  and the copies of what the user sent to P (a copy in the sender's own inbox has the sender as
-  ``responseId`` and the real receiver as ``receiveUserId``). CIM's everyone-group messages from P
-  are stored as P's private ones are (neither carries a receiver or a group), so they are in it too.
+  and the user's copies of what they sent to P (``cim.delivery``: the user as ``responseId``, P as
+  ``toUserId``). CIM's everyone-group messages from P carry no ``toUserId`` nor group, as private
+  ones stored before ``toUserId`` existed do, so they are in it too.
 * **A named group G** (``group_id``): the inbox's messages and notices with groupId G; members only.
 * **Neither**: the whole inbox.
 * **Keyword**: only messages whose text contains it, case-insensitively (``str.casefold``).
@@ -91,8 +91,8 @@ class HistoryQuery:
             if peer:
                 if push.groupId:
                     return False
-                if push.responseId == owner:  # a copy of what the user sent: to P?
-                    if push.properties.get(RECEIVE_USER_ID) != str(peer):
+                if push.responseId == owner:  # the user's copy of what they sent: to P?
+                    if push.toUserId != peer:
                         return False
                 elif push.responseId != peer:
                     return False
@@ -140,6 +140,7 @@ def message_json(push: Response) -> dict[str, Any]:
         "sendUserId": int(properties.get(SEND_USER_ID) or push.responseId),
         "sendUserName": properties.get(SEND_USER_NAME, ""),
         "receiveUserId": int(properties.get(RECEIVE_USER_ID) or 0),
+        "toUserId": push.toUserId or None,  # a private message: whom it was sent to (the user's copy: not them)
         "groupId": push.groupId or None,
         "notice": push.notice,
         "text": push.resMsg,

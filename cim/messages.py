@@ -70,6 +70,13 @@ def group_prefix(prefix: bytes, group_id: str, notice: bool = False) -> bytes:
     return prefix + Response(groupId=group_id, notice=notice).SerializeToString()
 
 
+def to_user_field(receiver_id: int) -> bytes:
+    """The serialized ``toUserId`` of private pushes to the user, appended to a sender's ``prefix``
+    as ``group_prefix`` appends groupId: the receiver's push and the sender's own copy (the same
+    body in both inboxes) say whom the message is to."""
+    return Response(toUserId=receiver_id).SerializeToString()
+
+
 class MessageIds:
     """Snowflake ids: unique across nodes with distinct node numbers, increasing per node.
 

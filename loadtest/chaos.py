@@ -280,6 +280,9 @@ class ChaosWorker(FleetWorker):
         if (kind == NAMED) != bool(message.group_id):
             self.anomalies["group_id_wrong"] += 1
             self.example("group_id_wrong", receiver, kind, sender, counter, message.seq, group_id=message.group_id)
+        if sender == receiver[0] and message.from_this_device != (sender_device == receiver[1]):
+            self.anomalies["copy_wrong"] += 1  # the user's copy: sent from this device or another, told wrongly
+            self.example("copy_wrong", receiver, kind, sender, counter, message.seq, from_device=sender_device)
         key = message_key(sender, counter)
         seen = self.seen[receiver]
         if key in seen:
@@ -519,7 +522,7 @@ def print_report(report: dict[str, Any]) -> None:
         f"{report['excused']} group copies excused: receiver not connected throughout), "
         f"duplicated {report['duplicated']}, reordered {report['reordered']} (within a kind "
         f"{report['reordered_within_kind']}), wrong address {report['wrong_address']}, wrong groupId "
-        f"{report['group_id_wrong']}\n"
+        f"{report['group_id_wrong']}, own copies told wrongly {report['copy_wrong']}\n"
         f"SDK: seq gaps {report['seq_gaps']}, seq repeats {report['seq_repeats']}, seq 0 {report['seq_zero']}; "
         f"reconnects {report['reconnects']}, gave up {sum(report['gave_up'].values())}{gave_up}, "
         f"disconnected at the end "

@@ -20,8 +20,9 @@ every device must have got each sender's messages in the order they were sent:
   node that was SIGSTOPped meanwhile counts as down from the SIGSTOP on: the node could not
   answer for it), or one that a device of the user got (then it is in the user's inbox).
   The other users' devices are **excused**, not lost;
-* nothing of a user's own comes back to them: the server does not yet copy what a user sends
-  to the user's other devices (issue 11), so any device of the sender getting it is a wrong address.
+* the sender's copy: every device of the sender, the sending one too, always (an SDK send has
+  clientMsgIds, so the server keeps the copy in the sender's inbox: ``cim.delivery``); and each
+  device must tell its own sends from its other devices' ones (``copy_wrong``).
 
 A device counts a second copy as **duplicated** and a message from a sender's device whose
 counter is below one it already got from that device as **reordered** (any kind: what one
@@ -90,18 +91,23 @@ class Cast(NamedTuple):
 
 class Online:
     """When each device was connected, as the workers saw it: ``raw``, and for the loss
-    check cut short where the connection's node was SIGSTOPped."""
+    check cut where the connection's node was SIGSTOPped: a connection up before the stop
+    counts as down from the stop on (the node may have lost it meanwhile); one made during
+    the stop (the kernel completes the handshake of a stopped process's listening socket,
+    the login waits) counts only from the node's resume."""
 
     def __init__(self, timelines: dict[Device, list[Span]], faults: list[Fault]) -> None:
-        stops = [(f.port, f.at) for f in faults if f.kind == "stop-node"]
+        stops = [(f.port, f.at, f.until) for f in faults if f.kind == "stop-node"]
         self.raw = {device: sorted(spans) for device, spans in timelines.items()}
         self.usable: dict[Device, list[Span]] = {}
         for device, spans in self.raw.items():
             usable = []
             for up, down, port, http_port in spans:
-                for stop_port, stop_at in stops:
+                for stop_port, stop_at, resumed_at in stops:
                     if stop_port == port and up < stop_at < down:
                         down = stop_at
+                    elif stop_port == port and stop_at <= up < resumed_at:
+                        up = resumed_at
                 usable.append((up, down, port, http_port))
             self.usable[device] = usable
         self.ups = {device: [span[0] for span in spans] for device, spans in self.raw.items()}
@@ -112,7 +118,7 @@ class Online:
     def throughout(self, device: Device, start: float, end: float) -> bool:
         """Connected, and not on a stopped node, over all of [start, end]."""
         i = self._index(device, start)
-        return i >= 0 and self.usable[device][i][1] >= end
+        return i >= 0 and self.usable[device][i][0] <= start and self.usable[device][i][1] >= end
 
     def span_at(self, device: Device, at: float) -> Span | None:
         """The connection ``device`` had at ``at``, if any."""
@@ -170,7 +176,7 @@ class Expectation:
             users = [u for u in self.cast.groups.get(str(send.to), []) if u != sender]
         else:
             users = [u for u in self.cast.everyone if u != sender]
-        must: list[Device] = []
+        must: list[Device] = self.devices(sender) if sender not in users else []  # the sender's copy
         excused = 0
         for user in users:
             devices = self.devices(user)
@@ -189,8 +195,8 @@ class Expectation:
     def addressed(self, send: Send, device: Device) -> bool:
         """Whether ``device`` may get ``send`` at all."""
         user, sender = device[0], key_sender(send.key)
-        if user == sender:
-            return False
+        if user == sender:  # the sender's copy
+            return True
         if send.kind == PRIVATE:
             return user == send.to
         if send.kind == NAMED:
@@ -309,7 +315,7 @@ def check(results: list[ChaosResult], faults: list[Fault], cast: Cast, margin: f
         "duplicated": anomalies["duplicated"], "reordered": anomalies["reordered"],
         "reordered_within_kind": anomalies["reordered_within_kind"], "seq_gaps": anomalies["seq_gaps"],
         "seq_repeats": anomalies["seq_repeats"], "seq_zero": anomalies["seq_zero"],
-        "group_id_wrong": anomalies["group_id_wrong"], "notices": anomalies["notice"],
+        "group_id_wrong": anomalies["group_id_wrong"], "copy_wrong": anomalies["copy_wrong"], "notices": anomalies["notice"],
         "foreign_ignored": anomalies["foreign"],
         "behind_at_end": {f"{u}/{d}": v for r in results for (u, d), v in r["behind"].items()},
         "reconnects": sum(r["reconnects"] for r in results), "gave_up": dict(gave_up),
@@ -325,5 +331,6 @@ def check(results: list[ChaosResult], faults: list[Fault], cast: Cast, margin: f
 
 def passed(report: dict[str, Any]) -> bool:
     return report["accepted"] > 0 and not any(
-        report[k] for k in ("lost", "duplicated", "reordered", "wrong_address", "unknown_messages", "group_id_wrong")
+        report[k]
+        for k in ("lost", "duplicated", "reordered", "wrong_address", "unknown_messages", "group_id_wrong", "copy_wrong")
     )

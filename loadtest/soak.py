@@ -36,7 +36,6 @@ import uvloop
 
 from cim.client import Client, ClientError, Message
 from loadtest.fleet import (
-    GROUP,
     PRIVATE,
     Device,
     FleetWorker,
@@ -73,6 +72,7 @@ class WorkerResult(TypedDict):
     ok_group: list[int]  # message keys
     private_got: list[tuple[int, int]]  # (message key, receiver), once per receiver
     group_got: Counter[int]  # message key -> receivers of this worker that got it
+    own_got: list[int]  # message keys of the senders' own copies (cim.delivery), once each
     duplicates: int
     out_of_order: int
     wrong_address: int
@@ -93,7 +93,7 @@ class SoakWorker(FleetWorker):
         self.last_seq: dict[tuple[str, int, int], int] = {}
         self.result = WorkerResult(
             send_seconds=0.0, sent_private=0, sent_group=0, stored_offline=0, failures=Counter(), ok_private={}, ok_group=[],
-            private_got=[], group_got=Counter(), duplicates=0, out_of_order=0, wrong_address=0, foreign=0,
+            private_got=[], group_got=Counter(), own_got=[], duplicates=0, out_of_order=0, wrong_address=0, foreign=0,
             latencies_ms=array("f"), reconnects=0, disconnected=0,
         )
 
@@ -154,7 +154,8 @@ class SoakWorker(FleetWorker):
             self.result["foreign"] += 1  # not from this run
             return
         kind, sender, _, seq, sent_ns = parsed
-        if message.sender_id != sender or (kind == GROUP and sender == receiver):
+        # A copy of one's own comes to the one device that sent it, and says so.
+        if message.sender_id != sender or (sender == receiver and not message.from_this_device):
             self.result["wrong_address"] += 1
             return
         key = message_key(sender, seq)
@@ -163,6 +164,9 @@ class SoakWorker(FleetWorker):
             self.result["duplicates"] += 1
             return
         seen.add(key)
+        if sender == receiver:
+            self.result["own_got"].append(key)
+            return
         self.bump("received")
         self.result["latencies_ms"].append((now_ns - sent_ns) / 1e6)
         if kind == PRIVATE:
@@ -193,7 +197,9 @@ def aggregate(results: list[WorkerResult], users: int) -> dict[str, Any]:
     group_got: Counter[int] = Counter()
     failures: Counter[str] = Counter()
     latencies: list[float] = []
+    own_got: set[int] = set()
     for r in results:
+        own_got.update(r["own_got"])
         ok_private.update(r["ok_private"])
         ok_group.update(r["ok_group"])
         group_got.update(r["group_got"])
@@ -228,6 +234,7 @@ def aggregate(results: list[WorkerResult], users: int) -> dict[str, Any]:
         "expected": expected,
         "delivered": delivered,
         "lost": expected - delivered,
+        "own_copies_lost": len((set(ok_private) | ok_group) - own_got),  # an accepted send's copy at its sender
         "duplicates": sum(r["duplicates"] for r in results),
         "out_of_order": sum(r["out_of_order"] for r in results),
         "wrong_address": wrong_address,
@@ -241,7 +248,7 @@ def aggregate(results: list[WorkerResult], users: int) -> dict[str, Any]:
 
 def passed(report: dict[str, Any]) -> bool:
     return report["sent"] > 0 and not any(
-        report[k] for k in ("lost", "duplicates", "out_of_order", "wrong_address", "failed_sends")
+        report[k] for k in ("lost", "own_copies_lost", "duplicates", "out_of_order", "wrong_address", "failed_sends")
     )
 
 
@@ -290,7 +297,8 @@ def print_report(report: dict[str, Any]) -> None:
         f"sent {report['sent']} (private {report['sent_private']}, group {report['sent_group']}) "
         f"in {report['send_seconds']} s = {report['send_rate']}/s; receipts ok {report['receipts_ok']} "
         f"(stored offline {report['stored_offline']}), failed {report['failed_sends']}\n"
-        f"delivered {report['delivered']}/{report['expected']}: lost {report['lost']}, duplicates "
+        f"delivered {report['delivered']}/{report['expected']}: lost {report['lost']} (own copies "
+        f"{report['own_copies_lost']}), duplicates "
         f"{report['duplicates']}, out of order {report['out_of_order']}, wrong address {report['wrong_address']}\n"
         f"latency ms p50 {latency['p50']} p99 {latency['p99']} max {latency['max']} ({latency['count']} deliveries); "
         f"reconnects {report['reconnects']}\n"

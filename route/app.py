@@ -26,7 +26,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from cim.backends import GroupInfo
+from cim.backends import DeviceLogin, GroupInfo
 from cim.history import DEFAULT_LIMIT, MAX_KEYWORD_CHARS, MAX_LIMIT, HistoryQuery
 from cim.metrics import metrics_route
 from cim.server_info import ServerInfo
@@ -137,6 +137,15 @@ class GroupList(_Body):
     userId: int = UserId
 
 
+class UserDevices(_Body):
+    userId: int = UserId
+
+
+class EndDevice(UserDevices):
+    # As /login's deviceId, and "": CIM's client (a login without one), which /devices lists as "".
+    deviceId: str = Field(max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")
+
+
 @dataclass(frozen=True)
 class Access:
     """Who may call an endpoint under ``--auth token``: the user a body field names, with
@@ -155,6 +164,8 @@ ACCESS = {
     "/history": Access("userId"),
     "/presence": Access("userId"),
     "/servers": Access(None, operator=True),
+    "/devices": Access("userId", operator=True),
+    "/devices/end": Access("userId", operator=True),
     **{path: Access("userId") for path in (
         "/group/create", "/group/addMembers", "/group/removeMembers", "/group/leave", "/group/members", "/group/list",
         "/group/rename", "/group/dissolve",
@@ -328,6 +339,21 @@ async def _group_dissolve(service: RouteService, body: GroupCall) -> JSONRespons
     return answer(Status.SUCCESS, None, body.reqNo)
 
 
+def _device(device_id: str, login: DeviceLogin) -> dict[str, Any]:
+    return {"deviceId": device_id, "serverId": login.server_id, **_server(ServerInfo.parse(login.server_id)),
+            "since": login.since_ms}
+
+
+async def _devices(service: RouteService, body: UserDevices) -> JSONResponse:
+    devices = await service.devices(body.userId)
+    return answer(Status.SUCCESS, {"devices": [_device(d, login) for d, login in devices.items()]}, body.reqNo)
+
+
+async def _end_device(service: RouteService, body: EndDevice) -> JSONResponse:
+    await service.end_device(body.userId, body.deviceId)
+    return answer(Status.SUCCESS, None, body.reqNo)
+
+
 async def _servers(service: RouteService, _: None) -> JSONResponse:
     return answer(Status.SUCCESS, [_server(s) for s in service.servers])
 
@@ -354,6 +380,11 @@ ENDPOINTS: list[tuple[str, list[str], type[_Body] | None, Handler, str]] = [
      "userId's own inbox, oldest first: the newest `limit` before beforeSeq (or after afterSeq), of a conversation "
      "(peerId or groupId; neither: all), containing keyword; {messages, hasMore, nextSeq, truncated}."),
     ("/servers", ["GET"], None, _servers, "The live cim-servers as [{ip, cimServerPort, httpPort}] (operator call)."),
+    ("/devices", ["POST"], UserDevices, _devices,
+     "userId's logged-in devices as {devices: [{deviceId, serverId, ip, cimServerPort, httpPort, since}]} "
+     "(deviceId \"\": CIM's client; since: ms of the login)."),
+    ("/devices/end", ["POST"], EndDevice, _end_device,
+     "Log out one device of userId and end its connection (OFFLINE 9000, for good); 3000 for one not logged in."),
     ("/group/create", ["POST"], GroupCreate, _group_create,
      "Create a named group owned by userId, with the members named (and the owner); answers {groupId}."),
     ("/group/addMembers", ["POST"], GroupMembersChange, _group_add, "Owner only: add members; answers {groupId, added}."),

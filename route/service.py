@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass
 
 from cim.auth import AuthError, Passwords, Tokens
-from cim.backends import Backends
+from cim.backends import Backends, DeviceLogin
 from cim.config import Config
 from cim.delivery import Messenger
 from cim.destinations import EVERYONE, Destination, ToUser, later
@@ -26,6 +26,8 @@ log = logging.getLogger("cim.route")
 
 BEARER = "bearer "
 SERVER_GONE_GRACE = 2.0  # seconds between a server leaving the registry and its users being logged out
+# What an ended device is told (OFFLINE 9000: for good, so it does not reconnect and take its place back).
+ENDED_DEVICE = "ended from another device"
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +250,22 @@ class RouteService:
         assert self.messenger is not None
         for server in set((await self.presence.logout(user_id)).values()):
             await self.messenger.kick(user_id, server)
+
+    async def devices(self, user_id: int) -> dict[str, DeviceLogin]:
+        """``/devices``: the user's logged-in devices (confirmed by a server; a claim is no device yet), by id."""
+        assert self.messenger is not None
+        await self.messenger.require_user(user_id, "userId")
+        return dict(sorted((await self.presence.devices(user_id)).items()))
+
+    async def end_device(self, user_id: int, device_id: str) -> None:
+        """``/devices/end``: log one device out and end its connection, on whatever node holds it (the
+        kick Delivery names the device, so the user's other devices stay); 3000 for a device not logged in."""
+        assert self.messenger is not None
+        if device_id not in await self.devices(user_id):
+            raise CimError(Status.VALIDATION_FAIL, f"deviceId: user {user_id} has no device {device_id!r} logged in "
+                                                   "(/devices lists them)")
+        for server in set((await self.presence.logout(user_id, device_id=device_id)).values()):
+            await self.messenger.kick(user_id, server, [device_id], ENDED_DEVICE)
 
     async def mark_read(self, user_id: int, seq: int) -> None:
         """``/read``: the user has read their inbox up to ``seq``; its senders who asked get READ."""

@@ -13,20 +13,23 @@ import os
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import httpx
 import pytest
 
 from cim.auth import Tokens
 from cim.backends.memory import MemoryHub
-from cim.client import LoginAnswer, RouteClient, register
+from cim.client import Client, LoginAnswer, RouteClient, register
 from cim.config import Config
 from cim.frame import FrameDecoder, encode_frame
-from cim.proto import LOGIN_ANSWER, Request, Response
+from cim.proto import LOGIN_ANSWER, MESSAGE, Request, Response
 from cim.protocols.client import ClientConnection
 from cim.run import Running, start
-from cim.testing.services import free_port, redis_server, zookeeper_server
+from cim.testing.services import CimProcess, free_port, redis_server, zookeeper_server
+from cim.wire_fields import RECEIVE_USER_ID, SEND_USER_ID
 
 
 def _import_twin(name: str) -> ModuleType:
@@ -69,6 +72,74 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def zk_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with zookeeper_server(tmp_path_factory.mktemp("zookeeper")) as hosts:
         yield hosts
+
+
+ZK_SESSION_TIMEOUT = 2.0  # the cluster's nodes: a killed one is noticed soon
+
+
+class Cluster:
+    """Two cim-server processes and a route process on real Redis and ZooKeeper (``--balance loop``:
+    logins alternate between the nodes), keys and znodes under a prefix of their own."""
+
+    def __init__(self, workdir: Path, redis_url: str, zk_hosts: str, server_args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.server_args = list(server_args)
+        self.prefix = f"c{workdir.name[-6:].replace('-', '')}"
+        self.backend = ["--redis", redis_url, "--zk", zk_hosts, "--zk-root", f"/{self.prefix}",
+                        "--key-prefix", self.prefix, "--zk-session-timeout", str(ZK_SESSION_TIMEOUT)]
+        self.env = {"CIM_SECRET": new_secret(), **(env or {})}  # the route's tokens are the servers' too
+        self.servers: list[tuple[CimProcess, int]] = []
+        self.route_port = free_port()
+        self.route = CimProcess(workdir, "route", ["route", "--host", "127.0.0.1", "--port", str(self.route_port),
+                                                   "--balance", "loop", *self.backend], self.env)
+        self.route.wait_http(self.route_port)
+        for i in range(2):
+            self.add_server(f"server{i}")
+
+    def add_server(self, name: str) -> tuple[CimProcess, int]:
+        port, http_port = free_port(), free_port()
+        proc = CimProcess(self.workdir, name, ["server", "--host", "127.0.0.1", "--port", str(port),
+                                               "--http-port", str(http_port), *self.backend, *self.server_args],
+                          self.env)
+        proc.wait_http(http_port)
+        self.servers.append((proc, port))
+        return proc, port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.route_port}"
+
+    def route_servers(self) -> list[str]:
+        servers: list[str] = httpx.get(f"{self.url}/health").json()["servers"]
+        return servers
+
+    def stop(self) -> None:
+        for proc, _ in self.servers:
+            proc.stop()
+        self.route.stop()
+
+
+def server_port(client: Client) -> int:
+    """The TCP port of the cim-server the (connected) client is on."""
+    assert client.server is not None
+    return client.server.port
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cluster(server_args=(), env=None): how the test's ``cluster`` is started")
+
+
+@pytest.fixture
+def cluster(request: pytest.FixtureRequest, tmp_path: Path, redis_url: str, zk_hosts: str) -> Iterator[Cluster]:
+    """A ``Cluster`` for the test; ``@pytest.mark.cluster(server_args=..., env=...)`` gives the nodes'
+    flags and the processes' environment."""
+    marker = request.node.get_closest_marker("cluster")
+    c = Cluster(tmp_path, redis_url, zk_hosts, **(marker.kwargs if marker else {}))
+    try:
+        yield c
+    finally:
+        c.stop()
 
 
 async def eventually(check: Callable[[], object], timeout: float = 10.0) -> None:
@@ -151,19 +222,23 @@ class RawClient:
     """A client for testing the server: raw ``Response`` objects out, so tests check
     every field; login and ping frames as the SDK sends them, anything else built
     field by field with ``send``. ``token`` is the one it logged in with. The login's
-    answer (LOGIN_ANSWER) is set aside as ``login_answer``, not returned by ``next``."""
+    answer (LOGIN_ANSWER) is set aside as ``login_answer``, not returned by ``next``; so are
+    the user's own copies of what they sent with a clientMsgId (``own_copies``: a MESSAGE from
+    the user to the user, with the clientMsgId: cim.delivery) unless ``keep_own_copies``."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, keep_own_copies: bool = False) -> None:
         self.reader = reader
         self.writer = writer
         self.decoder = FrameDecoder()
         self.inbox: list[Response] = []
         self.token = ""
         self.login_answer: Response | None = None
+        self.keep_own_copies = keep_own_copies
+        self.own_copies: list[Response] = []
 
     @classmethod
-    async def connect(cls, port: int) -> RawClient:
-        return cls(*await asyncio.open_connection("127.0.0.1", port))
+    async def connect(cls, port: int, keep_own_copies: bool = False) -> RawClient:
+        return cls(*await asyncio.open_connection("127.0.0.1", port), keep_own_copies=keep_own_copies)
 
     def send_raw(self, data: bytes) -> None:
         self.writer.write(data)
@@ -191,8 +266,12 @@ class RawClient:
     def _received(self, data: bytes) -> None:
         for frame in self.decoder.feed(data):
             response = Response.FromString(frame)
+            properties = response.properties
             if response.cmd == LOGIN_ANSWER and self.login_answer is None:
                 self.login_answer = response
+            elif (response.cmd == MESSAGE and response.clientMsgId and not self.keep_own_copies
+                  and properties.get(SEND_USER_ID, "") == properties.get(RECEIVE_USER_ID)):
+                self.own_copies.append(response)
             else:
                 self.inbox.append(response)
 

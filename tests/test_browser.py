@@ -320,3 +320,31 @@ async def test_a_reloaded_page_scrolls_back_through_history(app_url: str, browse
     await asyncio.to_thread(lambda: erin.driver.find_element(By.ID, "older").click())
     everything = await asyncio.to_thread(erin.shows, "old 0")
     assert [t for t, _ in everything] == sent
+
+
+async def test_what_i_send_from_another_device_shows_as_mine_once(app_url: str, browsers: Callable[..., Page]) -> None:
+    """The sender's copy: erin's phone (the SDK) sends to carol, and erin's page shows it as hers in the
+    conversation with carol; what the page sends shows once (its own copy merged with it) and reaches the
+    phone; after a reload history has both, once each."""
+    carol_name = unique("carol")
+    carol_id = await register(app_url, carol_name, PASSWORD)
+    erin = await asyncio.to_thread(browsers)
+    erin_name = unique("erin")
+    erin_id = int(await asyncio.to_thread(erin.sign_in, erin_name))
+    on_phone: list[Message] = []
+    async with Client(app_url, erin_id, erin_name, password=PASSWORD, device_id="phone", on_message=on_phone.append) as phone:
+        assert (await phone.send_private(carol_id, "from my phone")).accepted
+        await asyncio.to_thread(erin.open, f"u:{carol_id}")
+        assert await asyncio.to_thread(erin.shows, "from my phone") == [("from my phone", True)]
+        await asyncio.to_thread(erin.send, "from the page")
+        await eventually(lambda: any(m.text == "from the page" for m in on_phone), timeout=WAIT)
+        [copy] = [m for m in on_phone if m.text == "from the page"]
+        assert (copy.outgoing, copy.to_user_id, copy.from_this_device) == (True, carol_id, False)
+        await asyncio.to_thread(erin.until, lambda: erin.mark("from the page") != "pending", "sent")
+        both = [("from my phone", True), ("from the page", True)]
+        assert await asyncio.to_thread(erin.messages) == both
+    await asyncio.sleep(0.5)  # past the page's ack
+    await asyncio.to_thread(erin.driver.refresh)
+    assert int(await asyncio.to_thread(erin.sign_in, erin_name)) == erin_id
+    await asyncio.to_thread(erin.open, f"u:{carol_id}")
+    assert await asyncio.to_thread(erin.shows, "from my phone", "from the page") == both

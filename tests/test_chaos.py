@@ -65,10 +65,12 @@ def test_checker_counts_every_accepted_message_for_its_receivers() -> None:
         send(BEN, 1, PRIVATE, CAT, 32.0),  # delivered to ANN: wrong address, and lost for CAT
         send(BEN, 2, NAMED, TEAM, 33.0),  # ANN got it; CAT was reconnecting, yet it is in her inbox: lost; DAN: wrong
     ]
+    own = {sender: [(message_key(sender, n), START + 40) for n in numbers]  # the senders' copies, all there
+           for sender, numbers in ((ANN, (1, 2, 3, 4)), (BEN, (1, 2)))}
     received = {
-        (ANN, ""): [(message_key(BEN, 1), START + 33), (message_key(BEN, 2), START + 33.1)],
+        (ANN, ""): [(message_key(BEN, 1), START + 33), (message_key(BEN, 2), START + 33.1), *own[ANN]],
         (BEN, ""): [(message_key(ANN, 1), START + 1.1), (message_key(ANN, 3), START + 3.1),
-                    (message_key(ANN, 4), START + 20.1)],
+                    (message_key(ANN, 4), START + 20.1), *own[BEN]],
         (CAT, ""): [(message_key(ANN, 6), START + 31.1)],
         (DAN, ""): [(message_key(ANN, 3), START + 3.1), (message_key(ANN, 4), START + 20.1),
                     (message_key(BEN, 2), START + 33.1)],
@@ -81,55 +83,59 @@ def test_checker_counts_every_accepted_message_for_its_receivers() -> None:
     assert report["receipts"] == {"9000": 6, "7100": 1, PENDING: 1}
     assert (report["accepted"], report["pending"]) == (6, 1)
     assert (report["lost"], report["lost_private"], report["lost_group"], report["lost_named"]) == (4, 2, 1, 1)
-    assert (report["excused"], report["delivered"]) == (1, 6)
+    assert (report["excused"], report["delivered"]) == (1, 6 + 6)
     assert (report["wrong_address"], report["delivered_without_accepted_receipt"]) == (2, 1)
     assert (report["duplicated"], report["reordered"]) == (2, 1)
     assert [e["message"] for e in report["lost_examples"]] == [f"{ANN}#2", f"{ANN}#3", f"{BEN}#1", f"{BEN}#2"]
     assert not report["passed"]
 
 
-def test_checker_wants_every_device_and_nothing_back_at_the_sender() -> None:
+def test_checker_wants_every_device_and_the_senders_copy_on_each() -> None:
     devices = ("a", "b")
     sends = [
-        send(ANN, 1, PRIVATE, BEN, 1.0, device="a"),  # BEN/a got it, BEN/b did not: lost; back at ANN/b: wrong address
-        send(ANN, 2, NAMED, TEAM, 2.0, device="b"),  # every device of BEN and CAT got it
+        send(ANN, 1, PRIVATE, BEN, 1.0, device="a"),  # BEN/a got it, BEN/b did not; the copy: ANN/b, not ANN/a; DAN/a: wrong
+        send(ANN, 2, NAMED, TEAM, 2.0, device="b"),  # every device of BEN and CAT and ANN got it
         send(BEN, 1, GROUP, 0, 3.0, device="a"),  # DAN was away on both devices: excused; CAT/a got it, so CAT/b must
     ]
     everywhere = [(message_key(ANN, 2), START + 2.1)]
     received: dict[Device, list[tuple[int, float]]] = {
-        (ANN, "a"): [],
-        (ANN, "b"): [(message_key(ANN, 1), START + 1.1), (message_key(BEN, 1), START + 3.1)],
+        (ANN, "a"): everywhere,
+        (ANN, "b"): [(message_key(ANN, 1), START + 1.1), *everywhere, (message_key(BEN, 1), START + 3.1)],
         (BEN, "a"): [(message_key(ANN, 1), START + 1.1), *everywhere, (message_key(BEN, 1), START + 3.1)],
         (BEN, "b"): [*everywhere, (message_key(BEN, 1), START + 3.1)],
         (CAT, "a"): [*everywhere, (message_key(BEN, 1), START + 3.1)],
         (CAT, "b"): everywhere,
-        (DAN, "a"): [], (DAN, "b"): [],
+        (DAN, "a"): [(message_key(ANN, 1), START + 1.1)], (DAN, "b"): [],
     }
     away = [(START - 10, START + 2.5, NODE, 8000), (START + 6, math.inf, NODE, 8000)]
     timeline = {device: always() for device in received} | {(DAN, "a"): away, (DAN, "b"): away,
                                                               (ANN, "a"): away, (CAT, "a"): away, (CAT, "b"): away}
     report = check([result(sends, received, timeline)], [], Cast(EVERYONE, GROUPS, devices), margin=2.0, start=START)
-    # ANN#1: BEN/b; BEN#1: CAT/b (CAT/a has it), ANN/a (ANN/b was up throughout).
-    assert (report["lost_private"], report["lost_named"], report["lost_group"]) == (1, 0, 2)
+    # ANN#1: BEN/b and the copy at ANN/a; BEN#1: CAT/b (CAT/a has it), ANN/a (ANN/b was up throughout).
+    assert (report["lost_private"], report["lost_named"], report["lost_group"]) == (2, 0, 2)
     assert report["excused"] == 2  # DAN's two devices, for BEN#1
-    # ANN#1 at ANN/b, BEN#1 at BEN/a and BEN/b: a user's own sends are not copied to their devices (yet).
-    assert report["wrong_address"] == 3
-    assert report["delivered"] == 1 + 4 + 2
+    assert report["wrong_address"] == 1  # ANN#1 at DAN/a
+    assert report["delivered"] == (1 + 1) + (4 + 2) + (2 + 2)  # receivers + the senders' copies
     missing = {e["message"]: sorted(e["missing"]) for e in report["lost_examples"]}
-    assert missing == {f"{ANN}#1": ["2/b (tcp)"], f"{BEN}#1": ["1/a (tcp)", "3/b (tcp)"]}
+    assert missing == {f"{ANN}#1": ["1/a (tcp)", "2/b (tcp)"], f"{BEN}#1": ["1/a (tcp)", "3/b (tcp)"]}
 
 
 def test_checker_excuses_receivers_on_a_stopped_node_and_measures_recovery() -> None:
     # ANN's node is SIGSTOPped at 10 s for 8 s; her SDK notices at 13 s and is back on the other node at 14 s.
+    # DAN connects to the stopped node at 12 s (the kernel answers for it): he counts only from its resume.
     stop = Fault("stop-node", "node0", START + 10, START + 18, port=NODE)
     sends = [send(BEN, 1, GROUP, 0, 11.0), send(BEN, 2, GROUP, 0, 16.0), send(ANN, 1, PRIVATE, BEN, 15.0)]
-    received = {(ANN, ""): [(message_key(BEN, 2), START + 16.1)], (BEN, ""): [(message_key(ANN, 1), START + 15.1)],
+    copies = [(message_key(BEN, 1), START + 11.1), (message_key(BEN, 2), START + 16.1)]
+    received = {(ANN, ""): [(message_key(BEN, 2), START + 16.1), (message_key(ANN, 1), START + 15.1)],
+                (BEN, ""): [(message_key(ANN, 1), START + 15.1), *copies],
                 (CAT, ""): [(message_key(BEN, 1), START + 11.1), (message_key(BEN, 2), START + 16.1)]}
     timeline = {(ANN, ""): [(START - 10, START + 13, NODE, 8000), (START + 14, math.inf, OTHER_NODE, 8001)],
-                (BEN, ""): always(OTHER_NODE), (CAT, ""): always(OTHER_NODE)}
-    report = check([result(sends, received, timeline)], [stop], Cast(EVERYONE[:3], {}, ("",)), margin=2.0, start=START)
-    # BEN#1 missed ANN while her node was stopped: the server may well have counted her offline.
-    assert (report["lost"], report["excused"], report["delivered"]) == (0, 1, 4)
+                (BEN, ""): always(OTHER_NODE), (CAT, ""): always(OTHER_NODE),
+                (DAN, ""): [(START + 12, math.inf, NODE, 8000)]}
+    report = check([result(sends, received, timeline)], [stop], Cast(EVERYONE, {}, ("",)), margin=2.0, start=START)
+    # BEN#1 missed ANN while her node was stopped: the server may well have counted her offline; BEN#1 and
+    # BEN#2 missed DAN, whose login waited for the resume.
+    assert (report["lost"], report["excused"], report["delivered"]) == (0, 3, 4 + 3)
     assert report["passed"]
     [fault] = report["faults"]
     assert (fault["kind"], fault["at_s"], fault["lasted_s"]) == ("stop-node", 10.0, 8.0)
@@ -137,9 +143,10 @@ def test_checker_excuses_receivers_on_a_stopped_node_and_measures_recovery() -> 
     assert (fault["first_receipt_s"], fault["first_delivery_s"], fault["all_reconnected_s"]) == (5.01, 6.1, 4.0)
 
 
-def pushed(sender: int, device: str, counter: int, kind: str, seq: int, group_id: str = "") -> Message:
+def pushed(sender: int, device: str, counter: int, kind: str, seq: int, group_id: str = "",
+           from_this_device: bool = False) -> Message:
     return Message(sender_id=sender, sender_name="", receiver_id=BEN, text=f"{TAG}:{kind}:{sender}:{device}:{counter}:0",
-                   msg_id=seq, seq=seq, timestamp_ms=0, group_id=group_id)
+                   msg_id=seq, seq=seq, timestamp_ms=0, group_id=group_id, from_this_device=from_this_device)
 
 
 def test_a_worker_counts_duplicates_reordering_and_seq_gaps() -> None:
@@ -152,13 +159,19 @@ def test_a_worker_counts_duplicates_reordering_and_seq_gaps() -> None:
     for message in [notice, pushed(ANN, "a", 1, PRIVATE, 2), pushed(ANN, "a", 3, GROUP, 3), pushed(ANN, "a", 3, GROUP, 3),
                     pushed(ANN, "a", 2, PRIVATE, 6),  # seqs 4 and 5 skipped; sent before ANN#3: reordered, across kinds
                     pushed(ANN, "b", 4, NAMED, 7, TEAM), pushed(ANN, "b", 5, NAMED, 8),  # a second stream; no groupId
-                    pushed(CAT, "a", 1, GROUP, 9), pushed(CAT, "a", 1, GROUP, 10)]:  # a second copy under a new seq
+                    pushed(CAT, "a", 1, GROUP, 9), pushed(CAT, "a", 1, GROUP, 10),  # a second copy under a new seq
+                    pushed(BEN, "a", 1, PRIVATE, 11, from_this_device=True),  # BEN's copies: from this device, right,
+                    pushed(BEN, "b", 3, PRIVATE, 12),  # from the other one, right,
+                    pushed(BEN, "a", 2, PRIVATE, 13)]:  # from this one, told as the other's: wrong
         worker.on_message(ben, message)
-    assert worker.anomalies == Counter(duplicated=2, reordered=1, seq_repeats=1, seq_gaps=2, notice=1, group_id_wrong=1)
-    assert list(worker.received[ben][0]) == [message_key(ANN, n) for n in (1, 3, 2, 4, 5)] + [message_key(CAT, 1)]
+    assert worker.anomalies == Counter(duplicated=2, reordered=1, seq_repeats=1, seq_gaps=2, notice=1, group_id_wrong=1,
+                                       copy_wrong=1)
+    assert list(worker.received[ben][0]) == [message_key(ANN, n) for n in (1, 3, 2, 4, 5)] + [
+        message_key(CAT, 1), message_key(BEN, 1), message_key(BEN, 3), message_key(BEN, 2)]
     assert list(worker.received[(BEN, "b")][0]) == []
     assert [(e["problem"], e["message"]) for e in worker.examples] == [
-        ("duplicated", f"{ANN}#3"), ("reordered", f"{ANN}#2"), ("group_id_wrong", f"{ANN}#5"), ("duplicated", f"{CAT}#1")]
+        ("duplicated", f"{ANN}#3"), ("reordered", f"{ANN}#2"), ("group_id_wrong", f"{ANN}#5"), ("duplicated", f"{CAT}#1"),
+        ("copy_wrong", f"{BEN}#2")]
 
 
 def test_groups_are_drawn_so_that_every_user_is_in_one() -> None:
@@ -204,7 +217,7 @@ def test_chaos_ci(tmp_path: Path) -> None:
     assert report["sent_private"] > 0 and report["sent_group"] > 0 and report["sent_named"] > 0, summary
     assert report["clients"] == 200 and 0 < report["clients_ws"] < 200 and report["accepted"] > 0, summary
     assert (report["lost"], report["duplicated"], report["reordered"], report["wrong_address"]) == (0, 0, 0, 0), summary
-    assert (report["group_id_wrong"], report["seq_gaps"], report["seq_repeats"]) == (0, 0, 0), summary
+    assert (report["group_id_wrong"], report["copy_wrong"], report["seq_gaps"], report["seq_repeats"]) == (0, 0, 0, 0), summary
     assert report["behind_at_end"] == {}, summary
     # Every fault hit someone, and they were sending and receiving again afterwards.
     for fault in report["faults"]:

@@ -110,7 +110,7 @@ def test_a_cim_push_names_the_sender_only_in_response_id() -> None:
 
 
 def test_a_servers_push_carries_its_seq() -> None:
-    bodies = push_bodies(Sender.of(8, "bob").prefix, [b"one", b"two"], 500, 1_700_000_000_000)
+    bodies = push_bodies(Sender.of(8, "bob").prefix, [b"one", b"two"], 500, 1_700_000_000_000, [0, 0])
     pushed = alice().receive_data(frame_sequenced(bodies, 2**32 + 1, receiver_entry(7)))
     assert pushed == [
         Pushed(8, "bob", 7, "one", 500, 2**32 + 1, 1_700_000_000_000, ""),

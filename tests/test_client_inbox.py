@@ -292,6 +292,31 @@ def test_a_send_unanswered_for_the_send_timeout_expires_and_is_not_resent() -> N
     assert described(step) == [("sync", 0), ("msg", kept)]
 
 
+def own_copy(seq: int, client_msg_id: int, to: int = 8) -> bytes:
+    """The user's copy of a private message they sent to ``to`` (cim.delivery): from alice to alice."""
+    return frame({"sendUserId": str(ALICE), "sendUserName": "alice", "receiveUserId": str(ALICE)},
+                 cmd=MESSAGE, resMsg=f"m{seq}", seq=seq, msgId=1000 + seq, clientMsgId=client_msg_id, toUserId=to)
+
+
+def test_own_copies_say_whether_this_client_sent_them() -> None:
+    delivery = client(send_timeout=5.0)
+    logged_in(delivery, latest=0)
+    pending, _ = delivery.send("pending", 8, "", 0.0)
+    answered, _ = delivery.send("answered", 8, "", 0.0)
+    timed_out, _ = delivery.send("timed out", 8, "", 0.0)
+    delivery.receive(receipt(answered, 1002), 0.1)
+    assert delivery.tick(5.0).expired == [pending, timed_out]  # both were stored all the same
+    step = delivery.receive(own_copy(1, pending) + own_copy(2, answered) + own_copy(3, timed_out)
+                            + own_copy(4, 99) + push(5), 5.1)  # 99: a send of alice's other device
+    assert [(m.seq, m.outgoing, m.to_user_id, m.from_this_device) for m in step.messages] == [
+        (1, True, 8, True), (2, True, 8, True), (3, True, 8, True), (4, True, 8, False), (5, False, 0, False)]
+    # A message of another user with one of this client's clientMsgIds by chance is no copy of its.
+    chance = frame({"sendUserId": "8", "sendUserName": "bob", "receiveUserId": str(ALICE)},
+                   cmd=MESSAGE, resMsg="bob's", seq=6, msgId=1006, clientMsgId=answered)
+    [message] = delivery.receive(chance, 5.2).messages
+    assert (message.outgoing, message.from_this_device) == (False, False)
+
+
 def test_a_retry_with_the_same_client_msg_id_is_allowed_once_the_first_has_ended() -> None:
     delivery = client(send_timeout=1.0)
     logged_in(delivery, latest=0)

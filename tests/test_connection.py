@@ -146,14 +146,20 @@ def test_failures_are_answered_with_or_without_a_client_msg_id() -> None:
     assert all(r.properties["receiveUserId"] == "7" for r in receipts)
 
 
-def test_a_mixed_run_answers_only_the_messages_with_an_id_each_with_its_msg_id() -> None:
+def test_a_mixed_run_is_split_where_the_client_msg_ids_come_and_go() -> None:
+    """A run is all with clientMsgIds or none (what a receipt and the sender's copy depend on)."""
     conn = logged_in()
-    conn.send_receipts([0, 11, 0, 0, 12, 13], first_id=500)
-    conn.send_receipts([14, 0], first_id=600, status=Status.OFF_LINE)
+    ids = [0, 11, 0, 0, 12, 13]
+    data = b"".join(frame(requestId=7, reqMsg=f"m{k}", cmd=MESSAGE, clientMsgId=c, properties={"receiveUserId": "8"})
+                    for k, c in enumerate(ids))
+    events = conn.receive_data(data)
+    assert events == [ChatMessages([b"m0"], ToUser(8), [0]), ChatMessages([b"m1"], ToUser(8), [11]),
+                      ChatMessages([b"m2", b"m3"], ToUser(8), [0, 0]), ChatMessages([b"m4", b"m5"], ToUser(8), [12, 13])]
+    for event, first_id in zip(events, (500, 501, 502, 504), strict=True):
+        assert isinstance(event, ChatMessages)
+        conn.send_receipts(event.client_msg_ids, first_id)
     receipts = sent(conn)
-    assert [(r.code, r.clientMsgId, r.msgId) for r in receipts] == [
-        (9000, 11, 501), (9000, 12, 504), (9000, 13, 505), (7000, 14, 600),
-    ]
+    assert [(r.code, r.clientMsgId, r.msgId) for r in receipts] == [(9000, 11, 501), (9000, 12, 504), (9000, 13, 505)]
     assert all(r.cmd == BaseCommand.SEND_RECEIPT and r.properties["receiveUserId"] == "7" for r in receipts)
 
 

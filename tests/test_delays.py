@@ -27,9 +27,8 @@ from cim.messages import Sender
 from cim.proto import MESSAGE, SEND_RECEIPT, Request
 from cim.run import Running, start
 from cim.status import Status
-from tests.conftest import PASSWORD, RawClient, eventually, new_secret, online, register_user, route_url, stack_config
+from tests.conftest import PASSWORD, Cluster, RawClient, eventually, new_secret, online, register_user, route_url, stack_config
 from tests.test_delivery import start_up
-from tests.test_distributed import Cluster
 from tests.test_embedded_cli import Console, cim_up
 
 INVALID = Status.VALIDATION_FAIL.code
@@ -180,7 +179,9 @@ async def test_delayed_group_messages_reach_everyone_and_a_named_group_at_their_
         assert [(m.text, m.msg_id) for m in inbox["carol"]] == [("to all, later", to_all.msg_id)]  # not in the team
         assert bob[0].timestamp_ms >= int(sent_at * 1000) + 1000 and bob[1].timestamp_ms >= int(sent_at * 1000) + 2000
         assert arrived >= sent_at + 2.0
-        assert [m for m in inbox["alice"] if not m.notice] == []  # a sender's own message is not pushed back
+        # The sender's copies, to her devices, at the time they went out (this one's: from_this_device)
+        assert [(m.text, m.msg_id, m.outgoing, m.from_this_device) for m in inbox["alice"] if not m.notice] == [
+            ("to all, later", to_all.msg_id, True, True), ("to the team, later", to_team.msg_id, True, True)]
     finally:
         for client in clients.values():
             await client.close()

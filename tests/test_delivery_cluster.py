@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -17,17 +15,9 @@ from cim.config import Config
 from cim.messages import Sender
 from cim.proto import MESSAGE, SYNC, Response
 from cim.status import Status
-from tests.conftest import PASSWORD, RawClient, eventually
-from tests.test_distributed import Cluster
+from tests.conftest import PASSWORD, Cluster, RawClient, eventually
 
-
-@pytest.fixture
-def cluster(tmp_path: Path, redis_url: str, zk_hosts: str) -> Iterator[Cluster]:
-    c = Cluster(tmp_path, redis_url, zk_hosts, server_args=("--inbox-check-interval", "1"))
-    try:
-        yield c
-    finally:
-        c.stop()
+pytestmark = pytest.mark.cluster(server_args=("--inbox-check-interval", "1"))
 
 
 async def connect(cluster: Cluster, user_id: int, name: str) -> tuple[RawClient, int]:

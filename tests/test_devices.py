@@ -5,8 +5,7 @@ login frame, each device with its own inbox cursor, ``--max-devices`` and ``--de
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -19,8 +18,17 @@ from cim.client.sdk import Message
 from cim.proto import ERROR, OFFLINE
 from cim.protocols.client import ClientConnection
 from cim.run import Running, start
-from tests.conftest import PASSWORD, RawClient, eventually, mint_token, register_user, route_url, stack_config
-from tests.test_distributed import Cluster, server_port
+from tests.conftest import (
+    PASSWORD,
+    Cluster,
+    RawClient,
+    eventually,
+    mint_token,
+    register_user,
+    route_url,
+    server_port,
+    stack_config,
+)
 
 FLUSH_WAIT = 1.5  # past the node's cursor flush (once a second): a device's ack is in the store
 
@@ -221,25 +229,6 @@ async def test_a_bad_device_id_is_3000_naming_the_field(stack: Running, device_i
 
 
 
-@pytest.fixture
-def replacing_cluster(tmp_path: Path, redis_url: str, zk_hosts: str) -> Iterator[Cluster]:
-    """Two nodes and the route on Redis and ZooKeeper, the nodes under --device-policy replace."""
-    c = Cluster(tmp_path, redis_url, zk_hosts, server_args=("--device-policy", "replace"))
-    try:
-        yield c
-    finally:
-        c.stop()
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, redis_url: str, zk_hosts: str) -> Iterator[Cluster]:
-    c = Cluster(tmp_path, redis_url, zk_hosts)
-    try:
-        yield c
-    finally:
-        c.stop()
-
-
 async def on_another_node(device: Device, other: Client) -> None:
     """Connect ``device`` until the route put it on another node than ``other`` (it balances by loop)."""
     await device.client.connect()
@@ -249,7 +238,8 @@ async def on_another_node(device: Device, other: Client) -> None:
         await device.client.connect()
 
 
-async def test_devices_on_two_nodes_each_get_it_live_and_keep_their_cursor(cluster: Cluster) -> None:
+async def alice_and_bobs_two_nodes(cluster: Cluster) -> tuple[Client, int, Device, Device]:
+    """alice connected, and bob's phone and laptop on the cluster's two nodes: (alice, bob's id, phone, laptop)."""
     await eventually(lambda: len(cluster.route_servers()) == 2)
     alice = Client(cluster.url, await register(cluster.url, "alice", PASSWORD), "alice", password=PASSWORD)
     await alice.connect()
@@ -257,6 +247,11 @@ async def test_devices_on_two_nodes_each_get_it_live_and_keep_their_cursor(clust
     phone, laptop = Device(cluster.url, bob_id, "bob", "phone"), Device(cluster.url, bob_id, "bob", "laptop")
     await phone.client.connect()
     await on_another_node(laptop, phone.client)
+    return alice, bob_id, phone, laptop
+
+
+async def test_devices_on_two_nodes_each_get_it_live_and_keep_their_cursor(cluster: Cluster) -> None:
+    alice, bob_id, phone, laptop = await alice_and_bobs_two_nodes(cluster)
     await alice.send_private(bob_id, "m1")
     await eventually(lambda: phone.texts == ["m1"] and laptop.texts == ["m1"])
     await laptop.client.close()
@@ -270,9 +265,10 @@ async def test_devices_on_two_nodes_each_get_it_live_and_keep_their_cursor(clust
         await client.close()
 
 
-async def test_replace_ends_a_device_on_the_other_node(replacing_cluster: Cluster) -> None:
-    await eventually(lambda: len(replacing_cluster.route_servers()) == 2)
-    url = replacing_cluster.url
+@pytest.mark.cluster(server_args=("--device-policy", "replace"))
+async def test_replace_ends_a_device_on_the_other_node(cluster: Cluster) -> None:
+    await eventually(lambda: len(cluster.route_servers()) == 2)
+    url = cluster.url
     bob_id = await register(url, "bob", PASSWORD)
     anchor = Client(url, await register(url, "carol", PASSWORD), "carol", password=PASSWORD)
     await anchor.connect()
@@ -285,3 +281,19 @@ async def test_replace_ends_a_device_on_the_other_node(replacing_cluster: Cluste
     assert phone.client.reconnects == 0 and laptop.client.connected
     for client in (anchor, phone.client, laptop.client):
         await client.close()
+
+
+async def test_a_closed_connection_leaves_the_record_of_its_devices_login_in_progress(stack: Running) -> None:
+    """The cleanup of a device's dropped connection runs while the same device logs in again on the node
+    (its reconnect): it must not log out the record that login's confirm writes (the full chaos run found
+    devices connected and logged in but missing from presence, so everyone-group sends skipped them)."""
+    assert stack.node is not None
+    node, presence = stack.node, stack.backends.presence
+    bob_id = await register_user(stack, "bob")
+    assert await presence.confirm_login(bob_id, node.node_id, "phone", 5) == {}
+    devices = node.dispatcher.logins.devices
+    with node.sessions.logging_in(bob_id, "phone"):  # the reconnect, between its check and its bind
+        await devices.left(bob_id, "phone")  # the old connection's cleanup
+    assert list(await presence.devices(bob_id)) == ["phone"]
+    await devices.left(bob_id, "phone")  # no login of it in progress, no connection of it: logged out
+    assert await presence.devices(bob_id) == {}

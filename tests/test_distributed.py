@@ -4,71 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from cim.client import Client, ClientError, Message, register
-from cim.testing.services import CimProcess, free_port
-from tests.conftest import PASSWORD, eventually, new_secret
-
-ZK_SESSION_TIMEOUT = 2.0
-
-
-class Cluster:
-    def __init__(self, workdir: Path, redis_url: str, zk_hosts: str, server_args: tuple[str, ...] = ()) -> None:
-        self.workdir = workdir
-        self.server_args = list(server_args)
-        self.prefix = f"c{workdir.name[-6:].replace('-', '')}"
-        self.backend = ["--redis", redis_url, "--zk", zk_hosts, "--zk-root", f"/{self.prefix}",
-                        "--key-prefix", self.prefix, "--zk-session-timeout", str(ZK_SESSION_TIMEOUT)]
-        self.env = {"CIM_SECRET": new_secret()}  # the route's tokens are the servers' too
-        self.servers: list[tuple[CimProcess, int]] = []
-        self.route_port = free_port()
-        self.route = CimProcess(workdir, "route", ["route", "--host", "127.0.0.1", "--port", str(self.route_port),
-                                                   "--balance", "loop", *self.backend], self.env)
-        self.route.wait_http(self.route_port)
-        for i in range(2):
-            self.add_server(f"server{i}")
-
-    def add_server(self, name: str) -> tuple[CimProcess, int]:
-        port, http_port = free_port(), free_port()
-        proc = CimProcess(self.workdir, name, ["server", "--host", "127.0.0.1", "--port", str(port),
-                                               "--http-port", str(http_port), *self.backend, *self.server_args],
-                          self.env)
-        proc.wait_http(http_port)
-        self.servers.append((proc, port))
-        return proc, port
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.route_port}"
-
-    def route_servers(self) -> list[str]:
-        servers: list[str] = httpx.get(f"{self.url}/health").json()["servers"]
-        return servers
-
-    def stop(self) -> None:
-        for proc, _ in self.servers:
-            proc.stop()
-        self.route.stop()
-
-
-def server_port(client: Client) -> int:
-    """The TCP port of the cim-server the (connected) client is on."""
-    assert client.server is not None
-    return client.server.port
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, redis_url: str, zk_hosts: str) -> Iterator[Cluster]:
-    c = Cluster(tmp_path, redis_url, zk_hosts)
-    try:
-        yield c
-    finally:
-        c.stop()
+from tests.conftest import PASSWORD, ZK_SESSION_TIMEOUT, Cluster, eventually, server_port
 
 
 async def test_cluster_flow(cluster: Cluster) -> None:
@@ -76,9 +17,12 @@ async def test_cluster_flow(cluster: Cluster) -> None:
     names = ["ann", "ben", "cat", "dan", "eve"]
     ids = {n: await register(cluster.url, n, PASSWORD) for n in names}
     inbox: dict[str, list[Message]] = {n: [] for n in names}
+    own: dict[str, list[Message]] = {n: [] for n in names}  # each one's copies of what they sent (cim.delivery)
 
     def client(name: str) -> Client:
-        return Client(cluster.url, ids[name], name, password=PASSWORD, on_message=inbox[name].append,
+        def keep(message: Message) -> None:
+            (own if message.outgoing else inbox)[name].append(message)
+        return Client(cluster.url, ids[name], name, password=PASSWORD, on_message=keep,
                       heartbeat_interval=1.0, backoff_base=0.2, backoff_max=1.0, reconnect_attempts=40)
 
     clients = {n: client(n) for n in names[:4]}
@@ -105,6 +49,7 @@ async def test_cluster_flow(cluster: Cluster) -> None:
     await eventually(lambda: all(any(m.text == "hello group" for m in inbox[n]) for n in names[:4] if n != b))
     await asyncio.sleep(0.3)
     assert [m.text for m in inbox[b] if m.text == "hello group"] == []
+    assert [(m.text, m.from_this_device) for m in own[b]] == [("hello group", True)]  # her copy, once
     assert all(sum(m.text == "hello group" for m in inbox[n]) == 1 for n in names[:4] if n != b)
 
     # Duplicate login: 5000.

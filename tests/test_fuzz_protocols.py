@@ -167,7 +167,8 @@ def push_frames(sender_id: int, sender_name: str, texts: list[str], first_id: in
                 receiver_id: int) -> bytes:
     """Pushes to ``receiver_id`` (its inbox's seqs from ``first_seq``) exactly as a node
     frames them (cim.messages, cim.wire)."""
-    bodies = push_bodies(Sender.of(sender_id, sender_name).prefix, [text.encode() for text in texts], first_id, 1_700_000_000_000)
+    bodies = push_bodies(Sender.of(sender_id, sender_name).prefix, [text.encode() for text in texts], first_id, 1_700_000_000_000,
+                         [0] * len(texts))
     return frame_sequenced(bodies, first_seq, receiver_entry(receiver_id))
 
 

@@ -9,7 +9,6 @@ processes and a route on real Redis and ZooKeeper.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import ModuleType
@@ -28,6 +27,7 @@ from cim.run import Running, start
 from cim.status import Status
 from tests.conftest import (
     PASSWORD,
+    Cluster,
     RawClient,
     eventually,
     mint_token,
@@ -35,9 +35,9 @@ from tests.conftest import (
     register_user,
     route_login,
     route_url,
+    server_port,
     stack_config,
 )
-from tests.test_distributed import Cluster, server_port
 from tests.test_inbox import open_store
 
 OWNER, BOB, CAROL, DAVE = 1, 2, 3, 4
@@ -305,7 +305,7 @@ async def test_the_openapi_document_lists_the_group_calls(api: Api) -> None:
 
 def test_group_pushes_carry_the_group_id_and_notice_flag_in_both_wire_twins(wire: ModuleType) -> None:
     sender = Sender.of(7, "alice")
-    plain, notice = (wire.push_bodies(group_prefix(sender.prefix, "g12", notice=flag), [b"hi"], 99, 1_700_000_000_000)[0]
+    plain, notice = (wire.push_bodies(group_prefix(sender.prefix, "g12", notice=flag), [b"hi"], 99, 1_700_000_000_000, [0])[0]
                      for flag in (False, True))
     for body, flag in ((plain, False), (notice, True)):
         push = Response.FromString(body + receiver_entry(8))
@@ -339,6 +339,11 @@ async def test_members_get_group_messages_with_the_group_id_and_away_members_on_
     to_group(alice, group_id, "hello team", client_msg_id=1)
     receipt = await alice.next()
     assert (receipt.cmd, receipt.code, receipt.clientMsgId) == (SEND_RECEIPT, 9000, 1)
+    # A send with a clientMsgId: the sender's copy (cim.delivery) for her devices, set aside by RawClient.
+    [copy] = alice.own_copies
+    assert (copy.cmd, copy.resMsg, copy.groupId, copy.msgId, copy.clientMsgId) == (
+        MESSAGE, "hello team", group_id, receipt.msgId, 1)
+    assert copy.properties["sendUserId"] == copy.properties["receiveUserId"] == str(alice_id)
     pushed = await bob.next()
     assert (pushed.cmd, pushed.resMsg, pushed.groupId, pushed.notice, pushed.msgId) == (
         MESSAGE, "hello team", group_id, False, receipt.msgId)
@@ -346,10 +351,11 @@ async def test_members_get_group_messages_with_the_group_id_and_away_members_on_
     for k in range(2, 6):  # in a row (most likely one read, sent as one run): answered and pushed in order
         to_group(alice, group_id, f"run {k}", client_msg_id=k)
     assert [(r.code, r.clientMsgId) for r in [await alice.next() for _ in range(4)]] == [(9000, k) for k in range(2, 6)]
+    assert [r.resMsg for r in alice.own_copies[1:]] == [f"run {k}" for k in range(2, 6)]
     assert [r.resMsg for r in [await bob.next() for _ in range(4)]] == [f"run {k}" for k in range(2, 6)]
-    to_group(bob, group_id, "hi alice")  # CIM's client: no clientMsgId, so only a failure would answer
+    to_group(bob, group_id, "hi alice")  # CIM's client: no clientMsgId, so no copy, and only a failure would answer
     assert (await alice.next()).resMsg == "hi alice"
-    await nothing_more(alice, bob, eve)  # the sender never gets their own; a non-member nothing
+    await nothing_more(alice, bob, eve)  # a non-member gets nothing
 
     # dave was away: his sync brings the notice and the messages, in order.
     answer = await route_login(api.running, dave_id, "dave")
@@ -403,6 +409,7 @@ async def test_membership_changes_are_notices_and_dissolve_stops_delivery(api: A
     assert await notices(alice, bob, carol) == [f"alice removed carol({carol_id}) from 'crew'"] * 3  # carol learns it
     to_group(alice, group_id, "without carol", client_msg_id=1)
     assert (await alice.next()).code == 9000
+    assert [copy.resMsg for copy in alice.own_copies] == ["without carol"]
     assert (await bob.next()).resMsg == "without carol"
     await api.ok("addMembers", alice_id, groupId=group_id, members=[carol_id])
     await notices(alice, bob, carol)
@@ -452,15 +459,6 @@ async def test_the_sdk_creates_sends_and_sees_group_ids_and_notices(stack: Runni
 # -- two nodes on Redis -------------------------------------------------------------------
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, redis_url: str, zk_hosts: str) -> Any:
-    c = Cluster(tmp_path, redis_url, zk_hosts)
-    try:
-        yield c
-    finally:
-        c.stop()
-
-
 async def test_a_group_spans_two_nodes_on_redis(cluster: Cluster) -> None:
     await eventually(lambda: len(cluster.route_servers()) == 2)
     names = ["ann", "ben", "cat", "dan"]
@@ -479,8 +477,9 @@ async def test_a_group_spans_two_nodes_on_redis(cluster: Cluster) -> None:
         await eventually(lambda: all(len(got[n]) == 6 for n in ("ben", "cat")))
         for name in ("ben", "cat"):
             assert [(m.text, m.group_id, m.notice) for m in got[name][1:]] == [(f"m{k}", group_id, False) for k in range(5)]
-        await asyncio.sleep(0.3)
-        assert len(got["ann"]) == 1  # the notice; never her own messages
+        # The notice, and her copies: her devices get what she sent (this one knows it sent them)
+        await eventually(lambda: len(got["ann"]) == 6)
+        assert [(m.text, m.outgoing, m.from_this_device) for m in got["ann"][1:]] == [(f"m{k}", True, True) for k in range(5)]
         # dan was away: the sync at his login brings all of it
         async with Client(cluster.url, ids["dan"], "dan", password=PASSWORD, on_message=got["dan"].append):
             await eventually(lambda: len(got["dan"]) == 6)

@@ -11,7 +11,7 @@ from cim.backends.base import Inbox
 from cim.client import Client
 from cim.client.route import ClientError
 from cim.history import MAX_LIMIT, SCAN_BUDGET, HistoryQuery, scan
-from cim.messages import Sender, group_prefix, receiver_entry
+from cim.messages import Sender, group_prefix, to_user_field
 from cim.proto import HISTORY, MESSAGE, Response
 from cim.run import Running
 from cim.status import CimError
@@ -26,12 +26,14 @@ NOW_MS = 1_767_000_000_000
 
 
 def pushes(sender_id: int, texts: list[str], first_msg_id: int, *, to: int = 0, group_id: str = "") -> list[bytes]:
-    """Stored bodies as the server makes them; ``to``: a sent copy (the real receiver named in it)."""
+    """Stored bodies as the server makes them; ``to``: the user's copy of what they sent to ``to``
+    (``toUserId``); neither ``to`` nor a group: a private message without one, as CIM's group's are."""
     prefix = Sender.of(sender_id, f"user{sender_id}").prefix
     if group_id:
         prefix = group_prefix(prefix, group_id)
-    bodies = push_bodies(prefix, [text.encode() for text in texts], first_msg_id, NOW_MS)
-    return [body + receiver_entry(to) for body in bodies] if to else bodies
+    if to:
+        prefix += to_user_field(to)
+    return push_bodies(prefix, [text.encode() for text in texts], first_msg_id, NOW_MS, [0] * len(texts))
 
 
 async def keep(inbox: Inbox, sender_id: int, texts: list[str], *, to: int = 0, group_id: str = "") -> None:
@@ -89,7 +91,7 @@ async def test_a_conversation_pages_back_gap_free_in_both_directions(open_inbox:
     assert all(a.seq < b.seq for a, b in zip(seen, seen[1:], strict=False))
     first = seen[0]
     assert (first.seq, first.responseId, first.properties["receiveUserId"]) == (1, PEER, str(ME))
-    assert (seen[1].responseId, seen[1].properties["receiveUserId"]) == (ME, str(PEER))
+    assert (seen[1].responseId, seen[1].toUserId, seen[1].properties["receiveUserId"]) == (ME, PEER, str(ME))
 
     everything = [push for page in reversed(await every_page_back(inbox, limit=MAX_LIMIT)) for push in page]
     assert [push.seq for push in everything] == list(range(1, 122))

@@ -81,7 +81,8 @@ async def test_server_series_count_what_was_done(stack: Running) -> None:
     assert value(samples, "cim_connections_opened_total") >= 3  # the route's reachability probes connect too
     assert value(samples, "cim_protocol_errors_total") == 1
     assert value(samples, "cim_messages_in_total") == 7
-    assert value(samples, "cim_messages_out_total") == 5  # the group messages reach bob only: alice sent them
+    # To bob 5 (the group messages reach everyone but alice); to alice her copies of the 6 stored (cim.delivery).
+    assert value(samples, "cim_messages_out_total") == 5 + 6
     assert value(samples, "cim_bytes_in_total") > 0
     assert {code: value(samples, "cim_receipts_total", code=code) for code in ("9000", "7000", "3000")} == {
         "9000": 5, "7000": 1, "3000": 1,
@@ -104,8 +105,8 @@ async def test_delivery_time_is_of_fresh_pushes_only(stack: Running) -> None:
     bob, b = await online(stack, "bob")
     assert stack.node is not None
     now_ms, prefix = int(time.time() * 1000), Sender.of(alice, "alice").prefix
-    stored = push_bodies(prefix, [b"stored an hour ago"], 1, now_ms - 3_600_000)
-    fresh = push_bodies(prefix, [b"fresh"], 2, now_ms)
+    stored = push_bodies(prefix, [b"stored an hour ago"], 1, now_ms - 3_600_000, [0])
+    fresh = push_bodies(prefix, [b"fresh"], 2, now_ms, [0])
     session = stack.node.sessions.by_user[bob]
     session.streams[0].login_seq = 1  # it was there before bob logged in: /fetchOfflineMsgs hands it back
     for delivery in (Delivery(messages=stored, receiverIds=[bob], firstSeqs=[1], replay=True),

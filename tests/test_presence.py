@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -18,9 +17,18 @@ from cim.client import Client, ClientError, register
 from cim.presence import MAX_WATCHED, Debouncer
 from cim.proto import MESSAGE, PING, PRESENCE, SUBSCRIBE_PRESENCE
 from cim.run import Running, start
-from tests.conftest import PASSWORD, RawClient, eventually, register_user, route_login, route_url, stack_config
+from tests.conftest import (
+    PASSWORD,
+    Cluster,
+    RawClient,
+    eventually,
+    register_user,
+    route_login,
+    route_url,
+    server_port,
+    stack_config,
+)
 from tests.test_delivery_cluster import connect
-from tests.test_distributed import Cluster, server_port
 from tests.test_sdk_delivery import ConsoleProcess
 
 DEBOUNCE = 1.0  # --presence-debounce-seconds of the stacks here
@@ -227,15 +235,9 @@ async def test_the_console_prints_its_contacts_coming_and_going(stack: Running) 
 # -- across two nodes on Redis --------------------------------------------------
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, redis_url: str, zk_hosts: str) -> Iterator[Cluster]:
-    c = Cluster(tmp_path, redis_url, zk_hosts, server_args=("--presence-debounce-seconds", str(DEBOUNCE)))
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
+@pytest.mark.cluster(server_args=("--presence-debounce-seconds", str(DEBOUNCE)))
 async def test_cross_node_events_and_offline_after_the_watched_users_node_is_killed(cluster: Cluster) -> None:
     await eventually(lambda: len(cluster.route_servers()) == 2)
     alice_id = await register(cluster.url, "alice", PASSWORD)

@@ -5,8 +5,7 @@ route's ``/read``; through raw frames, the SDK, and across two nodes on Redis.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -17,9 +16,18 @@ from cim.client.sdk import Message
 from cim.proto import DELIVERED, DELIVERY_ACK, MARK_READ, MESSAGE, MESSAGE_STATUS, PING, READ, SEND_RECEIPT, Response
 from cim.protocols.client import ClientConnection
 from cim.run import Running, start
-from tests.conftest import PASSWORD, RawClient, eventually, register_user, route_login, route_url, stack_config
+from tests.conftest import (
+    PASSWORD,
+    Cluster,
+    RawClient,
+    eventually,
+    register_user,
+    route_login,
+    route_url,
+    server_port,
+    stack_config,
+)
 from tests.test_delivery_cluster import connect
-from tests.test_distributed import Cluster, server_port
 
 FLUSH_WAIT = 1.5  # past the node's cursor flush (once a second), where receipts start
 
@@ -175,16 +183,7 @@ async def stack() -> AsyncIterator[Running]:
     await running.stop()
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, redis_url: str, zk_hosts: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
-    monkeypatch.setenv("CIM_DELIVERED_RECEIPTS", "on")  # the cluster's processes read it
-    c = Cluster(tmp_path, redis_url, zk_hosts)
-    try:
-        yield c
-    finally:
-        c.stop()
-
-
+@pytest.mark.cluster(env={"CIM_DELIVERED_RECEIPTS": "on"})  # the cluster's processes read it
 async def test_receipts_cross_nodes_on_redis(cluster: Cluster) -> None:
     await eventually(lambda: len(cluster.route_servers()) == 2)
     alice_id = await register(cluster.url, "alice", PASSWORD)

@@ -176,10 +176,11 @@ class ConsoleProcess:
         self.lines: list[str] = []
 
     @classmethod
-    async def start(cls, route: str, user_id: int, name: str) -> ConsoleProcess:
+    async def start(cls, route: str, user_id: int, name: str, *options: str) -> ConsoleProcess:
+        """``options``: more of the console's flags (``--device-id phone``)."""
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "cim", "client", "--route", route, "--user-id", str(user_id), "--user-name", name,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            *options, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             env={**os.environ, "CIM_PASSWORD": PASSWORD, "PYTHONUNBUFFERED": "1"},
         )
         return cls(process)

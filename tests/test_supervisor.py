@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -47,7 +48,12 @@ async def test_workers_share_the_port_restart_and_drain(tmp_path: Path, redis_ur
         names = [f"user{i}" for i in range(9)]
         ids = {n: await register(url, n, PASSWORD) for n in names}
         inbox: dict[str, list[Message]] = {n: [] for n in names}
-        clients = {n: Client(url, ids[n], n, password=PASSWORD, on_message=inbox[n].append, heartbeat_interval=1.0,
+
+        def keep(name: str) -> Callable[[Message], None]:
+            """Messages from others into the user's inbox list; their copies of their own sends are left out."""
+            return lambda message: None if message.outgoing else inbox[name].append(message)
+
+        clients = {n: Client(url, ids[n], n, password=PASSWORD, on_message=keep(n), heartbeat_interval=1.0,
                              backoff_base=0.2, backoff_max=1.0, reconnect_attempts=40) for n in names}
         for c in clients.values():
             await c.connect()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
+import pytest
 from google.protobuf.message import DecodeError
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -141,16 +142,23 @@ def test_any_bytes_accepted_are_what_protobuf_reads(wire: ModuleType, frame: byt
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.text(max_size=300).map(str.encode), max_size=5), UINT64, INT64, st.binary(max_size=30))
+@given(st.lists(st.tuples(st.text(max_size=300).map(str.encode), st.one_of(st.just(0), UINT64)), max_size=5), UINT64,
+       INT64, st.binary(max_size=30))
 def test_pushes_are_what_protobuf_serializes(
-    wire: ModuleType, texts: list[bytes], first_id: int, stamp: int, prefix: bytes
+    wire: ModuleType, texts_and_ids: list[tuple[bytes, int]], first_id: int, stamp: int, prefix: bytes
 ) -> None:
-    assume(first_id + len(texts) < 2**64)
-    bodies = wire.push_bodies(prefix, texts, first_id, stamp)
+    assume(first_id + len(texts_and_ids) < 2**64)
+    texts, client_msg_ids = [text for text, _ in texts_and_ids], [c for _, c in texts_and_ids]
+    bodies = wire.push_bodies(prefix, texts, first_id, stamp, client_msg_ids)
     assert bodies == [
-        prefix + Response(resMsg=text.decode(), msgId=first_id + k, timestamp=stamp).SerializeToString()
-        for k, text in enumerate(texts)
+        prefix + Response(resMsg=text.decode(), msgId=first_id + k, timestamp=stamp, clientMsgId=c).SerializeToString()
+        for k, (text, c) in enumerate(texts_and_ids)
     ]
+
+
+def test_pushes_want_one_client_msg_id_per_text(wire: ModuleType) -> None:
+    with pytest.raises(ValueError, match="one clientMsgId per text"):
+        wire.push_bodies(b"", [b"a", b"b"], 1, 1, [0])
 
 
 @settings(max_examples=200, deadline=None)
@@ -180,7 +188,8 @@ def test_sequenced_pushes_parse_as_the_receivers_pushes(
     wire: ModuleType, texts: list[str], first_id: int, first_seq: int, receiver: int
 ) -> None:
     assume(first_id + len(texts) < 2**64)
-    bodies = wire.push_bodies(Sender.of(1002, "lisi").prefix, [text.encode() for text in texts], first_id, 1_700_000_000_000)
+    bodies = wire.push_bodies(Sender.of(1002, "lisi").prefix, [text.encode() for text in texts], first_id, 1_700_000_000_000,
+                              [0] * len(texts))
     pushes = [Response.FromString(payload) for payload in
               FrameDecoder().feed(wire.frame_sequenced(bodies, first_seq, receiver_entry(receiver)))]
     assert [(p.cmd, p.resMsg, p.msgId, p.seq, p.properties[RECEIVE_USER_ID], p.properties[SEND_USER_ID]) for p in pushes] == [

@@ -41,6 +41,8 @@ COMMANDS = {
     ":delay TEXT SECONDS": "group message to every online user, sent SECONDS later (online then)",
     ":history [USER]": "the last messages with USER (an id, or an online user's name), or of your whole inbox",
     ":q KEYWORD": "search your kept history: the last messages containing KEYWORD (any case)",
+    ":devices": "your logged-in devices, this one marked",
+    ":devices end ID": 'log out your device ID and end its connection ("" for a device without an id)',
     ":all": "list commands",
 }
 CLEAR_SCREEN = "\033[H\033[2J\033[3J"  # cursor home, clear the screen and its scrollback
@@ -75,11 +77,13 @@ def read_password(user_name: str, password_file: Path | None) -> str:
 
 def format_message(message: Message, group_name: str = "") -> str:
     """A pushed message as printed, its shortcuts as emoji (CIM prints them so). A named group's
-    message or notice starts with ``#name(id)`` (``#id`` while the name is not known)."""
+    message or notice starts with ``#name(id)`` (``#id`` while the name is not known). What the user
+    sent privately (their copy, from any device) names whom to: ``name(id) -> id``."""
     when = datetime.fromtimestamp(message.timestamp_ms / 1000).strftime("%H:%M:%S")
     text = emojize(message.text)
     if not message.group_id:
-        return f"[{when}] {message.sender_name}({message.sender_id}): {text}"
+        to = f" -> {message.to_user_id}" if message.outgoing and message.to_user_id else ""
+        return f"[{when}] {message.sender_name}({message.sender_id}){to}: {text}"
     group = f"#{group_name}({message.group_id})" if group_name else f"#{message.group_id}"
     if message.notice:
         return f"[{when}] {group} notice: {text}"
@@ -256,6 +260,42 @@ class HistoryCommands:
             self.write("  " + format_message(message, self.groups.names.get(message.group_id, "")))
 
 
+class DeviceCommands:
+    """``:devices`` and ``:devices end ID``: the user's devices, through the route (``client.devices``)."""
+
+    def __init__(self, client: Client, write: Callable[[str], None]) -> None:
+        self.client = client
+        self.write = write
+
+    async def run(self, rest: str) -> None:
+        """``rest``: the line after ``:devices``."""
+        words = rest.split()
+        if not words:
+            await self._list()
+        elif words[0] == "end" and len(words) == 2:
+            await self._end(words[1])
+        else:
+            raise UsageError('usage: :devices, or :devices end ID ("" for a device without an id)')
+
+    async def _list(self) -> None:
+        devices = await self.client.devices()
+        this_device = self.client.session.device_id
+        self.write(f"{len(devices)} devices:")
+        for device in devices:
+            since = datetime.fromtimestamp(device.since_ms / 1000).strftime("%H:%M:%S")
+            marker = "  (this device)" if device.device_id == this_device else ""
+            self.write(f"  {self._label(device.device_id)}  on {device.server_id} since {since}{marker}")
+
+    async def _end(self, word: str) -> None:
+        device_id = "" if word == '""' else word
+        await self.client.end_device(device_id)
+        self.write(f"ended device {self._label(device_id)}")
+
+    @staticmethod
+    def _label(device_id: str) -> str:
+        return device_id or '""'
+
+
 class Console:
     """What a typed line does: sends, or runs a ``:`` command; output goes to ``write``. ``terminal``:
     stdout is a terminal (``:cls`` clears it; else it prints a separator)."""
@@ -267,20 +307,25 @@ class Console:
         self.groups = GroupCommands(client, write)
         self.contacts = ContactPresence(client, write)
         history = HistoryCommands(client, write, self.groups)
+        devices = DeviceCommands(client, write)
         self._commands: dict[str, Callable[[str], Awaitable[None]]] = {
             ":olu": self._online, ":pu": self._prefix, ":info": self._info, ":emoji": self._emoji,
             ":cls": self._clear, ":g": self.groups.run, ":delay": self._delay, ":all": self._all,
-            ":history": history.conversation, ":q": history.search,
+            ":history": history.conversation, ":q": history.search, ":devices": devices.run,
         }
         self._refreshing: set[asyncio.Task[None]] = set()
 
     def show(self, message: Message) -> None:
         """Print a pushed message. A notice (the user's groups changed) or a group not known yet has
         the names fetched again, for the lines after it (the notice's own text names the group); a
-        burst from an unknown group waits for the fetch in flight rather than making one each."""
+        burst from an unknown group waits for the fetch in flight rather than making one each. The
+        copy of a send from this device is not printed: the send was (its receipt, if it failed)."""
+        if message.from_this_device:
+            return
         self.write(format_message(message, self.groups.names.get(message.group_id, "")))
-        if not message.group_id:
-            self.contacts.met(message.sender_id)
+        peer = message.to_user_id if message.outgoing else message.sender_id  # 0: one's own to everyone
+        if not message.group_id and peer:
+            self.contacts.met(peer)
         unknown = message.group_id not in self.groups.names and not self._refreshing
         if message.group_id and (message.notice or unknown):
             task = asyncio.create_task(self.refresh_groups())

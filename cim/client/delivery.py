@@ -30,8 +30,9 @@ server's ``LoginAnswer`` names one (then half of it, if that is more often).
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cim.protocols.client import (
     ClientConnection,
@@ -46,6 +47,7 @@ from cim.protocols.client import (
 
 ACK_INTERVAL = 0.1  # seconds a received message waits at most for its DELIVERY_ACK
 ACK_EVERY = 64  # messages that make an ack due at once
+SETTLED_KEPT = 4096  # settled clientMsgIds remembered, to tell this client's sends among the user's own copies
 READ_TIMEOUT_INTERVALS = 3  # heartbeat intervals of silence after which the connection counts as lost
 
 
@@ -97,6 +99,8 @@ class Outbox:
         # Insertion ordered; since every deadline is "now + the one send timeout", the
         # first entry also has the earliest deadline.
         self._pending: dict[int, Pending] = {}
+        # Answered or timed out: a send that timed out may have been stored all the same.
+        self._settled: OrderedDict[int, None] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -132,7 +136,19 @@ class Outbox:
 
     def answer(self, receipt: Receipt) -> bool:
         """Settle the send ``receipt`` answers; False if none waits for it (timed out, or answered already)."""
-        return self._pending.pop(receipt.client_msg_id, None) is not None
+        if self._pending.pop(receipt.client_msg_id, None) is None:
+            return False
+        self._settle(receipt.client_msg_id)
+        return True
+
+    def _settle(self, client_msg_id: int) -> None:
+        self._settled[client_msg_id] = None
+        if len(self._settled) > SETTLED_KEPT:
+            self._settled.popitem(last=False)
+
+    def sent_here(self, client_msg_id: int) -> bool:
+        """The id is of a send of this client's: pending, or among the last ``SETTLED_KEPT`` answered or timed out."""
+        return client_msg_id in self._pending or client_msg_id in self._settled
 
     def deadline(self) -> float | None:
         """When the oldest send times out."""
@@ -147,6 +163,7 @@ class Outbox:
             expired.append(client_msg_id)
         for client_msg_id in expired:
             del self._pending[client_msg_id]
+            self._settle(client_msg_id)
         return expired
 
     def drain(self) -> list[int]:
@@ -374,6 +391,8 @@ class Delivery:
     def _pushed(self, step: Step, message: Pushed, now: float) -> None:
         accepted = self.cursor.accept(message.seq, now)
         if accepted:
+            if message.outgoing and message.client_msg_id and self.outbox.sent_here(message.client_msg_id):
+                message = replace(message, from_this_device=True)
             step.messages.append(message)
         elif accepted is None and not self.cursor.syncing and self.logged_in:
             self._sync(step, now)

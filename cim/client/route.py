@@ -65,6 +65,22 @@ class LoginAnswer:
     token: str
 
 
+@dataclass(frozen=True)
+class LoggedInDevice:
+    """One of a user's devices as ``/devices`` lists it: its id ("" is CIM's client), the server holding
+    its connection (``server_id``, ``host:tcp_port:http_port``) and since when (ms since the epoch)."""
+
+    device_id: str
+    server_id: str
+    server: ServerAddress
+    since_ms: int
+
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> LoggedInDevice:
+        server = ServerAddress(str(data["ip"]), int(data["cimServerPort"]), int(data["httpPort"]))
+        return cls(str(data["deviceId"]), str(data["serverId"]), server, int(data["since"]))
+
+
 class RouteAnswer(NamedTuple):
     """A route answer whose code the call accepted."""
 
@@ -183,6 +199,15 @@ class RouteClient:
         body = {"receiveUserId": receiver_id}
         return int((await self.call("/fetchOfflineMsgs", body, token=token)).data["count"])
 
+    async def devices(self, user_id: int, *, token: str = "") -> list[LoggedInDevice]:
+        """The user's logged-in devices, by id; ``token`` the user's own or the admin key."""
+        return [LoggedInDevice.of(d) for d in (await self.call("/devices", {"userId": user_id}, token=token)).data["devices"]]
+
+    async def end_device(self, user_id: int, device_id: str, *, token: str = "") -> None:
+        """Log out one device of the user and end its connection (it gets OFFLINE 9000 and does not reconnect);
+        3000 for a device not logged in. ``token`` as for ``devices``."""
+        await self.call("/devices/end", {"userId": user_id, "deviceId": device_id}, token=token)
+
 
 @dataclass(frozen=True)
 class GroupSummary:
@@ -286,6 +311,23 @@ class RouteSession:
         # Not a login: that would claim a server, and is refused (5000) while connected.
         self.token = await self.route.renew_token(self.user_id, self.user_name, self._password)
         return await call(self.token)
+
+
+class DeviceCalls:
+    """``devices`` and ``end_device`` for ``cim.client.sdk.Client`` (a mixin): the user's devices, through its
+    ``session`` (its token, renewed on a 4001)."""
+
+    session: RouteSession
+
+    async def devices(self) -> list[LoggedInDevice]:
+        """The user's logged-in devices; this client's own is the one with ``session.device_id``."""
+        session = self.session
+        return await session.as_user(lambda token: session.route.devices(session.user_id, token=token))
+
+    async def end_device(self, device_id: str) -> None:
+        """End one of the user's devices, wherever it is connected (this client's own too: it stops)."""
+        session = self.session
+        await session.as_user(lambda token: session.route.end_device(session.user_id, device_id, token=token))
 
 
 def _password_field(password: str) -> dict[str, str]:

@@ -97,7 +97,7 @@ class Request(_message.Message):
     def __init__(self, reqMsg: _Optional[str] = ..., requestId: _Optional[int] = ..., cmd: _Optional[_Union[BaseCommand, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., batchReqMsg: _Optional[_Iterable[str]] = ..., clientMsgId: _Optional[int] = ..., ackSeq: _Optional[int] = ..., groupId: _Optional[str] = ..., token: _Optional[str] = ..., deviceId: _Optional[str] = ..., delaySeconds: _Optional[int] = ..., wantsReceipts: _Optional[bool] = ..., peerId: _Optional[int] = ..., beforeSeq: _Optional[int] = ..., afterSeq: _Optional[int] = ..., limit: _Optional[int] = ..., keyword: _Optional[str] = ..., presenceUserIds: _Optional[_Iterable[int]] = ..., presenceUnsubscribe: _Optional[bool] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("resMsg", "responseId", "cmd", "properties", "batchResMsg", "msgId", "seq", "timestamp", "code", "clientMsgId", "groupId", "heartbeatSeconds", "truncated", "ackedSeq", "notice", "msgIds", "status", "messages", "hasMore", "nextSeq", "presenceUserIds", "presenceOnline")
+    __slots__ = ("resMsg", "responseId", "cmd", "properties", "batchResMsg", "msgId", "seq", "timestamp", "code", "clientMsgId", "groupId", "heartbeatSeconds", "truncated", "ackedSeq", "notice", "msgIds", "status", "messages", "hasMore", "nextSeq", "presenceUserIds", "presenceOnline", "toUserId")
     class PropertiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +127,7 @@ class Response(_message.Message):
     NEXTSEQ_FIELD_NUMBER: _ClassVar[int]
     PRESENCEUSERIDS_FIELD_NUMBER: _ClassVar[int]
     PRESENCEONLINE_FIELD_NUMBER: _ClassVar[int]
+    TOUSERID_FIELD_NUMBER: _ClassVar[int]
     resMsg: str
     responseId: int
     cmd: BaseCommand
@@ -149,7 +150,8 @@ class Response(_message.Message):
     nextSeq: int
     presenceUserIds: _containers.RepeatedScalarFieldContainer[int]
     presenceOnline: _containers.RepeatedScalarFieldContainer[bool]
-    def __init__(self, resMsg: _Optional[str] = ..., responseId: _Optional[int] = ..., cmd: _Optional[_Union[BaseCommand, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., batchResMsg: _Optional[_Iterable[str]] = ..., msgId: _Optional[int] = ..., seq: _Optional[int] = ..., timestamp: _Optional[int] = ..., code: _Optional[int] = ..., clientMsgId: _Optional[int] = ..., groupId: _Optional[str] = ..., heartbeatSeconds: _Optional[int] = ..., truncated: _Optional[bool] = ..., ackedSeq: _Optional[int] = ..., notice: _Optional[bool] = ..., msgIds: _Optional[_Iterable[int]] = ..., status: _Optional[_Union[MessageStatus, str]] = ..., messages: _Optional[_Iterable[bytes]] = ..., hasMore: _Optional[bool] = ..., nextSeq: _Optional[int] = ..., presenceUserIds: _Optional[_Iterable[int]] = ..., presenceOnline: _Optional[_Iterable[bool]] = ...) -> None: ...
+    toUserId: int
+    def __init__(self, resMsg: _Optional[str] = ..., responseId: _Optional[int] = ..., cmd: _Optional[_Union[BaseCommand, str]] = ..., properties: _Optional[_Mapping[str, str]] = ..., batchResMsg: _Optional[_Iterable[str]] = ..., msgId: _Optional[int] = ..., seq: _Optional[int] = ..., timestamp: _Optional[int] = ..., code: _Optional[int] = ..., clientMsgId: _Optional[int] = ..., groupId: _Optional[str] = ..., heartbeatSeconds: _Optional[int] = ..., truncated: _Optional[bool] = ..., ackedSeq: _Optional[int] = ..., notice: _Optional[bool] = ..., msgIds: _Optional[_Iterable[int]] = ..., status: _Optional[_Union[MessageStatus, str]] = ..., messages: _Optional[_Iterable[bytes]] = ..., hasMore: _Optional[bool] = ..., nextSeq: _Optional[int] = ..., presenceUserIds: _Optional[_Iterable[int]] = ..., presenceOnline: _Optional[_Iterable[bool]] = ..., toUserId: _Optional[int] = ...) -> None: ...
 
 class Delivery(_message.Message):
     __slots__ = ("messages", "receiverIds", "kick", "firstSeqs", "replay", "statuses", "presenceServer", "presenceChanges")

@@ -59,6 +59,13 @@ class Pushed:
     timestamp_ms: int
     group_id: str
     notice: bool = False
+    to_user_id: int = 0
+    client_msg_id: int = 0
+    from_this_device: bool = False
+
+    @property
+    def outgoing(self) -> bool:
+        return self.sender_id == self.receiver_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +209,8 @@ def _pushed(response: Response) -> Pushed:
         timestamp_ms=response.timestamp,
         group_id=response.groupId,
         notice=response.notice,
+        to_user_id=response.toUserId,
+        client_msg_id=response.clientMsgId,
     )
 
 

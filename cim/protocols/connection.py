@@ -65,11 +65,24 @@ class Login:
 @dataclass(slots=True)  # not frozen: frozen dataclasses cost more per event
 class ChatMessages:
     """Messages the client sent in a row to one destination. Texts are UTF-8 bytes,
-    as on the wire; the k-th text came with the k-th clientMsgId (0: none)."""
+    as on the wire; the k-th text came with the k-th clientMsgId (0: none). Either every
+    one has a clientMsgId or none has (``runs_of``): what a send with them gets (a
+    receipt, the sender's copy: cim.delivery) is then the same for the whole run."""
 
     texts: list[bytes]
     destination: Destination
     client_msg_ids: list[int]
+
+
+def runs_of(texts: list[bytes], destination: Destination, client_msg_ids: list[int]) -> list[ChatMessages]:
+    """Messages in a row split where they switch between having a clientMsgId and not."""
+    runs: list[ChatMessages] = []
+    start = 0
+    for k in range(1, len(texts) + 1):
+        if k == len(texts) or bool(client_msg_ids[k]) != bool(client_msg_ids[start]):
+            runs.append(ChatMessages(texts[start:k], destination, client_msg_ids[start:k]))
+            start = k
+    return runs
 
 
 @dataclass(slots=True)  # not frozen: frozen dataclasses cost more per event
@@ -225,7 +238,10 @@ class ServerConnection:
                         destination = self._to_user
                         if destination.user_id != receiver:
                             destination = self._to_user = ToUser(receiver)
-                    events.append(ChatMessages(texts, destination, client_msg_ids))
+                    if all(client_msg_ids) or not any(client_msg_ids):
+                        events.append(ChatMessages(texts, destination, client_msg_ids))
+                    else:  # mixed (no client of ours sends so): see ChatMessages
+                        events += runs_of(texts, destination, client_msg_ids)
                     index = end
                     continue
                 if frames[index] == self._ping:
@@ -342,16 +358,14 @@ class ServerConnection:
         """The fate of messages this client sent: the k-th got message id ``first_id + k``.
 
         Receipts only when asked: a message sent with clientMsgId 0 (CIM's client, which
-        stops reading at a frame it does not know) gets a receipt only if it failed.
+        stops reading at a frame it does not know) gets a receipt only if it failed. A run
+        is all asked for or none (``ChatMessages``), so its first says which.
         """
         code = status.code
         head = self._receipt_heads.get(code)
         if head is None:
             head = self._receipt_heads[code] = self._receipt_head(status, status.message)
-        # all() and any() run in C: a run all asked for, or none (CIM's), costs no Python per message.
-        if code in ACCEPTED_CODES and not all(client_msg_ids):
-            if any(client_msg_ids):  # mixed: only the asked ones, each with its own msgId
-                self._out += [encode_receipts(head, [c], first_id + k) for k, c in enumerate(client_msg_ids) if c]
+        if code in ACCEPTED_CODES and not client_msg_ids[0]:
             return
         self._out.append(encode_receipts(head, client_msg_ids, first_id))
 

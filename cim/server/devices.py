@@ -21,6 +21,7 @@ import logging
 
 from cim.backends import Backends
 from cim.config import Config
+from cim.delivery import kick
 from cim.proto import Delivery
 from cim.server.sessions import SessionTable
 
@@ -36,12 +37,6 @@ def device_id_problem(device_id: str) -> str | None:
         return f"deviceId: at most {MAX_DEVICE_ID} characters, no control characters"
     return None
 UNLIMITED = 2**31
-
-
-def kick(user_id: int, device_ids: list[str], reason: str) -> Delivery:
-    """The Delivery that ends the user's connections of ``device_ids`` (none: all) on a node."""
-    named = [reason.encode(), *(d.encode() for d in device_ids)] if device_ids else []
-    return Delivery(receiverIds=[user_id], kick=True, messages=named)
 
 
 class DevicePolicy:
@@ -91,10 +86,11 @@ class DevicePolicy:
                 await self.backends.bus.publish(server, kick(user_id, device_ids, reason).SerializeToString())
 
     async def left(self, user_id: int, device_id: str) -> None:
-        """A connection closed: the device is logged out here unless another connection of it is
-        (a newer login of the same device on this node keeps it)."""
+        """A connection closed: the device is logged out here unless another connection of it is,
+        or is logging in (a reconnect that overtook the close: its record, written by its confirm,
+        must not go; the logout is sent before any store call of a login that starts after it)."""
         session = self.sessions.by_user.get(user_id)
-        if session is None or not session.streams_of(device_id):
+        if (session is None or not session.streams_of(device_id)) and not self.sessions.device_busy(user_id, device_id):
             await self.backends.presence.logout(user_id, self.node_id, device_id)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, deque
 
-from cim.backends import Backends
+from cim.backends import Backends, Stored
 from cim.delivery import Messenger, Sent
 from cim.destinations import ToEveryone, ToGroup, ToUser
 from cim.messages import MessageIds
@@ -33,7 +33,7 @@ from cim.server.logins import Logins
 from cim.server.metrics import Latencies
 from cim.server.peer import Peer
 from cim.server.quotas import OverRate, Screened
-from cim.server.sessions import SessionTable
+from cim.server.sessions import Session, SessionTable
 from cim.server.tasks import BackgroundTasks
 from cim.status import CimError, Status
 from cim.wire import push_bodies
@@ -53,12 +53,26 @@ def _take_event(backlog: deque[Screened]) -> Screened:
             and isinstance(head := backlog[0], ChatMessages)
             and type(head.destination) is type(event.destination)
             and head.destination == event.destination
+            and bool(head.client_msg_ids[0]) == bool(event.client_msg_ids[0])  # homogeneous, as ChatMessages
             and len(event.texts) + len(head.texts) <= MessageIds.MAX_BLOCK
         ):
             backlog.popleft()
             event.texts += head.texts
             event.client_msg_ids += head.client_msg_ids
     return event
+
+
+def push_stored(owners: list[Session], stored: list[Stored]) -> int:
+    """Push what an append stored to each owner's connections here (a duplicate rings: its first
+    push may never have been written); how many messages were pushed."""
+    pushed = 0
+    for owner, each in zip(owners, stored, strict=True):
+        if each.bodies:
+            owner.push(each.bodies, each.first_seq)
+            pushed += len(each.bodies)
+        if each.duplicates:
+            owner.ring()
+    return pushed
 
 
 class Dispatcher:
@@ -83,7 +97,7 @@ class Dispatcher:
         self._session_of = sessions.by_peer.get
         self._take_ids = messenger.ids.take
         inbox = backends.inbox
-        self._append_now = inbox.append_now if inbox.in_process else None
+        self._append_each_now = inbox.append_each_now if inbox.in_process else None
 
     def handle_now(self, peer: Peer, event: Screened) -> bool:
         """Settle an event synchronously when no I/O is needed; False defers it to ``handle``."""
@@ -93,29 +107,28 @@ class Dispatcher:
                 return False
             target = self._by_user.get(destination.user_id)
             session = self._session_of(peer)
-            append_now = self._append_now
-            if target is None or session is None or append_now is None:
+            if target is None or session is None or self._append_each_now is None:
                 return False
             texts = event.texts
             count = len(texts)
             first_id, now_ms = self._take_ids(count)
             client_msg_ids = event.client_msg_ids
-            bodies = push_bodies(session.sender.prefix, texts, first_id, now_ms)
+            bodies = push_bodies(session.sender.prefix + target.to_user_field, texts, first_id, now_ms, client_msg_ids)
+            # The sender's copy (cim.delivery): a second append, this node's like the first.
+            owners = [target, session] if target is not session and any(client_msg_ids) else [target]
             try:
-                stored = append_now(target.user_id, session.user_id, bodies, first_id, client_msg_ids)
+                stored = self._append_each_now([owner.user_id for owner in owners], session.user_id, bodies, first_id,
+                                               client_msg_ids)
             except Exception:  # the inbox failed (a disk error): ``handle`` tries again and answers
                 return False
-            if stored.duplicates:
-                self._duplicates(peer, client_msg_ids, Sent(Status.SUCCESS, first_id, stored.duplicates))
+            duplicates = stored[0].duplicates
+            if duplicates:
+                self._duplicates(peer, client_msg_ids, Sent(Status.SUCCESS, first_id, duplicates))
             else:
                 peer.send_receipts(client_msg_ids, first_id)
-            if stored.bodies:
-                target.push(stored.bodies, stored.first_seq)
-            if stored.duplicates:
-                target.ring()
             metrics = self.metrics
             metrics["messages_in"] += count
-            metrics["messages_out"] += len(stored.bodies)
+            metrics["messages_out"] += push_stored(owners, stored)
             return True
         if isinstance(event, Ping):
             peer.send_pong()

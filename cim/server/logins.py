@@ -71,6 +71,8 @@ class Logins:
             refusal = await self._check_login(peer, login)
         if refusal is not None:
             peer.refuse(*refusal)
+        elif peer not in self.sessions.by_peer:  # it left while we asked the store: its record goes
+            await self.devices.left(login.user_id, device_id)
 
     async def _check_login(self, peer: Peer, login: Login) -> tuple[Status, str] | None:
         """Accept the login (None) or say why not."""
@@ -82,8 +84,7 @@ class Logins:
         device_id = login.request.deviceId
         if (refused := await self.devices.confirm(login.user_id, device_id)) is not None:
             return Status.REPEAT_LOGIN, refused
-        if peer.closed:  # the client left while we asked the store
-            await self.devices.left(login.user_id, device_id)
+        if peer.closed:  # the client left while we asked the store (log_in logs the device out)
             return None
         stream = self.sessions.bind(peer, login.user_id, login.user_name, device_id)
         stream.receipts = login.request.wantsReceipts

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from cim.messages import Sender, receiver_entry
+from cim.messages import Sender, receiver_entry, to_user_field
 from cim.server.peer import Peer
 from cim.server.streams import GapHandler, Stream, offer
 from cim.wire import frame_sequenced
@@ -26,6 +26,7 @@ class Session:
     user_id: int
     sender: Sender  # this user as a sender
     receiver_entry: bytes  # the receiveUserId entry each push to this user ends with
+    to_user_field: bytes  # the toUserId of private pushes to this user (cim.messages.to_user_field)
     gap: GapHandler  # a stream that a push found behind its inbox: catch it up
     streams: list[Stream] = field(default_factory=list)
 
@@ -116,7 +117,7 @@ class SessionTable:
         self.pending.discard(peer)
         session = self.by_user.get(user_id)
         if session is None:
-            session = Session(user_id, Sender.of(user_id, user_name), receiver_entry(user_id), self.gap)
+            session = Session(user_id, Sender.of(user_id, user_name), receiver_entry(user_id), to_user_field(user_id), self.gap)
             self.by_user[user_id] = session
         stream = Stream(peer, device_id)
         session.streams.append(stream)

@@ -84,15 +84,19 @@ function keep(conv, message) {
   return true;
 }
 
+// My own private message (my copy, from this page or another device of mine) is in the
+// conversation with the user it went to (toUserId); one to everyone (no toUserId) has none here.
 function conversationOf(push) {
   if (push.groupId) return conversation(`g:${push.groupId}`);
   const mine = push.senderId === state.me.userId;
-  return conversation(`u:${mine ? push.receiverId : push.senderId}`);
+  if (mine && !push.toUserId) return null;
+  return conversation(`u:${mine ? push.toUserId : push.senderId}`);
 }
 
 function onPush(push) {
   if (push.senderName) state.users.set(push.senderId, push.senderName);
   const conv = conversationOf(push);
+  if (!conv) return;
   const mine = push.senderId === state.me.userId && !push.notice;
   const message = { ...push, mine, mark: mine ? "sent" : null };
   const added = keep(conv, message);
@@ -216,7 +220,8 @@ async function refreshRecent() {
     for (const m of page.messages.reverse()) {
       const senderId = String(m.sendUserId);
       if (m.sendUserName) state.users.set(senderId, m.sendUserName);
-      conversation(m.groupId ? `g:${m.groupId}` : `u:${senderId === state.me.userId ? String(m.receiveUserId) : senderId}`);
+      const mine = senderId === state.me.userId;
+      if (m.groupId || !mine || m.toUserId) conversation(m.groupId ? `g:${m.groupId}` : `u:${mine ? String(m.toUserId) : senderId}`);
     }
     renderLists();
   } catch { /* the lists fill from what arrives */ }

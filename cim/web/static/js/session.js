@@ -198,7 +198,8 @@ export class Session {
     this.handlers.onMessage({
       seq, msgId: r.msgId, clientMsgId: r.clientMsgId, text: r.resMsg, timestamp: Number(r.timestamp),
       senderId: properties.sendUserId || r.responseId, senderName: properties.sendUserName || "",
-      receiverId: properties.receiveUserId || "", groupId: r.groupId, notice: r.notice,
+      receiverId: properties.receiveUserId || "", toUserId: r.toUserId === "0" ? "" : r.toUserId,
+      groupId: r.groupId, notice: r.notice,
     });
   }
 
