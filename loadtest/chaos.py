@@ -51,7 +51,9 @@ from typing import Any
 
 import httpx
 import uvloop
+from redis.exceptions import RedisError
 
+from cim.backends.base import Store
 from cim.backends.memory import MemoryHub
 from cim.backends.registry import STORES
 from cim.client import Client, ClientError, Message, RouteClient
@@ -325,14 +327,27 @@ class ChaosWorker(FleetWorker):
 
     # -- the end
 
+    @staticmethod
+    async def open_store(config: Config, deadline: float) -> Store:
+        """The run's store, tried until ``deadline`` (loop time): Redis may be busy with the run's load or
+        just restarted, and one PING timing out must not abort the run."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                return await STORES.open(config.store, config, MemoryHub())
+            except (ConnectionError, TimeoutError, RedisError):
+                if loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(1.0)
+
     async def final_sync(self) -> None:
         """Wait until every client has handed the app its user's inbox's latest seq (read from
         Redis); a client making no progress for NUDGE_AFTER s has its connection cut, so
         the SDK reconnects and syncs. Gives up after ``--sync-timeout`` s (``behind``)."""
         config = Config(store=self.options.store, key_prefix=PREFIX, log_level="warning")
-        store = await STORES.open(self.options.store, config, MemoryHub())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.sync_timeout
+        store = await self.open_store(config, deadline)
         users = [user_id for user_id, _ in self.users]
         progress = {device: (self.last_seq[device], loop.time()) for device in self.clients}
         try:

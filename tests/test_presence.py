@@ -117,6 +117,29 @@ async def test_sdk_subscribe_then_online_and_debounced_offline(stack: Running) -
         await alice.close()
 
 
+async def test_the_sdk_watches_again_after_a_reconnect(stack: Running) -> None:
+    """The server forgets a connection's watches with it: the SDK subscribes again on its next connection,
+    where the states now come as events, and later changes too."""
+    url = route_url(stack)
+    alice_id, bob_id = await register_user(stack, "alice"), await register_user(stack, "bob")
+    events: list[tuple[int, bool]] = []
+    alice = watcher(url, alice_id, "alice", events)
+    await alice.connect()
+    bob = Client(url, bob_id, "bob", password=PASSWORD)
+    try:
+        assert await alice.subscribe_presence([bob_id]) == {bob_id: False}
+        assert stack.node is not None
+        [peer] = stack.node.sessions.by_user[alice_id].peers
+        peer.abort("test: cut")  # alice's connection, and with it her watch on the server
+        await eventually(lambda: alice.reconnects == 1 and alice.connected)
+        await eventually(lambda: events == [(bob_id, False)])  # the answer on the new connection
+        await bob.connect()
+        await eventually(lambda: events == [(bob_id, False), (bob_id, True)])
+    finally:
+        await bob.close()
+        await alice.close()
+
+
 async def test_a_reconnect_within_the_window_yields_no_events(stack: Running) -> None:
     alice_id, bob_id = await register_user(stack, "alice"), await register_user(stack, "bob")
     events: list[tuple[int, bool]] = []

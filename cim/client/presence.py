@@ -3,7 +3,9 @@
 A mixin of ``cim.client.sdk.Client``, like ``cim.client.history``: a SUBSCRIBE_PRESENCE goes out with
 an id of its own, the read loop hands each ``PresenceReport`` to ``_presence_reported``: an answer to
 the await that asked, an event (a watched user came or went) to ``on_presence(user_id, online)``.
-The server forgets a connection's watches when it closes: after a reconnect, subscribe again.
+The server forgets a connection's watches when it closes, so the client keeps the users it watches and
+subscribes to them again after every reconnect: their states then come to ``on_presence`` as events (any
+may have changed meanwhile, unheard).
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ class PresenceCalls:
     def _presence_ids(self) -> itertools.count[int]:
         return itertools.count(1)
 
+    @cached_property
+    def _watched(self) -> set[int]:
+        """The users this client watches, for its next connection."""
+        return set()
+
     async def subscribe_presence(self, user_ids: list[int]) -> dict[int, bool]:
         """Watch these users (at most 1000 per connection): their states now (True: online); later changes
         go to ``on_presence``. ``ClientError`` 3000 for unknown users or too many, ``ConnectionError`` when
@@ -57,12 +64,20 @@ class PresenceCalls:
             self._presence_waiters.pop(request_id, None)
         if answer.code != Status.SUCCESS.code:
             raise ClientError(answer.code, answer.message)
+        self._watched.update(user_ids)
         states: dict[int, bool] = answer.states
         return states
 
     def unsubscribe_presence(self, user_ids: list[int]) -> None:
         """Stop watching these users (no answer)."""
+        self._watched.difference_update(user_ids)
         self._apply(Step(data=bytearray(self._presence_connection().subscribe_presence(0, user_ids, unsubscribe=True))))
+
+    def _watch_again(self) -> None:
+        """Logged in (again): subscribe to the watched users on this connection; the answer, with no
+        request id, comes as events."""
+        if self._watched:
+            self._apply(Step(data=bytearray(self._presence_connection().subscribe_presence(0, sorted(self._watched)))))
 
     def _presence_connection(self) -> ClientConnection:
         connection = self.delivery.connection

@@ -295,8 +295,7 @@ class Client(HistoryCalls, PresenceCalls, DeviceCalls):
         self.send_timeout = send_timeout
         self.store = SeqStore(on_seq, state_file)
         self.server: ServerAddress | None = None
-        self.connected = False
-        self.reconnects = 0
+        self.connected, self.reconnects = False, 0
         self._owns_route = route is None
         self.route = route or RouteClient(route_url)
         self.session = RouteSession(self.route, user_id, user_name, password, device_id)
@@ -387,6 +386,7 @@ class Client(HistoryCalls, PresenceCalls, DeviceCalls):
         match event:
             case LoginAnswer():
                 settle(self._login_answer, None)
+                self._watch_again()
             case ServerError(code=code, message=message):
                 self._status(f"server error {code}: {message}")
                 settle(self._login_answer, None, ClientError(code, message))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, deque
 
-from cim.backends import Backends, Stored
+from cim.backends import Backends, Inbox, Stored
 from cim.delivery import Messenger, Sent
 from cim.destinations import ToEveryone, ToGroup, ToUser
 from cim.messages import MessageIds
@@ -62,6 +62,14 @@ def _take_event(backlog: deque[Screened]) -> Screened:
     return event
 
 
+def append_here(inbox: Inbox, owners: list[Session], sender_id: int, bodies: list[bytes], first_id: int,
+                client_msg_ids: list[int]) -> list[Stored]:
+    """Append to an in-process inbox for each owner: one (the common case) by ``append_now``, cheaper."""
+    if len(owners) == 1:
+        return [inbox.append_now(owners[0].user_id, sender_id, bodies, first_id, client_msg_ids)]
+    return inbox.append_each_now([owner.user_id for owner in owners], sender_id, bodies, first_id, client_msg_ids)
+
+
 def push_stored(owners: list[Session], stored: list[Stored]) -> int:
     """Push what an append stored to each owner's connections here (a duplicate rings: its first
     push may never have been written); how many messages were pushed."""
@@ -97,7 +105,7 @@ class Dispatcher:
         self._session_of = sessions.by_peer.get
         self._take_ids = messenger.ids.take
         inbox = backends.inbox
-        self._append_each_now = inbox.append_each_now if inbox.in_process else None
+        self._inbox_here = inbox if inbox.in_process else None
 
     def handle_now(self, peer: Peer, event: Screened) -> bool:
         """Settle an event synchronously when no I/O is needed; False defers it to ``handle``."""
@@ -107,7 +115,8 @@ class Dispatcher:
                 return False
             target = self._by_user.get(destination.user_id)
             session = self._session_of(peer)
-            if target is None or session is None or self._append_each_now is None:
+            inbox = self._inbox_here
+            if target is None or session is None or inbox is None:
                 return False
             texts = event.texts
             count = len(texts)
@@ -115,10 +124,9 @@ class Dispatcher:
             client_msg_ids = event.client_msg_ids
             bodies = push_bodies(session.sender.prefix + target.to_user_field, texts, first_id, now_ms, client_msg_ids)
             # The sender's copy (cim.delivery): a second append, this node's like the first.
-            owners = [target, session] if target is not session and any(client_msg_ids) else [target]
+            owners = [target, session] if client_msg_ids[0] and target is not session else [target]
             try:
-                stored = self._append_each_now([owner.user_id for owner in owners], session.user_id, bodies, first_id,
-                                               client_msg_ids)
+                stored = append_here(inbox, owners, session.user_id, bodies, first_id, client_msg_ids)
             except Exception:  # the inbox failed (a disk error): ``handle`` tries again and answers
                 return False
             duplicates = stored[0].duplicates
