@@ -132,7 +132,8 @@ def test_what_a_server_connection_writes_is_read_back() -> None:
     server.receive_data(alice().login())
     server.send_login_answer(latest_seq=12, heartbeat_seconds=30, acked_seq=9)
     server.send_sync_done(latest_seq=12, truncated=False)
-    server.send_receipts([0, 3], first_id=700)  # the first was sent without a clientMsgId: no receipt
+    server.send_receipts([0], first_id=700)  # sent without a clientMsgId: no receipt
+    server.send_receipts([3], first_id=701)
     server.send_receipt(4, Status.SUCCESS, Status.SUCCESS.message, msg_id=650)  # a resend: the original msgId
     assert alice().receive_data(server.data_to_send()) == [
         LoginAnswer(12, 30, 9), SyncDone(12, False),
