@@ -287,6 +287,7 @@ class ServerConnectionMachine(RuleBasedStateMachine):
                 assert self.events_seen > 0, "a message before the login"
                 assert event.texts and all(0 < len(text) <= MAX_MESSAGE for text in event.texts)
                 assert isinstance(event.destination, ToUser | ToGroup | ToEveryone)
+                assert all(event.client_msg_ids) or not any(event.client_msg_ids), "a run is all with ids or none"
                 self.unanswered += event.client_msg_ids
             elif isinstance(event, Ping):
                 assert self.events_seen > 0, "a ping before the login"
@@ -364,16 +365,20 @@ class ServerConnectionMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.unanswered and self.whole.state is State.OPEN)
     @rule(first_id=MSG_IDS, status=STATUSES)
     def answer_messages(self, first_id: int, status: Status) -> None:
+        """The oldest run owed a receipt: messages in a row all with a clientMsgId or all without (as the
+        events bring them, and as the node answers them)."""
+        with_ids = bool(self.unanswered[0])
+        run = list(itertools.takewhile(lambda client_msg_id: bool(client_msg_id) == with_ids, self.unanswered))
+        del self.unanswered[: len(run)]
         for conn in (self.whole, self.split):
-            conn.send_receipts(self.unanswered, first_id, status)
+            conn.send_receipts(run, first_id, status)
         receipts = self.written()
         # Receipts only when asked: an accepted message sent with clientMsgId 0 gets none.
         asked = status.code not in ACCEPTED_CODES
         assert [(r.cmd, r.code, r.clientMsgId, r.msgId) for r in receipts] == [
             (SEND_RECEIPT, status.code, client_msg_id, first_id + k)
-            for k, client_msg_id in enumerate(self.unanswered) if client_msg_id or asked
+            for k, client_msg_id in enumerate(run) if client_msg_id or asked
         ]
-        self.unanswered.clear()
 
     @precondition(lambda self: self.unanswered and self.whole.state is State.OPEN)
     @rule(status=STATUSES, reason=REASONS, msg_id=MSG_IDS)
