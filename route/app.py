@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import SkipJsonSchema
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -56,6 +57,9 @@ class Login(_Body):
     userId: int = UserId
     userName: str = Field(min_length=1, max_length=64)
     password: str | None = Password
+    # The Authorization header, put here by ``endpoint`` (a body's own "authorization" is
+    # dropped): a client holding the user's token logs in again with it, no password.
+    authorization: SkipJsonSchema[str | None] = None
     # Names the device (several per user: cim.server.devices); none is CIM's client, one login per user.
     deviceId: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")
 
@@ -206,6 +210,8 @@ def endpoint(
                 return answer(Status.VALIDATION_FAIL, message=f"body is not valid JSON: {err}")
             if not isinstance(raw, dict):
                 return answer(Status.VALIDATION_FAIL, message="body must be a JSON object")
+            if "authorization" in model.model_fields:
+                raw["authorization"] = request.headers.get("authorization")
             try:
                 body = model.model_validate(raw)
             except ValidationError as err:
@@ -241,7 +247,7 @@ def _server(server: ServerInfo) -> dict[str, Any]:
 
 
 async def _login(service: RouteService, body: Login) -> JSONResponse:
-    grant = await service.login(body.userId, body.userName, body.password, body.deviceId or "")
+    grant = await service.login(body.userId, body.userName, body.password, body.deviceId or "", body.authorization)
     data = _server(grant.server)
     if grant.token is not None:  # --auth none answers exactly CIM's fields
         data["token"] = grant.token
@@ -363,7 +369,8 @@ ENDPOINTS: list[tuple[str, list[str], type[_Body] | None, Handler, str]] = [
      "Register a user name and password; a taken name returns its id only with its password."),
     ("/login", ["POST"], Login, _login,
      "Log in: picks a cim-server and hands out a token (9100 wrong password or mismatch, 5000 repeat, 7100 none); "
-     "wsUrl: the server's WebSocket endpoint, when it has one."),
+     "wsUrl: the server's WebSocket endpoint, when it has one. With the user's token as the bearer (a reconnect) the "
+     "token proves the user, not a password: no hash, and the same token back, its expiry unchanged (4001 once expired)."),
     ("/token", ["POST"], Login, _renew_token,
      "A new token for the user, with no login claim (for a connected client whose token expires; 9100 as /login)."),
     ("/p2pRoute", ["POST"], P2PRoute, _p2p, "Private message; 7000 when the receiver is offline (stored for later)."),
@@ -425,8 +432,9 @@ def openapi(authenticated: bool = True) -> dict[str, Any]:
             }
             if model is not None:
                 op["requestBody"] = {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}
-            if authenticated and path in ACCESS:
-                op["security"] = [{"bearer": []}]
+            if authenticated and (path in ACCESS or path == "/login"):
+                # /login: the password, or the user's token (a reconnect)
+                op["security"] = [{"bearer": []}] if path in ACCESS else [{}, {"bearer": []}]
                 op["responses"]["401"] = {"description": "4001: missing, invalid or expired token", "content": content}
                 op["responses"]["403"] = {"description": "4003: a token that may not act for this user", "content": content}
             paths.setdefault(path, {})[method.lower()] = op

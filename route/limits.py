@@ -18,8 +18,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from cim.config import Config
 from cim.ratelimit import KeyedBuckets, per_key_per_minute, per_key_per_second
 
-# The calls that check a password: each costs an argon2 hash, and each is a guess.
+# The calls that check a password: each costs an argon2 hash, and each is a guess. A
+# /login with a bearer token checks the token instead (an HMAC: a reconnect), and is not counted.
 PASSWORD_PATHS = frozenset({"/login", "/registerAccount", "/token"})
+TOKEN_LOGIN_PATH = "/login"
 
 
 class RouteLimits:
@@ -53,7 +55,7 @@ class RouteLimits:
         now = self.clock()
         if self.requests is not None and not self.requests.take(ip, now):
             return self._refusal(f"rate limit exceeded: over {self.per_second} requests/s from {ip}", self.requests, ip)
-        if self.logins is not None and scope["path"] in PASSWORD_PATHS and not self.logins.take(ip, now):
+        if self.logins is not None and _checks_password(scope) and not self.logins.take(ip, now):
             message = f"rate limit exceeded: over {self.per_minute} logins or registrations a minute from {ip}"
             return self._refusal(message, self.logins, ip)
         return None
@@ -62,3 +64,10 @@ class RouteLimits:
         response = self.refuse(message)
         response.headers["Retry-After"] = str(max(1, math.ceil(buckets.wait(ip, self.clock()))))
         return response
+
+
+def _checks_password(scope: Scope) -> bool:
+    path = scope["path"]
+    if path == TOKEN_LOGIN_PATH:
+        return not any(name == b"authorization" for name, _ in scope["headers"])
+    return path in PASSWORD_PATHS

@@ -173,10 +173,17 @@ class RouteService:
             raise CimError(Status.VALIDATION_FAIL, "userName is taken")
         return user_id
 
-    async def login(self, user_id: int, user_name: str, password: str | None, device_id: str = "") -> LoginGrant:
-        # CIM's order: the account first (9100), then the one-login rule (5000). Only a
-        # caller with the password gets that far, so nobody else can claim (lock out) a user.
-        await self._check_account(user_id, user_name, password)
+    async def login(self, user_id: int, user_name: str, password: str | None, device_id: str = "",
+                    authorization: str | None = None) -> LoginGrant:
+        """A server for the user's device and a token. Under token auth the caller proves who they
+        are with the password, or with the user's own token as the bearer: a client
+        reconnecting costs no password hash (tens of ms of CPU: a node's users all reconnecting
+        at once would stall the route). That token is handed back, not renewed: it still expires,
+        and then only the password logs in."""
+        # CIM's order: the account first (9100), then the one-login rule (5000). Only a caller
+        # with the password (or the user's token) gets that far, so nobody else can claim (lock out) a user.
+        token = self._login_token(user_id, authorization)
+        await self._check_account(user_id, user_name, password, proven=token is not None)
         # Only --device-policy refuse keeps CIM's one login per user here; the server the
         # client connects to applies the device limit and the other policies (cim.server.devices).
         # A login without a deviceId (CIM's client) keeps it too, as CIM answers it.
@@ -184,7 +191,18 @@ class RouteService:
             raise CimError(Status.REPEAT_LOGIN)
         server = await self._pick_reachable(user_id)
         await self.presence.reserve_login(user_id, server.id, self.config.login_claim_ttl, device_id)
-        return LoginGrant(server, None if self.tokens is None else self.tokens.mint(user_id))
+        return LoginGrant(server, None if self.tokens is None else token or self.tokens.mint(user_id))
+
+    def _login_token(self, user_id: int, authorization: str | None) -> str | None:
+        """The bearer token a login proves the user with (4001 / 4003 for one that does not; a
+        password beside it is not looked at, so a login with a bearer never costs a hash:
+        ``route.limits`` counts none of them); None for a password login, or under ``--auth none``."""
+        if self.tokens is None or authorization is None:
+            return None
+        caller = self.authenticate(authorization)
+        if caller.user_id != user_id:  # the operator's key, too: it acts for users, it does not log in as one
+            raise CimError(Status.FORBIDDEN, f"a login for user {user_id} needs their password or their own token")
+        return authorization[len(BEARER) :].strip()
 
     async def renew_token(self, user_id: int, user_name: str, password: str | None) -> str:
         """A new token for a user who proves who they are, with no claim: a client that is
@@ -194,9 +212,9 @@ class RouteService:
         await self._check_account(user_id, user_name, password)
         return self.tokens.mint(user_id)
 
-    async def _check_account(self, user_id: int, user_name: str, password: str | None) -> None:
-        """9100 unless the id, name and (under token auth) password belong together."""
-        checked = None if self.tokens is None else self._require_password(password)
+    async def _check_account(self, user_id: int, user_name: str, password: str | None, proven: bool = False) -> None:
+        """9100 unless the id, name and (under token auth, unless ``proven`` otherwise) password belong together."""
+        checked = None if self.tokens is None or proven else self._require_password(password)
         if await self.accounts.user_name(user_id) != user_name:
             raise CimError(Status.ACCOUNT_NOT_MATCH)
         if checked is not None and not await self._password_matches(user_id, checked):

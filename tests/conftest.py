@@ -11,6 +11,8 @@ import asyncio
 import importlib
 import os
 import secrets
+import socket
+import struct
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -149,6 +151,19 @@ async def eventually(check: Callable[[], object], timeout: float = 10.0) -> None
     while not check() and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.02)
     assert check()
+
+
+LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, dropping what is unsent
+
+
+def cut(running: Running, user_id: int) -> None:
+    """Reset the user's connection from the server's end (RST): what either side had in
+    flight (pushes, messages not read yet, receipts) is gone."""
+    assert running.node is not None
+    [peer] = running.node.sessions.by_user[user_id].peers
+    transport = peer.transport  # type: ignore[attr-defined]  # the TCP peer's
+    transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+    transport.abort()
 
 
 PASSWORD = "correct horse battery staple"  # every test account's

@@ -23,6 +23,7 @@ from cim.backends.memory import MemoryHub
 from cim.cli import cim_main
 from cim.config import Config
 from cim.proto import BaseCommand
+from cim.protocols.client import ClientConnection
 from cim.run import Running, start
 from cim.status import Status
 from cim.testing.services import CimProcess, free_port
@@ -243,6 +244,55 @@ async def test_token_auth_needs_a_password(secured: Running, path: str, body: di
     assert (status, answer["code"]) == (200, "3000") and "password" in answer["message"]
 
 
+async def test_a_login_with_the_users_token_needs_no_password_and_keeps_the_token(secured: Running) -> None:
+    assert secured.node is not None
+    alice, bob = await register_user(secured, "alice"), await register_user(secured, "bob")
+    token = await login_token(secured, alice, "alice")
+    # The password changes: a login that hashed one would be 9100 now; the token's does not look.
+    await secured.backends.accounts.set_password_hash(alice, PasswordHasher().hash("changed"))
+    body = {"userId": alice, "userName": "alice", "deviceId": "phone"}
+    status, answer = await post(secured, "/login", body, bearer=token)
+    assert (status, answer["code"]) == (200, "9000"), answer
+    assert answer["dataBody"]["token"] == token  # handed back, not renewed: its expiry stands
+    assert answer["dataBody"]["cimServerPort"] == secured.node.port
+    status, answer = await post(secured, "/login", {**body, "password": "guess"}, bearer=token)
+    assert answer["code"] == "9000"  # beside a bearer, a password is not looked at (nor hashed, nor counted)
+    raw = await RawClient.connect(secured.node.port)
+    raw.send_raw(ClientConnection(alice, "alice").login(token=token, device_id="phone"))
+    assert (await raw.ping(alice)).resMsg == "pong"
+
+    refusals = {
+        "another user's token": (Tokens(secret_of(secured), HOUR).mint(bob), 403, "4003"),
+        "the admin key": (ADMIN_KEY, 403, "4003"),
+        "an expired token": (own_backend_token(secured, {"sub": str(alice), "exp": int(time.time()) - HOUR}), 401, "4001"),
+        "another secret's": (Tokens(secrets.token_urlsafe(32), HOUR).mint(alice), 401, "4001"),
+        "a malformed one": ("not.a.token", 401, "4001"),
+    }
+    for why, (bearer, http_status, code) in refusals.items():
+        status, answer = await post(secured, "/login", {**body, "deviceId": "tablet"}, bearer=bearer)
+        assert (status, answer["code"], answer["dataBody"]) == (http_status, code, None), why
+    status, answer = await post(secured, "/login", {"userId": alice, "userName": "not alice"}, bearer=token)
+    assert answer["code"] == "9100"  # the token proves the id; the name must still be the id's
+    assert set(await secured.backends.presence.devices(alice)) == {"phone"}  # the refused logins claimed nothing
+
+
+async def test_token_logins_are_not_counted_as_password_guesses() -> None:
+    running = await start(stack_config(auth="token", max_logins_per_minute=3), {"server", "route"}, MemoryHub())
+    try:
+        alice = await register_user(running, "alice")  # a password checked: 1 of 3
+        token = await login_token(running, alice, "alice")  # 2 of 3
+        for device in "abcd":
+            status, answer = await post(running, "/login", {"userId": alice, "userName": "alice", "deviceId": device},
+                                        bearer=token)
+            assert (status, answer["code"]) == (200, "9000"), answer
+        status, answer = await post(running, "/login", {"userId": alice, "userName": "alice", "password": "guess"})
+        assert answer["code"] == "9100"  # 3 of 3
+        status, answer = await post(running, "/login", {"userId": alice, "userName": "alice", "password": PASSWORD})
+        assert (status, answer["code"]) == (429, "4029")
+    finally:
+        await running.stop()
+
+
 async def test_an_old_hash_is_upgraded_at_login_and_a_broken_one_opens_nothing(secured: Running) -> None:
     accounts = secured.backends.accounts
     alice = await register_user(secured, "alice")
@@ -324,10 +374,11 @@ async def test_openapi_declares_the_bearer_and_the_passwords(secured: Running, o
                          ("/fetchOfflineMsgs", "post"), ("/servers", "get")):
         operation = spec["paths"][path][method]
         assert operation["security"] == [{"bearer": []}] and {"401", "403"} <= set(operation["responses"])
-    for path in ("/registerAccount", "/login"):
+    for path, security in (("/registerAccount", None), ("/login", [{}, {"bearer": []}])):  # login: or a token
         operation = spec["paths"][path]["post"]
-        assert "security" not in operation
-        assert "password" in operation["requestBody"]["content"]["application/json"]["schema"]["properties"]
+        assert operation.get("security") == security
+        properties = operation["requestBody"]["content"]["application/json"]["schema"]["properties"]
+        assert "password" in properties and "authorization" not in properties  # the header's, not the body's
     async with httpx.AsyncClient(base_url=route_url(open_stack)) as http:
         spec = (await http.get("/openapi.json")).json()
     assert "components" not in spec and all("security" not in op for ops in spec["paths"].values() for op in ops.values())

@@ -8,13 +8,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from argon2 import PasswordHasher
 
 from cim.auth import Tokens
 from cim.backends.memory import MemoryHub
 from cim.client import Client, ClientError, Message, RouteClient, RouteSession
 from cim.run import Running, start
 from cim.status import Status
-from tests.conftest import PASSWORD, eventually, mint_token, new_secret, register_user, route_url, stack_config
+from tests.conftest import PASSWORD, cut, eventually, mint_token, new_secret, register_user, route_url, stack_config
 
 
 @pytest.fixture
@@ -94,3 +95,24 @@ async def test_route_session_renews_a_refused_token_and_makes_the_call_again(tok
         with pytest.raises(ClientError) as held:  # /token checks the password as /login does
             await route.renew_token(alice, "alice", "wrong password")
         assert held.value.code == Status.ACCOUNT_NOT_MATCH.code
+
+
+async def test_the_sdk_reconnects_with_its_token_and_with_the_password_once_it_expired(token_stack: Running) -> None:
+    """A reconnect logs in with the token (no password hash on the route): shown by changing the
+    password under a connected client. Once its token is refused, the password logs in again."""
+    alice = await register_user(token_stack, "alice")
+    accounts = token_stack.backends.accounts
+    async with Client(route_url(token_stack), alice, "alice", password=PASSWORD, backoff_base=0.05, backoff_max=0.2) as client:
+        token = client.session.token
+        await accounts.set_password_hash(alice, PasswordHasher().hash("changed elsewhere"))
+        cut(token_stack, alice)
+        await eventually(lambda: client.reconnects == 1 and client.connected)
+        assert client.session.token == token  # the same token: it was not renewed
+
+        await accounts.set_password_hash(alice, PasswordHasher().hash(PASSWORD))
+        client.session.token = Tokens(new_secret(), ttl=60).mint(alice)  # refused (4001), as an expired one
+        cut(token_stack, alice)
+        await eventually(lambda: client.reconnects == 2 and client.connected)
+        assert token_stack.node is not None
+        tokens = Tokens.from_config(token_stack.node.config)
+        assert tokens is not None and tokens.verify(client.session.token) == alice  # a new one, from the password

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import struct
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,19 +19,7 @@ from cim.client import Client, Message, Receipt, SendTimeout, Stopped
 from cim.client.sdk import Alarm
 from cim.client.transport import TcpTransport
 from cim.run import Running, start
-from tests.conftest import PASSWORD, eventually, register_user, route_url, stack_config
-
-LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, dropping what is unsent
-
-
-def cut(running: Running, user_id: int) -> None:
-    """Reset the user's connection from the server's end (RST): what either side had in
-    flight (pushes, messages not read yet, receipts) is gone."""
-    assert running.node is not None
-    [peer] = running.node.sessions.by_user[user_id].peers
-    transport = peer.transport  # type: ignore[attr-defined]  # the TCP peer's
-    transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
-    transport.abort()
+from tests.conftest import PASSWORD, cut, eventually, register_user, route_url, stack_config
 
 
 def sdk(running: Running, user_id: int, name: str, inbox: list[Message] | None = None, **options: Any) -> Client:

@@ -46,8 +46,13 @@ export async function signIn(userName, password) {
   return data.userId;
 }
 
+export const UNAUTHORIZED = "4001";
+
 // A route login of this device: {token, wsUrl, ...}; RouteError 5000 while the server still
-// holds the previous connection of this device (the caller retries).
-export async function login(userId, userName, password, deviceId) {
+// holds the previous connection of this device (the caller retries). With the token of an
+// earlier login (a reconnect) the token proves the user, not the password: the route hashes
+// nothing, and hands the same token back; RouteError 4001 once it expired.
+export async function login(userId, userName, password, deviceId, token = "") {
+  if (token) return post("/login", { userId, userName, deviceId }, token);
   return post("/login", { userId, userName, password, deviceId });
 }

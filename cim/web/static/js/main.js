@@ -1,6 +1,6 @@
 // The web client's UI: sign in, people (online or talked to), named groups, one conversation on
 // screen with its history scrolling back, unread counts, delivered/read marks of what I sent.
-import { OFF_LINE, REPEAT_LOGIN, RouteError, SUCCESS, login, post, signIn } from "./api.js";
+import { OFF_LINE, REPEAT_LOGIN, RouteError, SUCCESS, UNAUTHORIZED, login, post, signIn } from "./api.js";
 import { Session, loadSchema } from "./session.js";
 
 const $ = (id) => document.getElementById(id);
@@ -37,7 +37,7 @@ async function call(path, body, accept = [SUCCESS]) {
   try {
     return await post(path, acting, state.me.token, accept);
   } catch (err) {
-    if (!(err instanceof RouteError) || err.code !== "4001") throw err;
+    if (!(err instanceof RouteError) || err.code !== UNAUTHORIZED) throw err;
     state.me.token = (await post("/token", { userId: Number(userId), userName, password })).token;
     return post(path, acting, state.me.token, accept);
   }
@@ -383,7 +383,13 @@ async function start(event) {
     const device = deviceId();
     const routeLogin = async () => {
       try {
-        const grant = await login(Number(userId), userName, password, device);
+        let grant;
+        try {
+          grant = await login(Number(userId), userName, password, device, state.me.token);
+        } catch (err) {
+          if (!state.me.token || err.code !== UNAUTHORIZED) throw err;
+          grant = await login(Number(userId), userName, password, device); // the token expired
+        }
         state.me.token = grant.token || "";
         return grant;
       } catch (err) {
