@@ -181,6 +181,7 @@ class ChaosWorker(FleetWorker):
             transports=self.transports, reconnects=sum(c.reconnects for c in self.clients.values()),
             gave_up=Counter(self.why_stopped(c) for c in self.clients.values() if c.done.done()), nudged=self.nudged,
             disconnected=[device for device, client in self.clients.items() if not client.connected],
+            stalls=self.stalls,
         )
 
     @staticmethod
@@ -544,7 +545,8 @@ def print_report(report: dict[str, Any]) -> None:
         f"{len(report['disconnected_at_end'])}, behind their inbox at the end "
         f"{len(report['behind_at_end'])}, nudged {report['nudged']}; delivered without an accepted receipt "
         f"{report['delivered_without_accepted_receipt']}\n"
-        f"latency ms p50 {latency['p50']} p99 {latency['p99']} max {latency['max']}",
+        f"latency ms p50 {latency['p50']} p99 {latency['p99']} max {latency['max']}; generator stalls "
+        f"{len(report['generator_stalls'])}, longest {report['generator_longest_stall_s']} s",
         flush=True,
     )
     for fault in report["faults"]:

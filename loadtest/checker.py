@@ -78,6 +78,7 @@ class ChaosResult(TypedDict):
     reconnects: int
     gave_up: Counter[str]  # why clients stopped (reconnects refused, given up) -> how many
     disconnected: list[Device]  # devices not connected when the worker finished
+    stalls: list[tuple[float, float]]  # (began at, seconds): the worker's loop stood still (``FleetWorker.stalls``)
     nudged: int  # connections cut in the final sync to make a stuck client sync
 
 
@@ -321,10 +322,15 @@ def check(results: list[ChaosResult], faults: list[Fault], cast: Cast, margin: f
         "reconnects": sum(r["reconnects"] for r in results), "gave_up": dict(gave_up),
         "disconnected_at_end": sorted(f"{u}/{d}" for r in results for u, d in r["disconnected"]),
         "nudged": sum(r["nudged"] for r in results),
+        # Not counted against the run: a stalled generator's clients were silent, not the cluster. A
+        # loss that comes with one is the generator's to explain first (2026-12-02's run 4).
+        "generator_stalls": [{"process": i, "at_s": round(at - start, 2), "seconds": round(seconds, 2)}
+                             for i, r in enumerate(results) for at, seconds in r["stalls"]],
         "latency_ms": {"count": len(latencies), **latency_summary(latencies)},
         "faults": [recovery(f, ledger, online, start) for f in faults],
         "examples": ledger.examples[:EXAMPLES],
     }
+    report["generator_longest_stall_s"] = max((stall["seconds"] for stall in report["generator_stalls"]), default=0.0)
     report["passed"] = passed(report)
     return report
 

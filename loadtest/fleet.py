@@ -49,6 +49,9 @@ Device = tuple[int, str]  # (user id, device id): one client
 # Every load-test account's: the accounts are fresh each run, on a cluster under test.
 PASSWORD = "soak-password"
 FLUSH_EVERY = 0.5  # seconds between a worker's counter updates
+# A flush this much later than due is a stall: the worker's loop could not run its clients
+# (their pings, their reads) meanwhile, and a server may rightly have ended them for silence.
+STALL = 1.0
 POLL_EVERY = 0.05  # seconds between looks at the shared phase / counters
 
 
@@ -172,6 +175,7 @@ class FleetWorker(ABC):
         # One route client for every user of this process (see Client's ``route``).
         self.route: RouteClient | None = None
         self.counters: dict[int, itertools.count[int]] = {user_id: itertools.count(1) for user_id, _ in users}
+        self.stalls: list[tuple[float, float]] = []  # (wall time the stall began, seconds), at least STALL each
 
     # -- what subclasses say
 
@@ -217,8 +221,14 @@ class FleetWorker(ABC):
         self.deltas = [0] * len(self.deltas)
 
     async def flush_forever(self) -> None:
+        """Flush every FLUSH_EVERY seconds, noting how late each came (``stalls``)."""
+        loop = asyncio.get_running_loop()
         while True:
+            due = loop.time() + FLUSH_EVERY
             await asyncio.sleep(FLUSH_EVERY)
+            late = loop.time() - due
+            if late >= STALL:
+                self.stalls.append((time.time() - late, late))
             self.flush()
 
     # -- the run

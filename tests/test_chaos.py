@@ -42,7 +42,7 @@ def result(sends: list[list[Any]], received: dict[Device, list[tuple[int, float]
         received={device: (array("Q", [k for k, _ in got]), array("d", [t for _, t in got]))
                   for device, got in received.items()},
         anomalies=Counter(anomalies), examples=[], timeline=timeline, transports=dict.fromkeys(timeline, "tcp"), cuts=[],
-        behind={}, latencies_ms=array("f", [1.0]), reconnects=0, gave_up=Counter(), nudged=0, disconnected=[],
+        behind={}, latencies_ms=array("f", [1.0]), reconnects=0, gave_up=Counter(), nudged=0, disconnected=[], stalls=[],
     )
 
 
@@ -149,6 +149,18 @@ def pushed(sender: int, device: str, counter: int, kind: str, seq: int, group_id
                    msg_id=seq, seq=seq, timestamp_ms=0, group_id=group_id, from_this_device=from_this_device)
 
 
+def test_the_report_names_the_generators_stalls_and_counts_none_against_the_run() -> None:
+    sends = [send(ANN, 1, PRIVATE, BEN, 1.0)]
+    got = [(message_key(ANN, 1), START + 1.1)]
+    received: dict[Device, list[tuple[int, float]]] = {(BEN, ""): got, (ANN, ""): got}  # ANN: the sender's copy
+    quiet, stalled = result(sends, received, {d: always() for d in received}), result([], {}, {})
+    stalled["stalls"] = [(START + 36.0, 21.0), (START + 100.0, 1.5)]
+    report = check([quiet, stalled], [], Cast(EVERYONE, {}, ("",)), margin=2.0, start=START)
+    assert report["generator_stalls"] == [{"process": 1, "at_s": 36.0, "seconds": 21.0},
+                                          {"process": 1, "at_s": 100.0, "seconds": 1.5}]
+    assert report["generator_longest_stall_s"] == 21.0 and report["lost"] == 0 and report["passed"]
+
+
 def test_a_worker_counts_duplicates_reordering_and_seq_gaps() -> None:
     options = build_parser().parse_args(["--users", "4", "--processes", "1", "--devices", "2"])
     options.groups = GROUPS
@@ -219,6 +231,7 @@ def test_chaos_ci(tmp_path: Path) -> None:
     assert (report["lost"], report["duplicated"], report["reordered"], report["wrong_address"]) == (0, 0, 0, 0), summary
     assert (report["group_id_wrong"], report["copy_wrong"], report["seq_gaps"], report["seq_repeats"]) == (0, 0, 0, 0), summary
     assert report["behind_at_end"] == {}, summary
+    assert isinstance(report["generator_stalls"], list), summary  # said, not judged: see the checker
     # Every fault hit someone, and they were sending and receiving again afterwards.
     for fault in report["faults"]:
         assert fault["affected"] > 0 and fault["first_receipt_s"] is not None, fault
