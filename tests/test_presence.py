@@ -6,6 +6,7 @@ offline), and CIM's client, which never subscribes, never getting a PRESENCE fra
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import AsyncIterator
 
@@ -93,7 +94,9 @@ def watcher(url: str, user_id: int, name: str, events: list[tuple[int, bool]]) -
     return client
 
 
-async def test_sdk_subscribe_then_online_and_debounced_offline(stack: Running) -> None:
+@contextlib.asynccontextmanager
+async def alice_watching_bob(stack: Running) -> AsyncIterator[tuple[Client, Client, list[tuple[int, bool]]]]:
+    """alice connected, her presence events going to the list; bob's client made, not connected; both closed after."""
     url = route_url(stack)
     alice_id, bob_id = await register_user(stack, "alice"), await register_user(stack, "bob")
     events: list[tuple[int, bool]] = []
@@ -101,6 +104,15 @@ async def test_sdk_subscribe_then_online_and_debounced_offline(stack: Running) -
     await alice.connect()
     bob = Client(url, bob_id, "bob", password=PASSWORD)
     try:
+        yield alice, bob, events
+    finally:
+        await bob.close()
+        await alice.close()
+
+
+async def test_sdk_subscribe_then_online_and_debounced_offline(stack: Running) -> None:
+    async with alice_watching_bob(stack) as (alice, bob, events):
+        alice_id, bob_id = alice.user_id, bob.user_id
         assert await alice.subscribe_presence([bob_id, alice_id]) == {bob_id: False, alice_id: True}
         await bob.connect()
         await eventually(lambda: events == [(bob_id, True)])
@@ -108,36 +120,24 @@ async def test_sdk_subscribe_then_online_and_debounced_offline(stack: Running) -
         await eventually(lambda: events == [(bob_id, True), (bob_id, False)])
         alice.unsubscribe_presence([bob_id])
         await asyncio.sleep(0.2)  # the unsubscription is in before bob comes back
-        bob = Client(url, bob_id, "bob", password=PASSWORD)
-        await bob.connect()
-        await asyncio.sleep(DEBOUNCE)
+        async with Client(route_url(stack), bob_id, "bob", password=PASSWORD):  # bob back, a new client
+            await asyncio.sleep(DEBOUNCE)
         assert events == [(bob_id, True), (bob_id, False)]  # not watched any more
-    finally:
-        await bob.close()
-        await alice.close()
 
 
 async def test_the_sdk_watches_again_after_a_reconnect(stack: Running) -> None:
     """The server forgets a connection's watches with it: the SDK subscribes again on its next connection,
     where the states now come as events, and later changes too."""
-    url = route_url(stack)
-    alice_id, bob_id = await register_user(stack, "alice"), await register_user(stack, "bob")
-    events: list[tuple[int, bool]] = []
-    alice = watcher(url, alice_id, "alice", events)
-    await alice.connect()
-    bob = Client(url, bob_id, "bob", password=PASSWORD)
-    try:
+    async with alice_watching_bob(stack) as (alice, bob, events):
+        bob_id = bob.user_id
         assert await alice.subscribe_presence([bob_id]) == {bob_id: False}
         assert stack.node is not None
-        [peer] = stack.node.sessions.by_user[alice_id].peers
+        [peer] = stack.node.sessions.by_user[alice.user_id].peers
         peer.abort("test: cut")  # alice's connection, and with it her watch on the server
         await eventually(lambda: alice.reconnects == 1 and alice.connected)
         await eventually(lambda: events == [(bob_id, False)])  # the answer on the new connection
         await bob.connect()
         await eventually(lambda: events == [(bob_id, False), (bob_id, True)])
-    finally:
-        await bob.close()
-        await alice.close()
 
 
 async def test_a_reconnect_within_the_window_yields_no_events(stack: Running) -> None:
