@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import codec, fanout, flood, hotpath, idle, p2p, redis_p2p, ws
+from bench import codec, fanout, flood, groupstore, hotpath, idle, p2p, redis_p2p, ws
 
 SCENARIOS = {
     "codec": codec, "hotpath": hotpath, "p2p": p2p, "fanout": fanout, "idle": idle, "flood": flood,
-    "redis-p2p": redis_p2p, "ws": ws,
+    "redis-p2p": redis_p2p, "ws": ws, "groupstore": groupstore,
 }
 
 

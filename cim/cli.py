@@ -75,7 +75,8 @@ def _backend_options(p: argparse.ArgumentParser) -> None:
     _option(p, "--max-devices", int, "devices one user may have logged in at once (deviceId at login; CIM's client "
             "is device \"\"); one more is refused with 5000")
     _option(p, "--device-policy", str, "a login of a user who is logged in already: multi (another device, up to "
-            "--max-devices), replace (ends the others: OFFLINE 5001), refuse (5000, CIM's rule)", metavar="multi|replace|refuse")
+            "--max-devices), replace (ends the others: OFFLINE 9000 'logged in on another device'), refuse (5000, "
+            "CIM's rule)", metavar="multi|replace|refuse")
     _option(p, "--log-level", str, "log level")
 
 

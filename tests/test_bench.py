@@ -25,7 +25,7 @@ from tests.conftest import auth_mode
 
 def bench(tmp_path: Path, *args: str) -> dict[str, Any]:
     out = tmp_path / "result.json"
-    system = args[0] not in ("codec", "hotpath")  # in-process scenarios: no targets started
+    system = args[0] not in ("codec", "hotpath", "groupstore")  # in-process scenarios: no targets started
     done = subprocess.run(
         [sys.executable, "-m", "bench", *args, "--json", str(out),
          *(["--workdir", str(tmp_path), "--auth", auth_mode()] if system else [])],
@@ -174,6 +174,14 @@ def test_hotpath(tmp_path: Path) -> None:
     # Every message was pushed (the scenario checks it), at some cost per message in each protocol.
     assert set(result["us_per_message"]) == {"sdk", "cim"}
     assert all(cost > 0 for cost in result["us_per_message"].values())
+
+
+def test_groupstore(tmp_path: Path) -> None:
+    result = bench(tmp_path, "groupstore", "--members", "3,20", "--runs", "5", "--repeat", "1")
+    # Every member read back every message stored (the scenario checks it), in both layouts.
+    assert [(r["members"], r["layout"]) for r in result["results"]] == [
+        (3, "diffusion"), (3, "timeline"), (20, "diffusion"), (20, "timeline")]
+    assert all(r["store_us_per_message"] > 0 and r["sync_us_per_member_read"] > 0 for r in result["results"])
 
 
 def test_ws(tmp_path: Path) -> None:

@@ -185,6 +185,8 @@ def test_two_browsers_chat_privately_and_in_a_named_group(browsers: Callable[...
     alice.open(f"u:{bob_id}")  # bob is listed: he is online
     alice.send("hi bob")
     assert bob.until(lambda: bob.unread(f"u:{alice_id}") == "1", "one unread from alice")
+    # bob's page acked it (not read: the conversation is not open there), so alice's mark says delivered.
+    alice.until(lambda: alice.mark("hi bob") == "DELIVERED", "alice sees it delivered to bob")
     bob.open(f"u:{alice_id}")
     assert bob.shows("hi bob") == [("hi bob", False)]
     assert bob.unread(f"u:{alice_id}") == ""  # on screen: read

@@ -255,6 +255,42 @@ async def test_the_console_prints_its_contacts_coming_and_going(stack: Running) 
             await console.process.wait()
 
 
+async def test_the_console_watches_the_members_of_its_named_groups_not_the_everyone_group(stack: Running) -> None:
+    """A named group's sender, and the members of a group the console made, become contacts; a sender
+    to everyone does not (stdin/stdout of ``cim client``)."""
+    url = route_url(stack)
+    alice_id = await register_user(stack, "alice")
+    bob_id, carol_id, dave_id = [await register_user(stack, name) for name in ("bob", "carol", "dave")]
+    bob, carol, dave = (Client(url, user_id, name, password=PASSWORD)
+                        for user_id, name in ((bob_id, "bob"), (carol_id, "carol"), (dave_id, "dave")))
+    console = await ConsoleProcess.start(url, alice_id, "alice")
+    try:
+        for client in (bob, carol, dave):
+            await client.connect()
+        await console.expect("type :all for commands")
+        team = await carol.groups.create("team", [alice_id])
+        await carol.send_group("hi team", group_id=team)
+        await dave.send_group("hi everyone")
+        await console.expect("hi everyone")  # after "hi team": one sender's, in order
+        await asyncio.sleep(0.5)  # the subscription after the push
+        await carol.close()
+        await console.expect(f"user {carol_id} is offline")
+        console.type(f":g create duo {bob_id}")
+        await console.expect("created duo")
+        await asyncio.sleep(0.5)
+        await dave.close()  # not watched: no line
+        await bob.close()
+        await console.expect(f"user {bob_id} is offline")
+        assert not [line for line in console.lines if f"user {dave_id} is" in line]
+        await console.quit()
+    finally:
+        for client in (bob, carol, dave):
+            await client.close()
+        if console.process.returncode is None:
+            console.process.kill()
+            await console.process.wait()
+
+
 # -- across two nodes on Redis --------------------------------------------------
 
 

@@ -106,9 +106,10 @@ class GroupCommands:
     id or by its name among the user's groups (a group named like a subcommand: by its id); ``names``
     (id → name) is what pushes print with."""
 
-    def __init__(self, client: Client, write: Callable[[str], None]) -> None:
+    def __init__(self, client: Client, write: Callable[[str], None], met: Callable[..., None]) -> None:
         self.client = client
         self.write = write
+        self.met = met  # the members this shows become contacts (``ContactPresence.met``)
         self.names: dict[str, str] = {}
 
     async def run(self, rest: str) -> None:
@@ -193,6 +194,7 @@ class GroupCommands:
         members = await self.users(list(users))
         group_id = await self.client.groups.create(name, members)
         self.names[group_id] = name
+        self.met(*members)
         self.write(f"created {name} ({group_id}): you and {', '.join(map(str, members))}" if members else
                    f"created {name} ({group_id}): just you")
 
@@ -201,10 +203,12 @@ class GroupCommands:
         self.write(f"{self._label(summary)}: {summary.member_count} members")
         for user_id, user_name in members:
             self.write(f"  {user_id}  {user_name}{' (owner)' if user_id == summary.owner_id else ''}")
+        self.met(*(user_id for user_id, _ in members))
 
     async def _add(self, name: str, *users: str) -> None:
         group = await self.find(name)
         added = await self.client.groups.add_members(group.group_id, await self.users(list(users)))
+        self.met(*added)
         self.write(f"added to {self._label(group)}: {', '.join(map(str, added))}" if added else
                    f"nobody added to {self._label(group)}: all are members already")
 
@@ -304,8 +308,8 @@ class Console:
         self.client = client
         self.write = write
         self.terminal = terminal
-        self.groups = GroupCommands(client, write)
         self.contacts = ContactPresence(client, write)
+        self.groups = GroupCommands(client, write, self.contacts.met)
         history = HistoryCommands(client, write, self.groups)
         devices = DeviceCommands(client, write)
         self._commands: dict[str, Callable[[str], Awaitable[None]]] = {
@@ -324,7 +328,7 @@ class Console:
             return
         self.write(format_message(message, self.groups.names.get(message.group_id, "")))
         peer = message.to_user_id if message.outgoing else message.sender_id  # 0: one's own to everyone
-        if not message.group_id and peer:
+        if peer and (message.group_id or message.to_user_id):  # a conversation: private, or a named group's
             self.contacts.met(peer)
         unknown = message.group_id not in self.groups.names and not self._refreshing
         if message.group_id and (message.notice or unknown):

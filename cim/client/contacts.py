@@ -1,7 +1,8 @@
 """The console's contacts' presence: "user X is online/offline" lines (``cim.presence``).
 
-A contact is a user this console exchanged a private message with this session; the first
-message either way subscribes to their presence. A server that does not know presence (CIM's)
+A contact is a user this console exchanged a private message with this session, or one of its
+named groups' members it met: a group's sender, the members of a group it made, or listed with
+``:g members``. The first meeting subscribes to their presence. A server that does not know presence (CIM's)
 never answers, and the console says nothing about it: only the lines a server sends are printed.
 """
 
@@ -28,19 +29,20 @@ class ContactPresence:
     def changed(self, user_id: int, online: bool) -> None:
         self.write(f"user {user_id} is {'online' if online else 'offline'}")
 
-    def met(self, user_id: int) -> None:
-        """A private message to or from ``user_id``: watch them from now on (once)."""
-        if user_id in self.contacts:
+    def met(self, *user_ids: int) -> None:
+        """Watch these users from now on (each once)."""
+        new = [user_id for user_id in dict.fromkeys(user_ids) if user_id not in self.contacts]
+        if not new:
             return
-        self.contacts.add(user_id)
-        task = asyncio.create_task(self._subscribe(user_id))
+        self.contacts.update(new)
+        task = asyncio.create_task(self._subscribe(new))
         self._subscribing.add(task)
         task.add_done_callback(self._subscribing.discard)
 
-    async def _subscribe(self, user_id: int) -> None:
-        # Not connected, or a server without presence: no lines, the conversation goes on.
+    async def _subscribe(self, user_ids: list[int]) -> None:
+        # Not connected, a server without presence, or past the watch limit: no lines, the conversation goes on.
         with contextlib.suppress(ClientError, ConnectionError, TimeoutError):
-            await self.client.subscribe_presence([user_id])
+            await self.client.subscribe_presence(user_ids)
 
     def close(self) -> None:
         for task in self._subscribing:
