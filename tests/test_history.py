@@ -4,6 +4,8 @@ keyword; over every store (memory with both inbox cores, Redis, SQLite), through
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 
@@ -227,6 +229,114 @@ async def test_route_history_pages_and_refuses_bad_input(stack: Running) -> None
             assert unknown["code"] == "3000" and "userId 999999 is not a registered user" in unknown["message"]
 
 
+async def route_history(http: httpx.AsyncClient, stack: Running, user_id: int, **body: object) -> dict[str, Any]:
+    """POST ``/history`` as ``user_id`` (with their token); the answer's JSON (business errors are HTTP 200)."""
+    answer = await http.post("/history", headers=bearer(stack, user_id), json={"userId": user_id, **body})
+    assert answer.status_code == 200, answer.text
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+def seqs_and_texts(data: dict[str, Any]) -> list[tuple[int, str]]:
+    return [(m["seq"], m["text"]) for m in data["messages"]]
+
+
+async def test_route_history_pages_forward_after_a_seq(stack: Running) -> None:
+    alice_id, bob_id, carol_id = [await register_user(stack, name) for name in ("alice", "bob", "carol")]
+    # alice's inbox (she is offline: every one stored): seq 1..8, carol's at 3 and 6.
+    senders = [(bob_id, "b0"), (bob_id, "b1"), (carol_id, "c0"), (bob_id, "b2"), (bob_id, "b3"), (carol_id, "c1"),
+               (bob_id, "b4"), (bob_id, "b5")]
+    async with httpx.AsyncClient(base_url=route_url(stack)) as http:
+        for sender_id, text in senders:
+            sent = await http.post("/p2pRoute", headers=bearer(stack, sender_id),
+                                   json={"userId": sender_id, "receiveUserId": alice_id, "msg": text})
+            assert sent.json()["code"] == "7000"
+
+        async def page(**body: object) -> dict[str, Any]:
+            answer = await route_history(http, stack, alice_id, **body)
+            assert answer["code"] == "9000", answer
+            data: dict[str, Any] = answer["dataBody"]
+            return data
+
+        # The whole inbox, forward from seq 1 in pages of 3, each starting at the last one's nextSeq.
+        first = await page(afterSeq=1, limit=3)
+        assert seqs_and_texts(first) == [(2, "b1"), (3, "c0"), (4, "b2")]
+        assert (first["hasMore"], first["nextSeq"], first["truncated"]) == (True, 4, False)
+        second = await page(afterSeq=first["nextSeq"], limit=3)
+        assert seqs_and_texts(second) == [(5, "b3"), (6, "c1"), (7, "b4")]
+        assert (second["hasMore"], second["nextSeq"]) == (True, 7)
+        last = await page(afterSeq=second["nextSeq"], limit=3)
+        assert seqs_and_texts(last) == [(8, "b5")] and (last["hasMore"], last["nextSeq"]) == (False, 0)
+        # Exactly the rest in one page: nothing more, though the page is full.
+        exact = await page(afterSeq=5, limit=3)
+        assert [m["seq"] for m in exact["messages"]] == [6, 7, 8] and (exact["hasMore"], exact["nextSeq"]) == (False, 0)
+        for past in (8, 999):  # at or past the latest: an empty last page
+            beyond = await page(afterSeq=past)
+            assert (beyond["messages"], beyond["hasMore"], beyond["nextSeq"]) == ([], False, 0)
+
+        # A conversation forward: bob's only, carol's skipped; nextSeq is the last shown.
+        with_bob = await page(afterSeq=1, limit=3, peerId=bob_id)
+        assert seqs_and_texts(with_bob) == [(2, "b1"), (4, "b2"), (5, "b3")]
+        assert (with_bob["hasMore"], with_bob["nextSeq"]) == (True, 5)
+        rest = await page(afterSeq=with_bob["nextSeq"], limit=3, peerId=bob_id)
+        assert seqs_and_texts(rest) == [(7, "b4"), (8, "b5")] and (rest["hasMore"], rest["nextSeq"]) == (False, 0)
+        assert all(m["sendUserId"] == bob_id for m in with_bob["messages"] + rest["messages"])
+        assert seqs_and_texts(await page(afterSeq=3, keyword="C")) == [(6, "c1")]
+
+        refusals: list[tuple[dict[str, object], str]] = [
+            ({"afterSeq": 2, "beforeSeq": 6}, "beforeSeq and afterSeq: give one of them"),
+            ({"afterSeq": 0}, "afterSeq"),
+            ({"afterSeq": -1}, "afterSeq"),
+            ({"afterSeq": "three"}, "afterSeq"),
+            ({"afterSeq": 2**63}, "afterSeq"),
+        ]
+        for body, problem in refusals:
+            refused = await route_history(http, stack, alice_id, **body)
+            assert refused["code"] == "3000" and problem in str(refused["message"]), (body, refused)
+            assert refused["dataBody"] is None
+
+
+async def test_route_history_of_a_named_group_for_a_member(stack: Running) -> None:
+    url = route_url(stack)
+    alice_id, bob_id, carol_id = [await register_user(stack, name) for name in ("alice", "bob", "carol")]
+    async with Client(url, alice_id, "alice", password=PASSWORD) as alice, \
+            Client(url, bob_id, "bob", password=PASSWORD) as bob, httpx.AsyncClient(base_url=url) as http:
+        team = await alice.groups.create("team", [bob_id])
+        side = await alice.groups.create("side", [bob_id])  # another group alice is in: not in team's history
+        await bob.send_group("Standup at 10", group_id=team)
+        await bob.send_group("standup in side", group_id=side)
+        await bob.send_private(alice_id, "a private standup")
+        await alice.send_group("lunch?", group_id=team)  # alice's own copy of what she sent to the group
+        await bob.send_group("standup moved to 11", group_id=team)
+
+        answer = await route_history(http, stack, alice_id, groupId=team)
+        assert answer["code"] == "9000", answer
+        data = answer["dataBody"]
+        assert (data["hasMore"], data["nextSeq"], data["truncated"]) == (False, 0, False)
+        messages = data["messages"]
+        assert {m["groupId"] for m in messages} == {team}
+        assert [m["seq"] for m in messages] == sorted(m["seq"] for m in messages)
+        shown = [(m["sendUserId"], m["text"]) for m in messages if not m["notice"]]
+        assert shown == [(bob_id, "Standup at 10"), (alice_id, "lunch?"), (bob_id, "standup moved to 11")]
+        assert all(m["receiveUserId"] == alice_id for m in messages)
+
+        found = await route_history(http, stack, alice_id, groupId=team, keyword="STANDUP")
+        assert found["code"] == "9000", found
+        assert [m["text"] for m in found["dataBody"]["messages"]] == ["Standup at 10", "standup moved to 11"]
+        newest = await route_history(http, stack, alice_id, groupId=team, keyword="standup", limit=1)
+        assert [m["text"] for m in newest["dataBody"]["messages"]] == ["standup moved to 11"]
+        older = await route_history(http, stack, alice_id, groupId=team, keyword="standup",
+                                    beforeSeq=newest["dataBody"]["nextSeq"])
+        assert [m["text"] for m in older["dataBody"]["messages"]] == ["Standup at 10"]
+        assert not older["dataBody"]["hasMore"]
+
+        # bob, a member too, reads the same conversation from his own inbox.
+        bobs = await route_history(http, stack, bob_id, groupId=team, keyword="standup")
+        assert [m["text"] for m in bobs["dataBody"]["messages"]] == ["Standup at 10", "standup moved to 11"]
+        refused = await route_history(http, stack, carol_id, groupId=team)
+        assert refused["code"] == "3000" and f"user {carol_id} is not a member" in refused["message"]
+
+
 # -- in-band ------------------------------------------------------------------------------------
 
 
@@ -248,6 +358,48 @@ async def test_raw_history_frames_carry_the_page_and_receive_user_id(stack: Runn
     assert (refused.cmd, refused.code, refused.clientMsgId) == (HISTORY, 3000, 78) and "limit 500" in refused.resMsg
     assert refused.properties["receiveUserId"] == str(alice_id) and not refused.messages
     await expect_pong(alice, alice_id)  # the connection goes on
+
+
+async def test_raw_history_frames_page_forward_after_a_seq(stack: Running) -> None:
+    alice_id, alice = await online(stack, "alice")
+    bob_id, bob = await online(stack, "bob")
+    carol_id, carol = await online(stack, "carol")
+    # alice's inbox: seq 1..6, carol's at 4.
+    for sender, text in ((bob, "b0"), (bob, "b1"), (bob, "b2"), (carol, "c0"), (bob, "b3"), (bob, "b4")):
+        sender.send(cmd=MESSAGE, reqMsg=text, properties={"receiveUserId": str(alice_id)})
+        assert (await alice.next()).resMsg == text
+
+    async def history(client_msg_id: int, *, after_seq: int, before_seq: int = 0, peer_id: int = 0, limit: int = 0) -> Response:
+        alice.send(requestId=alice_id, cmd=HISTORY, clientMsgId=client_msg_id, afterSeq=after_seq, beforeSeq=before_seq,
+                   peerId=peer_id, limit=limit)
+        answer = await alice.next()
+        assert (answer.cmd, answer.clientMsgId) == (HISTORY, client_msg_id)
+        assert answer.properties["receiveUserId"] == str(alice_id)
+        return answer
+
+    def shown(answer: Response) -> list[tuple[int, str]]:
+        return [(p.seq, p.resMsg) for p in map(Response.FromString, answer.messages)]
+
+    first = await history(80, after_seq=1, limit=2)
+    assert (first.code, first.hasMore, first.nextSeq, first.truncated) == (9000, True, 3, False)
+    assert shown(first) == [(2, "b1"), (3, "b2")]
+    second = await history(81, after_seq=first.nextSeq, limit=2)
+    assert shown(second) == [(4, "c0"), (5, "b3")] and (second.hasMore, second.nextSeq) == (True, 5)
+    last = await history(82, after_seq=second.nextSeq, limit=2)
+    assert shown(last) == [(6, "b4")] and (last.hasMore, last.nextSeq) == (False, 0)
+    beyond = await history(83, after_seq=6)
+    assert (beyond.code, list(beyond.messages), beyond.hasMore, beyond.nextSeq) == (9000, [], False, 0)
+    with_bob = await history(84, after_seq=2, peer_id=bob_id, limit=2)  # carol's skipped
+    assert shown(with_bob) == [(3, "b2"), (5, "b3")] and (with_bob.hasMore, with_bob.nextSeq) == (True, 5)
+    assert {Response.FromString(body).responseId for body in with_bob.messages} == {bob_id}
+    with_carol = await history(85, after_seq=2, peer_id=carol_id)  # limit 0 (unset): the default, all of it
+    assert shown(with_carol) == [(4, "c0")] and not with_carol.hasMore
+
+    both = await history(86, after_seq=2, before_seq=5)
+    assert both.code == 3000 and "beforeSeq and afterSeq: give one of them" in both.resMsg and not both.messages
+    await expect_pong(alice, alice_id)  # the connection goes on
+    for client in (alice, bob, carol):
+        client.close()
 
 
 async def expect_pong(client: RawClient, user_id: int) -> None:

@@ -8,6 +8,7 @@ tests/test_auth.py covers what token auth changes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from email.utils import parsedate_to_datetime
@@ -22,7 +23,7 @@ from cim.config import Config
 from cim.run import Running, start
 from cim.server_info import ServerInfo
 from cim.testing.services import free_port
-from tests.conftest import PASSWORD, RawClient, eventually, register_user, route_url, stack_config
+from tests.conftest import PASSWORD, RawClient, eventually, register_user, route_login, route_url, stack_config
 
 
 def legacy_config() -> Config:
@@ -233,3 +234,43 @@ async def test_client_reconnects_then_gives_up_with_a_clear_error() -> None:
         await asyncio.wait_for(client.done, 10)
     assert any("reconnect attempt 1 failed" in s for s in statuses)
     assert any("reconnect attempt 2 failed" in s for s in statuses)
+
+
+async def test_online_user_lists_a_user_only_while_logged_in_over_tcp(stack: Running) -> None:
+    """A route /login only claims a login (cim.presence): /onlineUser shows the user once a TCP login
+    confirms it, and no longer once that connection closes. In the suite's auth mode (both: tokens change
+    the login, not what is online)."""
+    alice_id, bob_id = await register_user(stack, "alice"), await register_user(stack, "bob")
+    async with httpx.AsyncClient(base_url=route_url(stack)) as http:
+        listed: list[list[dict[str, Any]]] = []  # /onlineUser's answers, the latest last
+
+        async def poll() -> None:
+            while True:
+                listed.append((await call(http, "/onlineUser"))["dataBody"])
+                await asyncio.sleep(0.02)
+
+        def now_listed(*users: tuple[int, str]) -> Callable[[], bool]:
+            expected = [{"userId": user_id, "userName": name} for user_id, name in sorted(users)]
+            return lambda: bool(listed) and listed[-1] == expected
+
+        bob_login = await route_login(stack, bob_id, "bob")
+        bob = await RawClient.connect(bob_login.server.port)
+        bob.login(bob_id, "bob", bob_login.token)
+        assert (await bob.ping(bob_id)).resMsg == "pong"  # bob's login handled: online from here on
+
+        alice_login = await route_login(stack, alice_id, "alice")
+        assert (await call(http, "/onlineUser"))["dataBody"] == [{"userId": bob_id, "userName": "bob"}]
+        alice = await RawClient.connect(alice_login.server.port)
+        assert (await call(http, "/onlineUser"))["dataBody"] == [{"userId": bob_id, "userName": "bob"}]  # connected, no login
+        poller = asyncio.create_task(poll())
+        try:
+            alice.login(alice_id, "alice", alice_login.token)
+            await eventually(now_listed((alice_id, "alice"), (bob_id, "bob")), 5)
+            alice.close()
+            await eventually(now_listed((bob_id, "bob")), 5)
+            bob.close()
+            await eventually(now_listed(), 5)
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller

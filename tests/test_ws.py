@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +25,24 @@ from cim.client import Client, Message, register
 from cim.frame import encode_frames
 from cim.proto import ERROR, LOGIN_ANSWER, LOGIN_REQUEST, MESSAGE, OFFLINE, PING, SEND_RECEIPT, Request, Response
 from cim.protocols.ws import ws_messages
+from cim.ratelimit import BURST_SECONDS
 from cim.run import Running, start
+from cim.status import Status
 from cim.testing.services import CimProcess, free_port, free_ports_in_a_row
+from cim.wire_fields import RECEIVE_USER_ID
 from tests.conftest import (
     PASSWORD,
     RawClient,
     auth_mode,
     eventually,
     new_secret,
+    online,
     register_user,
     route_login,
     route_url,
     stack_config,
 )
+from tests.test_limits_abuse import OTHER_IP, connect_from, running_stack
 
 
 @pytest.fixture
@@ -347,3 +352,147 @@ async def test_workers_share_the_ws_port_registered_in_zookeeper(tmp_path: Path,
             await client.close()
         supervisor.stop(signal.SIGTERM)
         route.stop()
+
+
+# -- the abuse limits, as over TCP (tests/test_limits_abuse.py) ------------------------------------
+
+
+def chat_requests(sender: int, receiver: int, numbers: range, text: Callable[[int], str] = lambda n: f"m{n}") -> list[bytes]:
+    """Plain chat messages, one serialized Request each: the n-th has clientMsgId n."""
+    requests = []
+    for n in numbers:
+        request = Request(cmd=MESSAGE, requestId=sender, reqMsg=text(n), clientMsgId=n)
+        request.properties[RECEIVE_USER_ID] = str(receiver)
+        requests.append(request.SerializeToString())
+    return requests
+
+
+def send_in_one_write(client: WsRaw, payloads: list[bytes]) -> None:
+    """Binary messages in one TCP write, as tests/test_limits_abuse.py sends frames in one
+    buffer: the server reads them together, one run over the rate is one hit."""
+    protocol = client.ws.protocol
+    for payload in payloads:
+        protocol.send_binary(payload)
+    client.ws.transport.write(b"".join(protocol.data_to_send()))
+
+
+async def answers_to(client: WsRaw, count: int) -> list[Response]:
+    """The next ``count`` frames that are not the sender's own copies (cim.delivery)."""
+    answers: list[Response] = []
+    while len(answers) < count:
+        if (frame := await client.next()).cmd != MESSAGE:
+            answers.append(frame)
+    return answers
+
+
+async def ws_connect_from(running: Running, ip: str) -> ClientConnection:
+    assert running.node is not None
+    return await connect(f"ws://127.0.0.1:{running.node.config.ws_port}/ws", ping_interval=None, local_addr=(ip, 0))
+
+
+async def test_a_ws_burst_gets_through_the_rest_is_refused_and_a_well_behaved_ws_client_is_unaffected() -> None:
+    async with running_stack(ws_port=free_port()) as running:  # the defaults: 200 messages/s, bursts of 400
+        node = running.node
+        assert node is not None
+        alice, a, _ = await ws_online(running, "alice")
+        bob, b, _ = await ws_online(running, "bob")
+        carol, c, _ = await ws_online(running, "carol")
+        dave, d, _ = await ws_online(running, "dave")
+        send_in_one_write(a, chat_requests(alice, bob, range(1, 2001)))
+        send_in_one_write(c, chat_requests(carol, dave, range(1, 51), lambda n: f"c{n}"))  # within her burst
+        receipts = await answers_to(a, 2000)
+        assert [(r.cmd, r.clientMsgId) for r in receipts] == [(SEND_RECEIPT, n) for n in range(1, 2001)]
+        accepted = [r.clientMsgId for r in receipts if r.code == Status.SUCCESS.code]
+        refused = [r for r in receipts if r.code != Status.SUCCESS.code]
+        burst = BURST_SECONDS * node.config.max_messages_per_second
+        assert accepted[:burst] == list(range(1, burst + 1)) and refused
+        assert {(r.code, r.resMsg, r.msgId, r.properties["receiveUserId"]) for r in refused} == {
+            (Status.RATE_LIMITED.code, Status.RATE_LIMITED.message, 0, str(alice))
+        }
+        assert [(await b.next()).resMsg for _ in accepted] == [f"m{n}" for n in accepted]  # the refused ones went nowhere
+        assert (await a.ping(alice)).resMsg == "pong"  # still connected: everything before it was handled
+        assert (await b.ping(bob)).resMsg == "pong"  # and bob got nothing more
+        assert [(r.clientMsgId, r.code) for r in await answers_to(c, 50)] == [(n, Status.SUCCESS.code) for n in range(1, 51)]
+        assert [(await d.next()).resMsg for _ in range(50)] == [f"c{n}" for n in range(1, 51)]
+        assert node.metrics[f"receipts_{Status.RATE_LIMITED.code}"] == len(refused)
+        assert node.metrics["abuse_closes"] == 0
+
+
+async def test_repeated_ws_hits_close_the_connection_with_a_4029_error_then_close_1008() -> None:
+    async with running_stack(ws_port=free_port(), max_messages_per_second=10, abuse_limit=5) as running:
+        node = running.node
+        assert node is not None
+        alice, a, _ = await ws_online(running, "alice")
+        bob, b, _ = await ws_online(running, "bob")
+        for hit in range(4):  # each write is one run over the rate (a burst holds 20): a hit
+            send_in_one_write(a, chat_requests(alice, bob, range(hit * 30 + 1, hit * 30 + 31)))
+            assert Status.RATE_LIMITED.code in {r.code for r in await answers_to(a, 30)}
+        assert (await a.ping(alice)).resMsg == "pong"  # four hits: still connected
+        send_in_one_write(a, chat_requests(alice, bob, range(121, 151)))  # the fifth closes it
+        frames, code, reason = await a.closed()
+        error = frames[-1]
+        assert (error.cmd, error.code) == (ERROR, Status.RATE_LIMITED.code)
+        assert "5 times within 10 s: closing" in error.resMsg
+        assert {f.cmd for f in frames[:-1]} <= {SEND_RECEIPT, MESSAGE}  # receipts and her own copies
+        assert code == 1008 and reason is not None and "5 times within 10 s: closing" in reason
+        assert node.metrics["abuse_closes"] == 1
+        await eventually(lambda: alice not in node.sessions.by_user, 2)
+        pushes: list[Response] = []
+        await b.send(cmd=PING, requestId=bob, reqMsg="ping")
+        while (frame := await b.next()).cmd != PING:  # what got through from alice, then the pong
+            pushes.append(frame)
+        assert pushes and {p.cmd for p in pushes} == {MESSAGE}
+
+
+async def test_an_over_long_text_gets_the_tcp_receipt_over_ws_and_the_next_message_arrives() -> None:
+    async with running_stack(ws_port=free_port()) as running:
+        node = running.node
+        assert node is not None
+        limit = node.config.max_message_bytes
+        bob, b = await online(running, "bob")
+        tcp_id, tcp = await online(running, "tcp")
+        ws_id, ws, _ = await ws_online(running, "ws")
+        too_long = "x" * (limit + 1)
+        tcp.send({RECEIVE_USER_ID: str(bob)}, cmd=MESSAGE, requestId=tcp_id, reqMsg=too_long, clientMsgId=1)
+        tcp.send({RECEIVE_USER_ID: str(bob)}, cmd=MESSAGE, requestId=tcp_id, reqMsg="tcp after", clientMsgId=2)
+        tcp_receipts = [await tcp.next() for _ in range(2)]
+        await ws.send({RECEIVE_USER_ID: str(bob)}, cmd=MESSAGE, requestId=ws_id, reqMsg=too_long, clientMsgId=1)
+        await ws.send({RECEIVE_USER_ID: str(bob)}, cmd=MESSAGE, requestId=ws_id, reqMsg="ws after", clientMsgId=2)
+        ws_receipts = await answers_to(ws, 2)
+
+        def seen(receipts: list[Response]) -> list[tuple[int, int, int, str]]:
+            return [(r.cmd, r.clientMsgId, r.code, r.resMsg if r.code != Status.SUCCESS.code else "") for r in receipts]
+
+        assert seen(tcp_receipts) == [(SEND_RECEIPT, 1, Status.VALIDATION_FAIL.code, f"message over {limit} bytes"),
+                                      (SEND_RECEIPT, 2, Status.SUCCESS.code, "")]
+        assert seen(ws_receipts) == seen(tcp_receipts)
+        assert ws_receipts[0].properties["receiveUserId"] == str(ws_id)
+        assert [(await b.next()).resMsg for _ in range(2)] == ["tcp after", "ws after"]  # nothing else reached bob
+        await ws.send(cmd=PING, requestId=ws_id, reqMsg="ping")
+        assert [f.resMsg for f in await answers_to(ws, 1)] == ["pong"]  # after her own copy of "ws after"
+
+
+async def test_ws_and_tcp_connections_share_the_per_ip_count_and_a_ws_one_past_it_gets_http_429() -> None:
+    async with running_stack(ws_port=free_port(), max_connections_per_ip=3) as running:
+        node = running.node
+        assert node is not None
+        held_tcp = [await connect_from(running, OTHER_IP) for _ in range(2)]
+        held_ws = await ws_connect_from(running, OTHER_IP)  # the third from OTHER_IP
+        with pytest.raises(InvalidStatus) as refused:
+            await ws_connect_from(running, OTHER_IP)
+        assert refused.value.response.status_code == 429
+        assert refused.value.response.body == f"too many connections from {OTHER_IP}: 3 at most\n".encode()
+        [error] = await (await connect_from(running, OTHER_IP)).closed()  # a TCP one is refused as well
+        assert (error.cmd, error.code) == (ERROR, Status.RATE_LIMITED.code)
+        assert f"too many connections from {OTHER_IP}: 3 at most" in error.resMsg
+        assert node.metrics["limit_hits_connections"] == 2
+        alice, a, _ = await ws_online(running, "alice")  # from 127.0.0.1: unaffected
+        assert (await a.ping(alice)).resMsg == "pong"
+        await held_ws.close()
+        await eventually(lambda: node.sessions.connections == 3, 2)  # two held, and alice
+        again = WsRaw(await ws_connect_from(running, OTHER_IP))  # room again
+        await again.send(cmd=PING, requestId=0, reqMsg="ping")  # not a login: refused for that, not for the limit
+        frames, code, _ = await again.closed()
+        assert [f.code for f in frames] == [Status.VALIDATION_FAIL.code] and code == 1008
+        for client in held_tcp:
+            client.close()
