@@ -53,6 +53,21 @@ def messages(sender: int, receiver: int, numbers: range, text: Callable[[int], s
     return b"".join(conn.message(text(n), receiver, client_msg_id=n) for n in numbers)
 
 
+def burst_answered(receipts: list[Response], config: Config, sender_id: int) -> list[int]:
+    """The clientMsgIds accepted of a burst of sends numbered from 1, after checking its receipts (over
+    TCP or WebSocket alike): one per send, in order, the first BURST_SECONDS worth accepted, every
+    refusal 4029 with the standard text, no msgId and the sender's receiveUserId."""
+    assert [(r.cmd, r.clientMsgId) for r in receipts] == [(BaseCommand.SEND_RECEIPT, n) for n in range(1, len(receipts) + 1)]
+    accepted = [r.clientMsgId for r in receipts if r.code == Status.SUCCESS.code]
+    refused = [r for r in receipts if r.code != Status.SUCCESS.code]
+    burst = BURST_SECONDS * config.max_messages_per_second
+    assert accepted[:burst] == list(range(1, burst + 1)) and refused
+    assert {(r.code, r.resMsg, r.msgId, r.properties["receiveUserId"]) for r in refused} == {
+        (Status.RATE_LIMITED.code, Status.RATE_LIMITED.message, 0, str(sender_id))
+    }
+    return accepted
+
+
 async def test_a_burst_gets_through_the_rest_is_refused_and_the_connection_goes_on() -> None:
     async with running_stack() as running:  # the defaults: 200 messages/s, bursts of 400
         node = running.node
@@ -60,20 +75,12 @@ async def test_a_burst_gets_through_the_rest_is_refused_and_the_connection_goes_
         alice, a = await online(running, "alice")
         bob, b = await online(running, "bob")
         a.send_raw(messages(alice, bob, range(1, 2001)))
-        receipts = [await a.next() for _ in range(2000)]
-        assert [(r.cmd, r.clientMsgId) for r in receipts] == [(BaseCommand.SEND_RECEIPT, n) for n in range(1, 2001)]
-        accepted = [r.clientMsgId for r in receipts if r.code == Status.SUCCESS.code]
-        refused = [r for r in receipts if r.code != Status.SUCCESS.code]
-        burst = BURST_SECONDS * node.config.max_messages_per_second
-        assert accepted[:burst] == list(range(1, burst + 1)) and refused
-        assert {(r.code, r.resMsg, r.msgId, r.properties["receiveUserId"]) for r in refused} == {
-            (Status.RATE_LIMITED.code, Status.RATE_LIMITED.message, 0, str(alice))
-        }
+        accepted = burst_answered([await a.next() for _ in range(2000)], node.config, alice)
         pushes = [await b.next() for _ in accepted]
         assert [p.resMsg for p in pushes] == [f"m{n}" for n in accepted]  # the refused ones went nowhere
         assert (await a.ping(alice)).resMsg == "pong"  # still connected: everything before it was handled
         assert (await b.ping(bob)).resMsg == "pong"  # and bob got nothing more
-        assert node.metrics[f"receipts_{Status.RATE_LIMITED.code}"] == len(refused)
+        assert node.metrics[f"receipts_{Status.RATE_LIMITED.code}"] == 2000 - len(accepted)
         assert node.metrics["limit_hits_messages"] >= 1
         assert node.metrics["abuse_closes"] == 0
 
