@@ -260,26 +260,33 @@ def frame_sequenced(list bodies, unsigned long long first_seq, bytes suffix):
     return out
 
 
-cdef inline Py_ssize_t _receipt_size(Py_ssize_t head_len, unsigned long long msg_id,
-                                     unsigned long long client_msg_id) noexcept:
-    return head_len + _field_size(_TAG_RESPONSE_MSG_ID, msg_id) + _field_size(_TAG_RESPONSE_CLIENT_MSG_ID, client_msg_id)
+cdef inline Py_ssize_t _receipt_size(Py_ssize_t head_len, unsigned long long msg_id, unsigned long long seq,
+                                     unsigned long long timestamp_ms, unsigned long long client_msg_id) noexcept:
+    return (head_len + _field_size(_TAG_RESPONSE_MSG_ID, msg_id) + _field_size(_TAG_RESPONSE_SEQ, seq)
+            + _field_size(_TAG_RESPONSE_TIMESTAMP, timestamp_ms) + _field_size(_TAG_RESPONSE_CLIENT_MSG_ID, client_msg_id))
 
 
-def encode_receipts(bytes head, list client_msg_ids, unsigned long long first_id):
+def encode_receipts(bytes head, list client_msg_ids, unsigned long long first_id, unsigned long long first_seq=0,
+                    unsigned long long timestamp_ms=0):
     cdef Py_ssize_t head_len = PyBytes_GET_SIZE(head), total = 0, pos = 0, size, k
     cdef Py_ssize_t count = len(client_msg_ids)
-    cdef unsigned long long msg_id, client_msg_id
+    cdef unsigned long long msg_id, client_msg_id, seq
+    if not first_seq:
+        timestamp_ms = 0  # the timestamp comes with the seqs: the receipts stand for the sender's copies
     for k in range(count):
-        size = _receipt_size(head_len, first_id + k, client_msg_ids[k])
+        size = _receipt_size(head_len, first_id + k, first_seq + k if first_seq else 0, timestamp_ms, client_msg_ids[k])
         total += varint_size(size) + size
     cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
     cdef char* dst = PyBytes_AS_STRING(out)
     for k in range(count):
         msg_id = first_id + k
+        seq = first_seq + k if first_seq else 0
         client_msg_id = client_msg_ids[k]
-        pos += write_varint(dst + pos, _receipt_size(head_len, msg_id, client_msg_id))
+        pos += write_varint(dst + pos, _receipt_size(head_len, msg_id, seq, timestamp_ms, client_msg_id))
         memcpy(dst + pos, PyBytes_AS_STRING(head), head_len)
         pos += head_len
         pos += _write_field(dst + pos, _TAG_RESPONSE_MSG_ID, msg_id)
+        pos += _write_field(dst + pos, _TAG_RESPONSE_SEQ, seq)
+        pos += _write_field(dst + pos, _TAG_RESPONSE_TIMESTAMP, timestamp_ms)
         pos += _write_field(dst + pos, _TAG_RESPONSE_CLIENT_MSG_ID, client_msg_id)
     return out

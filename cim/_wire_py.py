@@ -190,10 +190,16 @@ def frame_sequenced(bodies: list[bytes], first_seq: int, suffix: bytes) -> bytes
     return b"".join(frames)
 
 
-def encode_receipts(head: bytes, client_msg_ids: list[int], first_id: int) -> bytes:
-    """Framed receipts, ``head`` + msgId ``first_id + k`` + the k-th clientMsgId."""
+def encode_receipts(head: bytes, client_msg_ids: list[int], first_id: int, first_seq: int = 0,
+                    timestamp_ms: int = 0) -> bytes:
+    """Framed receipts, ``head`` + msgId ``first_id + k`` + the k-th clientMsgId; with ``first_seq``
+    (not 0) each also carries seq ``first_seq + k`` and ``timestamp_ms``: it stands for the sender's
+    copy of the message on the connection that sent it (``cim.server.dispatch``)."""
     frames = []
     for k, client_msg_id in enumerate(client_msg_ids):
-        payload = head + Response(msgId=first_id + k, clientMsgId=client_msg_id).SerializeToString()
+        ids = Response(msgId=first_id + k, clientMsgId=client_msg_id)
+        if first_seq:
+            ids.seq, ids.timestamp = first_seq + k, timestamp_ms
+        payload = head + ids.SerializeToString()
         frames.append(_length(len(payload)) + payload)
     return b"".join(frames)

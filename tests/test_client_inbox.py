@@ -317,6 +317,43 @@ def test_own_copies_say_whether_this_client_sent_them() -> None:
     assert (message.outgoing, message.from_this_device) == (False, False)
 
 
+def copy_receipt(client_msg_id: int, msg_id: int, seq: int, timestamp_ms: int = 1_700_000_000_123) -> bytes:
+    """A receipt that stands for the sender's copy on the connection that sent it (cim.server.dispatch)."""
+    return frame(cmd=SEND_RECEIPT, code=9000, resMsg="ok", msgId=msg_id, clientMsgId=client_msg_id, seq=seq,
+                 timestamp=timestamp_ms)
+
+
+def test_a_receipt_with_a_seq_hands_over_the_copy_made_from_the_send() -> None:
+    delivery = client()
+    logged_in(delivery, latest=0)
+    to_bob, _ = delivery.send("to bob", 8, "", 0.0)
+    to_team, _ = delivery.send("to the team", None, "team", 0.0)
+    step = delivery.receive(push(1) + copy_receipt(to_bob, 501, 2) + push(3) + copy_receipt(to_team, 502, 4), 0.1)
+    assert [(m.seq, m.text, m.sender_id, m.outgoing, m.to_user_id, m.group_id, m.msg_id, m.from_this_device)
+            for m in step.messages] == [(1, "m1", 8, False, 0, "", 1001, False),
+                                        (2, "to bob", ALICE, True, 8, "", 501, True),
+                                        (3, "m3", 8, False, 0, "", 1003, False),
+                                        (4, "to the team", ALICE, True, 0, "team", 502, True)]
+    assert step.messages[1].timestamp_ms == 1_700_000_000_123
+    assert [(r.client_msg_id, r.msg_id, r.seq) for r in step.answered] == [(to_bob, 501, 2), (to_team, 502, 4)]
+    assert delivery.last_seq == 4 and len(delivery.outbox) == 0
+
+
+def test_a_copy_receipt_past_a_gap_or_for_a_forgotten_send_asks_for_a_sync() -> None:
+    delivery = client(send_timeout=1.0)
+    logged_in(delivery, latest=0)
+    delivery.receive(sync_done(0), 0.0)
+    early, _ = delivery.send("early", 8, "", 0.0)
+    step = delivery.receive(copy_receipt(early, 501, 2), 0.1)  # seq 1 has not come: dropped, a sync refills
+    assert step.messages == [] and described(step) == [("sync", 0)] and step.answered != []
+    step = delivery.receive(push(1) + own_copy(2, early) + sync_done(2), 0.2)  # the sync: 1, and the copy as a push
+    assert [(m.seq, m.from_this_device) for m in step.messages] == [(1, False), (2, True)]
+    late, _ = delivery.send("late", 8, "", 0.3)
+    assert delivery.tick(1.3).expired == [late]
+    step = delivery.receive(copy_receipt(late, 502, 3), 1.4)  # its text is gone with it: from the inbox, by a sync
+    assert step.messages == [] and described(step) == [("sync", 2)] and delivery.last_seq == 2
+
+
 def test_a_retry_with_the_same_client_msg_id_is_allowed_once_the_first_has_ended() -> None:
     delivery = client(send_timeout=1.0)
     logged_in(delivery, latest=0)

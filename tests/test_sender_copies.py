@@ -13,6 +13,7 @@ from cim.backends.memory import MemoryHub
 from cim.client import Client, register
 from cim.client.sdk import Message
 from cim.proto import MESSAGE, SEND_RECEIPT, SYNC
+from cim.protocols.client import ClientConnection
 from cim.run import Running, start
 from tests.conftest import (
     PASSWORD,
@@ -97,6 +98,40 @@ async def test_a_resend_makes_no_second_copy_and_a_cim_send_none(stack: Running)
     while (frame := await alice.next()).cmd != SYNC:
         synced.append(frame)
     assert [(f.resMsg, f.seq) for f in synced] == [("once", 1)]  # her inbox: the one copy, nothing else
+
+
+async def test_the_sending_connection_gets_its_copies_as_its_receipts(stack: Running) -> None:
+    """No copy is pushed back to the connection that sent it: its receipts carry the copies'
+    seqs and timestamp instead (one frame a message). Its other device gets the pushes, and
+    the inbox has the copies with the seqs the receipts named."""
+    alice_id, bob_id = await register_user(stack, "alice"), await register_user(stack, "bob")
+    alice_answer, bob_answer = await route_login(stack, alice_id, "alice"), await route_login(stack, bob_id, "bob")
+    phone = await RawClient.connect(alice_answer.server.port, keep_own_copies=True)
+    phone.login(alice_id, "alice", alice_answer.token)
+    tablet = await RawClient.connect(alice_answer.server.port, keep_own_copies=True)
+    tablet.send_raw(ClientConnection(alice_id, "alice").login(token=alice_answer.token, device_id="tablet"))
+    bob = await RawClient.connect(bob_answer.server.port)
+    bob.login(bob_id, "bob", bob_answer.token)
+    for client, user_id in ((phone, alice_id), (tablet, alice_id), (bob, bob_id)):
+        client.send_ping(user_id)
+        assert (await client.next()).resMsg == "pong"  # logged in
+    phone.send_raw(b"".join(ClientConnection(alice_id, "alice").message(f"m{k}", bob_id, client_msg_id=70 + k)
+                            for k in range(3)))  # one write: one run
+    receipts = [await phone.next() for _ in range(3)]
+    phone.send_ping(alice_id)
+    assert (await phone.next()).resMsg == "pong"  # and nothing else came: no copy pushed
+    assert [(r.cmd, r.code, r.clientMsgId, r.seq) for r in receipts] == [(SEND_RECEIPT, 9000, 70 + k, 1 + k)
+                                                                          for k in range(3)]
+    assert receipts[0].timestamp > 0 and len({r.timestamp for r in receipts}) == 1
+    pushed = [await tablet.next() for _ in range(3)]
+    assert [(p.cmd, p.resMsg, p.msgId, p.seq, p.timestamp, p.clientMsgId, p.toUserId) for p in pushed] == [
+        (MESSAGE, f"m{k}", r.msgId, r.seq, r.timestamp, r.clientMsgId, bob_id) for k, r in enumerate(receipts)]
+    assert [(p.resMsg, p.msgId, p.seq) for p in [await bob.next() for _ in range(3)]] == [
+        (f"m{k}", r.msgId, 1 + k) for k, r in enumerate(receipts)]
+    phone.send(cmd=SYNC, ackSeq=0)  # the phone's inbox holds what its receipts named
+    synced = [await phone.next() for _ in range(3)]
+    assert [(p.resMsg, p.msgId, p.seq, p.timestamp) for p in synced] == [(f"m{k}", r.msgId, r.seq, r.timestamp)
+                                                                         for k, r in enumerate(receipts)]
 
 
 # The nodes' inbox check (the net under lost doorbells) too slow to be what delivers.

@@ -32,7 +32,8 @@ class RecordingPeer:
 
     def send_pong(self) -> None: ...
 
-    def send_receipts(self, client_msg_ids: list[int], first_id: int, status: Status = Status.SUCCESS) -> None: ...
+    def send_receipts(self, client_msg_ids: list[int], first_id: int, status: Status = Status.SUCCESS,
+                      first_seq: int = 0, timestamp_ms: int = 0) -> None: ...
 
     def send_receipt(self, client_msg_id: int, status: Status, text: str, msg_id: int = 0) -> None: ...
 
@@ -143,6 +144,33 @@ def test_a_stream_catching_up_remembers_what_it_was_not_sent() -> None:
     stream = table.bind(peer, 7, "alice", "")  # catching up until the login read the inbox
     table.by_user[7].push([body("early")], 1)
     assert peer.pushed == [] and stream.missed == 1
+
+
+def test_the_sending_connection_up_to_date_takes_its_copy_as_its_receipts() -> None:
+    """The sender's copy: the connection that sent it is written nothing (its receipts carry the
+    seqs, True), the user's other connections get the push; both move on past it."""
+    table, session, sending, sender = live()
+    other = RecordingPeer(7)
+    other_stream = table.bind(other, 7, "alice", "tablet")
+    other_stream.sent, other_stream.catching_up = 3, False
+    assert session.push([body("mine"), body("too")], 4, answered=sender) is True
+    assert sender.pushed == [] and sending.sent == 5
+    assert seqs(other) == [4, 5] and other_stream.sent == 5
+    session.push([body("next")], 6)  # what comes next is pushed to both, no gap
+    assert seqs(sender) == [6] and seqs(other) == [4, 5, 6]
+
+
+def test_a_sending_connection_behind_its_inbox_gets_its_copy_the_usual_way() -> None:
+    """Catching up (or behind): no receipt can stand for the copy in order; the stream is
+    offered the push like any other (here: remembered for the catch-up), and False says so."""
+    gaps: list[Stream] = []
+    _, session, stream, peer = live(gaps)
+    stream.catching_up = True
+    assert session.push([body("mine")], 4, answered=peer) is False
+    assert peer.pushed == [] and stream.missed == 4 and stream.sent == 3
+    stream.catching_up = False
+    assert session.push([body("mine")], 6, answered=peer) is False  # 4 and 5 not had yet: a gap
+    assert gaps == [stream] and stream.sent == 3
 
 
 def test_busy_while_logging_in_and_while_logged_in() -> None:

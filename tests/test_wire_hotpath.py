@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from cim import _wire_py
 from cim.frame import FrameDecoder, encode_frame, encode_frames
 from cim.messages import Sender, receiver_entry
-from cim.proto import MESSAGE, PING, Request, Response
+from cim.proto import MESSAGE, PING, SEND_RECEIPT, Request, Response
 from cim.wire_fields import MAX_RECEIVER_DIGITS, RECEIVE_USER_ID, SEND_USER_ID
 
 MAX_TEXT = 4096
@@ -169,6 +169,22 @@ def test_receipts_are_what_protobuf_serializes(wire: ModuleType, client_msg_ids:
         encode_frame(head + Response(msgId=first_id + k, clientMsgId=c).SerializeToString())
         for k, c in enumerate(client_msg_ids)
     )
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(UINT64, max_size=5), st.integers(1, 2**63), st.integers(1, 2**63), st.integers(0, 2**63 - 1))
+def test_receipts_standing_for_the_senders_copies_carry_seq_and_timestamp(
+    wire: ModuleType, client_msg_ids: list[int], first_id: int, first_seq: int, timestamp_ms: int
+) -> None:
+    head = Response(cmd=SEND_RECEIPT, code=9000).SerializeToString()
+    assert wire.encode_receipts(head, client_msg_ids, first_id, first_seq, timestamp_ms) == b"".join(
+        encode_frame(head + Response(msgId=first_id + k, seq=first_seq + k, timestamp=timestamp_ms,
+                                     clientMsgId=c).SerializeToString())
+        for k, c in enumerate(client_msg_ids)
+    )
+    # No seq: no timestamp either (a receipt of a send whose copy comes as a push, or of one without).
+    assert wire.encode_receipts(head, client_msg_ids, first_id, 0, timestamp_ms) == wire.encode_receipts(
+        head, client_msg_ids, first_id)
 
 
 @settings(max_examples=200, deadline=None)

@@ -13,6 +13,10 @@ dedup window recognises a resend. A send is kept until its receipt or its deadli
 after a reconnect the unanswered ones are written again, same ids, in their original
 order, before any new one.
 
+The sender's copy of a send (``cim.delivery``) comes to the device that sent it as its
+receipt when the server can (the receipt carries the copy's seq and timestamp): the copy is
+made here from the send and handed over like any push, in seq order.
+
 Incoming (``Cursor``): ``last_seq`` is the highest seq handed to the app with none
 missing below it (without one of its own, the login answer's ``acked_seq``: the
 server's record of the device). After every login the client asks SYNC{last_seq}; a push at or below
@@ -145,6 +149,10 @@ class Outbox:
         self._settled[client_msg_id] = None
         if len(self._settled) > SETTLED_KEPT:
             self._settled.popitem(last=False)
+
+    def pending(self, client_msg_id: int) -> Pending | None:
+        """The unanswered send with this id, if any."""
+        return self._pending.get(client_msg_id)
 
     def sent_here(self, client_msg_id: int) -> bool:
         """The id is of a send of this client's: pending, or among the last ``SETTLED_KEPT`` answered or timed out."""
@@ -332,6 +340,8 @@ class Delivery:
             if isinstance(event, Pushed):
                 self._pushed(step, event, now)
             elif isinstance(event, Receipt):
+                if event.seq:
+                    self._own_copy(step, event, now)
                 if self.outbox.answer(event):
                     step.answered.append(event)
             elif isinstance(event, SyncDone):
@@ -396,6 +406,19 @@ class Delivery:
             step.messages.append(message)
         elif accepted is None and not self.cursor.syncing and self.logged_in:
             self._sync(step, now)
+
+    def _own_copy(self, step: Step, receipt: Receipt, now: float) -> None:
+        """A receipt that stands for this device's copy of its send (the server pushes no copy
+        here then): the copy, made from the send, goes through the cursor as its push would."""
+        pending = self.outbox.pending(receipt.client_msg_id)
+        if pending is None:  # timed out meanwhile, its text gone: a sync brings the copy from the inbox
+            if not self.cursor.syncing and self.logged_in:
+                self._sync(step, now)
+            return
+        copy = Pushed(self.user_id, self.user_name, self.user_id, pending.text, receipt.msg_id, receipt.seq,
+                      receipt.timestamp_ms, pending.group_id, to_user_id=pending.receiver_id or 0,
+                      client_msg_id=receipt.client_msg_id)
+        self._pushed(step, copy, now)
 
     def _logged_in(self, step: Step, answer: LoginAnswer, now: float) -> None:
         self.logged_in = True

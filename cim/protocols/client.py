@@ -79,6 +79,10 @@ class Receipt:
     message: str
     msg_id: int
     client_msg_id: int
+    # Not 0: the receipt stands for the sender's copy on the connection that sent it (no push
+    # of it comes there): its seq in the sender's inbox and when it was stored.
+    seq: int = 0
+    timestamp_ms: int = 0
 
     @property
     def accepted(self) -> bool:
@@ -219,7 +223,8 @@ def _event(response: Response) -> ClientEvent | None:
     if cmd == MESSAGE:
         return _pushed(response)
     if cmd == SEND_RECEIPT:
-        return Receipt(response.code, response.resMsg, response.msgId, response.clientMsgId)
+        return Receipt(response.code, response.resMsg, response.msgId, response.clientMsgId, response.seq,
+                       response.timestamp)
     if cmd == PING:
         return PONG
     if cmd == LOGIN_ANSWER:

@@ -354,8 +354,11 @@ class ServerConnection:
         ``truncated``: some after the client's seq were dropped by retention."""
         self._out.append(self._frame(Response(cmd=SYNC, code=Status.SUCCESS.code, seq=latest_seq, truncated=truncated)))
 
-    def send_receipts(self, client_msg_ids: list[int], first_id: int, status: Status = Status.SUCCESS) -> None:
-        """The fate of messages this client sent: the k-th got message id ``first_id + k``.
+    def send_receipts(self, client_msg_ids: list[int], first_id: int, status: Status = Status.SUCCESS,
+                      first_seq: int = 0, timestamp_ms: int = 0) -> None:
+        """The fate of messages this client sent: the k-th got message id ``first_id + k``;
+        with ``first_seq``, its copy in the sender's inbox got seq ``first_seq + k`` (stored at
+        ``timestamp_ms``), and the receipt stands for that copy's push on this connection.
 
         Receipts only when asked: a message sent with clientMsgId 0 (CIM's client, which
         stops reading at a frame it does not know) gets a receipt only if it failed. A run
@@ -367,7 +370,7 @@ class ServerConnection:
             head = self._receipt_heads[code] = self._receipt_head(status, status.message)
         if code in ACCEPTED_CODES and not client_msg_ids[0]:
             return
-        self._out.append(encode_receipts(head, client_msg_ids, first_id))
+        self._out.append(encode_receipts(head, client_msg_ids, first_id, first_seq, timestamp_ms))
 
     def send_receipt(self, client_msg_id: int, status: Status, text: str, msg_id: int = 0) -> None:
         """One message's fate in words of its own: why it failed, or ``msg_id`` (a

@@ -83,6 +83,21 @@ def push_stored(owners: list[Session], stored: list[Stored]) -> int:
     return pushed
 
 
+def push_and_answer(peer: Peer, owners: list[Session], stored: list[Stored], client_msg_ids: list[int],
+                    first_id: int, now_ms: int) -> int:
+    """Push a run stored without duplicates to its owners (the receiver; the sender, for the
+    sender's copy) and answer the sending connection; how many messages were pushed. When the
+    copy finds that connection up to date, its receipts stand for the copy's push: they carry
+    the seqs (and the timestamp), and one frame a message goes back instead of two."""
+    receiver = stored[0]
+    owners[0].push(receiver.bodies, receiver.first_seq)
+    own_seq = 0
+    if len(owners) > 1 and owners[1].push(stored[1].bodies, stored[1].first_seq, answered=peer):
+        own_seq = stored[1].first_seq
+    peer.send_receipts(client_msg_ids, first_id, Status.SUCCESS, own_seq, now_ms)
+    return len(receiver.bodies) * len(owners)
+
+
 class Dispatcher:
     """What the node does with each event a peer's connection produces."""
 
@@ -129,14 +144,14 @@ class Dispatcher:
                 stored = append_here(inbox, owners, session.user_id, bodies, first_id, client_msg_ids)
             except Exception:  # the inbox failed (a disk error): ``handle`` tries again and answers
                 return False
-            duplicates = stored[0].duplicates
-            if duplicates:
-                self._duplicates(peer, client_msg_ids, Sent(Status.SUCCESS, first_id, duplicates))
-            else:
-                peer.send_receipts(client_msg_ids, first_id)
             metrics = self.metrics
             metrics["messages_in"] += count
-            metrics["messages_out"] += push_stored(owners, stored)
+            duplicates = stored[0].duplicates
+            if duplicates or stored[-1].duplicates:  # a resend: answered with the first ids, what is new pushed
+                self._duplicates(peer, client_msg_ids, Sent(Status.SUCCESS, first_id, duplicates))
+                metrics["messages_out"] += push_stored(owners, stored)
+            else:
+                metrics["messages_out"] += push_and_answer(peer, owners, stored, client_msg_ids, first_id, now_ms)
             return True
         if isinstance(event, Ping):
             peer.send_pong()

@@ -52,8 +52,10 @@ class Peer(Protocol):
 
     def send_pong(self) -> None: ...
 
-    def send_receipts(self, client_msg_ids: list[int], first_id: int, status: Status = Status.SUCCESS) -> None:
-        """Receipts for messages sent in a row: the k-th got message id ``first_id + k``."""
+    def send_receipts(self, client_msg_ids: list[int], first_id: int, status: Status = Status.SUCCESS,
+                      first_seq: int = 0, timestamp_ms: int = 0) -> None:
+        """Receipts for messages sent in a row: the k-th got message id ``first_id + k``; with
+        ``first_seq``, they stand for the sender's copies (seqs ``first_seq``...): no push of them follows."""
 
     def send_receipt(self, client_msg_id: int, status: Status, text: str, msg_id: int = 0) -> None:
         """The fate of one message: not sent, and why; or a resend, with its first id."""

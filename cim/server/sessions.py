@@ -51,18 +51,26 @@ class Session:
                 stream.catching_up = True
                 self.gap(stream)
 
-    def push(self, bodies: list[bytes], first_seq: int, at_once: bool = False) -> None:
+    def push(self, bodies: list[bytes], first_seq: int, at_once: bool = False, answered: Peer | None = None) -> bool:
         """Live messages, stored in this user's inbox from ``first_seq`` on: framed once,
-        written to each stream that is up to date (see ``Peer.push``), offered to the rest."""
+        written to each stream that is up to date (see ``Peer.push``), offered to the rest.
+        ``answered``: the connection that sent them (they are the sender's copy). Up to date, it
+        is written nothing and True is returned: its receipts are to stand for the push (they
+        carry the seqs, ``Peer.send_receipts``). Else it is offered the push like any stream."""
         frame = None
+        taken = False
         for stream in self.streams:
             if not stream.catching_up and stream.sent + 1 == first_seq:  # the common case, inline
-                if frame is None:
-                    frame = frame_sequenced(bodies, first_seq, self.receiver_entry)
-                stream.peer.push(frame, at_once)
+                if stream.peer is answered:
+                    taken = True
+                else:
+                    if frame is None:
+                        frame = frame_sequenced(bodies, first_seq, self.receiver_entry)
+                    stream.peer.push(frame, at_once)
                 stream.sent = first_seq + len(bodies) - 1
             else:
                 offer(stream, bodies, first_seq, self.receiver_entry, at_once, self.gap)
+        return taken
 
 
 class SessionTable:

@@ -128,6 +128,7 @@ export class Session {
       case Cmd.MESSAGE: this.pushed(r); break;
       case Cmd.SYNC: this.syncDone(r); break;
       case Cmd.SEND_RECEIPT:
+        if (r.seq !== "0") this.ownCopy(r, this.outbox.get(r.clientMsgId));
         if (this.outbox.delete(r.clientMsgId) || r.clientMsgId === "0") {
           this.handlers.onReceipt({ clientMsgId: r.clientMsgId, msgId: r.msgId, code: String(r.code), text: r.resMsg });
         }
@@ -183,7 +184,31 @@ export class Session {
   }
 
   pushed(r) {
-    const seq = Number(r.seq);
+    const properties = r.properties || {};
+    this.deliver(Number(r.seq), {
+      seq: Number(r.seq), msgId: r.msgId, clientMsgId: r.clientMsgId, text: r.resMsg, timestamp: Number(r.timestamp),
+      senderId: properties.sendUserId || r.responseId, senderName: properties.sendUserName || "",
+      receiverId: properties.receiveUserId || "", toUserId: r.toUserId === "0" ? "" : r.toUserId,
+      groupId: r.groupId, notice: r.notice,
+    });
+  }
+
+  // A receipt that stands for my copy of the send on this connection (the server pushes none here):
+  // the copy, made from the send, goes through the seq checks as its push would.
+  ownCopy(r, pending) {
+    if (!pending) { // gone meanwhile, and its text with it: a sync brings the copy from the inbox
+      if (!this.syncing && this.loggedIn) this.sync();
+      return;
+    }
+    this.deliver(Number(r.seq), {
+      seq: Number(r.seq), msgId: r.msgId, clientMsgId: r.clientMsgId, text: pending.text, timestamp: Number(r.timestamp),
+      senderId: this.userId, senderName: this.userName, receiverId: this.userId,
+      toUserId: pending.receiverId === null ? "" : String(pending.receiverId), groupId: pending.groupId, notice: false,
+    });
+  }
+
+  // A message of my inbox by its seq (0: from a server without inboxes, as it comes): once, in order, to the app.
+  deliver(seq, message) {
     if (seq !== 0) {
       if (seq <= this.lastSeq) return; // a duplicate
       if (seq > this.lastSeq + 1) { // past a gap: a sync refills it
@@ -194,13 +219,7 @@ export class Session {
       this.lastSeq = seq;
       this.ackSoon();
     }
-    const properties = r.properties || {};
-    this.handlers.onMessage({
-      seq, msgId: r.msgId, clientMsgId: r.clientMsgId, text: r.resMsg, timestamp: Number(r.timestamp),
-      senderId: properties.sendUserId || r.responseId, senderName: properties.sendUserName || "",
-      receiverId: properties.receiveUserId || "", toUserId: r.toUserId === "0" ? "" : r.toUserId,
-      groupId: r.groupId, notice: r.notice,
-    });
+    this.handlers.onMessage(message);
   }
 
   syncDone(r) {
