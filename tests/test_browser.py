@@ -114,16 +114,19 @@ class Page:
         self.user_id = self.text("me-id").lstrip("#")
         return self.user_id
 
-    def conversation(self, key: str) -> WebElement:
-        """The sidebar entry of a conversation ("u:ID" or "g:ID"), once it is listed."""
-        return self.until(lambda: next(iter(self.driver.find_elements(By.CSS_SELECTOR, f'.conv[data-key="{key}"]')), None),
-                          f"conversation {key} listed")
+    def on_conversation(self, key: str, act: Callable[[WebElement], T]) -> T:
+        """``act`` on the sidebar entry of a conversation ("u:ID" or "g:ID") once it is listed; found
+        again and retried when the sidebar re-rendered it in between (the online list refreshes it)."""
+        def found() -> tuple[T] | None:
+            entry = next(iter(self.driver.find_elements(By.CSS_SELECTOR, f'.conv[data-key="{key}"]')), None)
+            return None if entry is None else (act(entry),)
+        return self.until(found, f"conversation {key} listed")[0]
 
     def unread(self, key: str) -> str:
-        return str(self.conversation(key).find_element(By.CLASS_NAME, "unread").text)
+        return self.on_conversation(key, lambda entry: str(entry.find_element(By.CLASS_NAME, "unread").text))
 
     def open(self, key: str) -> None:
-        self.conversation(key).click()
+        self.on_conversation(key, lambda entry: entry.click())
         self.until(lambda: not self.driver.find_element(By.ID, "composer-text").get_attribute("disabled"), f"{key} open")
 
     def send(self, text: str) -> None:
