@@ -113,8 +113,10 @@ def append_run(Slot slot, sender_id, list bodies, long long first_msg_id, list c
                Limits limits):
     """Store a run (not empty) for one receiver if it needs no message-by-message look,
     recording its pairs; the seq of its first message, or 0 with nothing changed."""
-    return _append_run(slot, sender_id, bodies, list(range(first_msg_id, first_msg_id + len(client_msg_ids))),
-                       client_msg_ids, tick, limits)
+    cdef list msg_ids = None  # recorded only with clientMsgIds: none (CIM's client) makes none
+    if PyList_GET_SIZE(client_msg_ids) and <object>PyList_GET_ITEM(client_msg_ids, 0):
+        msg_ids = list(range(first_msg_id, first_msg_id + PyList_GET_SIZE(client_msg_ids)))
+    return _append_run(slot, sender_id, bodies, msg_ids, client_msg_ids, tick, limits)
 
 
 def append_runs(dict slots, list receiver_ids, sender_id, list bodies, long long first_msg_id, list client_msg_ids,

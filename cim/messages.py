@@ -11,8 +11,8 @@ receiver's inbox ``seq`` before the entry), not a serialization.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+from time import time_ns
 
 from cim.proto import MESSAGE, Response
 from cim.wire_fields import (
@@ -34,6 +34,8 @@ _VALUE_TAG = bytes((TAG_ENTRY_VALUE,))
 _EPOCH_MS = 1_704_067_200_000
 _NODE_BITS = 10
 _SEQ_BITS = 12
+_MS_SHIFT = _NODE_BITS + _SEQ_BITS
+_BLOCK = 1 << _SEQ_BITS  # ids per millisecond
 
 
 def receiver_entry(receiver_id: int) -> bytes:
@@ -84,7 +86,7 @@ class MessageIds:
     the wire encoders can number them without a call per message.
     """
 
-    MAX_BLOCK = 1 << _SEQ_BITS  # ids per millisecond
+    MAX_BLOCK = _BLOCK
 
     def __init__(self, node_number: int) -> None:
         self.assign_node(node_number)
@@ -94,19 +96,21 @@ class MessageIds:
     def assign_node(self, node_number: int) -> None:
         """Set the node number (a node learns it from the store once it starts)."""
         self.node = node_number & ((1 << _NODE_BITS) - 1)
+        self._node_bits = self.node << _SEQ_BITS  # as ids carry it: shifted once here, not per take
 
     def take(self, count: int = 1) -> tuple[int, int]:
         """``count`` consecutive ids: (the first, their timestamp in ms)."""
-        if not 0 < count <= self.MAX_BLOCK:
-            raise ValueError(f"take 1 to {self.MAX_BLOCK} ids at a time, not {count}")
-        now = time.time_ns() // 1_000_000
-        if now > self._last_ms:
-            self._last_ms = now
-            self._seq = 0
-        elif self._seq + count > self.MAX_BLOCK:  # this millisecond is used up: borrow the next
-            self._last_ms += 1
-            self._seq = 0
+        if not 0 < count <= _BLOCK:
+            raise ValueError(f"take 1 to {_BLOCK} ids at a time, not {count}")
+        now = time_ns() // 1_000_000
         seq = self._seq
-        self._seq += count
-        ms = self._last_ms
-        return ((ms - _EPOCH_MS) << (_NODE_BITS + _SEQ_BITS)) | (self.node << _SEQ_BITS) | seq, ms
+        if now > self._last_ms:
+            self._last_ms = ms = now
+            seq = 0
+        elif seq + count > _BLOCK:  # this millisecond is used up: borrow the next
+            self._last_ms = ms = self._last_ms + 1
+            seq = 0
+        else:
+            ms = self._last_ms
+        self._seq = seq + count
+        return ((ms - _EPOCH_MS) << _MS_SHIFT) | self._node_bits | seq, ms

@@ -157,7 +157,7 @@ class ServerConnection:
     # Slots: one of these per connection (100k per node); smaller, and the ping path
     # touches fewer cache lines.
     __slots__ = (
-        "state", "user_id", "user_name", "max_message_bytes", "_decoder", "_partial", "_out",
+        "state", "user_id", "user_name", "max_message_bytes", "_decoder", "_partial", "outgoing",
         "_receipt_heads", "_ping_frame", "_ping", "_to_user",
     )
 
@@ -168,7 +168,7 @@ class ServerConnection:
         self.max_message_bytes = max_message_bytes
         self._decoder = FrameDecoder(max_frame_size)
         self._partial = False  # the decoder holds part of a frame
-        self._out: list[bytes] = []
+        self.outgoing: list[bytes] = []  # frames to write, as ``data_to_send`` takes them; the transport only looks
         # By code, not by Status: an Enum member hashes in Python, an int in C (every read pays it).
         self._receipt_heads: dict[int, bytes] = {}
         # This user's ping exactly as CIM's client sends it, framed and not (set at login).
@@ -221,7 +221,7 @@ class ServerConnection:
         and no event. The caller makes sure nothing received earlier is still being
         handled (a pong says everything before it was), else it uses ``receive_data``.
         """
-        if data == self._ping_frame and not self._out and not self._partial and self.state is State.OPEN:
+        if data == self._ping_frame and not self.outgoing and not self._partial and self.state is State.OPEN:
             return PONG
         return None
 
@@ -319,7 +319,7 @@ class ServerConnection:
         return ChatMessages([text.encode()], later(destination, request.delaySeconds), [request.clientMsgId])
 
     def _violation(self, status: Status, reason: str, receiver: int = 0) -> ProtocolViolation:
-        self._out.append(self._frame(Response(cmd=ERROR, code=status.code, resMsg=reason), receiver))
+        self.outgoing.append(self._frame(Response(cmd=ERROR, code=status.code, resMsg=reason), receiver))
         self.state = State.CLOSED
         return ProtocolViolation(status, reason)
 
@@ -337,22 +337,22 @@ class ServerConnection:
         return encode_frame(response.SerializeToString())
 
     def send_pong(self) -> None:
-        self._out.append(PONG)
+        self.outgoing.append(PONG)
 
     def send_error(self, status: Status, reason: str) -> None:
-        self._out.append(self._frame(Response(cmd=ERROR, code=status.code, resMsg=reason)))
+        self.outgoing.append(self._frame(Response(cmd=ERROR, code=status.code, resMsg=reason)))
 
     def send_login_answer(self, latest_seq: int, heartbeat_seconds: int, acked_seq: int) -> None:
         """The login is accepted: the user's latest inbox seq, the ping interval the server
         expects and the last seq the login's device acknowledged."""
         answer = Response(cmd=LOGIN_ANSWER, code=Status.SUCCESS.code, seq=latest_seq, heartbeatSeconds=heartbeat_seconds,
                           ackedSeq=acked_seq)
-        self._out.append(self._frame(answer))
+        self.outgoing.append(self._frame(answer))
 
     def send_sync_done(self, latest_seq: int, truncated: bool) -> None:
         """A sync is complete: every message up to ``latest_seq`` was sent before this;
         ``truncated``: some after the client's seq were dropped by retention."""
-        self._out.append(self._frame(Response(cmd=SYNC, code=Status.SUCCESS.code, seq=latest_seq, truncated=truncated)))
+        self.outgoing.append(self._frame(Response(cmd=SYNC, code=Status.SUCCESS.code, seq=latest_seq, truncated=truncated)))
 
     def send_receipts(self, client_msg_ids: list[int], first_id: int, status: Status = Status.SUCCESS,
                       first_seq: int = 0, timestamp_ms: int = 0) -> None:
@@ -370,7 +370,7 @@ class ServerConnection:
             head = self._receipt_heads[code] = self._receipt_head(status, status.message)
         if code in ACCEPTED_CODES and not client_msg_ids[0]:
             return
-        self._out.append(encode_receipts(head, client_msg_ids, first_id, first_seq, timestamp_ms))
+        self.outgoing.append(encode_receipts(head, client_msg_ids, first_id, first_seq, timestamp_ms))
 
     def send_receipt(self, client_msg_id: int, status: Status, text: str, msg_id: int = 0) -> None:
         """One message's fate in words of its own: why it failed, or ``msg_id`` (a
@@ -378,11 +378,11 @@ class ServerConnection:
         if text == status.message:  # in the status's own words (every message over a rate): its cached head
             self.send_receipts([client_msg_id], msg_id, status)
         elif client_msg_id or status.code not in ACCEPTED_CODES:
-            self._out.append(encode_receipts(self._receipt_head(status, text), [client_msg_id], msg_id))
+            self.outgoing.append(encode_receipts(self._receipt_head(status, text), [client_msg_id], msg_id))
 
     def send_push(self, frame: bytes) -> None:
         """A complete, already framed push (see ``cim.messages``)."""
-        self._out.append(frame)
+        self.outgoing.append(frame)
 
     def refuse(self, status: Status, reason: str) -> None:
         """Refuse the login (or end the session) with an error frame, then close."""
@@ -394,12 +394,12 @@ class ServerConnection:
         reconnect (server shutting down, heartbeat timeout)."""
         if self.state is not State.CLOSED:
             status = Status.FAIL if reconnect else Status.SUCCESS
-            self._out.append(self._frame(Response(cmd=OFFLINE, code=status.code, resMsg=reason)))
+            self.outgoing.append(self._frame(Response(cmd=OFFLINE, code=status.code, resMsg=reason)))
             self.state = State.CLOSED
 
     def data_to_send(self) -> bytes:
-        if not self._out:
+        if not self.outgoing:
             return b""
-        data = b"".join(self._out)
-        self._out.clear()
+        data = b"".join(self.outgoing)
+        self.outgoing.clear()
         return data

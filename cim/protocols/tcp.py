@@ -73,12 +73,14 @@ class TcpPeer(asyncio.Protocol):
             if pong is not None:
                 self._write(pong)
                 return
-        events.feed(self.conn.receive_data(data), now, size)
+        conn = self.conn
+        events.feed(conn.receive_data(data), now, size)
         # What the read produced (receipts, errors) is written at the end of the loop turn,
         # with the turn's pushes: writes bunched in time find their readers still awake from
         # the first one, and waking a reader is most of a loopback write's cost (p2p with a
-        # receipt per message: +14 % msgs/s against writing after each read).
-        if not self._queued:
+        # receipt per message: +14 % msgs/s against writing after each read). A read that
+        # produced nothing to write here (CIM's client sending: no receipts) queues nothing.
+        if not self._queued and (conn.outgoing or conn.state is State.CLOSED):
             self._queued = True
             host.flush_at_end_of_turn(self)
 

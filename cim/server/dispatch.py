@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, deque
 
-from cim.backends import Backends, Inbox, Stored
+from cim.backends import Backends, Stored
 from cim.delivery import Messenger, Sent
 from cim.destinations import ToEveryone, ToGroup, ToUser
 from cim.messages import MessageIds
@@ -62,14 +62,6 @@ def _take_event(backlog: deque[Screened]) -> Screened:
     return event
 
 
-def append_here(inbox: Inbox, owners: list[Session], sender_id: int, bodies: list[bytes], first_id: int,
-                client_msg_ids: list[int]) -> list[Stored]:
-    """Append to an in-process inbox for each owner: one (the common case) by ``append_now``, cheaper."""
-    if len(owners) == 1:
-        return [inbox.append_now(owners[0].user_id, sender_id, bodies, first_id, client_msg_ids)]
-    return inbox.append_each_now([owner.user_id for owner in owners], sender_id, bodies, first_id, client_msg_ids)
-
-
 def push_stored(owners: list[Session], stored: list[Stored]) -> int:
     """Push what an append stored to each owner's connections here (a duplicate rings: its first
     push may never have been written); how many messages were pushed."""
@@ -96,6 +88,14 @@ def push_and_answer(peer: Peer, owners: list[Session], stored: list[Stored], cli
         own_seq = stored[1].first_seq
     peer.send_receipts(client_msg_ids, first_id, Status.SUCCESS, own_seq, now_ms)
     return len(receiver.bodies) * len(owners)
+
+
+def answer_duplicates(peer: Peer, client_msg_ids: list[int], sent: Sent, metrics: Counter[str]) -> None:
+    """Receipts for a run with resends of messages stored before: not stored again,
+    answered with the id they got the first time."""
+    metrics["duplicates"] += len(sent.duplicates)
+    for k, client_msg_id in enumerate(client_msg_ids):
+        peer.send_receipt(client_msg_id, sent.status, sent.status.message, sent.duplicates.get(k, sent.first_id + k))
 
 
 class Dispatcher:
@@ -138,17 +138,25 @@ class Dispatcher:
             first_id, now_ms = self._take_ids(count)
             client_msg_ids = event.client_msg_ids
             bodies = push_bodies(session.sender.prefix + target.to_user_field, texts, first_id, now_ms, client_msg_ids)
-            # The sender's copy (cim.delivery): a second append, this node's like the first.
-            owners = [target, session] if client_msg_ids[0] and target is not session else [target]
+            asked = client_msg_ids[0]  # for receipts; not (CIM's client): no sender's copy, nothing to dedup
+            owners = [target, session] if asked and target is not session else [target]  # + the sender's copy
             try:
-                stored = append_here(inbox, owners, session.user_id, bodies, first_id, client_msg_ids)
+                if len(owners) == 1:
+                    stored = [inbox.append_now(target.user_id, session.user_id, bodies, first_id, client_msg_ids)]
+                else:
+                    stored = inbox.append_each_now([target.user_id, session.user_id], session.user_id, bodies, first_id,
+                                                   client_msg_ids)
             except Exception:  # the inbox failed (a disk error): ``handle`` tries again and answers
                 return False
             metrics = self.metrics
             metrics["messages_in"] += count
+            if not asked:
+                target.push(bodies, stored[0].first_seq)
+                metrics["messages_out"] += count
+                return True
             duplicates = stored[0].duplicates
             if duplicates or stored[-1].duplicates:  # a resend: answered with the first ids, what is new pushed
-                self._duplicates(peer, client_msg_ids, Sent(Status.SUCCESS, first_id, duplicates))
+                answer_duplicates(peer, client_msg_ids, Sent(Status.SUCCESS, first_id, duplicates), metrics)
                 metrics["messages_out"] += push_stored(owners, stored)
             else:
                 metrics["messages_out"] += push_and_answer(peer, owners, stored, client_msg_ids, first_id, now_ms)
@@ -220,17 +228,10 @@ class Dispatcher:
             self._answered(messages, err.status, read_at)
         else:
             if sent.duplicates:
-                self._duplicates(peer, client_msg_ids, sent)
+                answer_duplicates(peer, client_msg_ids, sent, self.metrics)
             else:
                 peer.send_receipts(client_msg_ids, sent.first_id, sent.status)
             self._answered(messages, sent.status, read_at)
-
-    def _duplicates(self, peer: Peer, client_msg_ids: list[int], sent: Sent) -> None:
-        """Receipts for a run with resends of messages stored before: not stored again,
-        answered with the id they got the first time."""
-        self.metrics["duplicates"] += len(sent.duplicates)
-        for k, client_msg_id in enumerate(client_msg_ids):
-            peer.send_receipt(client_msg_id, sent.status, sent.status.message, sent.duplicates.get(k, sent.first_id + k))
 
     def _answered(self, messages: ChatMessages, status: Status, read_at: float) -> None:
         """Count and time the receipts of messages that went through the backends."""
