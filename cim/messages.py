@@ -95,8 +95,7 @@ class MessageIds:
 
     def assign_node(self, node_number: int) -> None:
         """Set the node number (a node learns it from the store once it starts)."""
-        self.node = node_number & ((1 << _NODE_BITS) - 1)
-        self._node_bits = self.node << _SEQ_BITS  # as ids carry it: shifted once here, not per take
+        self._node_bits = (node_number & ((1 << _NODE_BITS) - 1)) << _SEQ_BITS  # as ids carry it: shifted once, not per take
 
     def take(self, count: int = 1) -> tuple[int, int]:
         """``count`` consecutive ids: (the first, their timestamp in ms)."""

@@ -138,7 +138,7 @@ class Dispatcher:
             first_id, now_ms = self._take_ids(count)
             client_msg_ids = event.client_msg_ids
             bodies = push_bodies(session.sender.prefix + target.to_user_field, texts, first_id, now_ms, client_msg_ids)
-            asked = client_msg_ids[0]  # for receipts; not (CIM's client): no sender's copy, nothing to dedup
+            asked = client_msg_ids[0]  # receipts asked for; if not (CIM's client): no sender's copy, no dedup, no answer
             owners = [target, session] if asked and target is not session else [target]  # + the sender's copy
             try:
                 if len(owners) == 1:
