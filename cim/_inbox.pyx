@@ -76,6 +76,21 @@ def keep(Slot slot, list bodies, long long tick, Limits limits):
     return _keep(slot, bodies, tick, limits)
 
 
+def keep_in(dict slots, receiver_id, list bodies, long long tick, Limits limits):
+    """``keep`` in the receiver's slot (made if it has none): messages with no clientMsgId,
+    nothing to deduplicate. The seq of the first."""
+    found = slots.get(receiver_id)
+    cdef Slot slot
+    if found is None:
+        slot = Slot()
+        slots[receiver_id] = slot
+    else:
+        slot = <Slot>found
+    if not PyList_GET_SIZE(bodies):
+        raise ValueError("nothing to keep")
+    return _keep(slot, bodies, tick, limits)
+
+
 cdef long long _append_run(Slot slot, object sender_id, list bodies, list msg_ids, list client_msg_ids,
                            long long tick, Limits limits) except -1:
     # msg_ids: the run's msgIds as Python ints, made once per send: a group send records

@@ -91,6 +91,15 @@ def keep(slot: Slot, bodies: list[bytes], tick: int, limits: Limits) -> int:
     return first
 
 
+def keep_in(slots: dict[int, Slot], receiver_id: int, bodies: list[bytes], tick: int, limits: Limits) -> int:
+    """``keep`` in the receiver's slot (made if it has none): messages with no clientMsgId,
+    nothing to deduplicate. The seq of the first."""
+    slot = slots.get(receiver_id)
+    if slot is None:
+        slot = slots[receiver_id] = Slot()
+    return keep(slot, bodies, tick, limits)
+
+
 def append_run(slot: Slot, sender_id: int, bodies: list[bytes], first_msg_id: int, client_msg_ids: list[int],
                tick: int, limits: Limits) -> int:
     """Store a run (not empty) for one receiver if it needs no message-by-message look,

@@ -7,7 +7,7 @@ one test suite runs against both. The arithmetic is the twin's, step for step, i
 doubles (as Python's floats are), so both decide alike to the last bit.
 """
 
-from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.list cimport PyList_Append, PyList_GET_ITEM, PyList_GET_SIZE
 
 from cim._ratelimit_py import check_positive
 from cim.protocols.connection import ChatMessages, Login
@@ -83,30 +83,41 @@ cdef class TokenBucket:
 
 
 def settle_read(TokenBucket messages, TokenBucket bytes_, list events not None, double now, Py_ssize_t size):
-    """The usual case of ``PeerQuota.screen``, all or nothing (see the twin): True when
-    the read fitted both buckets and was taken, False with nothing taken."""
-    cdef double byte_tokens = 0.0, tokens = 0.0
-    cdef Py_ssize_t index, count
-    cdef bint runs = False
+    """The usual case of ``PeerQuota.screen``, all or nothing (see the twin): ``settle_runs``
+    of the read's runs of messages, False with nothing taken for a read with a login."""
+    cdef list run_sizes = []
+    cdef Py_ssize_t index
     cdef object event, kind
-    if bytes_ is not None:
-        byte_tokens = bytes_._level(now) - size
-        if byte_tokens < 0:
-            return False
-    if messages is not None:
-        tokens = messages._level(now)
     for index in range(PyList_GET_SIZE(events)):
         event = <object>PyList_GET_ITEM(events, index)
         kind = type(event)
         if kind is _CHAT_MESSAGES:
-            if messages is not None:
-                runs = True
-                count = len(event.texts)
-                if not tokens >= count:  # take_up_to's test, so that a NaN decides alike
-                    return False
-                tokens -= count
+            PyList_Append(run_sizes, len(event.texts))
         elif kind is _LOGIN:
             return False
+    return _settle_runs(messages, bytes_, run_sizes, now, size)
+
+
+def settle_runs(TokenBucket messages, TokenBucket bytes_, list run_sizes not None, double now, Py_ssize_t size):
+    """A read of ``size`` bytes with runs of messages of these sizes, all or nothing (see the twin)."""
+    return _settle_runs(messages, bytes_, run_sizes, now, size)
+
+
+cdef bint _settle_runs(TokenBucket messages, TokenBucket bytes_, list run_sizes, double now, Py_ssize_t size) except -1:
+    cdef double byte_tokens = 0.0, tokens = 0.0
+    cdef Py_ssize_t index, count
+    cdef bint runs = messages is not None and PyList_GET_SIZE(run_sizes) > 0
+    if bytes_ is not None:
+        byte_tokens = bytes_._level(now) - size
+        if byte_tokens < 0:
+            return False
+    if runs:
+        tokens = messages._level(now)
+        for index in range(PyList_GET_SIZE(run_sizes)):
+            count = <object>PyList_GET_ITEM(run_sizes, index)
+            if not tokens >= count:  # take_up_to's test, so that a NaN decides alike
+                return False
+            tokens -= count
     if bytes_ is not None:
         bytes_._settle(byte_tokens, now)
     if runs:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from cim.protocols.connection import ChatMessages, Event, Login
 
-__all__ = ["TokenBucket", "check_positive", "settle_read"]
+__all__ = ["TokenBucket", "check_positive", "settle_read", "settle_runs"]
 
 
 def check_positive(rate: float, burst: float) -> None:
@@ -95,34 +95,40 @@ class TokenBucket:
 
 
 def settle_read(messages: TokenBucket | None, bytes_: TokenBucket | None, events: list[Event], now: float, size: int) -> bool:
-    """The usual case of ``PeerQuota.screen``, all or nothing: when the read's ``size``
-    bytes fit ``bytes_`` with no debt, every ``ChatMessages`` of ``events`` fits
-    ``messages`` whole and none is a ``Login``, take it all and return True, leaving both
-    buckets exactly as ``charge`` and ``take_up_to``, one run at a time, would have (the
-    messages bucket untouched by a read with no messages). Otherwise take nothing, not
-    even a refill, and return False: the caller's slow path decides, from the same state.
-    A bucket that is None is a limit that is off."""
+    """The usual case of ``PeerQuota.screen``, all or nothing: when none of ``events`` is a
+    ``Login``, ``settle_runs`` of its runs of messages. Otherwise take nothing (False)."""
+    run_sizes = []
+    for event in events:
+        if type(event) is ChatMessages:
+            run_sizes.append(len(event.texts))
+        elif type(event) is Login:
+            return False
+    return settle_runs(messages, bytes_, run_sizes, now, size)
+
+
+def settle_runs(messages: TokenBucket | None, bytes_: TokenBucket | None, run_sizes: list[int], now: float,
+                size: int) -> bool:
+    """A read of ``size`` bytes with runs of messages of these sizes, all or nothing: when
+    the bytes fit ``bytes_`` with no debt and every run fits ``messages`` whole, take it all
+    and return True, leaving both buckets exactly as ``charge`` and ``take_up_to``, one run
+    at a time, would have (the messages bucket untouched by a read with no messages).
+    Otherwise take nothing, not even a refill, and return False: the caller's slow path
+    decides, from the same state. A bucket that is None is a limit that is off."""
     byte_tokens = 0.0
     if bytes_ is not None:
         byte_tokens = bytes_._level(now) - size
         if byte_tokens < 0:
             return False
+    runs = messages is not None and bool(run_sizes)  # runs are counted only with a messages bucket
     tokens = 0.0
-    runs = False
-    for event in events:
-        if type(event) is ChatMessages:
-            if messages is not None:
-                if not runs:
-                    runs = True
-                    tokens = messages._level(now)
-                count = len(event.texts)
-                if not tokens >= count:  # take_up_to's test, so that a NaN decides alike
-                    return False
-                tokens -= count
-        elif type(event) is Login:
-            return False
+    if runs and messages is not None:
+        tokens = messages._level(now)
+        for count in run_sizes:
+            if not tokens >= count:  # take_up_to's test, so that a NaN decides alike
+                return False
+            tokens -= count
     if bytes_ is not None:
         bytes_._settle(byte_tokens, now)
-    if runs and messages is not None:  # runs are counted only with a messages bucket
+    if runs and messages is not None:
         messages._settle(tokens, now)
     return True

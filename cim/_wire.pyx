@@ -6,12 +6,13 @@ one test suite runs against both.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.list cimport PyList_Append
+from cpython.list cimport PyList_Append, PyList_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.string cimport memcmp, memcpy
 
 from cim._varint cimport varint_size, write_varint
 
+from cim._frame_py import MAX_VARINT_BYTES
 from cim.proto import MESSAGE
 from cim.wire_fields import (
     MAX_RECEIVER_DIGITS,
@@ -34,6 +35,7 @@ from cim.wire_fields import (
 # cim.wire_fields' table copied into C globals once, at import: the loops below
 # compare and write C values, with no Python lookup per message.
 cdef Py_ssize_t _MAX_RUN = MAX_RUN
+cdef Py_ssize_t _MAX_VARINT_BYTES = MAX_VARINT_BYTES
 cdef Py_ssize_t _MAX_RECEIVER_DIGITS = MAX_RECEIVER_DIGITS
 cdef unsigned long long _MESSAGE = MESSAGE
 cdef bytes _RECEIVE_USER_ID_BYTES = RECEIVE_USER_ID.encode()  # owns the bytes _RECEIVE_USER_ID points to
@@ -142,11 +144,12 @@ cdef bint _valid_utf8(const char* text, Py_ssize_t length):
     return True
 
 
-cdef bint _plain_chat(bytes frame, Py_ssize_t max_text, long long* receiver, Py_ssize_t* text_start,
-                      Py_ssize_t* text_len, unsigned long long* client_msg_id):
-    """See ``_wire_py._plain_chat``: fills the out-parameters and returns True for a plain chat message."""
-    cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(frame)
-    cdef Py_ssize_t pos = 0, end = PyBytes_GET_SIZE(frame), start, length
+cdef bint _plain_chat(const unsigned char* buf, Py_ssize_t pos, Py_ssize_t end, Py_ssize_t max_text,
+                      long long* receiver, Py_ssize_t* text_start, Py_ssize_t* text_len,
+                      unsigned long long* client_msg_id):
+    """See ``_wire_py._plain_chat``, for the frame at ``buf[pos:end]``: fills the out-parameters
+    (``text_start`` from ``buf``) and returns True for a plain chat message."""
+    cdef Py_ssize_t start, length
     cdef unsigned long long cmd = 0, unused
     cdef unsigned char tag
     cdef long long entry
@@ -189,7 +192,8 @@ def scan_chat_run(list frames, Py_ssize_t start, Py_ssize_t max_text):
     cdef bytes frame
     while end < limit:
         frame = frames[end]
-        if not _plain_chat(frame, max_text, &receiver, &text_start, &text_len, &client_msg_id):
+        if not _plain_chat(<const unsigned char*>PyBytes_AS_STRING(frame), 0, PyBytes_GET_SIZE(frame), max_text,
+                           &receiver, &text_start, &text_len, &client_msg_id):
             break
         if destination >= 0 and receiver != destination:
             break
@@ -198,6 +202,30 @@ def scan_chat_run(list frames, Py_ssize_t start, Py_ssize_t max_text):
         PyList_Append(client_msg_ids, client_msg_id)
         end += 1
     return end, (destination if destination > 0 else 0), texts, client_msg_ids
+
+
+def scan_plain_read(bytes data not None, Py_ssize_t max_frame, Py_ssize_t max_text):
+    cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t pos = 0, end = PyBytes_GET_SIZE(data), start, text_start, text_len
+    cdef unsigned long long length, client_msg_id
+    cdef long long receiver, destination = 0
+    cdef list texts = []
+    while pos < end:
+        start = _read_varint(buf, pos, end, &length)
+        if start < 0 or start - pos > _MAX_VARINT_BYTES or length == 0 or length > <unsigned long long>max_frame \
+                or length > <unsigned long long>(end - start):
+            return None
+        pos = start + <Py_ssize_t>length
+        if not _plain_chat(buf, start, pos, max_text, &receiver, &text_start, &text_len, &client_msg_id):
+            return None
+        if client_msg_id or receiver <= 0 or (destination and receiver != destination) \
+                or PyList_GET_SIZE(texts) == _MAX_RUN:
+            return None
+        destination = receiver
+        PyList_Append(texts, PyBytes_FromStringAndSize(<const char*>buf + text_start, text_len))
+    if not PyList_GET_SIZE(texts):
+        return None
+    return destination, texts
 
 
 def push_bodies(bytes prefix, list texts, unsigned long long first_id, long long timestamp_ms, list client_msg_ids):

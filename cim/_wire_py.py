@@ -9,6 +9,9 @@ of Python per message; here a message is read and written as raw protobuf bytes:
   (pings, other commands, unknown fields, odd receivers, bad UTF-8, an empty or
   oversized text) is not plain: the caller parses that frame with protobuf and
   handles it the general way, so the fast path never decides anything differently.
+* ``scan_plain_read`` takes a whole read of CIM's commonest shape, plain private
+  messages with no clientMsgId to one user in whole frames, framing and all: the
+  node's one-read lane (``cim.server.lane``) needs no frame list, event or run for it.
 * ``push_bodies``, ``frame_sequenced`` and ``encode_receipts`` write pushes and
   receipts byte-identical to what protobuf serializes for the same fields. (This twin
   lets protobuf serialize the id and seq fields: shorter, and no slower than varints
@@ -21,7 +24,7 @@ against both (tests/test_wire_hotpath.py).
 
 from __future__ import annotations
 
-from cim._frame_py import encode_varint
+from cim._frame_py import MAX_VARINT_BYTES, encode_varint
 from cim.proto import MESSAGE, Response
 from cim.wire_fields import (
     MAX_RECEIVER_DIGITS,
@@ -37,7 +40,7 @@ from cim.wire_fields import (
     TAG_RESPONSE_RES_MSG,
 )
 
-__all__ = ["MAX_RUN", "encode_receipts", "frame_sequenced", "push_bodies", "scan_chat_run"]
+__all__ = ["MAX_RUN", "encode_receipts", "frame_sequenced", "push_bodies", "scan_chat_run", "scan_plain_read"]
 
 _RECEIVE_USER_ID = RECEIVE_USER_ID.encode()
 _RES_MSG_TAG = bytes((TAG_RESPONSE_RES_MSG,))
@@ -157,6 +160,27 @@ def scan_chat_run(frames: list[bytes], start: int, max_text: int) -> tuple[int, 
         client_msg_ids.append(chat[2])
         end += 1
     return end, max(destination, 0), texts, client_msg_ids
+
+
+def scan_plain_read(data: bytes, max_frame: int, max_text: int) -> tuple[int, list[bytes]] | None:
+    """``(receiver, texts)`` when ``data`` is nothing but whole frames (each of 1 to
+    ``max_frame`` bytes), each a plain chat message to one and the same user with no
+    clientMsgId, at most ``MAX_RUN`` of them; else None, and the read goes the general way
+    (a ``FrameDecoder``, then ``scan_chat_run``), which decides alike about every frame."""
+    texts: list[bytes] = []
+    receiver = 0
+    pos, end = 0, len(data)
+    while pos < end:
+        length, start = _read_varint(data, pos, end)
+        if start < 0 or start - pos > MAX_VARINT_BYTES or not 0 < length <= max_frame or length > end - start:
+            return None
+        pos = start + length
+        chat = _plain_chat(data[start:pos], max_text)
+        if chat is None or chat[2] or chat[0] <= 0 or (receiver and chat[0] != receiver) or len(texts) == MAX_RUN:
+            return None
+        receiver = chat[0]
+        texts.append(chat[1])
+    return (receiver, texts) if texts else None
 
 
 def push_bodies(prefix: bytes, texts: list[bytes], first_id: int, timestamp_ms: int,

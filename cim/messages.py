@@ -6,14 +6,15 @@ appends that one map entry as raw protobuf bytes (computed once per session, at
 login). Protobuf parsers merge repeated occurrences of a map field, so
 ``body + entry`` parses as the push with ``properties[receiveUserId]`` set: group
 fan-out costs a copy per receiver (``cim.wire.frame_sequenced``, which puts each
-receiver's inbox ``seq`` before the entry), not a serialization.
+receiver's inbox ``seq`` before the entry), not a serialization. Ids come from
+``MessageIds`` (compiled ``cim/_ids.pyx``, twin ``cim/_ids_py.py``, chosen with the frame codec).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from time import time_ns
 
+from cim.frame import IMPLEMENTATION
 from cim.proto import MESSAGE, Response
 from cim.wire_fields import (
     RECEIVE_USER_ID,
@@ -29,13 +30,14 @@ _PROPERTIES_TAG = bytes((TAG_RESPONSE_PROPERTIES,))
 _KEY = bytes((TAG_ENTRY_KEY, len(RECEIVE_USER_ID))) + RECEIVE_USER_ID.encode()
 _VALUE_TAG = bytes((TAG_ENTRY_VALUE,))
 
-# Message ids: 41 bits of milliseconds since 2024-01-01, 10 bits of node number,
-# 12 bits of per-millisecond sequence (Twitter's snowflake layout).
-_EPOCH_MS = 1_704_067_200_000
-_NODE_BITS = 10
-_SEQ_BITS = 12
-_MS_SHIFT = _NODE_BITS + _SEQ_BITS
-_BLOCK = 1 << _SEQ_BITS  # ids per millisecond
+
+if IMPLEMENTATION == "python":
+    from cim._ids_py import MessageIds
+else:
+    # Another class than the pure twin's to mypy: the two share one interface (tests/test_ids.py).
+    from cim._ids import MessageIds  # type: ignore[assignment]
+
+__all__ = ["MessageIds", "Sender", "group_prefix", "receiver_entry", "to_user_field"]
 
 
 def receiver_entry(receiver_id: int) -> bytes:
@@ -77,39 +79,3 @@ def to_user_field(receiver_id: int) -> bytes:
     as ``group_prefix`` appends groupId: the receiver's push and the sender's own copy (the same
     body in both inboxes) say whom the message is to."""
     return Response(toUserId=receiver_id).SerializeToString()
-
-
-class MessageIds:
-    """Snowflake ids: unique across nodes with distinct node numbers, increasing per node.
-
-    Taken in blocks: a run of messages gets consecutive ids with one timestamp, so
-    the wire encoders can number them without a call per message.
-    """
-
-    MAX_BLOCK = _BLOCK
-
-    def __init__(self, node_number: int) -> None:
-        self.assign_node(node_number)
-        self._last_ms = 0
-        self._seq = 0
-
-    def assign_node(self, node_number: int) -> None:
-        """Set the node number (a node learns it from the store once it starts)."""
-        self._node_bits = (node_number & ((1 << _NODE_BITS) - 1)) << _SEQ_BITS  # as ids carry it: shifted once, not per take
-
-    def take(self, count: int = 1) -> tuple[int, int]:
-        """``count`` consecutive ids: (the first, their timestamp in ms)."""
-        if not 0 < count <= _BLOCK:
-            raise ValueError(f"take 1 to {_BLOCK} ids at a time, not {count}")
-        now = time_ns() // 1_000_000
-        seq = self._seq
-        if now > self._last_ms:
-            self._last_ms = ms = now
-            seq = 0
-        elif seq + count > _BLOCK:  # this millisecond is used up: borrow the next
-            self._last_ms = ms = self._last_ms + 1
-            seq = 0
-        else:
-            ms = self._last_ms
-        self._seq = seq + count
-        return ((ms - _EPOCH_MS) << _MS_SHIFT) | self._node_bits | seq, ms

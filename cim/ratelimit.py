@@ -1,6 +1,6 @@
 """Rate limiting, sans-I/O: token buckets, the same per key, and a window of limit hits.
 
-``TokenBucket`` and ``settle_read`` (one read against a connection's two buckets) are
+``TokenBucket``, ``settle_read`` and ``settle_runs`` (one read against a connection's two buckets) are
 compiled (``cim/_ratelimit.pyx``, twin ``cim/_ratelimit_py.py``), chosen with the frame
 codec as ``cim.wire`` is: they run on every read of every connection.
 
@@ -18,15 +18,15 @@ from cim._ratelimit_py import check_positive
 from cim.frame import IMPLEMENTATION
 
 if IMPLEMENTATION == "python":
-    from cim._ratelimit_py import TokenBucket, settle_read
+    from cim._ratelimit_py import TokenBucket, settle_read, settle_runs
 else:
     # Another class than the pure twin's to mypy, which types the names as that one's:
     # the two share one interface, and tests/test_ratelimit.py holds both to it.
-    from cim._ratelimit import TokenBucket, settle_read  # type: ignore[assignment]
+    from cim._ratelimit import TokenBucket, settle_read, settle_runs  # type: ignore[assignment]
 
 __all__ = [
     "BURST_SECONDS", "IMPLEMENTATION", "HitWindow", "KeyedBuckets", "TokenBucket",
-    "per_key_per_minute", "per_key_per_second", "per_second", "settle_read",
+    "per_key_per_minute", "per_key_per_second", "per_second", "settle_read", "settle_runs",
 ]
 
 

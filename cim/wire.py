@@ -9,8 +9,8 @@ from __future__ import annotations
 from cim.frame import IMPLEMENTATION
 
 if IMPLEMENTATION == "cython":
-    from cim._wire import encode_receipts, frame_sequenced, push_bodies, scan_chat_run
+    from cim._wire import encode_receipts, frame_sequenced, push_bodies, scan_chat_run, scan_plain_read
 else:
-    from cim._wire_py import encode_receipts, frame_sequenced, push_bodies, scan_chat_run
+    from cim._wire_py import encode_receipts, frame_sequenced, push_bodies, scan_chat_run, scan_plain_read
 
-__all__ = ["IMPLEMENTATION", "encode_receipts", "frame_sequenced", "push_bodies", "scan_chat_run"]
+__all__ = ["IMPLEMENTATION", "encode_receipts", "frame_sequenced", "push_bodies", "scan_chat_run", "scan_plain_read"]

@@ -61,6 +61,18 @@ def ratelimit(request: pytest.FixtureRequest) -> ModuleType:
     return _import_twin(request.param)
 
 
+@pytest.fixture(scope="session", params=["cim._lane_py", "cim._lane"], ids=["python", "cython"])
+def lane(request: pytest.FixtureRequest) -> ModuleType:
+    """Each implementation of the pushes of stored messages in turn: one suite, both twins."""
+    return _import_twin(request.param)
+
+
+@pytest.fixture(scope="session", params=["cim._ids_py", "cim._ids"], ids=["python", "cython"])
+def ids(request: pytest.FixtureRequest) -> ModuleType:
+    """Each message id implementation in turn: one suite, both twins."""
+    return _import_twin(request.param)
+
+
 # -- real services and in-process stacks --------------------------------------------
 
 

@@ -1,6 +1,6 @@
 """The rate limiters with explicit times: token buckets, the same per key, windows of hits.
 
-The bucket's tests, and ``settle_read``'s, run against both twins (the ``ratelimit``
+The bucket's tests, and ``settle_read``'s and ``settle_runs``', run against both twins (the ``ratelimit``
 fixture: ``cim._ratelimit_py`` and the compiled ``cim._ratelimit``); the compiled one
 is also held to the pure one operation by operation, to the last bit.
 
@@ -220,6 +220,27 @@ def test_settle_read_takes_all_the_slow_path_would_or_nothing(
         assert state(messages) == state(expected_messages)
     if with_bytes:
         assert state(bytes_) == state(expected_bytes)
+
+
+@given(rate=rates, burst=bursts, history=steps, counts=st.lists(st.integers(0, 12), max_size=5),
+       later_ms=st.integers(-200, 1500), size=st.integers(0, 4000))
+def test_settle_runs_is_settle_read_of_those_runs(
+    ratelimit: ModuleType, rate: int, burst: int, history: list[tuple[int, int]], counts: list[int], later_ms: int,
+    size: int,
+) -> None:
+    # The one-read lane (cim.server.lane) has no events, only the size of its one run.
+    messages, bytes_ = ratelimit.TokenBucket(rate, burst), ratelimit.TokenBucket(1000, 2000)
+    now = 0.0
+    for ms, cost in history:
+        now += ms / 1000
+        messages.take_up_to(now, cost)
+        bytes_.charge(now, cost * 100)
+    now += later_ms / 1000
+    read_messages, read_bytes = copy_of(ratelimit, messages), copy_of(ratelimit, bytes_)
+    sizes = [n for n in counts if n]  # a count of 0 is a ping in read_events: no run
+    assert ratelimit.settle_runs(messages, bytes_, sizes, now, size) == ratelimit.settle_read(
+        read_messages, read_bytes, read_events(counts, login=False), now, size)
+    assert (state(messages), state(bytes_)) == (state(read_messages), state(read_bytes))
 
 
 def test_keyed_buckets_are_independent_per_key() -> None:

@@ -2,17 +2,29 @@
 seam), with no sockets.
 
 ``RecordingPeer`` implements the ``Peer`` interface by recording what it is asked
-to send: the table and the streams only ever talk to that interface.
+to send: the table and the streams only ever talk to that interface. Every test runs
+against both twins of ``push_live``, through which a session pushes.
 """
 
 from __future__ import annotations
 
+from types import ModuleType
+
+import pytest
+
+import cim.server.sessions
 from cim.frame import FrameDecoder
 from cim.proto import Response
 from cim.server.sessions import Session, SessionTable
 from cim.server.streams import Stream
 from cim.status import Status
 from cim.wire import frame_sequenced
+
+
+@pytest.fixture(autouse=True)
+def push_twin(lane: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every session pushes through each twin of ``push_live`` in turn (``cim.server.lane``)."""
+    monkeypatch.setattr(cim.server.sessions, "push_live", lane.push_live)
 
 
 class RecordingPeer:

@@ -111,6 +111,50 @@ requests = st.builds(
 )
 
 
+def general_way(data: bytes, max_frame: int, max_text: int) -> tuple[int, list[bytes]] | None:
+    """What a FrameDecoder and scan_chat_run make of a read, as ``scan_plain_read`` answers it."""
+    decoder = FrameDecoder(max_frame)
+    try:
+        frames = decoder.feed(data)
+    except ValueError:
+        return None
+    end, receiver, texts, client_msg_ids = _wire_py.scan_chat_run(frames, 0, max_text)
+    whole = frames and end == len(frames) and not decoder.buffered and all(frames)
+    return (receiver, texts) if whole and receiver and not any(client_msg_ids) else None
+
+
+def test_a_read_of_plain_messages_to_one_user_is_taken_whole(wire: ModuleType) -> None:
+    to_bob = [encode_frame(chat(text, "42")) for text in ("a", "b", "c")]
+    assert wire.scan_plain_read(b"".join(to_bob), 4096, MAX_TEXT) == (42, [b"a", b"b", b"c"])
+    anything_else = [
+        b"",
+        to_bob[0] + encode_frame(chat("d", "43")),  # two receivers
+        to_bob[0] + encode_frame(chat("d", "42", 5)),  # a clientMsgId: receipts are asked for
+        encode_frame(chat("to all")),  # the group
+        to_bob[0] + encode_frame(Request(requestId=7, reqMsg="ping", cmd=PING).SerializeToString()),
+        to_bob[0][:-1],  # part of a frame
+        to_bob[0] + b"\x00",  # an empty frame
+        b"\x80\x80\x80\x80\x80\x01" + b"x",  # a length prefix over five bytes
+        encode_frame(chat("x" * 200, "42")),  # over max_frame (100 below)
+    ]
+    for data in anything_else:
+        assert wire.scan_plain_read(data, 100, MAX_TEXT) is None, data
+    assert wire.scan_plain_read(encode_frames([chat("m", "42")] * (wire.MAX_RUN + 1)), 4096, MAX_TEXT) is None
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(
+    st.builds(chat, st.sampled_from(["hi", "", "x" * 20]), st.sampled_from(["42", "43", None, "0"]), st.sampled_from([0, 0, 9])),
+    st.binary(max_size=6),
+), min_size=1, max_size=5), st.integers(0, 2), st.integers(8, 64), st.integers(1, 16))
+def test_a_read_taken_whole_is_what_the_general_way_makes_of_it(
+    wire: ModuleType, payloads: list[bytes], cut: int, max_frame: int, max_text: int,
+) -> None:
+    data = encode_frames(payloads)
+    data = data[: len(data) - cut]
+    assert wire.scan_plain_read(data, max_frame, max_text) == general_way(data, max_frame, max_text)
+
+
 @settings(max_examples=400, deadline=None)
 @given(requests, st.integers(0, 30))
 def test_fast_path_agrees_with_protobuf(wire: ModuleType, request: Request, max_text: int) -> None:

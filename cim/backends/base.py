@@ -174,6 +174,11 @@ class Inbox(ABC):
         """``append_each`` without an await; in-process inboxes only."""
         raise NotImplementedError(f"{type(self).__name__} is not in this process: await append_each()")
 
+    def append_plain_now(self, receiver_id: int, sender_id: int, bodies: list[bytes], first_msg_id: int) -> int:
+        """``append_now`` of messages (not none) with no clientMsgId, so nothing to deduplicate:
+        the seq of the first. (The memory inbox has a shorter way: CIM's client sends so.)"""
+        return self.append_now(receiver_id, sender_id, bodies, first_msg_id, [0] * len(bodies)).first_seq
+
     @abstractmethod
     async def append(self, receiver_id: int, sender_id: int, bodies: list[bytes], first_msg_id: int,
                      client_msg_ids: list[int]) -> Stored:

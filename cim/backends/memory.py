@@ -176,6 +176,7 @@ class MemoryInbox(InProcessInbox):
         self._limits = core.Limits(config.dedup_window, config.inbox_max_messages, math.ceil(config.inbox_max_age / tick))
         self._append_run = core.append_run
         self._append_runs = core.append_runs
+        self._keep_in = core.keep_in
 
     def _tick(self) -> int:
         """The clock tick now: age retention's unit."""
@@ -197,6 +198,12 @@ class MemoryInbox(InProcessInbox):
         if first:
             return Stored(first, bodies)
         return self._append_each_message(slot, sender_id, bodies, client_msg_ids, first_msg_id, tick)
+
+    def append_plain_now(self, receiver_id: int, sender_id: int, bodies: list[bytes], first_msg_id: int) -> int:
+        # One compiled call: no dedup record to look at or make, no Stored.
+        first: int = self._keep_in(self._slots, receiver_id, bodies, int(self._clock() * self._ticks_per_second),
+                                   self._limits)
+        return first
 
     def append_each_now(self, receiver_ids: list[int], sender_id: int, bodies: list[bytes], first_msg_id: int,
                         client_msg_ids: list[int]) -> list[Stored]:

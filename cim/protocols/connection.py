@@ -40,7 +40,7 @@ from cim.proto import (
 )
 from cim.protocols import ACCEPTED_CODES
 from cim.status import Status
-from cim.wire import encode_receipts, scan_chat_run
+from cim.wire import encode_receipts, scan_chat_run, scan_plain_read
 from cim.wire_fields import RECEIVE_USER_ID
 
 PONG = encode_frame(Response(cmd=PING, resMsg="pong").SerializeToString())
@@ -53,6 +53,11 @@ class State(enum.Enum):
     AWAITING_LOGIN = "awaiting-login"
     OPEN = "open"
     CLOSED = "closed"  # the protocol wants the transport closed once data_to_send is written
+
+
+# The members as module names: read through the class, a member costs a Python-level
+# EnumType.__getattr__ hook on Python 3.11 (~0.15 µs), and the hot path compares every read.
+AWAITING_LOGIN, OPEN, CLOSED = State.AWAITING_LOGIN, State.OPEN, State.CLOSED
 
 
 @dataclass(slots=True)  # not frozen: frozen dataclasses cost more per event
@@ -157,31 +162,28 @@ class ServerConnection:
     # Slots: one of these per connection (100k per node); smaller, and the ping path
     # touches fewer cache lines.
     __slots__ = (
-        "state", "user_id", "user_name", "max_message_bytes", "_decoder", "_partial", "outgoing",
+        "state", "user_id", "user_name", "max_frame_size", "max_message_bytes", "_decoder", "_partial", "outgoing",
         "_receipt_heads", "_ping_frame", "_ping", "_to_user",
     )
 
     def __init__(self, max_frame_size: int, max_message_bytes: int) -> None:
-        self.state = State.AWAITING_LOGIN
-        self.user_id = 0
-        self.user_name = ""
-        self.max_message_bytes = max_message_bytes
+        self.state, self.user_id, self.user_name = AWAITING_LOGIN, 0, ""
+        self.max_frame_size, self.max_message_bytes = max_frame_size, max_message_bytes
         self._decoder = FrameDecoder(max_frame_size)
         self._partial = False  # the decoder holds part of a frame
         self.outgoing: list[bytes] = []  # frames to write, as ``data_to_send`` takes them; the transport only looks
         # By code, not by Status: an Enum member hashes in Python, an int in C (every read pays it).
         self._receipt_heads: dict[int, bytes] = {}
         # This user's ping exactly as CIM's client sends it, framed and not (set at login).
-        self._ping_frame = b""
-        self._ping = b""
-        # The destination of the last private run: a client usually writes to one user
-        # many times in a row, and building the tuple each time costs more than the check.
+        self._ping_frame = self._ping = b""
+        # The destination of the last private run: a client usually writes to one user many
+        # times in a row, and building the tuple each time costs more than the check.
         self._to_user = ToUser(0)
 
     # -- input ---------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> list[Event]:
-        if self.state is State.CLOSED:
+        if self.state is CLOSED:
             return []
         try:
             frames = self._decoder.feed(data)
@@ -198,17 +200,17 @@ class ServerConnection:
     def receive_messages(self, payloads: list[bytes]) -> list[Event]:
         """Whole frames' payloads, with no length prefix: a message-oriented transport's
         input (one WebSocket message each), served exactly as frames read from bytes."""
-        if self.state is State.CLOSED:
+        if self.state is CLOSED:
             return []
         return self._handle_frames(payloads)
 
     def reject_input(self, reason: str, fatal: bool) -> list[Event]:
-        """Input the transport could not take: a WebSocket text message (only it is lost,
-        with an error frame), or with ``fatal`` an oversized or malformed one (the stream
-        is lost). Before the login either loses the stream, as a malformed login frame does."""
-        if self.state is State.CLOSED:
+        """Input the transport could not take: a WebSocket text message (only it is lost, with an
+        error frame), or with ``fatal`` an oversized or malformed one (the stream is lost). Before
+        the login either loses the stream, as a malformed login frame does."""
+        if self.state is CLOSED:
             return []
-        if fatal or self.state is State.AWAITING_LOGIN:
+        if fatal or self.state is AWAITING_LOGIN:
             return [self._violation(Status.VALIDATION_FAIL, reason)]
         self.send_error(Status.VALIDATION_FAIL, f"{reason}; ignored")
         return []
@@ -216,20 +218,27 @@ class ServerConnection:
     def answer_ping(self, data: bytes) -> bytes | None:
         """The pong, when ``data`` is exactly this user's ping and nothing is pending here.
 
-        The commonest input by far (100k idle clients ping all the time), sent
-        byte-identical by CIM's client and ours: answered with no varint, no protobuf
-        and no event. The caller makes sure nothing received earlier is still being
-        handled (a pong says everything before it was), else it uses ``receive_data``.
-        """
-        if data == self._ping_frame and not self.outgoing and not self._partial and self.state is State.OPEN:
+        The commonest input by far (100k idle clients ping all the time), sent byte-identical
+        by CIM's client and ours: answered with no varint, no protobuf and no event. The caller
+        makes sure nothing received earlier is still being handled (a pong says everything
+        before it was), else it uses ``receive_data``."""
+        if data == self._ping_frame and not self.outgoing and not self._partial and self.state is OPEN:
             return PONG
+        return None
+
+    def plain_read(self, data: bytes) -> tuple[int, list[bytes]] | None:
+        """``(receiver, texts)`` when ``data``, read at a frame boundary of an open connection, is
+        nothing but plain messages to one user with no clientMsgId (``scan_plain_read``): the one
+        ``ChatMessages`` that ``receive_data`` would make of it, with no state changed. Else None."""
+        if self.state is OPEN and not self._partial:
+            return scan_plain_read(data, self.max_frame_size, self.max_message_bytes)
         return None
 
     def _handle_frames(self, frames: list[bytes]) -> list[Event]:
         events: list[Event] = []
         index, count = 0, len(frames)
-        while index < count and self.state is not State.CLOSED:
-            if self.state is State.OPEN:
+        while index < count and self.state is not CLOSED:
+            if self.state is OPEN:
                 end, receiver, texts, client_msg_ids = scan_chat_run(frames, index, self.max_message_bytes)
                 if end > index:
                     if not receiver:
@@ -254,7 +263,7 @@ class ServerConnection:
                 request = Request.FromString(frame)
             except DecodeError:
                 # The framing is intact, so only this frame is lost: say so and go on.
-                if self.state is State.AWAITING_LOGIN:
+                if self.state is AWAITING_LOGIN:
                     events.append(self._violation(Status.VALIDATION_FAIL, "malformed login frame: not a Request"))
                 else:
                     self.send_error(Status.VALIDATION_FAIL, "malformed frame: not a protobuf Request; ignored")
@@ -266,14 +275,14 @@ class ServerConnection:
 
     def _handle_request(self, request: Request) -> Event | None:
         cmd = request.cmd
-        if self.state is State.AWAITING_LOGIN:
+        if self.state is AWAITING_LOGIN:
             if cmd != LOGIN_REQUEST or request.requestId <= 0:
                 return self._violation(
                     Status.VALIDATION_FAIL,
                     "the first frame must be a login (cmd LOGIN_REQUEST, requestId = userId > 0)",
                     request.requestId,
                 )
-            self.state = State.OPEN
+            self.state = OPEN
             self.user_id = request.requestId
             self.user_name = request.reqMsg
             self._ping = Request(requestId=request.requestId, reqMsg="ping", cmd=PING).SerializeToString()
@@ -320,16 +329,15 @@ class ServerConnection:
 
     def _violation(self, status: Status, reason: str, receiver: int = 0) -> ProtocolViolation:
         self.outgoing.append(self._frame(Response(cmd=ERROR, code=status.code, resMsg=reason), receiver))
-        self.state = State.CLOSED
+        self.state = CLOSED
         return ProtocolViolation(status, reason)
 
     # -- output --------------------------------------------------------------
 
     def _receipt_head(self, status: Status, text: str) -> bytes:
         """A receipt's fields but the ids: serialized once per status and connection."""
-        head = Response(cmd=SEND_RECEIPT, code=status.code, resMsg=text)
-        head.properties[RECEIVE_USER_ID] = str(self.user_id)
-        return head.SerializeToString()
+        return Response(cmd=SEND_RECEIPT, code=status.code, resMsg=text, properties={RECEIVE_USER_ID: str(self.user_id)}
+                        ).SerializeToString()
 
     def _frame(self, response: Response, receiver: int = 0) -> bytes:
         """``response`` framed, to ``receiver`` (default: this user)."""
@@ -343,8 +351,8 @@ class ServerConnection:
         self.outgoing.append(self._frame(Response(cmd=ERROR, code=status.code, resMsg=reason)))
 
     def send_login_answer(self, latest_seq: int, heartbeat_seconds: int, acked_seq: int) -> None:
-        """The login is accepted: the user's latest inbox seq, the ping interval the server
-        expects and the last seq the login's device acknowledged."""
+        """The login is accepted: the user's latest inbox seq, the ping interval the server expects
+        and the last seq the login's device acknowledged."""
         answer = Response(cmd=LOGIN_ANSWER, code=Status.SUCCESS.code, seq=latest_seq, heartbeatSeconds=heartbeat_seconds,
                           ackedSeq=acked_seq)
         self.outgoing.append(self._frame(answer))
@@ -356,14 +364,12 @@ class ServerConnection:
 
     def send_receipts(self, client_msg_ids: list[int], first_id: int, status: Status = Status.SUCCESS,
                       first_seq: int = 0, timestamp_ms: int = 0) -> None:
-        """The fate of messages this client sent: the k-th got message id ``first_id + k``;
-        with ``first_seq``, its copy in the sender's inbox got seq ``first_seq + k`` (stored at
+        """The fate of messages this client sent: the k-th got message id ``first_id + k``; with
+        ``first_seq``, its copy in the sender's inbox got seq ``first_seq + k`` (stored at
         ``timestamp_ms``), and the receipt stands for that copy's push on this connection.
-
-        Receipts only when asked: a message sent with clientMsgId 0 (CIM's client, which
-        stops reading at a frame it does not know) gets a receipt only if it failed. A run
-        is all asked for or none (``ChatMessages``), so its first says which.
-        """
+        Receipts only when asked: a message sent with clientMsgId 0 (CIM's client, which stops
+        reading at a frame it does not know) gets a receipt only if it failed. A run is all
+        asked for or none (``ChatMessages``), so its first says which."""
         code = status.code
         head = self._receipt_heads.get(code)
         if head is None:
@@ -389,13 +395,12 @@ class ServerConnection:
         self._violation(status, reason)
 
     def close(self, reason: str, reconnect: bool) -> None:
-        """Tell the client why, then close. The OFFLINE frame's code says whether
-        to come back: 9000 the session ended for good (logged out), 4000 it may
-        reconnect (server shutting down, heartbeat timeout)."""
-        if self.state is not State.CLOSED:
+        """Tell the client why, then close. The OFFLINE frame's code says whether to come back:
+        9000 the session ended for good (logged out), 4000 it may reconnect (shutdown, timeout)."""
+        if self.state is not CLOSED:
             status = Status.FAIL if reconnect else Status.SUCCESS
             self.outgoing.append(self._frame(Response(cmd=OFFLINE, code=status.code, resMsg=reason)))
-            self.state = State.CLOSED
+            self.state = CLOSED
 
     def data_to_send(self) -> bytes:
         if not self.outgoing:

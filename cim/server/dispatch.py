@@ -29,6 +29,7 @@ from cim.protocols.connection import (
 from cim.server.catchup import Catchup
 from cim.server.cursors import Cursors
 from cim.server.history import answer_history
+from cim.server.lane import PlainLane
 from cim.server.logins import Logins
 from cim.server.metrics import Latencies
 from cim.server.peer import Peer
@@ -121,6 +122,7 @@ class Dispatcher:
         self._take_ids = messenger.ids.take
         inbox = backends.inbox
         self._inbox_here = inbox if inbox.in_process else None
+        self.lane = PlainLane(sessions.by_user, sessions.by_peer, self._inbox_here, messenger.ids, metrics)  # no clientMsgId
 
     def handle_now(self, peer: Peer, event: Screened) -> bool:
         """Settle an event synchronously when no I/O is needed; False defers it to ``handle``."""
@@ -133,13 +135,13 @@ class Dispatcher:
             inbox = self._inbox_here
             if target is None or session is None or inbox is None:
                 return False
-            texts = event.texts
+            texts, client_msg_ids = event.texts, event.client_msg_ids
+            if not client_msg_ids[0]:  # no receipts asked for (CIM's client): no sender's copy, no dedup, no answer
+                return self.lane.deliver(session, target, texts, client_msg_ids)
             count = len(texts)
             first_id, now_ms = self._take_ids(count)
-            client_msg_ids = event.client_msg_ids
             bodies = push_bodies(session.sender.prefix + target.to_user_field, texts, first_id, now_ms, client_msg_ids)
-            asked = client_msg_ids[0]  # receipts asked for; if not (CIM's client): no sender's copy, no dedup, no answer
-            owners = [target, session] if asked and target is not session else [target]  # + the sender's copy
+            owners = [target, session] if target is not session else [target]  # + the sender's copy
             try:
                 if len(owners) == 1:
                     stored = [inbox.append_now(target.user_id, session.user_id, bodies, first_id, client_msg_ids)]
@@ -150,10 +152,6 @@ class Dispatcher:
                 return False
             metrics = self.metrics
             metrics["messages_in"] += count
-            if not asked:
-                target.push(bodies, stored[0].first_seq)
-                metrics["messages_out"] += count
-                return True
             duplicates = stored[0].duplicates
             if duplicates or stored[-1].duplicates:  # a resend: answered with the first ids, what is new pushed
                 answer_duplicates(peer, client_msg_ids, Sent(Status.SUCCESS, first_id, duplicates), metrics)

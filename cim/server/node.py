@@ -29,7 +29,7 @@ from cim.server.dispatch import Dispatcher
 from cim.server.intake import Deliveries
 from cim.server.listeners import Listeners
 from cim.server.logins import Logins
-from cim.server.metrics import NodeMetrics
+from cim.server.metrics import Counts, NodeMetrics
 from cim.server.ordering import OrderedEvents
 from cim.server.peer import Peer, PeerSettings
 from cim.server.presence import PresenceWatch
@@ -54,7 +54,7 @@ class Node:
         self.node_id = self.info.id
         self.loop = asyncio.get_running_loop()
         self.settings = PeerSettings(config.max_frame_size, config.max_message_bytes, config.write_buffer_high)
-        self.metrics: Counter[str] = Counter()
+        self.metrics: Counter[str] = Counts()
         self.started_at = time.time()
         self.max_connections = 0
         self.sessions = SessionTable(gap=self._gap)

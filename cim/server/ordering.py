@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 from cim.protocols.connection import Event
 from cim.server.dispatch import Dispatcher
@@ -35,12 +36,14 @@ class Backlog(deque[Screened]):
 class OrderedEvents:
     """One peer's event stream: screened, then settled at once or queued, never reordered."""
 
-    __slots__ = ("idle", "_peer", "_dispatcher", "_quota", "_backlog", "_drainer")
+    __slots__ = ("idle", "take_plain", "_peer", "_dispatcher", "_quota", "_backlog", "_drainer")
 
     def __init__(self, peer: Peer, dispatcher: Dispatcher, quota: PeerQuota | None = None) -> None:
         self._peer = peer
         self._dispatcher = dispatcher
         self._quota = quota  # None: no limit applies to this connection
+        # EventSink.take_plain: the lane's, for this peer, with no call of its own in between.
+        self.take_plain: Callable[[int, list[bytes], float, int], bool] = partial(dispatcher.lane.take, peer, quota)
         self._backlog: Backlog | None = None
         self._drainer: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
         # Nothing received earlier is still being handled. An attribute, not a property:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from cim.config import Config
 from cim.protocols.connection import ChatMessages, Event, Login
-from cim.ratelimit import HitWindow, per_key_per_minute, per_second, settle_read
+from cim.ratelimit import HitWindow, per_key_per_minute, per_second, settle_read, settle_runs
 from cim.server.peer import Peer
 from cim.status import Status
 
@@ -98,6 +98,11 @@ class PeerQuota:
         if settle_read(self._messages, self._bytes, events, now, size):
             return events
         return self._screen(events, now, size)
+
+    def fits(self, count: int, now: float, size: int) -> bool:
+        """A read of ``size`` bytes that is one run of ``count`` messages, charged as ``screen``
+        would when it is within both rates (True); else nothing is taken (False): screen it."""
+        return settle_runs(self._messages, self._bytes, [count], now, size)
 
     def _screen(self, events: list[Event], now: float, size: int) -> Sequence[Screened]:
         """``screen``'s slow path: charge, take and cut one step at a time."""

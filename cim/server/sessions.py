@@ -13,9 +13,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from cim.messages import Sender, receiver_entry, to_user_field
+from cim.server.lane import push_live
 from cim.server.peer import Peer
-from cim.server.streams import GapHandler, Stream, offer
-from cim.wire import frame_sequenced
+from cim.server.streams import GapHandler, Stream
 
 
 @dataclass(slots=True, eq=False)
@@ -57,20 +57,7 @@ class Session:
         ``answered``: the connection that sent them (they are the sender's copy). Up to date, it
         is written nothing and True is returned: its receipts are to stand for the push (they
         carry the seqs, ``Peer.send_receipts``). Else it is offered the push like any stream."""
-        frame = None
-        taken = False
-        for stream in self.streams:
-            if not stream.catching_up and stream.sent + 1 == first_seq:  # the common case, inline
-                if stream.peer is answered:
-                    taken = True
-                else:
-                    if frame is None:
-                        frame = frame_sequenced(bodies, first_seq, self.receiver_entry)
-                    stream.peer.push(frame, at_once)
-                stream.sent = first_seq + len(bodies) - 1
-            else:
-                offer(stream, bodies, first_seq, self.receiver_entry, at_once, self.gap)
-        return taken
+        return push_live(self.streams, bodies, first_seq, self.receiver_entry, at_once, answered, self.gap)
 
 
 class SessionTable:

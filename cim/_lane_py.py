@@ -1,0 +1,114 @@
+"""Pure-Python twin of ``cim/_lane.pyx``: the node's hot path from a stored message to its pushes.
+
+* ``push_live`` writes live messages, stored in a user's inbox from ``first_seq`` on,
+  to each of the user's streams that is up to date, framed once (``Session.push``: every
+  private message, every group message to each receiver); a stream behind or catching
+  up is offered them (``cim.server.streams.offer``).
+* ``PlainLane`` stores and pushes messages with no clientMsgId to a user on this node:
+  CIM's client writes each in a read of its own, with nothing to answer and nothing to
+  deduplicate. ``take`` settles such a read whole, with no event (``cim.server.lane``);
+  ``deliver`` is also the dispatcher's way for the same messages when they come as an event.
+
+The compiled twin has the same names and behaviour; one test suite runs against both.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from typing import Protocol
+
+from cim.backends.base import Inbox
+from cim.messages import MessageIds, Sender
+from cim.server.peer import Peer
+from cim.server.quotas import PeerQuota
+from cim.server.streams import GapHandler, Stream, offer
+from cim.wire import frame_sequenced, push_bodies
+
+__all__ = ["Owner", "PlainLane", "push_live"]
+
+
+class Owner(Protocol):
+    """What the lane reads of a logged-in user's ``cim.server.sessions.Session`` (which
+    pushes through ``push_live``, so this module does not import it)."""
+
+    @property
+    def user_id(self) -> int: ...
+    @property
+    def sender(self) -> Sender: ...
+    @property
+    def receiver_entry(self) -> bytes: ...
+    @property
+    def to_user_field(self) -> bytes: ...
+    @property
+    def gap(self) -> GapHandler: ...
+    @property
+    def streams(self) -> list[Stream]: ...
+
+
+def push_live(streams: list[Stream], bodies: list[bytes], first_seq: int, receiver_entry: bytes, at_once: bool,
+              answered: Peer | None, gap: GapHandler) -> bool:
+    """Live messages, stored in one user's inbox from ``first_seq`` on: framed once (each
+    push ends with ``receiver_entry``), written to each stream that is up to date (see
+    ``Peer.push``), offered to the rest (a gap goes to ``gap``). ``answered``: the connection
+    that sent them (they are the sender's copy); up to date, it is written nothing and True is
+    returned: its receipts are to stand for the push. Else it is offered the push like any stream."""
+    frame = None
+    taken = False
+    for stream in streams:
+        if not stream.catching_up and stream.sent + 1 == first_seq:  # the common case, inline
+            if stream.peer is answered:
+                taken = True
+            else:
+                if frame is None:
+                    frame = frame_sequenced(bodies, first_seq, receiver_entry)
+                stream.peer.push(frame, at_once)
+            stream.sent = first_seq + len(bodies) - 1
+        else:
+            offer(stream, bodies, first_seq, receiver_entry, at_once, gap)
+    return taken
+
+
+class PlainLane:
+    """Messages with no clientMsgId to a user here: one inbox append and the receiver's push."""
+
+    def __init__(self, by_user: Mapping[int, Owner], by_peer: Mapping[Peer, Owner], inbox: Inbox | None,
+                 ids: MessageIds, metrics: Counter[str]) -> None:
+        self._by_user = by_user
+        self._by_peer = by_peer
+        self._inbox = inbox  # in this process (``in_process``), or None: every read goes the general way
+        self._take_ids = ids.take
+        self._metrics = metrics
+
+    def take(self, peer: Peer, quota: PeerQuota | None, receiver: int, texts: list[bytes], now: float,
+             size: int) -> bool:
+        """A read of ``size`` bytes (at loop time ``now``) that was nothing but ``texts`` to
+        ``receiver``, settled if it can be; False, with nothing taken, sends it the general way.
+        (An inbox failing after the quota took the read, a disk error, has it charged twice.)"""
+        target = self._by_user.get(receiver)
+        session = self._by_peer.get(peer)
+        if target is None or session is None or self._inbox is None:
+            return False
+        if quota is not None and not quota.fits(len(texts), now, size):
+            return False
+        return self.deliver(session, target, texts, [0] * len(texts))
+
+    def deliver(self, session: Owner, target: Owner, texts: list[bytes], client_msg_ids: list[int]) -> bool:
+        """Messages from ``session`` to ``target`` (both here) with no clientMsgId (every one 0):
+        stored in the receiver's inbox and pushed to its connections; False, with nothing
+        stored, when the inbox failed (the general way tries again, and answers)."""
+        inbox = self._inbox
+        if inbox is None:
+            return False
+        count = len(texts)
+        first_id, now_ms = self._take_ids(count)
+        bodies = push_bodies(session.sender.prefix + target.to_user_field, texts, first_id, now_ms, client_msg_ids)
+        try:
+            first_seq = inbox.append_plain_now(target.user_id, session.user_id, bodies, first_id)
+        except Exception:  # a disk error
+            return False
+        metrics = self._metrics
+        metrics["messages_in"] += count
+        metrics["messages_out"] += count
+        push_live(target.streams, bodies, first_seq, target.receiver_entry, False, None, target.gap)
+        return True

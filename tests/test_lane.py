@@ -1,0 +1,207 @@
+"""The one-read lane (``cim.server.lane``): a read of plain messages with no clientMsgId
+to a user on this node, stored and pushed with no event.
+
+Sans-I/O first, against both twins of ``PlainLane``, with a real session table, memory
+inbox, message ids and quotas, and peers that record what they are sent; then the
+connection's half (``ServerConnection.plain_read`` makes of a read exactly what
+``receive_data`` would); then CIM-style clients on real 127.0.0.1 sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from types import ModuleType
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cim.backends.memory import MemoryInbox
+from cim.config import Config
+from cim.destinations import ToUser
+from cim.frame import FrameDecoder, encode_frame
+from cim.messages import MessageIds
+from cim.proto import MESSAGE, PING, BaseCommand, Request, Response
+from cim.protocols.client import ClientConnection
+from cim.protocols.connection import ChatMessages, Ping, ServerConnection
+from cim.server.quotas import PeerQuota, Quotas
+from cim.server.sessions import SessionTable
+from cim.status import Status
+from cim.wire_fields import RECEIVE_USER_ID, SEND_USER_ID
+from tests.conftest import online
+from tests.test_limits_abuse import running_stack
+from tests.test_sessions import RecordingPeer
+
+ALICE, BOB = 7, 8
+
+
+class Here:
+    """Alice and Bob logged in on one node, each with a live stream, and the lane's parts."""
+
+    def __init__(self, lane: ModuleType, inbox: MemoryInbox | None = None, **config: Any) -> None:
+        self.table = SessionTable(gap=lambda stream: None)
+        self.alice, self.bob = RecordingPeer(ALICE), RecordingPeer(BOB)
+        for peer, name in ((self.alice, "alice"), (self.bob, "bob")):
+            self.table.admit(peer)
+            self.table.bind(peer, peer.user_id, name, "").catching_up = False
+        self.config = Config(**config)
+        self.inbox = inbox if inbox is not None else MemoryInbox(self.config)
+        self.metrics: Counter[str] = Counter()
+        self.lane = lane.PlainLane(self.table.by_user, self.table.by_peer, self.inbox, MessageIds(1), self.metrics)
+
+    def quota(self, peer: RecordingPeer) -> PeerQuota:
+        quota = Quotas(self.config, Counter(), lambda: 0.0).for_peer(peer)
+        assert quota is not None
+        return quota
+
+    def pushed_to(self, peer: RecordingPeer) -> list[Response]:
+        decoder = FrameDecoder()
+        return [Response.FromString(f) for frame, _ in peer.pushed for f in decoder.feed(frame)]
+
+
+async def test_a_read_to_a_user_here_is_stored_and_pushed_in_seq_order(lane: ModuleType) -> None:
+    here = Here(lane)
+    assert here.lane.take(here.alice, None, BOB, [b"hi", b"there"], 1.0, 30)
+    pushes = here.pushed_to(here.bob)
+    assert [(p.resMsg, p.seq, p.properties[RECEIVE_USER_ID], p.properties[SEND_USER_ID]) for p in pushes] == [
+        ("hi", 1, str(BOB), str(ALICE)), ("there", 2, str(BOB), str(ALICE))]
+    assert pushes[1].msgId == pushes[0].msgId + 1 and pushes[0].timestamp > 0 and pushes[0].clientMsgId == 0
+    page = await here.inbox.read(BOB, 0, 10)
+    assert [(seq, Response.FromString(body).resMsg) for seq, body in page.entries] == [(1, "hi"), (2, "there")]
+    assert here.alice.pushed == []  # nothing goes back to the sender: no receipt was asked for, and no copy
+    assert here.metrics == Counter(messages_in=2, messages_out=2)
+    assert here.lane.take(here.alice, None, BOB, [b"again"], 1.0, 10)
+    assert [p.seq for p in here.pushed_to(here.bob)] == [1, 2, 3]
+
+
+async def test_a_read_that_cannot_go_this_way_takes_nothing(lane: ModuleType) -> None:
+    here = Here(lane)
+    stranger = RecordingPeer(9)
+    here.table.admit(stranger)  # connected, not logged in
+    assert not here.lane.take(here.alice, None, 404, [b"x"], 1.0, 10)  # the receiver is not on this node
+    assert not here.lane.take(stranger, None, BOB, [b"x"], 1.0, 10)
+    elsewhere = lane.PlainLane(here.table.by_user, here.table.by_peer, None, MessageIds(1), here.metrics)
+    assert not elsewhere.take(here.alice, None, BOB, [b"x"], 1.0, 10)  # the inbox is not in this process
+    assert here.bob.pushed == [] and here.metrics == Counter()
+    assert (await here.inbox.read(BOB, 0, 10)).latest == 0
+
+
+def test_the_quota_is_charged_as_the_screen_would_charge_it(lane: ModuleType) -> None:
+    here = Here(lane, max_messages_per_second=5, max_bytes_per_second=1000)
+    taken, screened = here.quota(here.alice), here.quota(RecordingPeer(ALICE))
+    texts = [b"a", b"b", b"c"]
+    assert here.lane.take(here.alice, taken, BOB, texts, 0.5, 100)
+    event = ChatMessages(list(texts), ToUser(BOB), [0, 0, 0])
+    assert screened.screen([event], 0.5, 100) == [event]
+    for kind in ("_messages", "_bytes"):
+        assert (getattr(taken, kind).tokens, getattr(taken, kind).updated) == (
+            getattr(screened, kind).tokens, getattr(screened, kind).updated)
+    # Over the rate: nothing is taken (the screen then refuses what is over, with receipts).
+    before = [(bucket.tokens, bucket.updated) for bucket in (taken._messages, taken._bytes) if bucket is not None]
+    assert not here.lane.take(here.alice, taken, BOB, [b"m"] * 20, 0.5, 100)
+    assert [(bucket.tokens, bucket.updated) for bucket in (taken._messages, taken._bytes) if bucket is not None] == before
+    assert len(here.pushed_to(here.bob)) == 3
+
+
+def test_an_inbox_failure_pushes_nothing_and_leaves_the_read_to_the_general_way(lane: ModuleType) -> None:
+    class DiskFull(MemoryInbox):
+        def append_plain_now(self, receiver_id: int, sender_id: int, bodies: list[bytes], first_msg_id: int) -> int:
+            raise OSError("no space left on device")
+
+    here = Here(lane, inbox=DiskFull())
+    assert not here.lane.take(here.alice, None, BOB, [b"x"], 1.0, 10)
+    assert here.bob.pushed == [] and here.metrics == Counter()
+
+
+# -- the connection's half -----------------------------------------------------------
+
+def logged_in() -> ServerConnection:
+    conn = ServerConnection(max_frame_size=256, max_message_bytes=64)
+    conn.receive_data(ClientConnection(ALICE, "alice").login())
+    return conn
+
+
+def request(text: str, receiver: str | None, client_msg_id: int = 0, cmd: BaseCommand = MESSAGE) -> bytes:
+    message = Request(requestId=ALICE, reqMsg=text, cmd=cmd, clientMsgId=client_msg_id)
+    if receiver is not None:
+        message.properties[RECEIVE_USER_ID] = receiver
+    return message.SerializeToString()
+
+
+frames = st.one_of(
+    st.builds(request, st.sampled_from(["hi", "x" * 64, "x" * 65, "", "\N{GRINNING FACE}"]),
+              st.sampled_from([str(BOB), "9", None, "", "0", "bob"]), st.sampled_from([0, 0, 0, 5])),
+    st.just(request("ping", None, cmd=PING)),
+    st.binary(max_size=8),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(frames, min_size=1, max_size=6), st.integers(0, 3), st.booleans())
+def test_plain_read_makes_of_a_read_what_receive_data_makes_of_it(payloads: list[bytes], cut: int, huge: bool) -> None:
+    data = b"".join(encode_frame(p) for p in payloads)
+    if huge:
+        data += encode_frame(b"\x12" + b"\x7f" + b"x" * 300)  # over max_frame_size: the stream is lost
+    data = data[: len(data) - cut]  # a partial frame at the end, sometimes
+    run = logged_in().plain_read(data)
+    conn = logged_in()
+    events = conn.receive_data(data)
+    if run is not None:
+        receiver, texts = run
+        assert events == [ChatMessages(texts, ToUser(receiver), [0] * len(texts))] and not conn.outgoing
+    else:  # and what plain_read leaves is never a whole read of such messages, with nothing else to say
+        assert not (len(events) == 1 and isinstance(events[0], ChatMessages) and isinstance(events[0].destination, ToUser)
+                    and events[0].destination.user_id > 0  # "0" names no user: protobuf's way refuses it
+                    and not any(events[0].client_msg_ids) and not conn.outgoing and not conn._partial)
+
+
+def test_plain_read_waits_for_a_frame_boundary_and_a_login() -> None:
+    conn = logged_in()
+    message = encode_frame(request("hi", str(BOB)))
+    assert conn.plain_read(message) == (BOB, [b"hi"])
+    assert conn.receive_data(message[:3]) == []  # part of a frame is held: the next read is no whole read
+    assert conn.plain_read(message[3:] + message) is None
+    assert ServerConnection(256, 64).plain_read(message) is None  # no login yet
+    assert conn.receive_data(message[3:] + encode_frame(request("ping", None, cmd=PING))) == [
+        ChatMessages([b"hi"], ToUser(BOB), [0]), Ping()]
+
+
+# -- on real sockets -----------------------------------------------------------------
+
+async def test_cim_clients_messages_arrive_in_order_with_seqs_and_nothing_comes_back() -> None:
+    async with running_stack() as running:
+        alice, a = await online(running, "alice")
+        bob, b = await online(running, "bob")
+        client = ClientConnection(alice, "alice")
+        for n in range(200):  # a read each, mostly: CIM's client writes and flushes every message
+            a.send_raw(client.message(f"m{n}", bob))
+            await a.writer.drain()
+        pushes = [await b.next() for _ in range(200)]
+        assert [(p.resMsg, p.seq, p.clientMsgId) for p in pushes] == [(f"m{n}", n + 1, 0) for n in range(200)]
+        assert (await a.ping(alice)).resMsg == "pong"  # the first frame alice gets: no receipts, no copies
+        node = running.node
+        assert node is not None and node.metrics["messages_in"] == node.metrics["messages_out"] == 200
+
+
+async def test_a_cim_client_over_the_rate_gets_failure_receipts_and_the_rest_arrives() -> None:
+    async with running_stack(max_messages_per_second=20) as running:  # bursts of 40
+        alice, a = await online(running, "alice")
+        bob, b = await online(running, "bob")
+        client = ClientConnection(alice, "alice")
+        for n in range(100):
+            a.send_raw(client.message(f"m{n}", bob))
+            await a.writer.drain()
+        a.send_ping(alice)
+        refused = []  # everything before the pong: the refusals, a receipt each
+        while (frame := await a.next()).cmd != PING:
+            refused.append(frame)
+        assert refused and {(r.code, r.clientMsgId, r.properties[RECEIVE_USER_ID]) for r in refused} == {
+            (Status.RATE_LIMITED.code, 0, str(alice))}
+        delivered = [await b.next() for _ in range(100 - len(refused))]
+        texts = [p.resMsg for p in delivered]
+        numbers = [int(text[1:]) for text in texts]
+        assert numbers == sorted(set(numbers))  # in order, once each: the refused ones went nowhere
+        assert [p.seq for p in delivered] == list(range(1, len(delivered) + 1))
+        await asyncio.sleep(0.1)
+        assert (await b.ping(bob)).resMsg == "pong"  # and nothing more came
