@@ -43,34 +43,23 @@ def _import_twin(name: str) -> ModuleType:
         raise
 
 
-@pytest.fixture(scope="session", params=["cim._frame_py", "cim._frame"], ids=["python", "cython"])
-def codec(request: pytest.FixtureRequest) -> ModuleType:
-    """Each frame codec implementation in turn: one suite, both twins."""
-    return _import_twin(request.param)
+def _twins(name: str, module: str, what: str) -> Any:
+    """A session fixture ``name`` giving each implementation of ``what`` in turn, the pure-Python
+    twin ``<module>_py`` and the compiled ``module``: one suite, both twins."""
+
+    @pytest.fixture(scope="session", params=[f"{module}_py", module], ids=["python", "cython"], name=name)
+    def twin(request: pytest.FixtureRequest) -> ModuleType:
+        return _import_twin(request.param)
+
+    twin.__doc__ = f"Each {what} implementation in turn: one suite, both twins."
+    return twin
 
 
-@pytest.fixture(scope="session", params=["cim._wire_py", "cim._wire"], ids=["python", "cython"])
-def wire(request: pytest.FixtureRequest) -> ModuleType:
-    """Each message wire implementation in turn: one suite, both twins."""
-    return _import_twin(request.param)
-
-
-@pytest.fixture(scope="session", params=["cim._ratelimit_py", "cim._ratelimit"], ids=["python", "cython"])
-def ratelimit(request: pytest.FixtureRequest) -> ModuleType:
-    """Each token bucket implementation in turn: one suite, both twins."""
-    return _import_twin(request.param)
-
-
-@pytest.fixture(scope="session", params=["cim._lane_py", "cim._lane"], ids=["python", "cython"])
-def lane(request: pytest.FixtureRequest) -> ModuleType:
-    """Each implementation of the pushes of stored messages in turn: one suite, both twins."""
-    return _import_twin(request.param)
-
-
-@pytest.fixture(scope="session", params=["cim._ids_py", "cim._ids"], ids=["python", "cython"])
-def ids(request: pytest.FixtureRequest) -> ModuleType:
-    """Each message id implementation in turn: one suite, both twins."""
-    return _import_twin(request.param)
+codec = _twins("codec", "cim._frame", "frame codec")
+wire = _twins("wire", "cim._wire", "message wire")
+ratelimit = _twins("ratelimit", "cim._ratelimit", "token bucket")
+lane = _twins("lane", "cim._lane", "stored messages' pushes")
+ids = _twins("ids", "cim._ids", "message id")
 
 
 # -- real services and in-process stacks --------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 from types import ModuleType
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -174,6 +175,19 @@ def test_the_compiled_bucket_is_the_pure_one_to_the_last_bit(
         assert state(twin) == state(pure)
 
 
+def used_buckets(ratelimit: ModuleType, rate: int, burst: int, byte_rate: int, history: list[tuple[int, int]],
+                 later_ms: int) -> tuple[Any, Any, float]:
+    """A messages and a bytes bucket part used by earlier reads (``history``: ms after the one
+    before, cost), and the time ``later_ms`` after the last of them."""
+    messages, bytes_ = ratelimit.TokenBucket(rate, burst), ratelimit.TokenBucket(byte_rate, 2 * byte_rate)
+    now = 0.0
+    for ms, cost in history:
+        now += ms / 1000
+        messages.take_up_to(now, cost)
+        bytes_.charge(now, cost * 100)
+    return messages, bytes_, now + later_ms / 1000
+
+
 def read_events(counts: list[int], login: bool) -> list[Event]:
     """A read: a run of ``n`` messages for each count (0: a ping), a login last if asked."""
     events: list[Event] = [ChatMessages([b"x"] * n, ToUser(2), list(range(n))) if n else PING_EVENT for n in counts]
@@ -192,13 +206,7 @@ def test_settle_read_takes_all_the_slow_path_would_or_nothing(
 ) -> None:
     # Buckets part used by earlier reads, then one read: settle_read either does what
     # charge and take_up_to, run by run, would have done with nothing cut, or nothing.
-    messages, bytes_ = ratelimit.TokenBucket(rate, burst), ratelimit.TokenBucket(byte_rate, 2 * byte_rate)
-    now = 0.0
-    for ms, cost in history:
-        now += ms / 1000
-        messages.take_up_to(now, cost)
-        bytes_.charge(now, cost * 100)
-    now += later_ms / 1000
+    messages, bytes_, now = used_buckets(ratelimit, rate, burst, byte_rate, history, later_ms)
     slow_messages, slow_bytes = copy_of(ratelimit, messages), copy_of(ratelimit, bytes_)
     untouched_messages, untouched_bytes = copy_of(ratelimit, messages), copy_of(ratelimit, bytes_)
     with_messages, with_bytes = limits
@@ -229,13 +237,7 @@ def test_settle_runs_is_settle_read_of_those_runs(
     size: int,
 ) -> None:
     # The one-read lane (cim.server.lane) has no events, only the size of its one run.
-    messages, bytes_ = ratelimit.TokenBucket(rate, burst), ratelimit.TokenBucket(1000, 2000)
-    now = 0.0
-    for ms, cost in history:
-        now += ms / 1000
-        messages.take_up_to(now, cost)
-        bytes_.charge(now, cost * 100)
-    now += later_ms / 1000
+    messages, bytes_, now = used_buckets(ratelimit, rate, burst, 1000, history, later_ms)
     read_messages, read_bytes = copy_of(ratelimit, messages), copy_of(ratelimit, bytes_)
     sizes = [n for n in counts if n]  # a count of 0 is a ping in read_events: no run
     assert ratelimit.settle_runs(messages, bytes_, sizes, now, size) == ratelimit.settle_read(
