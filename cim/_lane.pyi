@@ -1,19 +1,20 @@
 from collections import Counter
 from collections.abc import Mapping
 
-from cim._lane_py import Owner
 from cim.backends.base import Inbox
 from cim.messages import MessageIds
 from cim.server.peer import Peer
 from cim.server.quotas import PeerQuota
-from cim.server.streams import GapHandler, Stream
+from cim.server.streams import GapHandler, Owner, Stream
 
 def push_live(streams: list[Stream], bodies: list[bytes], first_seq: int, receiver_entry: bytes, at_once: bool,
               answered: Peer | None, gap: GapHandler) -> bool: ...
 
-class PlainLane:
+class PrivateLane:
     def __init__(self, by_user: Mapping[int, Owner], by_peer: Mapping[Peer, Owner], inbox: Inbox | None,
                  ids: MessageIds, metrics: Counter[str]) -> None: ...
-    def take(self, peer: Peer, quota: PeerQuota | None, receiver: int, texts: list[bytes], now: float,
-             size: int) -> bool: ...
+    def take(self, peer: Peer, quota: PeerQuota | None, receiver: int, texts: list[bytes], client_msg_ids: list[int],
+             now: float, size: int) -> bool: ...
     def deliver(self, session: Owner, target: Owner, texts: list[bytes], client_msg_ids: list[int]) -> bool: ...
+    def deliver_answered(self, peer: Peer, session: Owner, target: Owner, texts: list[bytes],
+                         client_msg_ids: list[int]) -> bool: ...

@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""Compiled twin of ``cim._lane_py``: live pushes to a user's streams and the one-read lane.
+"""Compiled twin of ``cim._lane_py``: live pushes to a user's streams and the private lane.
 
 Same names and behaviour (read the twin's docstring for the why); one test suite runs
 against both. The objects it reads (sessions, streams, peers) stay Python objects: what
@@ -9,12 +9,15 @@ bytecodes a step, on the path every private message takes.
 
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 
+from cim.server.resends import answer_resends
 from cim.server.streams import offer
+from cim.status import Status
 from cim.wire import frame_sequenced, push_bodies
 
 # The metrics' names as C globals: no constant lookup per message.
 cdef str _MESSAGES_IN = "messages_in"
 cdef str _MESSAGES_OUT = "messages_out"
+cdef object _SUCCESS = Status.SUCCESS
 
 
 cpdef bint push_live(list streams, list bodies, unsigned long long first_seq, bytes receiver_entry, bint at_once,
@@ -39,8 +42,8 @@ cpdef bint push_live(list streams, list bodies, unsigned long long first_seq, by
     return taken
 
 
-cdef class PlainLane:
-    """Messages with no clientMsgId to a user here: one inbox append and the receiver's push."""
+cdef class PrivateLane:
+    """Private messages to a user here: stored, pushed and (when asked) answered in one step."""
 
     cdef dict _by_user, _by_peer
     cdef object _inbox, _take_ids, _metrics
@@ -52,7 +55,7 @@ cdef class PlainLane:
         self._take_ids = ids.take
         self._metrics = metrics
 
-    def take(self, peer, quota, receiver, list texts, now, size):
+    def take(self, peer, quota, receiver, list texts, list client_msg_ids, now, size):
         """See the twin."""
         target = self._by_user.get(receiver)
         session = self._by_peer.get(peer)
@@ -60,7 +63,9 @@ cdef class PlainLane:
             return False
         if quota is not None and not quota.fits(PyList_GET_SIZE(texts), now, size):
             return False
-        return self._deliver(session, target, texts, [0] * PyList_GET_SIZE(texts))
+        if <object>PyList_GET_ITEM(client_msg_ids, 0):
+            return self.deliver_answered(peer, session, target, texts, client_msg_ids)
+        return self._deliver(session, target, texts, client_msg_ids)
 
     def deliver(self, session, target, list texts, list client_msg_ids):
         """See the twin."""
@@ -80,4 +85,38 @@ cdef class PlainLane:
         metrics[_MESSAGES_IN] += count
         metrics[_MESSAGES_OUT] += count
         push_live(target.streams, bodies, first_seq, target.receiver_entry, False, None, target.gap)
+        return True
+
+    def deliver_answered(self, peer, session, target, list texts, list client_msg_ids):
+        """See the twin."""
+        inbox = self._inbox
+        if inbox is None:
+            return False
+        cdef Py_ssize_t count = PyList_GET_SIZE(texts)
+        first_id, now_ms = self._take_ids(count)
+        bodies = push_bodies(session.sender.prefix + target.to_user_field, texts, first_id, now_ms, client_msg_ids)
+        cdef list owners = [target, session] if target is not session else [target]  # + the sender's copy
+        cdef list stored
+        try:
+            if PyList_GET_SIZE(owners) == 1:
+                stored = [inbox.append_now(target.user_id, session.user_id, bodies, first_id, client_msg_ids)]
+            else:
+                stored = inbox.append_each_now([target.user_id, session.user_id], session.user_id, bodies, first_id,
+                                               client_msg_ids)
+        except Exception:  # a disk error
+            return False
+        metrics = self._metrics
+        metrics[_MESSAGES_IN] += count
+        if stored[0].duplicates or stored[PyList_GET_SIZE(stored) - 1].duplicates:
+            metrics[_MESSAGES_OUT] += answer_resends(peer, owners, stored, client_msg_ids, first_id, metrics)
+            return True
+        receiver = stored[0]
+        push_live(target.streams, receiver.bodies, receiver.first_seq, target.receiver_entry, False, None, target.gap)
+        own_seq = 0
+        if PyList_GET_SIZE(owners) > 1:
+            copy = stored[1]
+            if push_live(session.streams, copy.bodies, copy.first_seq, session.receiver_entry, False, peer, session.gap):
+                own_seq = copy.first_seq
+        peer.send_receipts(client_msg_ids, first_id, _SUCCESS, own_seq, now_ms)
+        metrics[_MESSAGES_OUT] += count * PyList_GET_SIZE(owners)
         return True

@@ -4,10 +4,12 @@
   to each of the user's streams that is up to date, framed once (``Session.push``: every
   private message, every group message to each receiver); a stream behind or catching
   up is offered them (``cim.server.streams.offer``).
-* ``PlainLane`` stores and pushes messages with no clientMsgId to a user on this node:
-  CIM's client writes each in a read of its own, with nothing to answer and nothing to
-  deduplicate. ``take`` settles such a read whole, with no event (``cim.server.lane``);
-  ``deliver`` is also the dispatcher's way for the same messages when they come as an event.
+* ``PrivateLane`` stores and pushes private messages to a user on this node. With no
+  clientMsgId (CIM's client writes each in a read of its own) there is nothing to answer
+  and nothing to deduplicate: ``take`` settles such a read whole, with no event
+  (``cim.server.lane``), and ``deliver`` is the dispatcher's way for the same messages
+  when they come as an event. With clientMsgIds (the SDK), ``deliver_answered`` also keeps
+  the sender's copy, deduplicates and answers (``cim.delivery``).
 
 The compiled twin has the same names and behaviour; one test suite runs against both.
 """
@@ -16,34 +18,17 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from typing import Protocol
 
 from cim.backends.base import Inbox
-from cim.messages import MessageIds, Sender
+from cim.messages import MessageIds
 from cim.server.peer import Peer
 from cim.server.quotas import PeerQuota
-from cim.server.streams import GapHandler, Stream, offer
+from cim.server.resends import answer_resends
+from cim.server.streams import GapHandler, Owner, Stream, offer
+from cim.status import Status
 from cim.wire import frame_sequenced, push_bodies
 
-__all__ = ["Owner", "PlainLane", "push_live"]
-
-
-class Owner(Protocol):
-    """What the lane reads of a logged-in user's ``cim.server.sessions.Session`` (which
-    pushes through ``push_live``, so this module does not import it)."""
-
-    @property
-    def user_id(self) -> int: ...
-    @property
-    def sender(self) -> Sender: ...
-    @property
-    def receiver_entry(self) -> bytes: ...
-    @property
-    def to_user_field(self) -> bytes: ...
-    @property
-    def gap(self) -> GapHandler: ...
-    @property
-    def streams(self) -> list[Stream]: ...
+__all__ = ["PrivateLane", "push_live"]
 
 
 def push_live(streams: list[Stream], bodies: list[bytes], first_seq: int, receiver_entry: bytes, at_once: bool,
@@ -69,8 +54,8 @@ def push_live(streams: list[Stream], bodies: list[bytes], first_seq: int, receiv
     return taken
 
 
-class PlainLane:
-    """Messages with no clientMsgId to a user here: one inbox append and the receiver's push."""
+class PrivateLane:
+    """Private messages to a user here: stored, pushed and (when asked) answered in one step."""
 
     def __init__(self, by_user: Mapping[int, Owner], by_peer: Mapping[Peer, Owner], inbox: Inbox | None,
                  ids: MessageIds, metrics: Counter[str]) -> None:
@@ -80,18 +65,21 @@ class PlainLane:
         self._take_ids = ids.take
         self._metrics = metrics
 
-    def take(self, peer: Peer, quota: PeerQuota | None, receiver: int, texts: list[bytes], now: float,
-             size: int) -> bool:
+    def take(self, peer: Peer, quota: PeerQuota | None, receiver: int, texts: list[bytes], client_msg_ids: list[int],
+             now: float, size: int) -> bool:
         """A read of ``size`` bytes (at loop time ``now``) that was nothing but ``texts`` to
-        ``receiver``, settled if it can be; False, with nothing taken, sends it the general way.
-        (An inbox failing after the quota took the read, a disk error, has it charged twice.)"""
+        ``receiver``, all with ``client_msg_ids`` or none (every id 0), settled if it can be;
+        False, with nothing taken, sends it the general way. (An inbox failing after the quota
+        took the read, a disk error, has it charged twice.)"""
         target = self._by_user.get(receiver)
         session = self._by_peer.get(peer)
         if target is None or session is None or self._inbox is None:
             return False
         if quota is not None and not quota.fits(len(texts), now, size):
             return False
-        return self.deliver(session, target, texts, [0] * len(texts))
+        if client_msg_ids[0]:
+            return self.deliver_answered(peer, session, target, texts, client_msg_ids)
+        return self.deliver(session, target, texts, client_msg_ids)
 
     def deliver(self, session: Owner, target: Owner, texts: list[bytes], client_msg_ids: list[int]) -> bool:
         """Messages from ``session`` to ``target`` (both here) with no clientMsgId (every one 0):
@@ -111,4 +99,41 @@ class PlainLane:
         metrics["messages_in"] += count
         metrics["messages_out"] += count
         push_live(target.streams, bodies, first_seq, target.receiver_entry, False, None, target.gap)
+        return True
+
+    def deliver_answered(self, peer: Peer, session: Owner, target: Owner, texts: list[bytes],
+                         client_msg_ids: list[int]) -> bool:
+        """Messages with clientMsgIds (every one set) from ``session``, read on ``peer``, to
+        ``target`` (both here): stored in the receiver's inbox and, as the sender's copy, in the
+        sender's; pushed to both users' connections; answered on ``peer``, where the receipts
+        stand for the copy's push when ``peer`` is up to date (they carry its seqs). A run with
+        resends goes to ``answer_resends``. False, with nothing stored, when the inbox failed."""
+        inbox = self._inbox
+        if inbox is None:
+            return False
+        count = len(texts)
+        first_id, now_ms = self._take_ids(count)
+        bodies = push_bodies(session.sender.prefix + target.to_user_field, texts, first_id, now_ms, client_msg_ids)
+        owners = [target, session] if target is not session else [target]  # + the sender's copy
+        try:
+            if len(owners) == 1:
+                stored = [inbox.append_now(target.user_id, session.user_id, bodies, first_id, client_msg_ids)]
+            else:
+                stored = inbox.append_each_now([target.user_id, session.user_id], session.user_id, bodies, first_id,
+                                               client_msg_ids)
+        except Exception:  # a disk error
+            return False
+        metrics = self._metrics
+        metrics["messages_in"] += count
+        if stored[0].duplicates or stored[-1].duplicates:
+            metrics["messages_out"] += answer_resends(peer, owners, stored, client_msg_ids, first_id, metrics)
+            return True
+        push_live(target.streams, stored[0].bodies, stored[0].first_seq, target.receiver_entry, False, None, target.gap)
+        own_seq = 0
+        if len(owners) > 1:
+            copy = stored[1]
+            if push_live(session.streams, copy.bodies, copy.first_seq, session.receiver_entry, False, peer, session.gap):
+                own_seq = copy.first_seq
+        peer.send_receipts(client_msg_ids, first_id, Status.SUCCESS, own_seq, now_ms)
+        metrics["messages_out"] += count * len(owners)
         return True

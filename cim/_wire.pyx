@@ -209,7 +209,8 @@ def scan_plain_read(bytes data not None, Py_ssize_t max_frame, Py_ssize_t max_te
     cdef Py_ssize_t pos = 0, end = PyBytes_GET_SIZE(data), start, text_start, text_len
     cdef unsigned long long length, client_msg_id
     cdef long long receiver, destination = 0
-    cdef list texts = []
+    cdef bint answered = False  # the first message has a clientMsgId: so must every one
+    cdef list texts = [], client_msg_ids = []
     while pos < end:
         start = _read_varint(buf, pos, end, &length)
         if start < 0 or start - pos > _MAX_VARINT_BYTES or length == 0 or length > <unsigned long long>max_frame \
@@ -218,14 +219,18 @@ def scan_plain_read(bytes data not None, Py_ssize_t max_frame, Py_ssize_t max_te
         pos = start + <Py_ssize_t>length
         if not _plain_chat(buf, start, pos, max_text, &receiver, &text_start, &text_len, &client_msg_id):
             return None
-        if client_msg_id or receiver <= 0 or (destination and receiver != destination) \
-                or PyList_GET_SIZE(texts) == _MAX_RUN:
+        if receiver <= 0 or (destination and receiver != destination) or PyList_GET_SIZE(texts) == _MAX_RUN:
+            return None
+        if not destination:
+            answered = client_msg_id != 0
+        elif answered != (client_msg_id != 0):
             return None
         destination = receiver
         PyList_Append(texts, PyBytes_FromStringAndSize(<const char*>buf + text_start, text_len))
+        PyList_Append(client_msg_ids, client_msg_id)
     if not PyList_GET_SIZE(texts):
         return None
-    return destination, texts
+    return destination, texts, client_msg_ids
 
 
 def push_bodies(bytes prefix, list texts, unsigned long long first_id, long long timestamp_ms, list client_msg_ids):

@@ -162,12 +162,14 @@ def scan_chat_run(frames: list[bytes], start: int, max_text: int) -> tuple[int, 
     return end, max(destination, 0), texts, client_msg_ids
 
 
-def scan_plain_read(data: bytes, max_frame: int, max_text: int) -> tuple[int, list[bytes]] | None:
-    """``(receiver, texts)`` when ``data`` is nothing but whole frames (each of 1 to
-    ``max_frame`` bytes), each a plain chat message to one and the same user with no
-    clientMsgId, at most ``MAX_RUN`` of them; else None, and the read goes the general way
-    (a ``FrameDecoder``, then ``scan_chat_run``), which decides alike about every frame."""
+def scan_plain_read(data: bytes, max_frame: int, max_text: int) -> tuple[int, list[bytes], list[int]] | None:
+    """``(receiver, texts, client_msg_ids)`` when ``data`` is nothing but whole frames (each
+    of 1 to ``max_frame`` bytes), each a plain chat message to one and the same user, all
+    with a clientMsgId or all without (every id 0), at most ``MAX_RUN`` of them; else None,
+    and the read goes the general way (a ``FrameDecoder``, then ``scan_chat_run``), which
+    decides alike about every frame."""
     texts: list[bytes] = []
+    client_msg_ids: list[int] = []
     receiver = 0
     pos, end = 0, len(data)
     while pos < end:
@@ -176,11 +178,13 @@ def scan_plain_read(data: bytes, max_frame: int, max_text: int) -> tuple[int, li
             return None
         pos = start + length
         chat = _plain_chat(data[start:pos], max_text)
-        if chat is None or chat[2] or chat[0] <= 0 or (receiver and chat[0] != receiver) or len(texts) == MAX_RUN:
+        if chat is None or chat[0] <= 0 or (receiver and chat[0] != receiver) or len(texts) == MAX_RUN \
+                or (texts and bool(chat[2]) != bool(client_msg_ids[0])):
             return None
         receiver = chat[0]
         texts.append(chat[1])
-    return (receiver, texts) if texts else None
+        client_msg_ids.append(chat[2])
+    return (receiver, texts, client_msg_ids) if texts else None
 
 
 def push_bodies(prefix: bytes, texts: list[bytes], first_id: int, timestamp_ms: int,

@@ -16,7 +16,7 @@ The sender's copy: a send with clientMsgIds (a client that syncs its inbox: the 
 web client) is stored in the sender's own inbox too, the same body in the same append
 call, so every device of the sender gets it in order with everything else, and history
 has both sides of a conversation (on the embedded hot path the sending connection gets it as
-its receipt, which carries the copy's seq: ``cim.server.dispatch.push_and_answer``). A private
+its receipt, which carries the copy's seq: ``PrivateLane.deliver_answered``, ``cim.server.lane``). A private
 push carries ``toUserId``, and every push the sender's clientMsgId, so a device tells its own
 sends from its other devices' ones. A send without (CIM's client, the route's HTTP sends)
 keeps CIM's behaviour: no copy, nothing of

@@ -1,10 +1,11 @@
-"""The one-read lane (``cim.server.lane``): a read of plain messages with no clientMsgId
-to a user on this node, stored and pushed with no event.
+"""The private lane (``cim.server.lane``): a read of plain messages with no clientMsgId
+to a user on this node, stored and pushed with no event; messages with clientMsgIds
+stored with the sender's copy, pushed and answered in one step.
 
-Sans-I/O first, against both twins of ``PlainLane``, with a real session table, memory
+Sans-I/O first, against both twins of ``PrivateLane``, with a real session table, memory
 inbox, message ids and quotas, and peers that record what they are sent; then the
 connection's half (``ServerConnection.plain_read`` makes of a read exactly what
-``receive_data`` would); then CIM-style clients on real 127.0.0.1 sockets.
+``receive_data`` would); then CIM-style and SDK-style clients on real 127.0.0.1 sockets.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cim.backends import Stored
 from cim.backends.memory import MemoryInbox
 from cim.config import Config
 from cim.destinations import ToUser
 from cim.frame import FrameDecoder, encode_frame
 from cim.messages import MessageIds
-from cim.proto import MESSAGE, PING, BaseCommand, Request, Response
+from cim.proto import MESSAGE, PING, SEND_RECEIPT, BaseCommand, Request, Response
 from cim.protocols.client import ClientConnection
 from cim.protocols.connection import ChatMessages, Ping, ServerConnection
 from cim.server.quotas import PeerQuota, Quotas
@@ -36,19 +38,35 @@ from tests.test_sessions import RecordingPeer
 ALICE, BOB = 7, 8
 
 
+class AnsweredPeer(RecordingPeer):
+    """A RecordingPeer that keeps its receipts too."""
+
+    def __init__(self, user_id: int) -> None:
+        super().__init__(user_id)
+        self.receipts: list[tuple[Any, ...]] = []
+
+    def send_receipts(self, client_msg_ids: list[int], first_id: int, status: Status = Status.SUCCESS,
+                      first_seq: int = 0, timestamp_ms: int = 0) -> None:
+        self.receipts.append((list(client_msg_ids), first_id, status, first_seq, timestamp_ms))
+
+    def send_receipt(self, client_msg_id: int, status: Status, text: str, msg_id: int = 0) -> None:
+        self.receipts.append((client_msg_id, status, msg_id))
+
+
 class Here:
     """Alice and Bob logged in on one node, each with a live stream, and the lane's parts."""
 
     def __init__(self, lane: ModuleType, inbox: MemoryInbox | None = None, **config: Any) -> None:
-        self.table = SessionTable(gap=lambda stream: None)
-        self.alice, self.bob = RecordingPeer(ALICE), RecordingPeer(BOB)
+        self.gaps: list[int] = []
+        self.table = SessionTable(gap=lambda stream: self.gaps.append(stream.peer.user_id))
+        self.alice, self.bob = AnsweredPeer(ALICE), AnsweredPeer(BOB)
         for peer, name in ((self.alice, "alice"), (self.bob, "bob")):
             self.table.admit(peer)
             self.table.bind(peer, peer.user_id, name, "").catching_up = False
         self.config = Config(**config)
         self.inbox = inbox if inbox is not None else MemoryInbox(self.config)
         self.metrics: Counter[str] = Counter()
-        self.lane = lane.PlainLane(self.table.by_user, self.table.by_peer, self.inbox, MessageIds(1), self.metrics)
+        self.lane = lane.PrivateLane(self.table.by_user, self.table.by_peer, self.inbox, MessageIds(1), self.metrics)
 
     def quota(self, peer: RecordingPeer) -> PeerQuota:
         quota = Quotas(self.config, Counter(), lambda: 0.0).for_peer(peer)
@@ -62,7 +80,7 @@ class Here:
 
 async def test_a_read_to_a_user_here_is_stored_and_pushed_in_seq_order(lane: ModuleType) -> None:
     here = Here(lane)
-    assert here.lane.take(here.alice, None, BOB, [b"hi", b"there"], 1.0, 30)
+    assert here.lane.take(here.alice, None, BOB, [b"hi", b"there"], [0, 0], 1.0, 30)
     pushes = here.pushed_to(here.bob)
     assert [(p.resMsg, p.seq, p.properties[RECEIVE_USER_ID], p.properties[SEND_USER_ID]) for p in pushes] == [
         ("hi", 1, str(BOB), str(ALICE)), ("there", 2, str(BOB), str(ALICE))]
@@ -71,7 +89,7 @@ async def test_a_read_to_a_user_here_is_stored_and_pushed_in_seq_order(lane: Mod
     assert [(seq, Response.FromString(body).resMsg) for seq, body in page.entries] == [(1, "hi"), (2, "there")]
     assert here.alice.pushed == []  # nothing goes back to the sender: no receipt was asked for, and no copy
     assert here.metrics == Counter(messages_in=2, messages_out=2)
-    assert here.lane.take(here.alice, None, BOB, [b"again"], 1.0, 10)
+    assert here.lane.take(here.alice, None, BOB, [b"again"], [0], 1.0, 10)
     assert [p.seq for p in here.pushed_to(here.bob)] == [1, 2, 3]
 
 
@@ -79,10 +97,10 @@ async def test_a_read_that_cannot_go_this_way_takes_nothing(lane: ModuleType) ->
     here = Here(lane)
     stranger = RecordingPeer(9)
     here.table.admit(stranger)  # connected, not logged in
-    assert not here.lane.take(here.alice, None, 404, [b"x"], 1.0, 10)  # the receiver is not on this node
-    assert not here.lane.take(stranger, None, BOB, [b"x"], 1.0, 10)
-    elsewhere = lane.PlainLane(here.table.by_user, here.table.by_peer, None, MessageIds(1), here.metrics)
-    assert not elsewhere.take(here.alice, None, BOB, [b"x"], 1.0, 10)  # the inbox is not in this process
+    assert not here.lane.take(here.alice, None, 404, [b"x"], [0], 1.0, 10)  # the receiver is not on this node
+    assert not here.lane.take(stranger, None, BOB, [b"x"], [0], 1.0, 10)
+    elsewhere = lane.PrivateLane(here.table.by_user, here.table.by_peer, None, MessageIds(1), here.metrics)
+    assert not elsewhere.take(here.alice, None, BOB, [b"x"], [0], 1.0, 10)  # the inbox is not in this process
     assert here.bob.pushed == [] and here.metrics == Counter()
     assert (await here.inbox.read(BOB, 0, 10)).latest == 0
 
@@ -91,7 +109,7 @@ def test_the_quota_is_charged_as_the_screen_would_charge_it(lane: ModuleType) ->
     here = Here(lane, max_messages_per_second=5, max_bytes_per_second=1000)
     taken, screened = here.quota(here.alice), here.quota(RecordingPeer(ALICE))
     texts = [b"a", b"b", b"c"]
-    assert here.lane.take(here.alice, taken, BOB, texts, 0.5, 100)
+    assert here.lane.take(here.alice, taken, BOB, texts, [0] * len(texts), 0.5, 100)
     event = ChatMessages(list(texts), ToUser(BOB), [0, 0, 0])
     assert screened.screen([event], 0.5, 100) == [event]
     for kind in ("_messages", "_bytes"):
@@ -99,7 +117,7 @@ def test_the_quota_is_charged_as_the_screen_would_charge_it(lane: ModuleType) ->
             getattr(screened, kind).tokens, getattr(screened, kind).updated)
     # Over the rate: nothing is taken (the screen then refuses what is over, with receipts).
     before = [(bucket.tokens, bucket.updated) for bucket in (taken._messages, taken._bytes) if bucket is not None]
-    assert not here.lane.take(here.alice, taken, BOB, [b"m"] * 20, 0.5, 100)
+    assert not here.lane.take(here.alice, taken, BOB, [b"m"] * 20, [0] * 20, 0.5, 100)
     assert [(bucket.tokens, bucket.updated) for bucket in (taken._messages, taken._bytes) if bucket is not None] == before
     assert len(here.pushed_to(here.bob)) == 3
 
@@ -110,8 +128,70 @@ def test_an_inbox_failure_pushes_nothing_and_leaves_the_read_to_the_general_way(
             raise OSError("no space left on device")
 
     here = Here(lane, inbox=DiskFull())
-    assert not here.lane.take(here.alice, None, BOB, [b"x"], 1.0, 10)
+    assert not here.lane.take(here.alice, None, BOB, [b"x"], [0], 1.0, 10)
     assert here.bob.pushed == [] and here.metrics == Counter()
+
+
+# -- messages with clientMsgIds: the sender's copy, dedup, receipts ------------------
+
+async def test_answered_messages_are_stored_twice_pushed_once_and_answered_with_the_copys_seqs(lane: ModuleType) -> None:
+    here = Here(lane)
+    session, target = here.table.by_peer[here.alice], here.table.by_user[BOB]
+    assert here.lane.deliver_answered(here.alice, session, target, [b"hi", b"there"], [11, 12])
+    pushes = here.pushed_to(here.bob)
+    assert [(p.resMsg, p.seq, p.clientMsgId) for p in pushes] == [("hi", 1, 11), ("there", 2, 12)]
+    assert here.alice.pushed == []  # up to date: its receipts stand for the copy's push
+    ((ids, first_id, status, own_seq, timestamp_ms),) = here.alice.receipts
+    assert (ids, first_id, status, own_seq, timestamp_ms) == ([11, 12], pushes[0].msgId, Status.SUCCESS, 1,
+                                                              pushes[0].timestamp)
+    copies = await here.inbox.read(ALICE, 0, 10)
+    assert [(seq, Response.FromString(body).resMsg) for seq, body in copies.entries] == [(1, "hi"), (2, "there")]
+    assert here.metrics == Counter(messages_in=2, messages_out=4)
+
+
+async def test_a_resend_gets_its_first_msgid_and_only_what_is_new_is_pushed(lane: ModuleType) -> None:
+    here = Here(lane)
+    session, target = here.table.by_peer[here.alice], here.table.by_user[BOB]
+    assert here.lane.deliver_answered(here.alice, session, target, [b"hi"], [11])
+    first_id = here.alice.receipts[0][1]
+    here.alice.receipts.clear()
+    assert here.lane.deliver_answered(here.alice, session, target, [b"hi", b"new"], [11, 13])
+    assert [(p.resMsg, p.seq) for p in here.pushed_to(here.bob)] == [("hi", 1), ("new", 2)]
+    assert here.alice.receipts[0] == (11, Status.SUCCESS, first_id)  # the first time's id
+    assert here.alice.receipts[1][0] == 13 and here.alice.receipts[1][2] > first_id
+    assert here.gaps == [BOB, ALICE]  # both inboxes held the resend: each live stream catches up
+    assert (await here.inbox.read(BOB, 0, 10)).latest == 2 and (await here.inbox.read(ALICE, 0, 10)).latest == 2
+    assert here.metrics == Counter(messages_in=3, messages_out=4, duplicates=1)
+
+
+def test_a_message_to_oneself_is_pushed_to_the_sending_connection_once(lane: ModuleType) -> None:
+    here = Here(lane)
+    session = here.table.by_peer[here.alice]
+    assert here.lane.deliver_answered(here.alice, session, session, [b"note"], [21])
+    assert [(p.resMsg, p.seq) for p in here.pushed_to(here.alice)] == [("note", 1)]
+    assert here.alice.receipts[0][3] == 0  # the push, not the receipt, brought seq 1
+    assert here.metrics == Counter(messages_in=1, messages_out=1)
+
+
+def test_a_sending_connection_behind_its_inbox_is_offered_the_copy_and_answered_without_seqs(lane: ModuleType) -> None:
+    here = Here(lane)
+    session, target = here.table.by_peer[here.alice], here.table.by_user[BOB]
+    session.streams[0].catching_up = True  # a sync is reading Alice's inbox
+    assert here.lane.deliver_answered(here.alice, session, target, [b"hi"], [11])
+    assert here.alice.pushed == [] and session.streams[0].missed == 1  # the catch-up reads it
+    assert here.alice.receipts[0][3] == 0
+
+
+def test_an_answered_run_the_inbox_fails_is_left_to_the_general_way(lane: ModuleType) -> None:
+    class DiskFull(MemoryInbox):
+        def append_each_now(self, receiver_ids: list[int], sender_id: int, bodies: list[bytes], first_msg_id: int,
+                            client_msg_ids: list[int]) -> list[Stored]:
+            raise OSError("no space left on device")
+
+    here = Here(lane, inbox=DiskFull())
+    session, target = here.table.by_peer[here.alice], here.table.by_user[BOB]
+    assert not here.lane.deliver_answered(here.alice, session, target, [b"x"], [11])
+    assert here.bob.pushed == [] and here.alice.receipts == [] and here.metrics == Counter()
 
 
 # -- the connection's half -----------------------------------------------------------
@@ -148,18 +228,18 @@ def test_plain_read_makes_of_a_read_what_receive_data_makes_of_it(payloads: list
     conn = logged_in()
     events = conn.receive_data(data)
     if run is not None:
-        receiver, texts = run
-        assert events == [ChatMessages(texts, ToUser(receiver), [0] * len(texts))] and not conn.outgoing
+        receiver, texts, client_msg_ids = run
+        assert events == [ChatMessages(texts, ToUser(receiver), client_msg_ids)] and not conn.outgoing
     else:  # and what plain_read leaves is never a whole read of such messages, with nothing else to say
         assert not (len(events) == 1 and isinstance(events[0], ChatMessages) and isinstance(events[0].destination, ToUser)
                     and events[0].destination.user_id > 0  # "0" names no user: protobuf's way refuses it
-                    and not any(events[0].client_msg_ids) and not conn.outgoing and not conn._partial)
+                    and not conn.outgoing and not conn._partial)
 
 
 def test_plain_read_waits_for_a_frame_boundary_and_a_login() -> None:
     conn = logged_in()
     message = encode_frame(request("hi", str(BOB)))
-    assert conn.plain_read(message) == (BOB, [b"hi"])
+    assert conn.plain_read(message) == (BOB, [b"hi"], [0])
     assert conn.receive_data(message[:3]) == []  # part of a frame is held: the next read is no whole read
     assert conn.plain_read(message[3:] + message) is None
     assert ServerConnection(256, 64).plain_read(message) is None  # no login yet
@@ -205,3 +285,25 @@ async def test_a_cim_client_over_the_rate_gets_failure_receipts_and_the_rest_arr
         assert [p.seq for p in delivered] == list(range(1, len(delivered) + 1))
         await asyncio.sleep(0.1)
         assert (await b.ping(bob)).resMsg == "pong"  # and nothing more came
+
+
+async def test_sdk_style_messages_a_read_each_are_answered_with_their_copys_seqs_and_a_resend_goes_once() -> None:
+    async with running_stack() as running:
+        alice, a = await online(running, "alice")
+        bob, b = await online(running, "bob")
+        client = ClientConnection(alice, "alice")
+        for n in range(100):  # a read each, mostly, with clientMsgIds: the lane answers them
+            a.send_raw(client.message(f"m{n}", bob, client_msg_id=1000 + n))
+            await a.writer.drain()
+        receipts = [await a.next() for _ in range(100)]
+        assert [(r.cmd, r.code, r.clientMsgId, r.seq, r.properties[RECEIVE_USER_ID]) for r in receipts] == [
+            (SEND_RECEIPT, Status.SUCCESS.code, 1000 + n, n + 1, str(alice)) for n in range(100)]
+        a.send_raw(client.message("m0", bob, client_msg_id=1000))  # a resend of the first
+        again = await a.next()
+        assert (again.code, again.clientMsgId, again.msgId) == (Status.SUCCESS.code, 1000, receipts[0].msgId)
+        pushes = [await b.next() for _ in range(100)]
+        assert [(p.resMsg, p.seq, p.clientMsgId, p.msgId) for p in pushes] == [
+            (f"m{n}", n + 1, 1000 + n, receipts[n].msgId) for n in range(100)]
+        assert (await b.ping(bob)).resMsg == "pong"  # the resend was not pushed again
+        node = running.node
+        assert node is not None and (node.metrics["messages_in"], node.metrics["duplicates"]) == (101, 1)

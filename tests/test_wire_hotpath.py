@@ -111,7 +111,7 @@ requests = st.builds(
 )
 
 
-def general_way(data: bytes, max_frame: int, max_text: int) -> tuple[int, list[bytes]] | None:
+def general_way(data: bytes, max_frame: int, max_text: int) -> tuple[int, list[bytes], list[int]] | None:
     """What a FrameDecoder and scan_chat_run make of a read, as ``scan_plain_read`` answers it."""
     decoder = FrameDecoder(max_frame)
     try:
@@ -120,16 +120,20 @@ def general_way(data: bytes, max_frame: int, max_text: int) -> tuple[int, list[b
         return None
     end, receiver, texts, client_msg_ids = _wire_py.scan_chat_run(frames, 0, max_text)
     whole = frames and end == len(frames) and not decoder.buffered and all(frames)
-    return (receiver, texts) if whole and receiver and not any(client_msg_ids) else None
+    same_kind = all(client_msg_ids) or not any(client_msg_ids)  # all ask for receipts, or none does
+    return (receiver, texts, client_msg_ids) if whole and receiver and same_kind else None
 
 
 def test_a_read_of_plain_messages_to_one_user_is_taken_whole(wire: ModuleType) -> None:
     to_bob = [encode_frame(chat(text, "42")) for text in ("a", "b", "c")]
-    assert wire.scan_plain_read(b"".join(to_bob), 4096, MAX_TEXT) == (42, [b"a", b"b", b"c"])
+    assert wire.scan_plain_read(b"".join(to_bob), 4096, MAX_TEXT) == (42, [b"a", b"b", b"c"], [0, 0, 0])
+    answered = encode_frames([chat("a", "42", 5), chat("b", "42", 1 << 40)])  # the SDK's: receipts asked for
+    assert wire.scan_plain_read(answered, 4096, MAX_TEXT) == (42, [b"a", b"b"], [5, 1 << 40])
     anything_else = [
         b"",
         to_bob[0] + encode_frame(chat("d", "43")),  # two receivers
-        to_bob[0] + encode_frame(chat("d", "42", 5)),  # a clientMsgId: receipts are asked for
+        to_bob[0] + encode_frame(chat("d", "42", 5)),  # one asks for a receipt, one does not
+        encode_frame(chat("d", "42", 5)) + to_bob[0],
         encode_frame(chat("to all")),  # the group
         to_bob[0] + encode_frame(Request(requestId=7, reqMsg="ping", cmd=PING).SerializeToString()),
         to_bob[0][:-1],  # part of a frame

@@ -226,9 +226,9 @@ class ServerConnection:
             return PONG
         return None
 
-    def plain_read(self, data: bytes) -> tuple[int, list[bytes]] | None:
-        """``(receiver, texts)`` when ``data``, read at a frame boundary of an open connection, is
-        nothing but plain messages to one user with no clientMsgId (``scan_plain_read``): the one
+    def plain_read(self, data: bytes) -> tuple[int, list[bytes], list[int]] | None:
+        """``(receiver, texts, client_msg_ids)`` when ``data``, read at a frame boundary of an open
+        connection, is nothing but plain messages to one user (``scan_plain_read``): the one
         ``ChatMessages`` that ``receive_data`` would make of it, with no state changed. Else None."""
         if self.state is OPEN and not self._partial:
             return scan_plain_read(data, self.max_frame_size, self.max_message_bytes)

@@ -74,10 +74,14 @@ class TcpPeer(asyncio.Protocol):
                 self._write(pong)
                 return
         conn = self.conn
-        # CIM's client's messages, a read each, go by the lane (cim.server.lane) when they can.
-        if events.idle and (run := conn.plain_read(data)) is not None and events.take_plain(run[0], run[1], now, size):
-            return
-        events.feed(conn.receive_data(data), now, size)
+        # A read of messages to one user (CIM's client's, a read each; the SDK's, with
+        # clientMsgIds) goes by the lane (cim.server.lane) when it can, with no event.
+        run = conn.plain_read(data) if events.idle else None
+        if run is not None and events.take_plain(run[0], run[1], run[2], now, size):
+            if not conn.outgoing:  # CIM's client's: nothing to answer
+                return
+        else:
+            events.feed(conn.receive_data(data), now, size)
         # What the read produced (receipts, errors) is written at the end of the loop turn,
         # with the turn's pushes: writes bunched in time find their readers still awake from
         # the first one, and waking a reader is most of a loopback write's cost (p2p with a

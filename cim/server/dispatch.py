@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 from collections import Counter, deque
 
-from cim.backends import Backends, Stored
-from cim.delivery import Messenger, Sent
+from cim.backends import Backends
+from cim.delivery import Messenger
 from cim.destinations import ToEveryone, ToGroup, ToUser
 from cim.messages import MessageIds
 from cim.protocols.connection import (
@@ -29,15 +29,15 @@ from cim.protocols.connection import (
 from cim.server.catchup import Catchup
 from cim.server.cursors import Cursors
 from cim.server.history import answer_history
-from cim.server.lane import PlainLane
+from cim.server.lane import PrivateLane
 from cim.server.logins import Logins
 from cim.server.metrics import Latencies
 from cim.server.peer import Peer
 from cim.server.quotas import OverRate, Screened
-from cim.server.sessions import Session, SessionTable
+from cim.server.resends import answer_duplicates
+from cim.server.sessions import SessionTable
 from cim.server.tasks import BackgroundTasks
 from cim.status import CimError, Status
-from cim.wire import push_bodies
 
 log = logging.getLogger("cim.server")
 
@@ -63,42 +63,6 @@ def _take_event(backlog: deque[Screened]) -> Screened:
     return event
 
 
-def push_stored(owners: list[Session], stored: list[Stored]) -> int:
-    """Push what an append stored to each owner's connections here (a duplicate rings: its first
-    push may never have been written); how many messages were pushed."""
-    pushed = 0
-    for owner, each in zip(owners, stored, strict=True):
-        if each.bodies:
-            owner.push(each.bodies, each.first_seq)
-            pushed += len(each.bodies)
-        if each.duplicates:
-            owner.ring()
-    return pushed
-
-
-def push_and_answer(peer: Peer, owners: list[Session], stored: list[Stored], client_msg_ids: list[int],
-                    first_id: int, now_ms: int) -> int:
-    """Push a run stored without duplicates to its owners (the receiver; the sender, for the
-    sender's copy) and answer the sending connection; how many messages were pushed. When the
-    copy finds that connection up to date, its receipts stand for the copy's push: they carry
-    the seqs (and the timestamp), and one frame a message goes back instead of two."""
-    receiver = stored[0]
-    owners[0].push(receiver.bodies, receiver.first_seq)
-    own_seq = 0
-    if len(owners) > 1 and owners[1].push(stored[1].bodies, stored[1].first_seq, answered=peer):
-        own_seq = stored[1].first_seq
-    peer.send_receipts(client_msg_ids, first_id, Status.SUCCESS, own_seq, now_ms)
-    return len(receiver.bodies) * len(owners)
-
-
-def answer_duplicates(peer: Peer, client_msg_ids: list[int], sent: Sent, metrics: Counter[str]) -> None:
-    """Receipts for a run with resends of messages stored before: not stored again,
-    answered with the id they got the first time."""
-    metrics["duplicates"] += len(sent.duplicates)
-    for k, client_msg_id in enumerate(client_msg_ids):
-        peer.send_receipt(client_msg_id, sent.status, sent.status.message, sent.duplicates.get(k, sent.first_id + k))
-
-
 class Dispatcher:
     """What the node does with each event a peer's connection produces."""
 
@@ -119,10 +83,8 @@ class Dispatcher:
         # Bound once: the hot path below runs for every read of chat messages.
         self._by_user = sessions.by_user
         self._session_of = sessions.by_peer.get
-        self._take_ids = messenger.ids.take
-        inbox = backends.inbox
-        self._inbox_here = inbox if inbox.in_process else None
-        self.lane = PlainLane(sessions.by_user, sessions.by_peer, self._inbox_here, messenger.ids, metrics)  # no clientMsgId
+        inbox_here = backends.inbox if backends.inbox.in_process else None  # else no lane: the general way
+        self.lane = PrivateLane(sessions.by_user, sessions.by_peer, inbox_here, messenger.ids, metrics)
 
     def handle_now(self, peer: Peer, event: Screened) -> bool:
         """Settle an event synchronously when no I/O is needed; False defers it to ``handle``."""
@@ -132,33 +94,12 @@ class Dispatcher:
                 return False
             target = self._by_user.get(destination.user_id)
             session = self._session_of(peer)
-            inbox = self._inbox_here
-            if target is None or session is None or inbox is None:
+            if target is None or session is None:
                 return False
             texts, client_msg_ids = event.texts, event.client_msg_ids
             if not client_msg_ids[0]:  # no receipts asked for (CIM's client): no sender's copy, no dedup, no answer
                 return self.lane.deliver(session, target, texts, client_msg_ids)
-            count = len(texts)
-            first_id, now_ms = self._take_ids(count)
-            bodies = push_bodies(session.sender.prefix + target.to_user_field, texts, first_id, now_ms, client_msg_ids)
-            owners = [target, session] if target is not session else [target]  # + the sender's copy
-            try:
-                if len(owners) == 1:
-                    stored = [inbox.append_now(target.user_id, session.user_id, bodies, first_id, client_msg_ids)]
-                else:
-                    stored = inbox.append_each_now([target.user_id, session.user_id], session.user_id, bodies, first_id,
-                                                   client_msg_ids)
-            except Exception:  # the inbox failed (a disk error): ``handle`` tries again and answers
-                return False
-            metrics = self.metrics
-            metrics["messages_in"] += count
-            duplicates = stored[0].duplicates
-            if duplicates or stored[-1].duplicates:  # a resend: answered with the first ids, what is new pushed
-                answer_duplicates(peer, client_msg_ids, Sent(Status.SUCCESS, first_id, duplicates), metrics)
-                metrics["messages_out"] += push_stored(owners, stored)
-            else:
-                metrics["messages_out"] += push_and_answer(peer, owners, stored, client_msg_ids, first_id, now_ms)
-            return True
+            return self.lane.deliver_answered(peer, session, target, texts, client_msg_ids)
         if isinstance(event, Ping):
             peer.send_pong()
             return True

@@ -43,7 +43,8 @@ class OrderedEvents:
         self._dispatcher = dispatcher
         self._quota = quota  # None: no limit applies to this connection
         # EventSink.take_plain: the lane's, for this peer, with no call of its own in between.
-        self.take_plain: Callable[[int, list[bytes], float, int], bool] = partial(dispatcher.lane.take, peer, quota)
+        self.take_plain: Callable[[int, list[bytes], list[int], float, int], bool] = partial(
+            dispatcher.lane.take, peer, quota)
         self._backlog: Backlog | None = None
         self._drainer: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
         # Nothing received earlier is still being handled. An attribute, not a property:

@@ -96,10 +96,10 @@ class EventSink(Protocol):
         """The events of one read of ``size`` bytes at loop time ``now`` (what the
         connection's quota is charged; a read that was exactly a ping is not)."""
 
-    def take_plain(self, receiver: int, texts: list[bytes], now: float, size: int) -> bool:
-        """A read that was nothing but ``texts`` with no clientMsgId to ``receiver``
-        (``ServerConnection.plain_read``), made while ``idle``: settled at once, or False with
-        nothing taken, and its events are fed as any read's (``cim.server.lane``)."""
+    def take_plain(self, receiver: int, texts: list[bytes], client_msg_ids: list[int], now: float, size: int) -> bool:
+        """A read that was nothing but ``texts`` to ``receiver``, all with ``client_msg_ids``
+        or none (``ServerConnection.plain_read``), made while ``idle``: settled at once, or False
+        with nothing taken, and its events are fed as any read's (``cim.server.lane``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,14 +7,17 @@ that was written already (a sync got there first) is skipped, one that leaves a 
 (a lost or overtaken doorbell) starts a catch-up from the inbox instead
 (``cim.server.catchup``). While a catch-up runs, live pushes are not written but
 remembered (``missed``): the catch-up reads until it has passed them, so the seam
-between stored and live messages has no gap and no duplicate.
+between stored and live messages has no gap and no duplicate. ``Owner`` is what the
+hot path (``cim.server.lane``, ``cim.server.resends``) uses of the user the streams belong to.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
+from cim.messages import Sender
 from cim.server.peer import Peer
 from cim.wire import frame_sequenced
 
@@ -67,3 +70,23 @@ def offer(stream: Stream, bodies: list[bytes], first_seq: int, receiver_entry: b
     stream.peer.push(frame, at_once)
     stream.sent = last
     return None if skip else frame
+
+
+class Owner(Protocol):
+    """What the hot path uses of a logged-in user's ``cim.server.sessions.Session`` (which
+    pushes through ``cim.server.lane.push_live``, so the lane does not import it)."""
+
+    @property
+    def user_id(self) -> int: ...
+    @property
+    def sender(self) -> Sender: ...
+    @property
+    def receiver_entry(self) -> bytes: ...
+    @property
+    def to_user_field(self) -> bytes: ...
+    @property
+    def gap(self) -> GapHandler: ...
+    @property
+    def streams(self) -> list[Stream]: ...
+    def push(self, bodies: list[bytes], first_seq: int, at_once: bool = False, answered: Peer | None = None) -> bool: ...
+    def ring(self) -> None: ...
