@@ -209,10 +209,12 @@ class MemoryInbox(InProcessInbox):
                         client_msg_ids: list[int]) -> list[Stored]:
         if not bodies:
             return [Stored(0, bodies) for _ in receiver_ids]
-        tick = self._tick()
+        tick = int(self._clock() * self._ticks_per_second)  # _tick, inline: once per read of messages
         slots = self._slots
         firsts = self._append_runs(slots, receiver_ids, sender_id, bodies, first_msg_id, client_msg_ids, tick,
                                    self._limits)
+        if 0 not in firsts:  # every run stored whole (the sender's copy and its receiver: each read of the SDK's)
+            return [Stored(first, bodies) for first in firsts]
         return [Stored(first, bodies) if first
                 else self._append_each_message(slots[receiver_id], sender_id, bodies, client_msg_ids, first_msg_id, tick)
                 for receiver_id, first in zip(receiver_ids, firsts, strict=True)]
