@@ -63,6 +63,10 @@ cdef class PrivateLane:
             return False
         if quota is not None and not quota.fits(PyList_GET_SIZE(texts), now, size):
             return False
+        return self.settle(peer, session, target, texts, client_msg_ids)
+
+    cpdef bint settle(self, peer, session, target, list texts, list client_msg_ids) except -1:
+        """See the twin."""
         if <object>PyList_GET_ITEM(client_msg_ids, 0):
             return self.deliver_answered(peer, session, target, texts, client_msg_ids)
         return self._deliver(session, target, texts, client_msg_ids)

@@ -77,6 +77,12 @@ class PrivateLane:
             return False
         if quota is not None and not quota.fits(len(texts), now, size):
             return False
+        return self.settle(peer, session, target, texts, client_msg_ids)
+
+    def settle(self, peer: Peer, session: Owner, target: Owner, texts: list[bytes], client_msg_ids: list[int]) -> bool:
+        """Messages from ``session``, read on ``peer``, to ``target`` (both here), all with
+        clientMsgIds or none: ``deliver_answered`` or ``deliver``. The lane's ``take`` and the
+        dispatcher's way for the same messages as an event decide alike here."""
         if client_msg_ids[0]:
             return self.deliver_answered(peer, session, target, texts, client_msg_ids)
         return self.deliver(session, target, texts, client_msg_ids)

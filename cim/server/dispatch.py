@@ -96,10 +96,7 @@ class Dispatcher:
             session = self._session_of(peer)
             if target is None or session is None:
                 return False
-            texts, client_msg_ids = event.texts, event.client_msg_ids
-            if not client_msg_ids[0]:  # no receipts asked for (CIM's client): no sender's copy, no dedup, no answer
-                return self.lane.deliver(session, target, texts, client_msg_ids)
-            return self.lane.deliver_answered(peer, session, target, texts, client_msg_ids)
+            return self.lane.settle(peer, session, target, event.texts, event.client_msg_ids)
         if isinstance(event, Ping):
             peer.send_pong()
             return True

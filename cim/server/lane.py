@@ -7,14 +7,14 @@ nothing goes back to the sender, nothing is deduplicated. ``ServerConnection.pla
 recognises such a read whole (``cim.wire.scan_plain_read``), and ``PrivateLane.take`` settles
 it with no frame list, no event and no backlog: the connection's quota is charged as its
 screen would have been (``PeerQuota.fits``), and the messages go through
-``PrivateLane.deliver``, which is also the dispatcher's way for the same messages when they
+``PrivateLane.settle``, which is also the dispatcher's way for the same messages when they
 come as an event. So a read is decided alike whichever way it comes. Anything else (a
 receiver on another node, a backlog ahead of the read, a quota that does not fit, an inbox
 that is not in this process) is left to the general way, with nothing taken.
 
-Messages with clientMsgIds (the SDK's) come as events; the dispatcher hands those to a user
-here to ``PrivateLane.deliver_answered``: the receiver's inbox and the sender's copy, the pushes
-and the receipts in one compiled step (a run with resends: ``cim.server.resends``).
+Messages with clientMsgIds (the SDK's) take the same way, to ``PrivateLane.deliver_answered``:
+the receiver's inbox and the sender's copy, the pushes and the receipts in one compiled step
+(a run with resends: ``cim.server.resends``).
 
 Compiled (``cim/_lane.pyx``, twin ``cim/_lane_py.py``), chosen with the frame codec as
 ``cim.wire`` is.
