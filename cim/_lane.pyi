@@ -1,6 +1,7 @@
 from collections import Counter
 from collections.abc import Mapping
 
+from cim.backends import Stored
 from cim.backends.base import Inbox
 from cim.messages import MessageIds
 from cim.server.peer import Peer
@@ -9,6 +10,8 @@ from cim.server.streams import GapHandler, Owner, Stream
 
 def push_live(streams: list[Stream], bodies: list[bytes], first_seq: int, receiver_entry: bytes, at_once: bool,
               answered: Peer | None, gap: GapHandler) -> bool: ...
+
+def push_each(by_user: Mapping[int, Owner], user_ids: list[int], stored: list[Stored]) -> int: ...
 
 class PrivateLane:
     def __init__(self, by_user: Mapping[int, Owner], by_peer: Mapping[Peer, Owner], inbox: Inbox | None,

@@ -42,6 +42,26 @@ cpdef bint push_live(list streams, list bodies, unsigned long long first_seq, by
     return taken
 
 
+cpdef Py_ssize_t push_each(dict by_user, list user_ids, list stored) except -1:
+    cdef Py_ssize_t index, count = 0, size = PyList_GET_SIZE(user_ids)
+    cdef object session, each
+    cdef list bodies
+    if PyList_GET_SIZE(stored) != size:
+        raise ValueError(f"{size} receivers, {PyList_GET_SIZE(stored)} appends")
+    for index in range(size):
+        session = by_user.get(<object>PyList_GET_ITEM(user_ids, index))
+        if session is None:
+            continue
+        each = <object>PyList_GET_ITEM(stored, index)
+        bodies = each.bodies
+        if PyList_GET_SIZE(bodies):
+            push_live(session.streams, bodies, each.first_seq, session.receiver_entry, True, None, session.gap)
+            count += PyList_GET_SIZE(bodies)
+        if each.duplicates:
+            session.ring()
+    return count
+
+
 cdef class PrivateLane:
     """Private messages to a user here: stored, pushed and (when asked) answered in one step."""
 

@@ -4,6 +4,8 @@
   to each of the user's streams that is up to date, framed once (``Session.push``: every
   private message, every group message to each receiver); a stream behind or catching
   up is offered them (``cim.server.streams.offer``).
+* ``push_each`` pushes one append's runs, stored in many users' inboxes (a group message),
+  to those of them on this node, each at once (``Deliveries.deliver_each``).
 * ``PrivateLane`` stores and pushes private messages to a user on this node. With no
   clientMsgId (CIM's client writes each in a read of its own) there is nothing to answer
   and nothing to deduplicate: ``take`` settles such a read whole, with no event
@@ -19,6 +21,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 
+from cim.backends import Stored
 from cim.backends.base import Inbox
 from cim.messages import MessageIds
 from cim.server.peer import Peer
@@ -28,7 +31,7 @@ from cim.server.streams import GapHandler, Owner, Stream, offer
 from cim.status import Status
 from cim.wire import frame_sequenced, push_bodies
 
-__all__ = ["PrivateLane", "push_live"]
+__all__ = ["PrivateLane", "push_each", "push_live"]
 
 
 def push_live(streams: list[Stream], bodies: list[bytes], first_seq: int, receiver_entry: bytes, at_once: bool,
@@ -52,6 +55,29 @@ def push_live(streams: list[Stream], bodies: list[bytes], first_seq: int, receiv
         else:
             offer(stream, bodies, first_seq, receiver_entry, at_once, gap)
     return taken
+
+
+def push_each(by_user: Mapping[int, Owner], user_ids: list[int], stored: list[Stored]) -> int:
+    """What one append stored for each of ``user_ids`` (``stored``, in that order) pushed
+    at once to those of them with a session in ``by_user``; a run with duplicates rings its
+    user's streams as well (the first push of those may never have been written: the
+    sender's node died). Returns how many messages were pushed.
+
+    At once: one push per connection per turn is the common case, and uvloop writes on
+    ``transport.write``, so waiting for the end of the turn would buy nothing."""
+    if len(stored) != len(user_ids):
+        raise ValueError(f"{len(user_ids)} receivers, {len(stored)} appends")
+    count = 0
+    for user_id, each in zip(user_ids, stored, strict=True):
+        session = by_user.get(user_id)
+        if session is None:
+            continue
+        if bodies := each.bodies:
+            push_live(session.streams, bodies, each.first_seq, session.receiver_entry, True, None, session.gap)
+            count += len(bodies)
+        if each.duplicates:
+            session.ring()
+    return count
 
 
 class PrivateLane:

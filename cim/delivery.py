@@ -298,7 +298,8 @@ class Messenger:
         stored = await self.backends.inbox.append_each(receivers, sender_id, bodies, first_id, client_msg_ids)
         duplicates: dict[int, int] = {}
         for each in stored:
-            duplicates.update(each.duplicates)
+            if each.duplicates:
+                duplicates.update(each.duplicates)
         if local is not None and self.backends.store.in_process:
             local.deliver_each(receivers, stored)
         elif receivers:

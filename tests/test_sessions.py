@@ -13,6 +13,7 @@ from types import ModuleType
 import pytest
 
 import cim.server.sessions
+from cim.backends import Stored
 from cim.frame import FrameDecoder
 from cim.proto import Response
 from cim.server.sessions import Session, SessionTable
@@ -183,6 +184,30 @@ def test_a_sending_connection_behind_its_inbox_gets_its_copy_the_usual_way() -> 
     stream.catching_up = False
     assert session.push([body("mine")], 6, answered=peer) is False  # 4 and 5 not had yet: a gap
     assert gaps == [stream] and stream.sent == 3
+
+
+def test_one_appends_runs_go_to_each_user_here_at_once(lane: ModuleType) -> None:
+    """``push_each`` (a group message): each user here gets the run at their own seq, written
+    at once; a user not here is skipped (the run waits in their inbox); a run with duplicates
+    pushes what was new and rings the user's streams (the first push may never have left)."""
+    rings: list[Stream] = []
+    table = SessionTable(gap=rings.append)
+    alice, bob = RecordingPeer(7), RecordingPeer(8)
+    for peer, name in ((alice, "alice"), (bob, "bob")):
+        table.bind(peer, peer.user_id, name, "").catching_up = False
+    table.by_user[8].streams[0].sent = 4
+    run = [body("a"), body("b")]
+    stored = [Stored(1, run), Stored(1, run), Stored(5, run[1:], {0: 99})]
+    assert lane.push_each(table.by_user, [7, 404, 8], stored) == 3
+    assert seqs(alice) == [1, 2] and seqs(bob) == [5] and all(at_once for _, at_once in alice.pushed + bob.pushed)
+    assert rings == table.by_user[8].streams  # bob's run had a duplicate: his stream catches up
+    assert lane.push_each(table.by_user, [404], [Stored(1, run)]) == 0
+
+
+def test_push_each_refuses_receivers_and_appends_that_do_not_match(lane: ModuleType) -> None:
+    table = SessionTable(gap=lambda stream: None)
+    with pytest.raises(ValueError, match="2 receivers, 1 appends"):
+        lane.push_each(table.by_user, [7, 8], [Stored(1, [body("a")])])
 
 
 def test_busy_while_logging_in_and_while_logged_in() -> None:

@@ -17,6 +17,7 @@ from cim.backends import Stored
 from cim.frame import encode_frame
 from cim.proto import Delivery
 from cim.server.devices import on_kick
+from cim.server.lane import push_each
 from cim.server.metrics import Latencies
 from cim.server.sessions import Session, SessionTable
 from cim.wire import frame_sequenced
@@ -66,23 +67,11 @@ class Deliveries:
         return True
 
     def deliver_each(self, user_ids: list[int], stored: list[Stored]) -> None:
-        # at_once: one push per connection per turn is the common case, and uvloop
-        # writes on transport.write, so waiting for the end of the turn buys nothing.
-        by_user = self.sessions.by_user
-        pushed: list[bytes] = []
-        count = 0
-        for user_id, each in zip(user_ids, stored, strict=True):
-            session = by_user.get(user_id)
-            if session is None:
-                continue
-            if pushed := each.bodies:
-                session.push(pushed, each.first_seq, at_once=True)
-                count += len(pushed)
-            if each.duplicates:
-                session.ring()
+        """What one append stored for each of ``user_ids``, pushed to those here (``push_each``)."""
+        count = push_each(self.sessions.by_user, user_ids, stored)
         self.metrics["messages_out"] += count
         if count:
-            self.latencies.delivered(pushed)
+            self.latencies.delivered(next(each.bodies for each in stored if each.bodies))
 
     def on_delivery(self, payload: bytes) -> None:
         """A Delivery from the bus (runs on the loop)."""
