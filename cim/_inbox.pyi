@@ -1,5 +1,11 @@
 from cim._inbox_py import Pairs
 
+class Stored:
+    first_seq: int
+    bodies: list[bytes]
+    duplicates: dict[int, int]
+    def __init__(self, first_seq: int, bodies: list[bytes], duplicates: dict[int, int] | None = None) -> None: ...
+
 class Limits:
     window: int
     max_messages: int

@@ -8,12 +8,38 @@ by one and takes them back if one was seen before: a dict insert per message, wi
 no dict built per run.
 """
 
+cimport cython
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 
 from cim._inbox_py import Slot as _PureSlot
 
 # The twin's trim, in Python: it runs once per many appends (a slack past the cap, a new tick).
 _trim = _PureSlot.trim
+
+
+@cython.final
+@cython.no_gc  # not tracked by the collector: a list of bytes and a dict of ints make no cycle
+cdef class Stored:
+    """See the twin (a dataclass): the same fields, equality and repr."""
+
+    cdef public object first_seq
+    cdef public list bodies
+    cdef public dict duplicates
+
+    def __init__(self, first_seq, list bodies, dict duplicates=None):
+        self.first_seq = first_seq
+        self.bodies = bodies
+        self.duplicates = {} if duplicates is None else duplicates
+
+    def __eq__(self, other):
+        if type(other) is not Stored:
+            return NotImplemented
+        return (self.first_seq, self.bodies, self.duplicates) == (other.first_seq, other.bodies, other.duplicates)
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"Stored(first_seq={self.first_seq!r}, bodies={self.bodies!r}, duplicates={self.duplicates!r})"
 
 
 cdef class Limits:

@@ -16,10 +16,21 @@ starts a new clock tick.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from dataclasses import dataclass, field
 
 # sender -> {clientMsgId: the msgId it got}: one dedup generation of one receiver
 Pairs = dict[int, dict[int, int]]
 NO_PAIRS: dict[int, int] = {}
+
+
+@dataclass(slots=True)
+class Stored:
+    """What an append kept for one receiver (``cim.backends.base.Inbox``; compiled in
+    ``cim._inbox``: a group message makes one per receiver)."""
+
+    first_seq: int  # seq of bodies[0]; the j-th stored body has first_seq + j (0 when nothing stored)
+    bodies: list[bytes]  # the bodies stored, in order: the input minus duplicates (the same list object when none)
+    duplicates: dict[int, int] = field(default_factory=dict)  # input index -> the msgId that pair got first
 
 
 class Limits:

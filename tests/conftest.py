@@ -60,6 +60,7 @@ wire = _twins("wire", "cim._wire", "message wire")
 ratelimit = _twins("ratelimit", "cim._ratelimit", "token bucket")
 lane = _twins("lane", "cim._lane", "stored messages' pushes")
 ids = _twins("ids", "cim._ids", "message id")
+inbox_core = _twins("inbox_core", "cim._inbox", "memory inbox core")
 
 
 # -- real services and in-process stacks --------------------------------------------

@@ -376,3 +376,17 @@ TestMemoryInbox = MemoryInboxMachine.TestCase
 TestMemoryInbox.settings = settings(max_examples=200, stateful_step_count=60, deadline=None)
 TestCompiledMemoryInbox = CompiledMemoryInboxMachine.TestCase
 TestCompiledMemoryInbox.settings = TestMemoryInbox.settings
+
+
+def test_both_twins_of_stored_have_one_interface(inbox_core: ModuleType) -> None:
+    """What an append answers (``cim.backends.Stored``: compiled when built) in both twins:
+    the fields, a fresh duplicates map each, equality by value, the dataclass's repr."""
+    stored = inbox_core.Stored
+    bodies = [b"a"]
+    made = stored(3, bodies)
+    assert (made.first_seq, made.bodies, made.duplicates) == (3, bodies, {}) and made.bodies is bodies
+    assert made == stored(3, [b"a"], {}) and made != stored(3, [b"a"], {0: 9}) and made != (3, bodies, {})
+    assert stored(1, []).duplicates is not stored(1, []).duplicates
+    assert repr(stored(1, [b"x"], {0: 5})) == "Stored(first_seq=1, bodies=[b'x'], duplicates={0: 5})"
+    with pytest.raises(TypeError):
+        hash(made)

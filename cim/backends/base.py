@@ -30,7 +30,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from cim.frame import IMPLEMENTATION
 from cim.server_info import ServerInfo
+
+if IMPLEMENTATION == "python":
+    from cim._inbox_py import Stored as Stored
+else:
+    # Compiled: a group message makes one per receiver. Another class than the pure twin's to
+    # mypy, which types the name as that one's; tests/test_inbox.py holds both to one interface.
+    from cim._inbox import Stored as Stored  # type: ignore[assignment]
 
 
 class Accounts(ABC):
@@ -124,15 +132,6 @@ class Presence(ABC):
     @abstractmethod
     async def allocate_node_number(self) -> int:
         """A number unique among live nodes, for cluster-unique message ids."""
-
-
-@dataclass(slots=True)
-class Stored:
-    """What an append kept for one receiver."""
-
-    first_seq: int  # seq of bodies[0]; the j-th stored body has first_seq + j (0 when nothing stored)
-    bodies: list[bytes]  # the bodies stored, in order: the input minus duplicates (the same list object when none)
-    duplicates: dict[int, int] = field(default_factory=dict)  # input index -> the msgId that pair got first
 
 
 @dataclass(slots=True)
