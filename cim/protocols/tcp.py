@@ -71,7 +71,7 @@ class TcpPeer(asyncio.Protocol):
         if size <= MAX_PING_FRAME and events.idle and not self._queued:  # nothing earlier waits
             pong = self.conn.answer_ping(data)
             if pong is not None:
-                self._write(pong)
+                self.push(pong, at_once=True)
                 return
         conn = self.conn
         # A read of messages to one user (CIM's client's, a read each; the SDK's, with
@@ -110,7 +110,13 @@ class TcpPeer(asyncio.Protocol):
 
     def push(self, frame: bytes, at_once: bool = False) -> None:
         if at_once and not self._queued:
-            self._write(frame)
+            # Write now: uvloop writes at once, so this is one syscall; nothing queued
+            # before ``frame`` is overtaken. (Inline: every delivery of a group message.)
+            transport = self.transport
+            if transport is not None and not self.closed:
+                transport.write(frame)
+                if self.paused_at is not None:
+                    self._cut_if_swamped(transport)
             return
         self.conn.send_push(frame)
         if not self._queued:
@@ -165,22 +171,12 @@ class TcpPeer(asyncio.Protocol):
         conn = self.conn
         data = conn.data_to_send()
         if data:
-            transport.write(data)  # as _write does, without the second call: once per read
+            transport.write(data)  # as push does at once: once per read
             if self.paused_at is not None:
                 self._cut_if_swamped(transport)
         if conn.state is CLOSED:
             self.closed = True
             transport.close()
-
-    def _write(self, data: bytes) -> None:
-        """Write now: uvloop writes at once, so this is one syscall. Only called with
-        nothing queued before ``data``, so nothing is overtaken."""
-        transport = self.transport
-        if transport is None or self.closed:
-            return
-        transport.write(data)
-        if self.paused_at is not None:
-            self._cut_if_swamped(transport)
 
     def _cut_if_swamped(self, transport: asyncio.Transport) -> None:
         """A paused writer (a slow reader) whose buffer still grows far past the mark is cut off."""
