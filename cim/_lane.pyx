@@ -22,7 +22,7 @@ cdef object _SUCCESS = Status.SUCCESS
 
 cpdef bint push_live(list streams, list bodies, unsigned long long first_seq, bytes receiver_entry, bint at_once,
                      object answered, object gap) except -1:
-    cdef object frame = None, stream, peer
+    cdef object frame = None, stream, peer, write
     cdef bint taken = False
     cdef Py_ssize_t index
     cdef unsigned long long last = first_seq + PyList_GET_SIZE(bodies) - 1
@@ -35,7 +35,11 @@ cpdef bint push_live(list streams, list bodies, unsigned long long first_seq, by
             else:
                 if frame is None:
                     frame = frame_sequenced(bodies, first_seq, receiver_entry)
-                peer.push(frame, at_once)
+                write = peer.write_now if at_once else None
+                if write is not None:
+                    write(frame)  # what push would do, with no call of its own (Peer.write_now)
+                else:
+                    peer.push(frame, at_once)
             stream.sent = last
         else:
             offer(stream, bodies, first_seq, receiver_entry, at_once, gap)

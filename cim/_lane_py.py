@@ -50,7 +50,11 @@ def push_live(streams: list[Stream], bodies: list[bytes], first_seq: int, receiv
             else:
                 if frame is None:
                     frame = frame_sequenced(bodies, first_seq, receiver_entry)
-                stream.peer.push(frame, at_once)
+                peer = stream.peer
+                if at_once and (write := peer.write_now) is not None:
+                    write(frame)  # what push would do, with no call of its own (Peer.write_now)
+                else:
+                    peer.push(frame, at_once)
             stream.sent = first_seq + len(bodies) - 1
         else:
             offer(stream, bodies, first_seq, receiver_entry, at_once, gap)

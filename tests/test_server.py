@@ -250,6 +250,35 @@ async def test_slow_consumer_is_cut_off_and_others_go_on() -> None:
         await running.stop()
 
 
+async def test_a_slow_consumer_of_group_messages_is_cut_off_too() -> None:
+    """Group messages are written at once (``Peer.write_now``); over the write buffer's mark
+    they queue instead, and the flush that writes them, or the slow-consumer timer, cuts bob."""
+    config = stack_config(write_buffer_high=16 * 1024, slow_consumer_timeout=0.3, max_messages_per_second=0,
+                          max_bytes_per_second=0)
+    running = await start(config, {"server", "route"}, MemoryHub())
+    try:
+        node = running.node
+        assert node is not None
+        alice, a = await online(running, "alice")
+        bob, slow = await online(running, "bob")  # bob never reads from here on
+        text = "x" * 4000
+        for i in range(4000):
+            a.send(reqMsg=text, cmd=BaseCommand.MESSAGE)  # to everyone online: bob
+            if i % 100 == 0:
+                await a.writer.drain()
+                await asyncio.sleep(0)
+                if node.metrics["slow_consumer_cuts"]:
+                    break
+        await eventually(lambda: node.metrics["slow_consumer_cuts"], 4)
+        assert node.metrics["slow_consumer_cuts"] == 1
+        await eventually(lambda: bob not in node.sessions.by_user, 2)
+        carol, c = await online(running, "carol")
+        a.send(reqMsg="still here?", cmd=BaseCommand.MESSAGE)
+        assert (await c.next()).resMsg == "still here?"
+    finally:
+        await running.stop()
+
+
 async def test_restarted_node_clears_logins_left_under_its_id() -> None:
     # A worker killed and restarted by its supervisor comes back under the same id,
     # possibly before any route noticed it was gone: it must clear what its

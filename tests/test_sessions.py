@@ -8,6 +8,7 @@ against both twins of ``push_live``, through which a session pushes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
 
 import pytest
@@ -39,6 +40,7 @@ class RecordingPeer:
         self.closed = False
         self.pushed: list[tuple[bytes, bool]] = []
         self.ended: list[tuple[str, bool]] = []
+        self.write_now: Callable[[bytes], None] | None = None  # set: at-once pushes come to it, not to push
 
     def push(self, frame: bytes, at_once: bool = False) -> None:
         self.pushed.append((frame, at_once))
@@ -202,6 +204,21 @@ def test_one_appends_runs_go_to_each_user_here_at_once(lane: ModuleType) -> None
     assert seqs(alice) == [1, 2] and seqs(bob) == [5] and all(at_once for _, at_once in alice.pushed + bob.pushed)
     assert rings == table.by_user[8].streams  # bob's run had a duplicate: his stream catches up
     assert lane.push_each(table.by_user, [404], [Stored(1, run)]) == 0
+
+
+def test_an_at_once_push_goes_to_the_peers_write_now_when_it_has_one(lane: ModuleType) -> None:
+    """``Peer.write_now`` is what ``push(frame, at_once=True)`` would call: the lane calls it itself
+    while the peer has one, and pushes as usual when it has none (queued frames, closed, paused)
+    or the push is not at once."""
+    table, session, stream, peer = live()
+    written: list[bytes] = []
+    peer.write_now = written.append
+    session.push([body("a")], 4, at_once=True)
+    session.push([body("b")], 5)  # not at once: coalesced with the turn's other frames, by push
+    peer.write_now = None
+    session.push([body("c")], 6, at_once=True)
+    assert [Response.FromString(f).seq for frame in written for f in FrameDecoder().feed(frame)] == [4]
+    assert seqs(peer) == [5, 6] and [at_once for _, at_once in peer.pushed] == [False, True]
 
 
 def test_push_each_refuses_receivers_and_appends_that_do_not_match(lane: ModuleType) -> None:

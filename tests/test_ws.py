@@ -168,6 +168,21 @@ async def test_private_chat_between_ws_and_tcp_sdk_users_both_ways(ws_stack: Run
     assert [(m.text, m.from_this_device) for m in alice_got if m.outgoing] == [("hi bob, from a websocket", True)]
 
 
+async def test_group_chat_reaches_ws_and_tcp_sdk_users_in_order(ws_stack: Running) -> None:
+    """A group message is pushed at once to each receiver (``Peer.push(at_once=True)``): over
+    WebSocket, as binary messages like every other frame."""
+    alice_id, bob_id, carol_id = [await register_user(ws_stack, name) for name in ("alice", "bob", "carol")]
+    alice_got: list[Message] = []
+    carol_got: list[Message] = []
+    async with sdk(ws_stack, alice_id, "alice", alice_got, transport="ws"), \
+            sdk(ws_stack, carol_id, "carol", carol_got, transport="ws"), sdk(ws_stack, bob_id, "bob", []) as bob:
+        for k in range(20):
+            assert (await bob.send_group(f"g{k}")).code == 9000
+        await eventually(lambda: len(alice_got) == 20 and len(carol_got) == 20)
+    for got in (alice_got, carol_got):
+        assert [(m.sender_id, m.text) for m in got] == [(bob_id, f"g{k}") for k in range(20)]
+
+
 async def test_a_ws_sdk_client_reconnects_and_syncs_what_came_meanwhile_once_in_order(ws_stack: Running) -> None:
     alice_id, bob_id = await register_user(ws_stack, "alice"), await register_user(ws_stack, "bob")
     got: list[Message] = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import cast
 
 from cim.protocols.connection import CLOSED, MAX_PING_FRAME, ServerConnection
@@ -24,7 +25,7 @@ class TcpPeer(asyncio.Protocol):
     # Slots: one of these per connection (100k per node).
     __slots__ = (
         "host", "conn", "events", "transport", "ip", "connected_at", "last_seen", "paused_at", "closed", "_queued",
-        "_resume_reading", "send_receipts",
+        "_resume_reading", "send_receipts", "write_now", "_write_direct",
     )
 
     def __init__(self, host: PeerHost) -> None:
@@ -43,6 +44,12 @@ class TcpPeer(asyncio.Protocol):
         self.closed = False
         self._queued = False  # has frames waiting for the end-of-turn flush
         self._resume_reading: asyncio.TimerHandle | None = None  # reading paused over the bytes rate
+        # Peer.write_now: _write_direct while a frame may go straight out (open, nothing queued
+        # ahead of it, the buffer under its high mark), else None. Kept as each of those changes,
+        # so an at-once push (every delivery of a group message) is one attribute read and a
+        # call into the transport, with no Python frame of ours in between.
+        self.write_now: Callable[[bytes], None] | None = None
+        self._write_direct: Callable[[bytes], None] | None = None
 
     @property
     def user_id(self) -> int:
@@ -58,6 +65,8 @@ class TcpPeer(asyncio.Protocol):
         self.connected_at = self.last_seen = self.host.loop.time()
         high = self.host.settings.write_buffer_high
         transport.set_write_buffer_limits(high=high, low=high // 4)
+        self._write_direct = self._direct_writer(transport)
+        self.write_now = self._write_direct
         self.events = self.host.admit(self)
 
     def data_received(self, data: bytes) -> None:
@@ -88,20 +97,23 @@ class TcpPeer(asyncio.Protocol):
         # receipt per message: +14 % msgs/s against writing after each read). A read that
         # produced nothing to write here (CIM's client sending: no receipts) queues nothing.
         if not self._queued and (conn.outgoing or conn.state is CLOSED):
-            self._queued = True
-            host.flush_at_end_of_turn(self)
+            self._queue_flush()
 
     def pause_writing(self) -> None:
         self.paused_at = self.host.loop.time()
+        self.write_now = None  # pushes queue: the flush that writes them checks for a swamped buffer
         self.host.writing_paused(self)
 
     def resume_writing(self) -> None:
         self.paused_at = None
+        if not self._queued:
+            self._open_writes()
         self.host.writing_resumed(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.transport = None
+        self.write_now = None
         if self._resume_reading is not None:
             self._resume_reading.cancel()
         self.host.lost(self)
@@ -109,19 +121,27 @@ class TcpPeer(asyncio.Protocol):
     # -- Peer ------------------------------------------------------------------------
 
     def push(self, frame: bytes, at_once: bool = False) -> None:
-        if at_once and not self._queued:
-            # Write now: uvloop writes at once, so this is one syscall; nothing queued
-            # before ``frame`` is overtaken. (Inline: every delivery of a group message.)
-            transport = self.transport
-            if transport is not None and not self.closed:
-                transport.write(frame)
-                if self.paused_at is not None:
-                    self._cut_if_swamped(transport)
+        if at_once and (write := self.write_now) is not None:
+            write(frame)  # uvloop writes at once: one syscall
             return
         self.conn.send_push(frame)
         if not self._queued:
-            self._queued = True
-            self.host.flush_at_end_of_turn(self)
+            self._queue_flush()
+
+    def _queue_flush(self) -> None:
+        """Frames wait in the connection for the end-of-turn flush: none may overtake them."""
+        self._queued = True
+        self.write_now = None
+        self.host.flush_at_end_of_turn(self)
+
+    def _direct_writer(self, transport: asyncio.Transport) -> Callable[[bytes], None]:
+        """How framed bytes go to the client: TCP carries them as they are."""
+        return transport.write
+
+    def _open_writes(self) -> None:
+        """Nothing is queued any more: at-once pushes go straight out again, if they may."""
+        if self.transport is not None and not self.closed and self.paused_at is None:
+            self.write_now = self._write_direct
 
     def send_pong(self) -> None:
         self.conn.send_pong()
@@ -160,6 +180,7 @@ class TcpPeer(asyncio.Protocol):
     def abort(self, reason: str) -> None:
         log.warning("disconnecting user %s: %s", self.user_id, reason)
         self.closed = True
+        self.write_now = None
         if self.transport is not None:
             self.transport.abort()
 
@@ -177,6 +198,7 @@ class TcpPeer(asyncio.Protocol):
         if conn.state is CLOSED:
             self.closed = True
             transport.close()
+        self._open_writes()
 
     def _cut_if_swamped(self, transport: asyncio.Transport) -> None:
         """A paused writer (a slow reader) whose buffer still grows far past the mark is cut off."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from http import HTTPStatus
 
 from websockets.frames import Frame, Opcode
@@ -92,8 +93,7 @@ class WsPeer(TcpPeer):
                 self.events.feed(events, now, len(data))
         # The library's own answers (handshake, pong, close) go out with the turn's writes.
         if not self._queued:
-            self._queued = True
-            host.flush_at_end_of_turn(self)
+            self._queue_flush()
 
     def _messages(self, received: list[HttpRequest | HttpResponse | Frame]) -> list[Event]:
         """The events of the complete messages received, in order; a text message is refused alone."""
@@ -189,16 +189,13 @@ class WsPeer(TcpPeer):
             transport.close()
         elif (ws.close_expected() or conn.state is State.CLOSED) and self._close_timer is None:
             self._close_timer = self.host.loop.call_later(CLOSE_TIMEOUT, self._drop)
+        self._open_writes()
 
     def _drop(self) -> None:
         """The client did not finish the closing handshake (or never sent its upgrade request) in time."""
         self._close_timer = None
         self.abort("WebSocket closing handshake timed out")
 
-    def _write(self, data: bytes) -> None:
-        transport = self.transport
-        if transport is None or self._close_written:
-            return
-        transport.write(ws_messages(data))
-        if self.paused_at is not None:
-            self._cut_if_swamped(transport)
+    def _direct_writer(self, transport: asyncio.Transport) -> Callable[[bytes], None]:
+        """Framed bytes go to the client as binary messages (``Peer.write_now`` is this while open)."""
+        return lambda data: transport.write(ws_messages(data))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -49,6 +50,12 @@ class Peer(Protocol):
         """Send framed pushes: coalesced with whatever else this peer gets this loop
         turn, or with ``at_once`` written now unless pushes are already queued (then
         behind them, so nothing is overtaken)."""
+
+    @property
+    def write_now(self) -> Callable[[bytes], None] | None:
+        """What ``push(frame, at_once=True)`` calls when it writes at once, for the hot path
+        (``cim.server.lane``) to call itself; None while it would not (frames are queued
+        ahead, the connection is closed, the write buffer is over its mark)."""
 
     def send_pong(self) -> None: ...
 
