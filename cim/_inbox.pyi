@@ -1,10 +1,12 @@
+from collections.abc import Callable, Mapping
+
 from cim._inbox_py import Pairs
 
 class Stored:
     first_seq: int
     bodies: list[bytes]
-    duplicates: dict[int, int]
-    def __init__(self, first_seq: int, bodies: list[bytes], duplicates: dict[int, int] | None = None) -> None: ...
+    duplicates: Mapping[int, int]
+    def __init__(self, first_seq: int, bodies: list[bytes], duplicates: Mapping[int, int] = ...) -> None: ...
 
 class Limits:
     window: int
@@ -31,4 +33,5 @@ def keep_in(slots: dict[int, Slot], receiver_id: int, bodies: list[bytes], tick:
 def append_run(slot: Slot, sender_id: int, bodies: list[bytes], first_msg_id: int, client_msg_ids: list[int],
                tick: int, limits: Limits) -> int: ...
 def append_runs(slots: dict[int, Slot], receiver_ids: list[int], sender_id: int, bodies: list[bytes],
-                first_msg_id: int, client_msg_ids: list[int], tick: int, limits: Limits) -> list[int]: ...
+                first_msg_id: int, client_msg_ids: list[int], tick: int, limits: Limits,
+                each_message: Callable[[Slot], Stored]) -> list[Stored]: ...

@@ -11,7 +11,9 @@ no dict built per run.
 cimport cython
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 
+from cim._inbox_py import NO_DUPLICATES
 from cim._inbox_py import Slot as _PureSlot
+from cim._inbox_py import Stored as _PureStored
 
 # The twin's trim, in Python: it runs once per many appends (a slack past the cap, a new tick).
 _trim = _PureSlot.trim
@@ -20,19 +22,15 @@ _trim = _PureSlot.trim
 @cython.final
 @cython.no_gc  # not tracked by the collector: a list of bytes and a dict of ints make no cycle
 cdef class Stored:
-    """See the twin (a dataclass): the same fields, equality and repr."""
+    """See the twin (a dataclass): the same fields, equality and repr (declared in ``_inbox.pxd``)."""
 
-    cdef public object first_seq
-    cdef public list bodies
-    cdef public dict duplicates
-
-    def __init__(self, first_seq, list bodies, dict duplicates=None):
+    def __init__(self, first_seq, list bodies, duplicates=NO_DUPLICATES):
         self.first_seq = first_seq
         self.bodies = bodies
-        self.duplicates = {} if duplicates is None else duplicates
+        self.duplicates = duplicates
 
     def __eq__(self, other):
-        if type(other) is not Stored:
+        if type(other) is not Stored and type(other) is not _PureStored:  # a twin's equals by value too
             return NotImplemented
         return (self.first_seq, self.bodies, self.duplicates) == (other.first_seq, other.bodies, other.duplicates)
 
@@ -161,12 +159,13 @@ def append_run(Slot slot, sender_id, list bodies, long long first_msg_id, list c
 
 
 def append_runs(dict slots, list receiver_ids, sender_id, list bodies, long long first_msg_id, list client_msg_ids,
-                long long tick, Limits limits):
-    """``append_run`` for each receiver (a group send; a slot is made for a receiver
-    without one): per receiver the seq of the run's first message, or 0."""
-    cdef list firsts = []
+                long long tick, Limits limits, each_message):
+    """See the twin."""
+    cdef list stored = []
     cdef list msg_ids = list(range(first_msg_id, first_msg_id + len(client_msg_ids)))
     cdef Slot slot
+    cdef Stored whole
+    cdef long long first
     for receiver_id in receiver_ids:
         found = slots.get(receiver_id)
         if found is None:
@@ -174,5 +173,13 @@ def append_runs(dict slots, list receiver_ids, sender_id, list bodies, long long
             slots[receiver_id] = slot
         else:
             slot = <Slot>found
-        firsts.append(_append_run(slot, sender_id, bodies, msg_ids, client_msg_ids, tick, limits))
-    return firsts
+        first = _append_run(slot, sender_id, bodies, msg_ids, client_msg_ids, tick, limits)
+        if first:
+            whole = Stored.__new__(Stored)  # no __init__ call: one of these per receiver
+            whole.first_seq = first
+            whole.bodies = bodies
+            whole.duplicates = NO_DUPLICATES
+            stored.append(whole)
+        else:
+            stored.append(each_message(slot))
+    return stored

@@ -16,11 +16,15 @@ starts a new clock tick.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 # sender -> {clientMsgId: the msgId it got}: one dedup generation of one receiver
 Pairs = dict[int, dict[int, int]]
 NO_PAIRS: dict[int, int] = {}
+# The duplicates of a run stored whole (nearly every one): one shared map, read-only.
+NO_DUPLICATES: Mapping[int, int] = MappingProxyType({})
 
 
 @dataclass(slots=True)
@@ -30,7 +34,7 @@ class Stored:
 
     first_seq: int  # seq of bodies[0]; the j-th stored body has first_seq + j (0 when nothing stored)
     bodies: list[bytes]  # the bodies stored, in order: the input minus duplicates (the same list object when none)
-    duplicates: dict[int, int] = field(default_factory=dict)  # input index -> the msgId that pair got first
+    duplicates: Mapping[int, int] = field(default_factory=lambda: NO_DUPLICATES)  # input index -> the msgId that pair got first
 
 
 class Limits:
@@ -139,13 +143,16 @@ def append_run(slot: Slot, sender_id: int, bodies: list[bytes], first_msg_id: in
 
 
 def append_runs(slots: dict[int, Slot], receiver_ids: list[int], sender_id: int, bodies: list[bytes],
-                first_msg_id: int, client_msg_ids: list[int], tick: int, limits: Limits) -> list[int]:
+                first_msg_id: int, client_msg_ids: list[int], tick: int, limits: Limits,
+                each_message: Callable[[Slot], Stored]) -> list[Stored]:
     """``append_run`` for each receiver (a group send; a slot is made for a receiver
-    without one): per receiver the seq of the run's first message, or 0."""
-    firsts = []
+    without one): per receiver what was stored, the run whole, or, where ``append_run``
+    left it, what ``each_message`` (the message-by-message look) stored of it."""
+    stored = []
     for receiver_id in receiver_ids:
         slot = slots.get(receiver_id)
         if slot is None:
             slot = slots[receiver_id] = Slot()
-        firsts.append(append_run(slot, sender_id, bodies, first_msg_id, client_msg_ids, tick, limits))
-    return firsts
+        first = append_run(slot, sender_id, bodies, first_msg_id, client_msg_ids, tick, limits)
+        stored.append(Stored(first, bodies) if first else each_message(slot))
+    return stored

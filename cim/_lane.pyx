@@ -9,6 +9,8 @@ bytecodes a step, on the path every private message takes.
 
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 
+from cim._inbox cimport Stored
+
 from cim.server.resends import answer_resends
 from cim.server.streams import offer
 from cim.status import Status
@@ -47,8 +49,10 @@ cpdef bint push_live(list streams, list bodies, unsigned long long first_seq, by
 
 
 cpdef Py_ssize_t push_each(dict by_user, list user_ids, list stored) except -1:
+    # The compiled Stored (the compiled inbox's: chosen with this twin), its fields read as a struct's.
     cdef Py_ssize_t index, count = 0, size = PyList_GET_SIZE(user_ids)
-    cdef object session, each
+    cdef object session
+    cdef Stored each
     cdef list bodies
     if PyList_GET_SIZE(stored) != size:
         raise ValueError(f"{size} receivers, {PyList_GET_SIZE(stored)} appends")
@@ -56,7 +60,7 @@ cpdef Py_ssize_t push_each(dict by_user, list user_ids, list stored) except -1:
         session = by_user.get(<object>PyList_GET_ITEM(user_ids, index))
         if session is None:
             continue
-        each = <object>PyList_GET_ITEM(stored, index)
+        each = <Stored?><object>PyList_GET_ITEM(stored, index)
         bodies = each.bodies
         if PyList_GET_SIZE(bodies):
             push_live(session.streams, bodies, each.first_seq, session.receiver_entry, True, None, session.gap)

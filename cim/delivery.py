@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
@@ -76,7 +77,7 @@ class Sent:
 
     status: Status
     first_id: int
-    duplicates: dict[int, int] = field(default_factory=dict)
+    duplicates: Mapping[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -380,13 +380,37 @@ TestCompiledMemoryInbox.settings = TestMemoryInbox.settings
 
 def test_both_twins_of_stored_have_one_interface(inbox_core: ModuleType) -> None:
     """What an append answers (``cim.backends.Stored``: compiled when built) in both twins:
-    the fields, a fresh duplicates map each, equality by value, the dataclass's repr."""
+    the fields, no duplicates as one shared read-only map, equality by value, the dataclass's repr."""
     stored = inbox_core.Stored
     bodies = [b"a"]
     made = stored(3, bodies)
     assert (made.first_seq, made.bodies, made.duplicates) == (3, bodies, {}) and made.bodies is bodies
     assert made == stored(3, [b"a"], {}) and made != stored(3, [b"a"], {0: 9}) and made != (3, bodies, {})
-    assert stored(1, []).duplicates is not stored(1, []).duplicates
+    assert stored(1, []).duplicates is stored(2, []).duplicates is inbox_core.NO_DUPLICATES
+    assert made == cim._inbox_py.Stored(3, [b"a"]) == made  # across the twins too (a pure core's in a compiled build)
+    with pytest.raises(TypeError):
+        made.duplicates[0] = 1  # shared by every run stored whole: never written
     assert repr(stored(1, [b"x"], {0: 5})) == "Stored(first_seq=1, bodies=[b'x'], duplicates={0: 5})"
     with pytest.raises(TypeError):
         hash(made)
+
+
+def test_append_runs_stores_each_receivers_run_whole_or_hands_it_to_the_look_message_by_message(
+        inbox_core: ModuleType) -> None:
+    """A group send's appends (both twins): a Stored per receiver in order, the run whole at that
+    receiver's seq (a slot made for one without); a receiver who has a pair of the run already
+    goes to ``each_message`` with their slot, and what it answers is theirs."""
+    limits = inbox_core.Limits(100, 1000, 1000)
+    slots = {1: inbox_core.Slot(), 2: inbox_core.Slot()}
+    assert inbox_core.append_runs(slots, [1], 9, [b"old"], 50, [7], 0, limits, None)[0].first_seq == 1
+    looked: list[object] = []
+    answer = inbox_core.Stored(0, [], {0: 50})
+
+    def each_message(slot: object) -> object:
+        looked.append(slot)
+        return answer
+
+    bodies = [b"x", b"y"]
+    stored = inbox_core.append_runs(slots, [2, 3, 1], 9, bodies, 60, [7, 8], 0, limits, each_message)
+    assert [(each.first_seq, each.bodies, dict(each.duplicates)) for each in stored[:2]] == [(1, bodies, {}), (1, bodies, {})]
+    assert stored[0].bodies is bodies and stored[2] is answer and looked == [slots[1]] and 3 in slots

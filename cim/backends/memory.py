@@ -210,14 +210,10 @@ class MemoryInbox(InProcessInbox):
         if not bodies:
             return [Stored(0, bodies) for _ in receiver_ids]
         tick = int(self._clock() * self._ticks_per_second)  # _tick, inline: once per read of messages
-        slots = self._slots
-        firsts = self._append_runs(slots, receiver_ids, sender_id, bodies, first_msg_id, client_msg_ids, tick,
-                                   self._limits)
-        if 0 not in firsts:  # every run stored whole (the sender's copy and its receiver: each read of the SDK's)
-            return [Stored(first, bodies) for first in firsts]
-        return [Stored(first, bodies) if first
-                else self._append_each_message(slots[receiver_id], sender_id, bodies, client_msg_ids, first_msg_id, tick)
-                for receiver_id, first in zip(receiver_ids, firsts, strict=True)]
+        stored: list[Stored] = self._append_runs(
+            self._slots, receiver_ids, sender_id, bodies, first_msg_id, client_msg_ids, tick, self._limits,
+            lambda slot: self._append_each_message(slot, sender_id, bodies, client_msg_ids, first_msg_id, tick))
+        return stored
 
     def _append_each_message(self, slot: Slot, sender_id: int, bodies: list[bytes], ids: list[int],
                              first_msg_id: int, tick: int) -> Stored:
