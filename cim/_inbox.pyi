@@ -8,6 +8,8 @@ class Stored:
     duplicates: Mapping[int, int]
     def __init__(self, first_seq: int, bodies: list[bytes], duplicates: Mapping[int, int] = ...) -> None: ...
 
+def merged_duplicates(stored: list[Stored]) -> dict[int, int]: ...
+
 class Limits:
     window: int
     max_messages: int

@@ -40,6 +40,16 @@ cdef class Stored:
         return f"Stored(first_seq={self.first_seq!r}, bodies={self.bodies!r}, duplicates={self.duplicates!r})"
 
 
+def merged_duplicates(list stored):
+    """See the twin."""
+    cdef dict merged = {}
+    cdef Stored each
+    for each in stored:
+        if each.duplicates is not NO_DUPLICATES and each.duplicates:
+            merged.update(each.duplicates)
+    return merged
+
+
 cdef class Limits:
     """What the appends keep: the dedup window, the count cap (and where a trim is due) and the max age in ticks."""
 

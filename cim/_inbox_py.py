@@ -37,6 +37,16 @@ class Stored:
     duplicates: Mapping[int, int] = field(default_factory=lambda: NO_DUPLICATES)  # input index -> the msgId that pair got first
 
 
+def merged_duplicates(stored: list[Stored]) -> dict[int, int]:
+    """The duplicates of every receiver's run in one map (input index -> the msgId that pair
+    got first): what a group send answers its sender (``cim.delivery``)."""
+    merged: dict[int, int] = {}
+    for each in stored:
+        if each.duplicates:
+            merged.update(each.duplicates)
+    return merged
+
+
 class Limits:
     """What the appends keep: the dedup window, the count cap (and where a trim is due) and the max age in ticks."""
 

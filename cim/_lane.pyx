@@ -70,6 +70,20 @@ cpdef Py_ssize_t push_each(dict by_user, list user_ids, list stored) except -1:
     return count
 
 
+cpdef Py_ssize_t push_runs(dict by_user, list user_ids, list bodies, list first_seqs) except -1:
+    cdef Py_ssize_t index, here = 0, size = PyList_GET_SIZE(user_ids)
+    cdef object session
+    if PyList_GET_SIZE(first_seqs) != size:
+        raise ValueError(f"{size} receivers, {PyList_GET_SIZE(first_seqs)} seqs")
+    for index in range(size):
+        session = by_user.get(<object>PyList_GET_ITEM(user_ids, index))
+        if session is not None:
+            push_live(session.streams, bodies, <object>PyList_GET_ITEM(first_seqs, index), session.receiver_entry, True,
+                      None, session.gap)
+            here += 1
+    return here
+
+
 cdef class PrivateLane:
     """Private messages to a user here: stored, pushed and (when asked) answered in one step."""
 

@@ -84,6 +84,21 @@ def push_each(by_user: Mapping[int, Owner], user_ids: list[int], stored: list[St
     return count
 
 
+def push_runs(by_user: Mapping[int, Owner], user_ids: list[int], bodies: list[bytes], first_seqs: list[int]) -> int:
+    """One run of messages stored in the inbox of each of ``user_ids``, the k-th user's from
+    ``first_seqs[k]`` on (a doorbell from the bus, ``cim.server.intake``), pushed at once to
+    those of them with a session in ``by_user``. Returns how many users were pushed to."""
+    if len(first_seqs) != len(user_ids):
+        raise ValueError(f"{len(user_ids)} receivers, {len(first_seqs)} seqs")
+    here = 0
+    for user_id, first_seq in zip(user_ids, first_seqs, strict=True):
+        session = by_user.get(user_id)
+        if session is not None:
+            push_live(session.streams, bodies, first_seq, session.receiver_entry, True, None, session.gap)
+            here += 1
+    return here
+
+
 class PrivateLane:
     """Private messages to a user here: stored, pushed and (when asked) answered in one step."""
 

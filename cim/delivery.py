@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
-from cim.backends import Backends, Stored
+from cim.backends import Backends, Stored, merged_duplicates
 from cim.destinations import EVERYONE, Destination, Later, Now, ToEveryone, ToGroup, ToUser
 from cim.messages import MessageIds, Sender, group_prefix, to_user_field
 from cim.proto import Delivery
@@ -260,8 +260,9 @@ class Messenger:
             online = local.local_user_ids()  # the store is this process's: this node is the only one
         else:
             online = await self.backends.presence.online_user_ids()
-        receivers = [user_id for user_id in online if user_id != sender.id]
-        return await self._fan_out(sender.prefix, sender.id, receivers, texts, client_msg_ids, msg_id, copy)
+        if sender.id in online:  # a list of its own, each user once: no loop in Python over thousands
+            online.remove(sender.id)
+        return await self._fan_out(sender.prefix, sender.id, online, texts, client_msg_ids, msg_id, copy)
 
     async def _group_receivers(self, sender: Sender, group_id: str) -> list[int]:
         """The members of a named group but the sender; CimError for a group that does not
@@ -297,10 +298,7 @@ class Messenger:
         first_id, now_ms = self._take_ids(len(texts), msg_id)
         bodies = push_bodies(prefix, texts, first_id, now_ms, client_msg_ids)
         stored = await self.backends.inbox.append_each(receivers, sender_id, bodies, first_id, client_msg_ids)
-        duplicates: dict[int, int] = {}
-        for each in stored:
-            if each.duplicates:
-                duplicates.update(each.duplicates)
+        duplicates = merged_duplicates(stored)
         if local is not None and self.backends.store.in_process:
             local.deliver_each(receivers, stored)
         elif receivers:

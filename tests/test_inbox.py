@@ -414,3 +414,10 @@ def test_append_runs_stores_each_receivers_run_whole_or_hands_it_to_the_look_mes
     stored = inbox_core.append_runs(slots, [2, 3, 1], 9, bodies, 60, [7, 8], 0, limits, each_message)
     assert [(each.first_seq, each.bodies, dict(each.duplicates)) for each in stored[:2]] == [(1, bodies, {}), (1, bodies, {})]
     assert stored[0].bodies is bodies and stored[2] is answer and looked == [slots[1]] and 3 in slots
+
+
+def test_a_group_sends_duplicates_are_merged_over_its_receivers(inbox_core: ModuleType) -> None:
+    stored = inbox_core.Stored
+    runs = [stored(4, [b"a", b"b"]), stored(0, [], {0: 70, 1: 71}), stored(9, [b"b"], {0: 70})]
+    assert inbox_core.merged_duplicates(runs) == {0: 70, 1: 71}
+    assert inbox_core.merged_duplicates(runs[:1]) == {} and inbox_core.merged_duplicates([]) == {}

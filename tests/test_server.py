@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -14,6 +15,7 @@ from cim.client.sdk import RETRYABLE
 from cim.messages import Sender
 from cim.proto import BaseCommand, Delivery
 from cim.protocols.client import ClientConnection
+from cim.protocols.tcp import TcpPeer
 from cim.run import Running, start
 from cim.status import Status
 from cim.testing.services import redis_server
@@ -277,6 +279,62 @@ async def test_a_slow_consumer_of_group_messages_is_cut_off_too() -> None:
         assert (await c.next()).resMsg == "still here?"
     finally:
         await running.stop()
+
+
+class RecordingTransport:
+    """What a TcpPeer uses of its transport, each write kept."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.aborted = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 50000) if name == "peername" else default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None: ...
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def close(self) -> None: ...
+
+
+async def test_a_tcp_peer_writes_at_once_only_while_open_with_nothing_queued_and_under_its_mark(stack: Running) -> None:
+    """``Peer.write_now`` (what at-once pushes call, the lane too) is the transport's write only
+    while no frame waits for the end-of-turn flush (it would be overtaken), the write buffer is
+    under its mark (the flush checks for a slow consumer) and the connection is open."""
+    assert stack.node is not None
+    transport = RecordingTransport()
+    peer = TcpPeer(stack.node)
+    peer.connection_made(transport)  # type: ignore[arg-type]  # what a peer uses of a transport
+
+    def write_now() -> Callable[[bytes], None] | None:
+        return peer.write_now
+
+    assert write_now() == transport.write
+    peer.push(b"a", at_once=True)
+    peer.push(b"b")  # not at once: waits for the turn's end, and nothing may overtake it
+    assert write_now() is None
+    peer.push(b"c", at_once=True)
+    assert transport.written == [b"a"]
+    await asyncio.sleep(0)
+    assert transport.written == [b"a", b"bc"] and write_now() == transport.write
+    peer.pause_writing()
+    assert write_now() is None
+    peer.push(b"d", at_once=True)
+    await asyncio.sleep(0)
+    assert transport.written[-1] == b"d" and write_now() is None  # flushed, still over the mark
+    peer.resume_writing()
+    assert write_now() == transport.write
+    peer.abort("test: cut")
+    assert write_now() is None and transport.aborted
+    peer.connection_lost(None)
 
 
 async def test_restarted_node_clears_logins_left_under_its_id() -> None:

@@ -221,6 +221,23 @@ def test_an_at_once_push_goes_to_the_peers_write_now_when_it_has_one(lane: Modul
     assert seqs(peer) == [5, 6] and [at_once for _, at_once in peer.pushed] == [False, True]
 
 
+def test_a_doorbells_run_goes_to_each_user_here_at_their_seq(lane: ModuleType) -> None:
+    """``push_runs`` (a doorbell off the bus): the one run to each user here from their own seq,
+    at once; a user not here is skipped; a stream behind its inbox catches up instead (a gap)."""
+    gaps: list[Stream] = []
+    table = SessionTable(gap=gaps.append)
+    alice, bob = RecordingPeer(7), RecordingPeer(8)
+    for peer, name in ((alice, "alice"), (bob, "bob")):
+        table.bind(peer, peer.user_id, name, "").catching_up = False
+    table.by_user[7].streams[0].sent = 2
+    run = [body("a"), body("b")]
+    assert lane.push_runs(table.by_user, [7, 404, 8], run, [3, 1, 4]) == 2
+    assert seqs(alice) == [3, 4] and all(at_once for _, at_once in alice.pushed)
+    assert bob.pushed == [] and gaps == table.by_user[8].streams  # bob has had nothing up to 3: he catches up
+    with pytest.raises(ValueError, match="2 receivers, 1 seqs"):
+        lane.push_runs(table.by_user, [7, 8], run, [5])
+
+
 def test_push_each_refuses_receivers_and_appends_that_do_not_match(lane: ModuleType) -> None:
     table = SessionTable(gap=lambda stream: None)
     with pytest.raises(ValueError, match="2 receivers, 1 appends"):

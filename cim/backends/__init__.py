@@ -23,9 +23,10 @@ from cim.backends.base import (
     Presence,
     Store,
     Stored,
+    merged_duplicates,
 )
 
 __all__ = [
     "Accounts", "Backends", "Bus", "Delays", "DeviceLogin", "Discovery", "GroupFull", "GroupInfo", "Groups", "Inbox", "Page",
-    "Presence", "Store", "Stored",
+    "Presence", "Store", "Stored", "merged_duplicates",
 ]

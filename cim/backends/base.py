@@ -35,10 +35,12 @@ from cim.server_info import ServerInfo
 
 if IMPLEMENTATION == "python":
     from cim._inbox_py import Stored as Stored
+    from cim._inbox_py import merged_duplicates as merged_duplicates
 else:
     # Compiled: a group message makes one per receiver. Another class than the pure twin's to
     # mypy, which types the name as that one's; tests/test_inbox.py holds both to one interface.
     from cim._inbox import Stored as Stored  # type: ignore[assignment]
+    from cim._inbox import merged_duplicates as merged_duplicates  # type: ignore[assignment]
 
 
 class Accounts(ABC):
@@ -122,8 +124,9 @@ class Presence(ABC):
 
     @abstractmethod
     async def online_user_ids(self) -> list[int]:
-        """Every user with a confirmed device, by incremental iteration (SCAN on Redis, never
-        KEYS, which would block the server). Names are the Accounts'."""
+        """Every user with a confirmed device, each once, in a list of the caller's own, by
+        incremental iteration (SCAN on Redis, never KEYS, which would block the server). Names
+        are the Accounts'."""
 
     @abstractmethod
     async def clear_server(self, server_id: str) -> list[int]:

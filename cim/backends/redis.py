@@ -529,7 +529,7 @@ class RedisPresence(_RedisKeys, Presence):
             cursor, keys = await self._b.call("SCAN", cursor, "MATCH", head + "*" + tail, "COUNT", 1000)
             users += [int(key.decode()[len(head) : -len(tail)]) for key in keys]
             if cursor in (b"0", 0):
-                return users
+                return list(dict.fromkeys(users))  # SCAN may return a key twice
 
     async def clear_server(self, server_id: str) -> list[int]:
         gone: list[int] = []

@@ -186,6 +186,7 @@ class TcpPeer(asyncio.Protocol):
 
     def flush(self) -> None:
         self._queued = False
+        self.write_now = None  # until the end: this may close the connection
         transport = self.transport
         if transport is None or self.closed:
             return

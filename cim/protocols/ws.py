@@ -164,6 +164,7 @@ class WsPeer(TcpPeer):
 
     def flush(self) -> None:
         self._queued = False
+        self.write_now = None  # until the end: this may close the connection
         transport = self.transport
         if transport is None:
             return

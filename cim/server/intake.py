@@ -17,7 +17,7 @@ from cim.backends import Stored
 from cim.frame import encode_frame
 from cim.proto import Delivery
 from cim.server.devices import on_kick
-from cim.server.lane import push_each
+from cim.server.lane import push_each, push_runs
 from cim.server.metrics import Latencies
 from cim.server.sessions import Session, SessionTable
 from cim.wire import frame_sequenced
@@ -99,12 +99,7 @@ class Deliveries:
                 if (session := by_user.get(user_id)) is not None:
                     session.ring()
             return
-        pushed = 0
-        for user_id, first_seq in zip(delivery.receiverIds, delivery.firstSeqs, strict=True):
-            session = by_user.get(user_id)
-            if session is not None:
-                session.push(bodies, first_seq, at_once=True)
-                pushed += 1
+        pushed = push_runs(by_user, list(delivery.receiverIds), bodies, list(delivery.firstSeqs))
         self.metrics["messages_out"] += pushed * len(bodies)
         if pushed:
             self.latencies.delivered(bodies)

@@ -1,7 +1,8 @@
 """Role: the node's hot path from a stored message to its pushes: ``push_live`` (a user's
-streams), ``push_each`` (one append's runs to many users here: a group message) and
-``PrivateLane`` (private messages to a user on this node, stored, pushed and, when the sender
-asked, answered in one step).
+streams), ``push_each`` (one append's runs to many users here: a group message),
+``push_runs`` (a run to many users here from a doorbell off the bus) and ``PrivateLane``
+(private messages to a user on this node, stored, pushed and, when the sender asked,
+answered in one step).
 
 CIM's client writes each message in a read of its own, to one user, with no clientMsgId:
 nothing goes back to the sender, nothing is deduplicated. ``ServerConnection.plain_read``
@@ -26,10 +27,10 @@ from __future__ import annotations
 from cim.frame import IMPLEMENTATION
 
 if IMPLEMENTATION == "python":
-    from cim._lane_py import PrivateLane, push_each, push_live
+    from cim._lane_py import PrivateLane, push_each, push_live, push_runs
 else:
     # Another class than the pure twin's to mypy, which types the names as that one's: the
     # two share one interface, and tests/test_lane.py holds both to it.
-    from cim._lane import PrivateLane, push_each, push_live  # type: ignore[assignment]
+    from cim._lane import PrivateLane, push_each, push_live, push_runs  # type: ignore[assignment]
 
-__all__ = ["IMPLEMENTATION", "PrivateLane", "push_each", "push_live"]
+__all__ = ["IMPLEMENTATION", "PrivateLane", "push_each", "push_live", "push_runs"]
