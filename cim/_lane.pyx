@@ -10,11 +10,13 @@ bytecodes a step, on the path every private message takes.
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 
 from cim._inbox cimport Stored
+from cim._stream cimport SessionCore, Stream
+from cim._wire cimport frame_sequenced
 
 from cim.server.resends import answer_resends
 from cim.server.streams import offer
 from cim.status import Status
-from cim.wire import frame_sequenced, push_bodies
+from cim.wire import push_bodies
 
 # The metrics' names as C globals: no constant lookup per message.
 cdef str _MESSAGES_IN = "messages_in"
@@ -22,14 +24,16 @@ cdef str _MESSAGES_OUT = "messages_out"
 cdef object _SUCCESS = Status.SUCCESS
 
 
-cpdef bint push_live(list streams, list bodies, unsigned long long first_seq, bytes receiver_entry, bint at_once,
+cpdef bint push_live(list streams, list bodies, long long first_seq, bytes receiver_entry, bint at_once,
                      object answered, object gap) except -1:
-    cdef object frame = None, stream, peer, write
+    # The compiled Stream and SessionCore (cim._stream, chosen with this twin): struct fields.
+    cdef object frame = None, peer, write
+    cdef Stream stream
     cdef bint taken = False
     cdef Py_ssize_t index
-    cdef unsigned long long last = first_seq + PyList_GET_SIZE(bodies) - 1
+    cdef long long last = first_seq + PyList_GET_SIZE(bodies) - 1
     for index in range(PyList_GET_SIZE(streams)):
-        stream = <object>PyList_GET_ITEM(streams, index)
+        stream = <Stream?><object>PyList_GET_ITEM(streams, index)
         if not stream.catching_up and stream.sent + 1 == first_seq:  # the common case, inline
             peer = stream.peer
             if peer is answered:
@@ -51,33 +55,37 @@ cpdef bint push_live(list streams, list bodies, unsigned long long first_seq, by
 cpdef Py_ssize_t push_each(dict by_user, list user_ids, list stored) except -1:
     # The compiled Stored (the compiled inbox's: chosen with this twin), its fields read as a struct's.
     cdef Py_ssize_t index, count = 0, size = PyList_GET_SIZE(user_ids)
-    cdef object session
+    cdef object found
+    cdef SessionCore session
     cdef Stored each
     cdef list bodies
     if PyList_GET_SIZE(stored) != size:
         raise ValueError(f"{size} receivers, {PyList_GET_SIZE(stored)} appends")
     for index in range(size):
-        session = by_user.get(<object>PyList_GET_ITEM(user_ids, index))
-        if session is None:
+        found = by_user.get(<object>PyList_GET_ITEM(user_ids, index))
+        if found is None:
             continue
+        session = <SessionCore?>found
         each = <Stored?><object>PyList_GET_ITEM(stored, index)
         bodies = each.bodies
         if PyList_GET_SIZE(bodies):
             push_live(session.streams, bodies, each.first_seq, session.receiver_entry, True, None, session.gap)
             count += PyList_GET_SIZE(bodies)
         if each.duplicates:
-            session.ring()
+            found.ring()
     return count
 
 
 cpdef Py_ssize_t push_runs(dict by_user, list user_ids, list bodies, list first_seqs) except -1:
     cdef Py_ssize_t index, here = 0, size = PyList_GET_SIZE(user_ids)
-    cdef object session
+    cdef object found
+    cdef SessionCore session
     if PyList_GET_SIZE(first_seqs) != size:
         raise ValueError(f"{size} receivers, {PyList_GET_SIZE(first_seqs)} seqs")
     for index in range(size):
-        session = by_user.get(<object>PyList_GET_ITEM(user_ids, index))
-        if session is not None:
+        found = by_user.get(<object>PyList_GET_ITEM(user_ids, index))
+        if found is not None:
+            session = <SessionCore?>found
             push_live(session.streams, bodies, <object>PyList_GET_ITEM(first_seqs, index), session.receiver_entry, True,
                       None, session.gap)
             here += 1

@@ -269,7 +269,7 @@ def push_bodies(bytes prefix, list texts, unsigned long long first_id, long long
     return bodies
 
 
-def frame_sequenced(list bodies, unsigned long long first_seq, bytes suffix):
+cpdef bytes frame_sequenced(list bodies, unsigned long long first_seq, bytes suffix):
     cdef Py_ssize_t suffix_len = PyBytes_GET_SIZE(suffix), total = 0, pos = 0, k = 0, n
     cdef unsigned long long seq
     cdef bytes body

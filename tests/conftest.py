@@ -61,6 +61,7 @@ ratelimit = _twins("ratelimit", "cim._ratelimit", "token bucket")
 lane = _twins("lane", "cim._lane", "stored messages' pushes")
 ids = _twins("ids", "cim._ids", "message id")
 inbox_core = _twins("inbox_core", "cim._inbox", "memory inbox core")
+stream_core = _twins("stream_core", "cim._stream", "stream and session fields")
 
 
 # -- real services and in-process stacks --------------------------------------------

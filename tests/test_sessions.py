@@ -251,3 +251,32 @@ def test_busy_while_logging_in_and_while_logged_in() -> None:
     assert not table.busy(7)
     table.bind(RecordingPeer(7), 7, "alice", "")
     assert table.busy(7)
+
+
+def test_both_twins_of_stream_and_session_core_have_one_interface(stream_core: ModuleType) -> None:
+    """``cim.server.streams.Stream`` and ``SessionCore`` (compiled when built): the fields and
+    their defaults, the cursor, identity for equality and hashing, a subclass's methods."""
+    peer = RecordingPeer(7)
+    stream = stream_core.Stream(peer, "phone")
+    assert (stream.peer, stream.device_id, stream.sent, stream.catching_up, stream.missed, stream.acked) == (
+        peer, "phone", 0, True, 0, 0)
+    assert (stream.cursor_written, stream.syncs, stream.login_seq, stream.replayed, stream.receipts) == (0, False, 0, 0, False)
+    stream.sent, stream.catching_up = 9, False
+    assert stream.cursor == 9  # a client that never acks (CIM's) has what was written to it
+    stream.syncs = True
+    assert stream.cursor == 0
+    stream.acked = 5
+    assert stream.cursor == 5
+    other = stream_core.Stream(peer, "phone")
+    assert stream != other and stream == stream and len({stream, other}) == 2
+
+    class Core(stream_core.SessionCore):  # type: ignore[name-defined,misc]  # a module fixture's class
+        __slots__ = ()
+
+        def first_peer(self) -> object:
+            return self.streams[0].peer
+
+    core = Core(7, None, b"entry", b"to", print)
+    assert (core.user_id, core.receiver_entry, core.to_user_field, core.gap, core.streams) == (7, b"entry", b"to", print, [])
+    core.streams.append(stream)
+    assert core.first_peer() is peer and core.streams is not Core(8, None, b"", b"", print).streams

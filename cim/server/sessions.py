@@ -10,25 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 from cim.messages import Sender, receiver_entry, to_user_field
 from cim.server.lane import push_live
 from cim.server.peer import Peer
-from cim.server.streams import GapHandler, Stream
+from cim.server.streams import GapHandler, SessionCore, Stream
 
 
-@dataclass(slots=True, eq=False)
-class Session:
+class Session(SessionCore):
     """A user logged in on this node, with what every push to or from them needs,
-    serialized once at login."""
+    serialized once at login (the fields: ``SessionCore``)."""
 
-    user_id: int
-    sender: Sender  # this user as a sender
-    receiver_entry: bytes  # the receiveUserId entry each push to this user ends with
-    to_user_field: bytes  # the toUserId of private pushes to this user (cim.messages.to_user_field)
-    gap: GapHandler  # a stream that a push found behind its inbox: catch it up
-    streams: list[Stream] = field(default_factory=list)
+    __slots__ = ()
 
     @property
     def peers(self) -> list[Peer]:

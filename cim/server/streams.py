@@ -9,42 +9,28 @@ that was written already (a sync got there first) is skipped, one that leaves a 
 remembered (``missed``): the catch-up reads until it has passed them, so the seam
 between stored and live messages has no gap and no duplicate. ``Owner`` is what the
 hot path (``cim.server.lane``, ``cim.server.resends``) uses of the user the streams belong to.
+``Stream`` and ``SessionCore`` (the fields of that user's session) are compiled
+(``cim/_stream.pyx``, twin ``cim/_stream_py.py``), chosen with the frame codec.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
+from cim._stream_py import GapHandler
+from cim.frame import IMPLEMENTATION
 from cim.messages import Sender
 from cim.server.peer import Peer
 from cim.wire import frame_sequenced
 
+if IMPLEMENTATION == "python":
+    from cim._stream_py import SessionCore, Stream
+else:
+    # Compiled: the hot path reads them as structs. Other classes than the pure twin's to mypy,
+    # which types the names as those; tests/test_sessions.py holds both to one interface.
+    from cim._stream import SessionCore, Stream  # type: ignore[assignment]
 
-@dataclass(slots=True, eq=False)
-class Stream:
-    """One connection's place in its user's inbox."""
-
-    peer: Peer
-    device_id: str
-    sent: int = 0  # every seq up to this was written (or, before a sync, is the client's to ask for)
-    catching_up: bool = True  # until the login has read the inbox's latest: pushes wait, as in a catch-up
-    missed: int = 0  # the highest seq a live push brought while catching up
-    acked: int = 0  # the client's DELIVERY_ACK: it has everything up to here
-    cursor_written: int = 0  # the device cursor the store has (acked, or sent for a client that never acks)
-    syncs: bool = False  # the client sent SYNC: it numbers messages itself (CIM's client does not)
-    login_seq: int = 0  # the inbox's latest at login: CIM's client gets older ones by /fetchOfflineMsgs
-    replayed: int = 0  # the highest of those it got (by /fetchOfflineMsgs)
-    receipts: bool = False  # the login asked for MESSAGE_STATUS frames (wantsReceipts; CIM's client does not know them)
-
-    @property
-    def cursor(self) -> int:
-        """What the device has: its acks, or, for a client that never acks (CIM's), what was written to it."""
-        return self.acked if self.acked or self.syncs else self.sent
-
-
-GapHandler = Callable[["Stream"], None]
+__all__ = ["GapHandler", "Owner", "SessionCore", "Stream", "offer"]
 
 
 def offer(stream: Stream, bodies: list[bytes], first_seq: int, receiver_entry: bytes, at_once: bool,
