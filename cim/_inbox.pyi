@@ -1,6 +1,6 @@
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
-from cim._inbox_py import Pairs
+from cim._inbox_py import EachMessage, Pairs
 
 class Stored:
     first_seq: int
@@ -36,4 +36,4 @@ def append_run(slot: Slot, sender_id: int, bodies: list[bytes], first_msg_id: in
                tick: int, limits: Limits) -> int: ...
 def append_runs(slots: dict[int, Slot], receiver_ids: list[int], sender_id: int, bodies: list[bytes],
                 first_msg_id: int, client_msg_ids: list[int], tick: int, limits: Limits,
-                each_message: Callable[[Slot], Stored]) -> list[Stored]: ...
+                each_message: EachMessage) -> list[Stored]: ...

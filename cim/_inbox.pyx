@@ -191,5 +191,5 @@ def append_runs(dict slots, list receiver_ids, sender_id, list bodies, long long
             whole.duplicates = NO_DUPLICATES
             stored.append(whole)
         else:
-            stored.append(each_message(slot))
+            stored.append(each_message(slot, sender_id, bodies, client_msg_ids, first_msg_id, tick))
     return stored

@@ -152,17 +152,23 @@ def append_run(slot: Slot, sender_id: int, bodies: list[bytes], first_msg_id: in
     return keep(slot, bodies, tick, limits)
 
 
+# The memory inbox's message-by-message look: (slot, sender, bodies, clientMsgIds, first msgId, tick).
+EachMessage = Callable[[Slot, int, list[bytes], list[int], int, int], Stored]
+
+
 def append_runs(slots: dict[int, Slot], receiver_ids: list[int], sender_id: int, bodies: list[bytes],
                 first_msg_id: int, client_msg_ids: list[int], tick: int, limits: Limits,
-                each_message: Callable[[Slot], Stored]) -> list[Stored]:
+                each_message: EachMessage) -> list[Stored]:
     """``append_run`` for each receiver (a group send; a slot is made for a receiver
     without one): per receiver what was stored, the run whole, or, where ``append_run``
-    left it, what ``each_message`` (the message-by-message look) stored of it."""
+    left it, what ``each_message`` (the message-by-message look) stored of it, called
+    with the receiver's slot and this call's arguments."""
     stored = []
     for receiver_id in receiver_ids:
         slot = slots.get(receiver_id)
         if slot is None:
             slot = slots[receiver_id] = Slot()
         first = append_run(slot, sender_id, bodies, first_msg_id, client_msg_ids, tick, limits)
-        stored.append(Stored(first, bodies) if first else each_message(slot))
+        stored.append(Stored(first, bodies) if first
+                      else each_message(slot, sender_id, bodies, client_msg_ids, first_msg_id, tick))
     return stored

@@ -131,11 +131,16 @@ cdef long long _entry_receiver(const unsigned char* buf, Py_ssize_t pos, Py_ssiz
 
 
 cdef bint _valid_utf8(const char* text, Py_ssize_t length):
-    cdef Py_ssize_t i
-    for i in range(length):
-        if text[i] & 0x80:
-            break
-    else:
+    cdef Py_ssize_t i = 0
+    cdef unsigned long long word, high_bits = 0
+    while i + 8 <= length:  # eight bytes at a time: any byte's high bit set means not ASCII
+        memcpy(&word, text + i, 8)
+        high_bits |= word
+        i += 8
+    while i < length:
+        high_bits |= <unsigned char>text[i]
+        i += 1
+    if not high_bits & 0x8080808080808080ULL:
         return True  # ASCII: the common case, no decoding needed
     try:
         PyUnicode_DecodeUTF8(text, length, NULL)

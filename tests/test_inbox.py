@@ -406,8 +406,10 @@ def test_append_runs_stores_each_receivers_run_whole_or_hands_it_to_the_look_mes
     looked: list[object] = []
     answer = inbox_core.Stored(0, [], {0: 50})
 
-    def each_message(slot: object) -> object:
+    def each_message(slot: object, sender_id: int, run: list[bytes], client_msg_ids: list[int], first_msg_id: int,
+                     tick: int) -> object:
         looked.append(slot)
+        assert (sender_id, run, client_msg_ids, first_msg_id, tick) == (9, bodies, [7, 8], 60, 0)
         return answer
 
     bodies = [b"x", b"y"]

@@ -79,6 +79,19 @@ def test_anything_unusual_goes_the_general_way(wire: ModuleType) -> None:
     assert scan_one(wire, b"\x0a\x02\xff\xfe\x18\x01") is None  # not UTF-8: protobuf rejects it too
 
 
+@pytest.mark.parametrize("length", range(1, 26))
+def test_a_texts_bytes_are_checked_for_utf8_wherever_they_fall(wire: ModuleType, length: int) -> None:
+    """The ASCII check goes eight bytes at a time, then byte by byte: a non-ASCII byte in any
+    place of either part is seen (a valid character passes, an invalid byte does not)."""
+    for place in range(length):
+        ascii_around = b"a" * place, b"b" * (length - place - 1)
+        valid = ascii_around[0] + "\N{LATIN SMALL LETTER E WITH ACUTE}".encode() + ascii_around[1]
+        invalid = ascii_around[0] + b"\xff" + ascii_around[1]
+        assert scan_one(wire, b"\x0a" + bytes([len(valid)]) + valid + b"\x18\x01") == (0, valid, 0)
+        assert scan_one(wire, b"\x0a" + bytes([len(invalid)]) + invalid + b"\x18\x01") is None
+    assert scan_one(wire, b"\x0a" + bytes([length]) + b"z" * length + b"\x18\x01") == (0, b"z" * length, 0)
+
+
 def test_runs_share_one_destination(wire: ModuleType) -> None:
     frames = [chat("a", "5", 1), chat("b", "5", 2), chat("c", "6", 3), chat("d", None, 4), chat("e", "", 5),
               Request(reqMsg="ping", cmd=PING).SerializeToString(), chat("f", "5", 6)]

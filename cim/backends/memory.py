@@ -210,9 +210,8 @@ class MemoryInbox(InProcessInbox):
         if not bodies:
             return [Stored(0, bodies) for _ in receiver_ids]
         tick = int(self._clock() * self._ticks_per_second)  # _tick, inline: once per read of messages
-        stored: list[Stored] = self._append_runs(
-            self._slots, receiver_ids, sender_id, bodies, first_msg_id, client_msg_ids, tick, self._limits,
-            lambda slot: self._append_each_message(slot, sender_id, bodies, client_msg_ids, first_msg_id, tick))
+        stored: list[Stored] = self._append_runs(self._slots, receiver_ids, sender_id, bodies, first_msg_id,
+                                                 client_msg_ids, tick, self._limits, self._append_each_message)
         return stored
 
     def _append_each_message(self, slot: Slot, sender_id: int, bodies: list[bytes], ids: list[int],
