@@ -125,8 +125,10 @@ class TcpPeer(asyncio.Protocol):
             write(frame)  # uvloop writes at once: one syscall
             return
         self.conn.send_push(frame)
-        if not self._queued:
-            self._queue_flush()
+        if not self._queued:  # _queue_flush, inline: once per read that pushes to this peer
+            self._queued = True
+            self.write_now = None
+            self.host.flush_at_end_of_turn(self)
 
     def _queue_flush(self) -> None:
         """Frames wait in the connection for the end-of-turn flush: none may overtake them."""
@@ -199,7 +201,8 @@ class TcpPeer(asyncio.Protocol):
         if conn.state is CLOSED:
             self.closed = True
             transport.close()
-        self._open_writes()
+        elif self.paused_at is None:  # _open_writes, inline: once per flush (a cut, closing, is only while paused)
+            self.write_now = self._write_direct
 
     def _cut_if_swamped(self, transport: asyncio.Transport) -> None:
         """A paused writer (a slow reader) whose buffer still grows far past the mark is cut off."""
