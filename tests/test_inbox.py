@@ -131,6 +131,20 @@ async def test_a_pair_is_the_sender_and_the_receiver_s_own(inbox: Inbox) -> None
     assert (await inbox.append(ALICE, BOB, [b"resent"], 400, [7])).duplicates == {0: 100}
 
 
+async def test_a_senders_ids_from_two_devices_out_of_step_are_deduplicated(inbox: Inbox) -> None:
+    # The SDK's clientMsgIds grow per device; a sender's two devices interleave theirs, so a
+    # resend may be below the sender's highest id (Redis looks such runs up pair by pair).
+    await inbox.append(ALICE, BOB, [b"phone 1"], 100, [1_000])
+    await inbox.append(ALICE, BOB, [b"laptop 1", b"laptop 2"], 200, [10, 20])
+    await inbox.append(ALICE, BOB, [b"phone 2", b"phone 3"], 300, [1_001, 1_002])
+    assert await inbox.append(ALICE, BOB, [b"laptop 2 again"], 400, [20]) == Stored(0, [], {0: 201})
+    assert await inbox.append(ALICE, BOB, [b"laptop 3", b"phone 3 again"], 500, [30, 1_002]) == Stored(6, [b"laptop 3"], {1: 301})
+    assert await inbox.append(ALICE, BOB, [b"phone 4", b"phone 5"], 600, [1_003, 1_004]) == Stored(7, [b"phone 4", b"phone 5"])
+    resent_and_new = await inbox.append(ALICE, BOB, [b"phone 1 again", b"phone 6"], 700, [1_000, 1_005])
+    assert resent_and_new == Stored(9, [b"phone 6"], {0: 100})
+    assert (await inbox.append(ALICE, CAROL, [b"carol's own"], 800, [5])).first_seq == 10  # the top is per sender
+
+
 async def test_client_msg_id_0_is_never_a_duplicate(inbox: Inbox) -> None:
     await inbox.append(ALICE, BOB, [b"a", b"b"], 100, [0, 0])
     assert await inbox.append(ALICE, BOB, [b"c", b"d"], 200, [0, 5]) == Stored(3, [b"c", b"d"])
