@@ -2,14 +2,15 @@
 """Compiled twin of ``cim._inbox_py``: the memory inbox's ``Slot`` and the appends of
 every embedded send (read the twin's docstring for the why).
 
-Same names and behaviour; one test suite runs against both. Where the twin checks a
-run with set operations on a dict built for it, this one records the run's pairs one
-by one and takes them back if one was seen before: a dict insert per message, with
-no dict built per run.
+Same names and behaviour; one test suite runs against both. ``Seen`` keeps its pairs
+in C arrays it grows itself (the twin's are ``array('Q')``), and an append reads the
+run's clientMsgIds as C integers: no int object is made for a pair's msgId.
 """
 
 cimport cython
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from libc.stdint cimport uint64_t
 
 from cim._inbox_py import NO_DUPLICATES
 from cim._inbox_py import Slot as _PureSlot
@@ -48,6 +49,79 @@ def merged_duplicates(list stored):
         if each.duplicates is not NO_DUPLICATES and each.duplicates:
             merged.update(each.duplicates)
     return merged
+
+
+@cython.final
+@cython.no_gc  # a dict of ints makes no cycle
+cdef class Seen:
+    """See the twin."""
+
+    cdef uint64_t* ids  # rising
+    cdef uint64_t* msg_ids
+    cdef Py_ssize_t count, capacity
+    cdef dict stragglers  # None until one comes
+
+    def __dealloc__(self):
+        PyMem_Free(self.ids)
+        PyMem_Free(self.msg_ids)
+
+    def __len__(self):
+        return self.count + (len(self.stragglers) if self.stragglers is not None else 0)
+
+    cdef Py_ssize_t _index(self, uint64_t client_msg_id):
+        """Where the id is in ``ids``, -1 if it is not (binary search)."""
+        cdef Py_ssize_t low = 0, high = self.count, middle
+        while low < high:
+            middle = (low + high) >> 1
+            if self.ids[middle] < client_msg_id:
+                low = middle + 1
+            else:
+                high = middle
+        return low if low < self.count and self.ids[low] == client_msg_id else -1
+
+    cdef bint has(self, uint64_t client_msg_id) except -1:
+        if self.count == 0 or client_msg_id > self.ids[self.count - 1]:
+            return False  # above every id here: a straggler is below the last one too
+        if self._index(client_msg_id) >= 0:
+            return True
+        return self.stragglers is not None and client_msg_id in self.stragglers
+
+    cdef int record(self, uint64_t client_msg_id, uint64_t msg_id) except -1:
+        cdef Py_ssize_t capacity
+        cdef void* grown
+        if self.count and client_msg_id <= self.ids[self.count - 1]:
+            if self.stragglers is None:
+                self.stragglers = {}
+            self.stragglers[client_msg_id] = msg_id
+            return 0
+        if self.count == self.capacity:
+            capacity = max(16, 2 * self.capacity)
+            grown = PyMem_Realloc(self.ids, capacity * sizeof(uint64_t))
+            if grown == NULL:
+                raise MemoryError()
+            self.ids = <uint64_t*>grown
+            grown = PyMem_Realloc(self.msg_ids, capacity * sizeof(uint64_t))
+            if grown == NULL:
+                raise MemoryError()
+            self.msg_ids = <uint64_t*>grown
+            self.capacity = capacity
+        self.ids[self.count] = client_msg_id
+        self.msg_ids[self.count] = msg_id
+        self.count += 1
+        return 0
+
+    def get(self, uint64_t client_msg_id):
+        """The msgId the pair got, None if it is not here."""
+        if self.count == 0 or client_msg_id > self.ids[self.count - 1]:
+            return None
+        cdef Py_ssize_t k = self._index(client_msg_id)
+        if k >= 0:
+            return self.msg_ids[k]
+        return self.stragglers.get(client_msg_id) if self.stragglers is not None else None
+
+    def add(self, uint64_t client_msg_id, uint64_t msg_id):
+        """Record a pair that is not here."""
+        self.record(client_msg_id, msg_id)
 
 
 cdef class Limits:
@@ -125,13 +199,11 @@ def keep_in(dict slots, receiver_id, list bodies, long long tick, Limits limits)
     return _keep(slot, bodies, tick, limits)
 
 
-cdef long long _append_run(Slot slot, object sender_id, list bodies, list msg_ids, list client_msg_ids,
+cdef long long _append_run(Slot slot, object sender_id, list bodies, uint64_t first_msg_id, list client_msg_ids,
                            long long tick, Limits limits) except -1:
-    # msg_ids: the run's msgIds as Python ints, made once per send: a group send records
-    # them for every receiver, and sharing them spares an int object per message per receiver.
-    cdef Py_ssize_t count = PyList_GET_SIZE(client_msg_ids), k, j
-    cdef object client_msg_id
-    cdef dict recent, older = None
+    cdef Py_ssize_t count = PyList_GET_SIZE(client_msg_ids), k
+    cdef uint64_t client_msg_id, last = 0
+    cdef Seen recent, older = None
     if count == 0:
         raise ValueError("an empty run")
     if not <object>PyList_GET_ITEM(client_msg_ids, 0):
@@ -140,17 +212,20 @@ cdef long long _append_run(Slot slot, object sender_id, list bodies, list msg_id
                 return 0  # a clientMsgId 0 among others
         return _keep(slot, bodies, tick, limits)  # none at all (CIM's client): nothing to dedup
     recent = slot.recent.get(sender_id)
-    if recent is None:
-        recent = slot.recent[sender_id] = {}
     if slot.older:
         older = slot.older.get(sender_id)
     for k in range(count):
         client_msg_id = <object>PyList_GET_ITEM(client_msg_ids, k)
-        if not client_msg_id or client_msg_id in recent or (older is not None and client_msg_id in older):
-            for j in range(k):  # taken back: the run goes message by message
-                del recent[<object>PyList_GET_ITEM(client_msg_ids, j)]
+        if client_msg_id <= last:
+            return 0  # not rising: a 0 among others, an id twice, or a resend's order
+        last = client_msg_id
+        if (recent is not None and recent.has(client_msg_id)) or (older is not None and older.has(client_msg_id)):
             return 0
-        recent[client_msg_id] = <object>PyList_GET_ITEM(msg_ids, k)
+    if recent is None:
+        recent = Seen.__new__(Seen)
+        slot.recent[sender_id] = recent
+    for k in range(count):
+        recent.record(<object>PyList_GET_ITEM(client_msg_ids, k), first_msg_id + k)
     slot.pairs += count
     if slot.pairs >= limits.window:
         slot.older, slot.recent = slot.recent, {}
@@ -158,21 +233,17 @@ cdef long long _append_run(Slot slot, object sender_id, list bodies, list msg_id
     return _keep(slot, bodies, tick, limits)
 
 
-def append_run(Slot slot, sender_id, list bodies, long long first_msg_id, list client_msg_ids, long long tick,
+def append_run(Slot slot, sender_id, list bodies, uint64_t first_msg_id, list client_msg_ids, long long tick,
                Limits limits):
     """Store a run (not empty) for one receiver if it needs no message-by-message look,
     recording its pairs; the seq of its first message, or 0 with nothing changed."""
-    cdef list msg_ids = None  # recorded only with clientMsgIds: none (CIM's client) makes none
-    if PyList_GET_SIZE(client_msg_ids) and <object>PyList_GET_ITEM(client_msg_ids, 0):
-        msg_ids = list(range(first_msg_id, first_msg_id + PyList_GET_SIZE(client_msg_ids)))
-    return _append_run(slot, sender_id, bodies, msg_ids, client_msg_ids, tick, limits)
+    return _append_run(slot, sender_id, bodies, first_msg_id, client_msg_ids, tick, limits)
 
 
-def append_runs(dict slots, list receiver_ids, sender_id, list bodies, long long first_msg_id, list client_msg_ids,
+def append_runs(dict slots, list receiver_ids, sender_id, list bodies, uint64_t first_msg_id, list client_msg_ids,
                 long long tick, Limits limits, each_message):
     """See the twin."""
     cdef list stored = []
-    cdef list msg_ids = list(range(first_msg_id, first_msg_id + len(client_msg_ids)))
     cdef Slot slot
     cdef Stored whole
     cdef long long first
@@ -183,7 +254,7 @@ def append_runs(dict slots, list receiver_ids, sender_id, list bodies, long long
             slots[receiver_id] = slot
         else:
             slot = <Slot>found
-        first = _append_run(slot, sender_id, bodies, msg_ids, client_msg_ids, tick, limits)
+        first = _append_run(slot, sender_id, bodies, first_msg_id, client_msg_ids, tick, limits)
         if first:
             whole = Stored.__new__(Stored)  # no __init__ call: one of these per receiver
             whole.first_seq = first

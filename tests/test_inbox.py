@@ -437,3 +437,32 @@ def test_a_group_sends_duplicates_are_merged_over_its_receivers(inbox_core: Modu
     runs = [stored(4, [b"a", b"b"]), stored(0, [], {0: 70, 1: 71}), stored(9, [b"b"], {0: 70})]
     assert inbox_core.merged_duplicates(runs) == {0: 70, 1: 71}
     assert inbox_core.merged_duplicates(runs[:1]) == {} and inbox_core.merged_duplicates([]) == {}
+
+
+def test_seen_finds_rising_ids_and_ones_out_of_step(inbox_core: ModuleType) -> None:
+    """A sender's pairs (both twins): ids above all before in order, the others (a second
+    device's clock behind) apart; each found with the msgId it got, nothing else found."""
+    seen = inbox_core.Seen()
+    assert len(seen) == 0 and seen.get(5) is None
+    for client_msg_id, msg_id in [(1_000, 1), (1_002, 2), (10, 3), (1_005, 4), (1_001, 5), (2**64 - 1, 6)]:
+        seen.add(client_msg_id, msg_id)
+    assert len(seen) == 6
+    assert [seen.get(i) for i in (1_000, 1_002, 10, 1_005, 1_001, 2**64 - 1)] == [1, 2, 3, 4, 5, 6]
+    assert [seen.get(i) for i in (9, 11, 999, 1_003, 1_006, 2**64 - 2)] == [None] * 6
+    many = inbox_core.Seen()  # past its first growth
+    for k in range(1, 100):
+        many.add(k * 3, k)
+    assert [many.get(k * 3) for k in range(1, 100)] == list(range(1, 100)) and many.get(4) is None
+
+
+def test_a_run_not_rising_goes_message_by_message(inbox_core: ModuleType) -> None:
+    """``append_run`` (both twins) stores a run whole only when its ids rise and are new; any
+    other it leaves untouched (0) for the look message by message."""
+    limits = inbox_core.Limits(100, 1000, 1000)
+    slot = inbox_core.Slot()
+    assert inbox_core.append_run(slot, 9, [b"a", b"b"], 50, [7, 8], 0, limits) == 1
+    for ids in ([20, 19], [21, 21], [22, 0], [30, 8]):
+        assert inbox_core.append_run(slot, 9, [b"x", b"y"], 60, ids, 0, limits) == 0
+    assert (slot.base, slot.bodies, slot.pairs, len(slot.recent[9])) == (1, [b"a", b"b"], 2, 2)
+    assert inbox_core.append_run(slot, 9, [b"c"], 70, [5], 0, limits) == 3  # below the top, but new
+    assert [slot.recent[9].get(i) for i in (5, 7, 8)] == [70, 50, 51]

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import ClassVar
 
-from cim._inbox_py import NO_PAIRS, Slot
+from cim._inbox_py import Slot
 from cim.backends.base import (
     CLAIM_MS,
     Accounts,
@@ -217,17 +217,21 @@ class MemoryInbox(InProcessInbox):
     def _append_each_message(self, slot: Slot, sender_id: int, bodies: list[bytes], ids: list[int],
                              first_msg_id: int, tick: int) -> Stored:
         """A run with a duplicate, a clientMsgId 0 among others, or one twice: message by message."""
-        recent = slot.recent.setdefault(sender_id, {})
-        older = slot.older.get(sender_id, NO_PAIRS)
+        recent = slot.recent.get(sender_id)
+        if recent is None:
+            recent = slot.recent[sender_id] = self._core.Seen()
+        older = slot.older.get(sender_id)
         duplicates: dict[int, int] = {}
         kept: list[bytes] = []
         for k, client_msg_id in enumerate(ids):
             if client_msg_id:
-                first = recent.get(client_msg_id, older.get(client_msg_id))
+                first = recent.get(client_msg_id)
+                if first is None and older is not None:
+                    first = older.get(client_msg_id)
                 if first is not None:
                     duplicates[k] = first
                     continue
-                recent[client_msg_id] = first_msg_id + k
+                recent.add(client_msg_id, first_msg_id + k)
                 slot.pairs += 1
             kept.append(bodies[k])
         if slot.pairs >= self._limits.window:
