@@ -3,8 +3,8 @@
 every embedded send (read the twin's docstring for the why).
 
 Same names and behaviour; one test suite runs against both. ``Seen`` keeps its pairs
-in C arrays it grows itself (the twin's are ``array('Q')``), and an append reads the
-run's clientMsgIds as C integers: no int object is made for a pair's msgId.
+in a C array it grows itself (the twin's are two ``array('Q')``), and an append reads
+the run's clientMsgIds as C integers: no int object is made for a pair's msgId.
 """
 
 cimport cython
@@ -51,36 +51,39 @@ def merged_duplicates(list stored):
     return merged
 
 
+ctypedef struct Pair:
+    uint64_t client_msg_id
+    uint64_t msg_id
+
+
 @cython.final
 @cython.no_gc  # a dict of ints makes no cycle
 cdef class Seen:
-    """See the twin."""
+    """See the twin (its two arrays are one array of pairs here: one block to grow, one line to write)."""
 
-    cdef uint64_t* ids  # rising
-    cdef uint64_t* msg_ids
+    cdef Pair* pairs  # by rising client_msg_id
     cdef Py_ssize_t count, capacity
     cdef dict stragglers  # None until one comes
 
     def __dealloc__(self):
-        PyMem_Free(self.ids)
-        PyMem_Free(self.msg_ids)
+        PyMem_Free(self.pairs)
 
     def __len__(self):
         return self.count + (len(self.stragglers) if self.stragglers is not None else 0)
 
     cdef Py_ssize_t _index(self, uint64_t client_msg_id):
-        """Where the id is in ``ids``, -1 if it is not (binary search)."""
+        """Where the id is in ``pairs``, -1 if it is not (binary search)."""
         cdef Py_ssize_t low = 0, high = self.count, middle
         while low < high:
             middle = (low + high) >> 1
-            if self.ids[middle] < client_msg_id:
+            if self.pairs[middle].client_msg_id < client_msg_id:
                 low = middle + 1
             else:
                 high = middle
-        return low if low < self.count and self.ids[low] == client_msg_id else -1
+        return low if low < self.count and self.pairs[low].client_msg_id == client_msg_id else -1
 
     cdef bint has(self, uint64_t client_msg_id) except -1:
-        if self.count == 0 or client_msg_id > self.ids[self.count - 1]:
+        if self.count == 0 or client_msg_id > self.pairs[self.count - 1].client_msg_id:
             return False  # above every id here: a straggler is below the last one too
         if self._index(client_msg_id) >= 0:
             return True
@@ -88,36 +91,29 @@ cdef class Seen:
 
     cdef int record(self, uint64_t client_msg_id, uint64_t msg_id) except -1:
         cdef Py_ssize_t capacity
-        cdef void* grown
-        if self.count and client_msg_id <= self.ids[self.count - 1]:
+        cdef Pair* grown
+        if self.count and client_msg_id <= self.pairs[self.count - 1].client_msg_id:
             if self.stragglers is None:
                 self.stragglers = {}
             self.stragglers[client_msg_id] = msg_id
             return 0
         if self.count == self.capacity:
             capacity = max(16, 2 * self.capacity)
-            grown = PyMem_Realloc(self.ids, capacity * sizeof(uint64_t))
+            grown = <Pair*>PyMem_Realloc(self.pairs, capacity * sizeof(Pair))
             if grown == NULL:
                 raise MemoryError()
-            self.ids = <uint64_t*>grown
-            grown = PyMem_Realloc(self.msg_ids, capacity * sizeof(uint64_t))
-            if grown == NULL:
-                raise MemoryError()
-            self.msg_ids = <uint64_t*>grown
-            self.capacity = capacity
-        self.ids[self.count] = client_msg_id
-        self.msg_ids[self.count] = msg_id
+            self.pairs, self.capacity = grown, capacity
+        self.pairs[self.count].client_msg_id = client_msg_id
+        self.pairs[self.count].msg_id = msg_id
         self.count += 1
         return 0
 
     def get(self, uint64_t client_msg_id):
-        """The msgId the pair got, None if it is not here."""
-        if self.count == 0 or client_msg_id > self.ids[self.count - 1]:
+        """The msgId the pair got, None if it is not here (the look message by message: not the hot path)."""
+        if not self.has(client_msg_id):
             return None
         cdef Py_ssize_t k = self._index(client_msg_id)
-        if k >= 0:
-            return self.msg_ids[k]
-        return self.stragglers.get(client_msg_id) if self.stragglers is not None else None
+        return self.pairs[k].msg_id if k >= 0 else self.stragglers[client_msg_id]
 
     def add(self, uint64_t client_msg_id, uint64_t msg_id):
         """Record a pair that is not here."""

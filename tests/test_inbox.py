@@ -133,7 +133,7 @@ async def test_a_pair_is_the_sender_and_the_receiver_s_own(inbox: Inbox) -> None
 
 async def test_a_senders_ids_from_two_devices_out_of_step_are_deduplicated(inbox: Inbox) -> None:
     # The SDK's clientMsgIds grow per device; a sender's two devices interleave theirs, so a
-    # resend may be below the sender's highest id (Redis looks such runs up pair by pair).
+    # new id or a resend may be below the sender's highest id.
     await inbox.append(ALICE, BOB, [b"phone 1"], 100, [1_000])
     await inbox.append(ALICE, BOB, [b"laptop 1", b"laptop 2"], 200, [10, 20])
     await inbox.append(ALICE, BOB, [b"phone 2", b"phone 3"], 300, [1_001, 1_002])
@@ -142,7 +142,7 @@ async def test_a_senders_ids_from_two_devices_out_of_step_are_deduplicated(inbox
     assert await inbox.append(ALICE, BOB, [b"phone 4", b"phone 5"], 600, [1_003, 1_004]) == Stored(7, [b"phone 4", b"phone 5"])
     resent_and_new = await inbox.append(ALICE, BOB, [b"phone 1 again", b"phone 6"], 700, [1_000, 1_005])
     assert resent_and_new == Stored(9, [b"phone 6"], {0: 100})
-    assert (await inbox.append(ALICE, CAROL, [b"carol's own"], 800, [5])).first_seq == 10  # the top is per sender
+    assert (await inbox.append(ALICE, CAROL, [b"carol's own"], 800, [5])).first_seq == 10  # pairs are per sender
 
 
 async def test_client_msg_id_0_is_never_a_duplicate(inbox: Inbox) -> None:
