@@ -97,6 +97,7 @@ class Stats:
     acks: int = 0
     errors: int = 0
     latencies_us: list[int] = field(default_factory=list)
+    receipt_latencies_us: list[int] = field(default_factory=list)  # sdk: send to receipt, one message at a time
     cpu_seconds: float = 0.0
 
 
@@ -150,6 +151,8 @@ class GenProtocol(asyncio.Protocol):
                 gen.on_messages(self, frames)
             else:
                 gen.stats.receipts += len(frames)
+                if gen.receipt_probe is not None and gen.receipt_probe[0] == self.user_id:
+                    gen.receipt_arrived(frames[-1])
             return
         for frame in frames:
             event = parse_response(frame)
@@ -241,6 +244,8 @@ class Generator:
         self.stopping = False
         self.templates: dict[int, Template] = {}
         self.acks = plan.protocol == "sdk"
+        # sdk: the one message whose receipt is awaited for the receipt latency (sender, clientMsgId, sent at, ns)
+        self.receipt_probe: tuple[int, int, int] | None = None
         # Who receives in the run phase: p2p partners, everyone but the fanout sender.
         if plan.scenario in ("p2p", "flood"):
             self.receivers = set(plan.partner_of.values())
@@ -266,9 +271,12 @@ class Generator:
     def send(self, sender: int, count: int = 1) -> None:
         """``count`` messages from ``sender`` in one write, stamped now (sdk: each with its own clientMsgId)."""
         template = self.templates[sender]
-        stamped = template.head + str(time.time_ns()).encode() + template.middle
+        sent_ns = time.time_ns()
+        stamped = template.head + str(sent_ns).encode() + template.middle
         first = template.next_id
         if first:
+            if self.receipt_probe is None and self.running:
+                self.receipt_probe = (sender, first + count - 1, sent_ns)
             # The hot loop of a generator that must outrun its target: a table's byte and
             # the cached high bytes, the full varint only every 128 ids.
             high, tail = template.high, template.tail
@@ -284,6 +292,15 @@ class Generator:
             data = stamped * count
         self.conns[sender].transport.write(data)
         self.stats.sent += count
+
+    def receipt_arrived(self, last: bytes) -> None:
+        """A read of the probed sender's receipts, ``last`` its last: a sender's receipts come in
+        the order of its clientMsgIds, so one for the probe's or a later id means the probe's came."""
+        assert self.receipt_probe is not None
+        _, client_msg_id, sent_ns = self.receipt_probe
+        if Response.FromString(last).clientMsgId >= client_msg_id:
+            self.stats.receipt_latencies_us.append((time.time_ns() - sent_ns) // 1000)
+            self.receipt_probe = None
 
     def on_messages(self, conn: GenProtocol, frames: list[bytes]) -> None:
         stats = self.stats

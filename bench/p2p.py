@@ -45,10 +45,13 @@ def plans(target: system.Target, args: argparse.Namespace) -> list[Plan]:
 def figures(run: system.Run) -> dict[str, float]:
     delivered = run.total("delivered")
     p50_us, p99_us = percentiles(run.latencies_us, (0.50, 0.99))
+    receipt_p50_us, receipt_p99_us = percentiles(run.receipt_latencies_us, (0.50, 0.99))
     return {
         "msgs_per_s": delivered / run.duration,
         "p50_ms": p50_us / 1000,
         "p99_ms": p99_us / 1000,
+        "receipt_p50_ms": receipt_p50_us / 1000,  # sdk on cim: send to receipt; else no receipts
+        "receipt_p99_ms": receipt_p99_us / 1000,
         "server_cpu_s_per_million": run.cpu_seconds / max(1, delivered) * 1e6,
         "generator_cpu_pct": run.generator_cpu_pct,
         "receipts_per_s": run.total("receipts") / run.duration,  # cim with sdk clients: one per message; else none

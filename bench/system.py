@@ -236,6 +236,10 @@ class Run:
         return [v for s in self.stats for v in s["latencies_us"]]
 
     @property
+    def receipt_latencies_us(self) -> list[int]:
+        return [v for s in self.stats for v in s["receipt_latencies_us"]]
+
+    @property
     def generator_cpu_pct(self) -> float:
         """The busiest generator process, % of one core over the run phase."""
         return float(max(s["cpu_seconds"] for s in self.stats)) / self.duration * 100
