@@ -96,6 +96,8 @@ def _server_options(p: argparse.ArgumentParser, port_flag: str = "--port", http_
     _option(p, "--backlog", int, "listen backlog (the kernel caps it at net.core.somaxconn)")
     _option(p, "--write-buffer-high", int, "bytes buffered for a client before it counts as a slow consumer")
     _option(p, "--slow-consumer-timeout", float, "seconds a slow consumer may stay over the high mark before it is cut off")
+    _option(p, "--receipt-interval", float, "seconds between writes of receipts to a client sending faster than that "
+            "(each receipt at most this late); 0: every read's receipts at once")
     _option(p, "--max-messages-per-second", int, "chat messages per connection and second, bursts of twice that; "
             "the rest get a 4029 receipt (0: off)")
     _option(p, "--max-bytes-per-second", int, "bytes read per connection and second, bursts of twice that; over it "

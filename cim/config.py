@@ -59,6 +59,9 @@ class Config:
     max_connections: int = 0  # 0: as many as the open-files limit allows
     write_buffer_high: int = 256 * 1024
     slow_consumer_timeout: float = 10.0
+    # A connection's receipts are written at most this often (seconds; 0: each read's at once): a
+    # sender faster than that gets them together, each at most this late (cim.protocols.tcp).
+    receipt_interval: float = 0.01
 
     # abuse limits (cim.server.quotas, route.limits); 0 turns each off
     max_messages_per_second: int = 200  # per connection, bursts of twice that
@@ -103,6 +106,8 @@ class Config:
                      "max_delay_seconds", "max_devices"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
+        if self.receipt_interval < 0:
+            raise ValueError(f"receipt-interval must be 0 or more, not {self.receipt_interval}")
         if self.token_ttl <= 0:
             raise ValueError("token ttl must be positive")
         if self.presence_debounce_seconds < 0:

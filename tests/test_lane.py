@@ -11,15 +11,19 @@ connection's half (``ServerConnection.plain_read`` makes of a read exactly what
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import Counter
 from types import ModuleType
 from typing import Any
+from unittest.mock import patch
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cim.backends import Stored
 from cim.backends.memory import MemoryInbox
+from cim.cli import _config, build_parser
 from cim.config import Config
 from cim.destinations import ToUser
 from cim.frame import FrameDecoder, encode_frame
@@ -32,7 +36,7 @@ from cim.server.sessions import SessionTable
 from cim.status import Status
 from cim.wire_fields import RECEIVE_USER_ID, SEND_USER_ID
 from tests.conftest import online
-from tests.test_limits_abuse import running_stack
+from tests.test_limits_abuse import messages, running_stack
 from tests.test_sessions import RecordingPeer
 
 ALICE, BOB = 7, 8
@@ -307,3 +311,51 @@ async def test_sdk_style_messages_a_read_each_are_answered_with_their_copys_seqs
         assert (await b.ping(bob)).resMsg == "pong"  # the resend was not pushed again
         node = running.node
         assert node is not None and (node.metrics["messages_in"], node.metrics["duplicates"]) == (101, 1)
+
+
+def receipt_ids(frames: list[Response]) -> list[tuple[BaseCommand, int]]:
+    return [(r.cmd, r.clientMsgId) for r in frames]
+
+
+async def test_a_pipelining_senders_receipts_wait_for_the_tick_unless_something_else_is_written_first() -> None:
+    # An interval no test waits out: every receipt that comes here was taken along by another write.
+    async with running_stack(receipt_interval=60.0) as running:
+        alice, a = await online(running, "alice")
+        bob, b = await online(running, "bob")
+        a.send_raw(messages(alice, bob, range(1, 4)))  # one read of three: no receipts went lately, so at once
+        assert receipt_ids([await a.next() for _ in range(3)]) == [(SEND_RECEIPT, n) for n in range(1, 4)]
+        a.send_raw(messages(alice, bob, range(4, 7)))  # held: alice got receipts less than 60 s ago
+        assert [p.clientMsgId for p in [await b.next() for _ in range(6)]] == list(range(1, 7))
+        with pytest.raises(TimeoutError):  # stored and pushed, their receipts held
+            await a.next(timeout=0.3)
+        b.send_raw(ClientConnection(bob, "bob").message("hello", alice))  # a push to alice takes them along, first
+        frames = [await a.next() for _ in range(4)]
+        assert receipt_ids(frames[:3]) == [(SEND_RECEIPT, n) for n in range(4, 7)]
+        assert (frames[3].cmd, frames[3].resMsg, frames[3].properties[RECEIVE_USER_ID]) == (MESSAGE, "hello", str(alice))
+        a.send_raw(messages(alice, bob, range(7, 9)))  # held again, until alice's ping is answered
+        assert [await b.next() for _ in range(2)]
+        frames = [await a.ping(alice)] + [await a.next() for _ in range(2)]
+        assert receipt_ids(frames) == [(SEND_RECEIPT, 7), (SEND_RECEIPT, 8), (PING, 0)]
+        a.send_raw(messages(alice, bob, range(9, 10)))  # one message a read: a sender awaiting each receipt
+        assert receipt_ids([await a.next()]) == [(SEND_RECEIPT, 9)]
+        # Every receipt is a 9000 with the copy's seq: holding them changed only when they went.
+        assert running.node is not None and running.node.metrics["messages_in"] == 10
+
+
+async def test_held_receipts_go_out_at_the_tick() -> None:
+    async with running_stack(receipt_interval=0.2) as running:
+        alice, a = await online(running, "alice")
+        bob, _ = await online(running, "bob")
+        for first in range(1, 31, 3):  # ten reads of three, each as soon as the last one's receipts came
+            a.send_raw(messages(alice, bob, range(first, first + 3)))
+            receipts = [await a.next() for _ in range(3)]
+            assert [(r.code, r.clientMsgId, r.seq) for r in receipts] == [
+                (Status.SUCCESS.code, n, n) for n in range(first, first + 3)]
+
+
+def test_the_receipt_interval_is_a_flag_and_never_negative() -> None:
+    with patch.dict(os.environ, {"CIM_RECEIPT_INTERVAL": "0.05"}):
+        assert _config(build_parser().parse_args(["server"])).receipt_interval == 0.05
+    assert _config(build_parser().parse_args(["up", "--receipt-interval", "0"])).receipt_interval == 0.0
+    with pytest.raises(ValueError, match="receipt-interval must be 0 or more, not -1"):
+        Config(receipt_interval=-1)

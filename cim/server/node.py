@@ -26,6 +26,7 @@ from cim.server.cursors import Cursors
 from cim.server.delays import DelayPoller
 from cim.server.devices import DevicePolicy
 from cim.server.dispatch import Dispatcher
+from cim.server.flushes import Flushes
 from cim.server.intake import Deliveries
 from cim.server.listeners import Listeners
 from cim.server.logins import Logins
@@ -53,7 +54,8 @@ class Node:
         self.info = config.server_info
         self.node_id = self.info.id
         self.loop = asyncio.get_running_loop()
-        self.settings = PeerSettings(config.max_frame_size, config.max_message_bytes, config.write_buffer_high)
+        self.settings = PeerSettings(config.max_frame_size, config.max_message_bytes, config.write_buffer_high,
+                                     config.receipt_interval)
         self.metrics: Counter[str] = Counts()
         self.started_at = time.time()
         self.max_connections = 0
@@ -79,7 +81,10 @@ class Node:
                    self.presence, DevicePolicy(config, self.node_id, self.sessions, backends)),
             self.prometheus.latencies,
         )
-        self._turn: list[Peer] = []  # peers with pushes queued this loop turn
+        flushes = Flushes(self.loop, config.receipt_interval)
+        # PeerHost's, bound: a transport's call reaches the list with no frame of the node's.
+        self.flush_at_end_of_turn = flushes.at_end_of_turn
+        self.at_receipt_tick = flushes.at_receipt_tick
         self.listeners = Listeners(config, self)
         self._sweeping: asyncio.Task[None] | None = None
         self._upkeep: list[asyncio.Task[None]] = []
@@ -159,16 +164,6 @@ class Node:
         self.sweeper.slow.discard(peer)
         self.presence.lost(peer, self.sessions)  # before the session table forgets the peer
         self.dispatcher.lost(peer)
-
-    def flush_at_end_of_turn(self, peer: Peer) -> None:
-        if not self._turn:
-            self.loop.call_soon(self._flush_turn)
-        self._turn.append(peer)
-
-    def _flush_turn(self) -> None:
-        peers, self._turn = self._turn, []
-        for peer in peers:
-            peer.flush()
 
     def writing_paused(self, peer: Peer) -> None:
         self.sweeper.slow.add(peer)

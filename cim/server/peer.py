@@ -116,6 +116,7 @@ class PeerSettings:
     max_frame_size: int
     max_message_bytes: int
     write_buffer_high: int
+    receipt_interval: float  # seconds: a connection's receipts are written at most this often (0: as they come)
 
 
 class PeerHost(Protocol):
@@ -134,6 +135,9 @@ class PeerHost(Protocol):
 
     def flush_at_end_of_turn(self, peer: Peer) -> None:
         """Call ``peer.flush()`` once the loop turn's work is done."""
+
+    def at_receipt_tick(self, flush: Callable[[float], None]) -> None:
+        """Call ``flush(loop time)`` at the next receipt tick, at most ``settings.receipt_interval`` from now."""
 
     def writing_paused(self, peer: Peer) -> None:
         """The peer's write buffer went over the high mark (a slow reader)."""
