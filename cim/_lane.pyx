@@ -138,7 +138,7 @@ cdef class PrivateLane:
         metrics = self._metrics
         metrics[_MESSAGES_IN] += count
         metrics[_MESSAGES_OUT] += count
-        push_live(target.streams, bodies, first_seq, target.receiver_entry, False, None, target.gap)
+        push_live(target.streams, bodies, first_seq, target.receiver_entry, True, None, target.gap)
         return True
 
     def deliver_answered(self, peer, session, target, list texts, list client_msg_ids):
@@ -165,7 +165,7 @@ cdef class PrivateLane:
             metrics[_MESSAGES_OUT] += answer_resends(peer, owners, stored, client_msg_ids, first_id, metrics)
             return True
         receiver = stored[0]
-        push_live(target.streams, receiver.bodies, receiver.first_seq, target.receiver_entry, False, None, target.gap)
+        push_live(target.streams, receiver.bodies, receiver.first_seq, target.receiver_entry, True, None, target.gap)
         own_seq = 0
         if PyList_GET_SIZE(owners) > 1:
             copy = stored[1]

@@ -168,6 +168,23 @@ async def test_a_resend_gets_its_first_msgid_and_only_what_is_new_is_pushed(lane
     assert here.metrics == Counter(messages_in=3, messages_out=4, duplicates=1)
 
 
+def test_the_receivers_push_is_written_at_once_unless_frames_wait_ahead_of_it(lane: ModuleType) -> None:
+    here = Here(lane)
+    written: list[bytes] = []
+    here.bob.write_now = written.append  # nothing queued on Bob's connection: frames may go straight out
+    assert here.lane.take(here.alice, None, BOB, [b"hi"], [0], 1.0, 10)
+    session, target = here.table.by_peer[here.alice], here.table.by_user[BOB]
+    assert here.lane.deliver_answered(here.alice, session, target, [b"there"], [11])
+    decoder = FrameDecoder()
+    assert [(r.resMsg, r.seq) for r in (Response.FromString(f) for w in written for f in decoder.feed(w))] == [
+        ("hi", 1), ("there", 2)]
+    assert here.bob.pushed == []
+    here.bob.write_now = None  # frames wait on Bob's connection: the push goes behind them, still asked at once
+    assert here.lane.take(here.alice, None, BOB, [b"later"], [0], 1.0, 10)
+    ((frame, at_once),) = here.bob.pushed
+    assert Response.FromString(FrameDecoder().feed(frame)[0]).seq == 3 and at_once
+
+
 def test_a_message_to_oneself_is_pushed_to_the_sending_connection_once(lane: ModuleType) -> None:
     here = Here(lane)
     session = here.table.by_peer[here.alice]

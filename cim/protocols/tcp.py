@@ -94,7 +94,7 @@ class TcpPeer(asyncio.Protocol):
             return  # else nothing to answer (CIM's client's), or it goes with what waits already
         events.feed(conn.receive_data(data), now, size)
         # What the read produced (receipts, errors) is written at the end of the loop turn,
-        # with the turn's pushes: writes bunched in time find their readers still awake from
+        # with what else the turn queued: writes bunched in time find their readers still awake from
         # the first one, and waking a reader is most of a loopback write's cost (p2p with a
         # receipt per message: +14 % msgs/s against writing after each read). A read that
         # produced nothing to write here (CIM's client sending: no receipts) queues nothing.
